@@ -1,0 +1,387 @@
+//! The driver: one async task per source, carrying out what its [`Machine`] decides.
+//!
+//! The task owns the source's repository handle (its in-memory cache entry), sleeps until the
+//! machine's next timeout, and runs each fetch attempt on a thread of its own. A semaphore
+//! bounds how many attempts run at once across the feed, and every attempt thread is joined
+//! before the task moves on, so no thread outlives its attempt and none idles in a pool.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use async_channel::{Receiver, Sender};
+use smol::Timer;
+use smol::future::FutureExt;
+use smol::lock::Semaphore;
+
+use crate::cache;
+use crate::event::{Event, SourceState, StateChange, Update};
+use crate::git::{self, Cancel, FetchError, Repo, Target};
+use crate::machine::{Action, ErrorKind, Health, Machine, Outcome};
+use crate::source::Source;
+
+/// What the feed tells a running source task.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// Fetch now (a webhook, SIGHUP).
+    Trigger,
+    /// New settings for the same cache entry.
+    Change(Box<Source>),
+}
+
+/// Everything the source tasks of one feed share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub cache_dir: std::path::PathBuf,
+    pub events: Sender<Event>,
+    pub fetch_slots: Semaphore,
+    /// Closed when the feed shuts down; receiving from it then fails at once.
+    pub shutdown: Receiver<()>,
+}
+
+/// How one attempt ended.
+struct Attempt {
+    handle: Option<Repo>,
+    result: Result<Option<Synced>, FetchError>,
+}
+
+/// A fetch that found the ref moved.
+struct Synced {
+    reference: String,
+    new: String,
+    old: Option<String>,
+    forced: bool,
+    changes: Vec<crate::event::Change>,
+}
+
+/// Follows one source until the feed shuts down or the source is removed (its control channel
+/// closes). The cache directory stays on disk either way.
+pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Receiver<Control>) {
+    let entry = cache::Entry::new(&shared.cache_dir, &source.cache_key());
+    let mut machine = Machine::new(source.policy(), Instant::now());
+    let mut handle: Option<Repo> = None;
+    let mut delivered = entry.delivered();
+    let mut rng = fastrand::Rng::new();
+    let mut pending: Vec<Control> = Vec::new();
+    loop {
+        while let Some(action) = machine.poll_action() {
+            match action {
+                Action::TearDown { delete_clone } => {
+                    handle = None;
+                    if delete_clone {
+                        if let Err(err) = entry.delete_clone() {
+                            log::warn!("{}: cannot delete the broken clone: {err}", source.name);
+                        } else {
+                            log::info!("{}: deleted the broken clone; cloning afresh", source.name);
+                        }
+                    }
+                }
+                Action::Fetch => {
+                    let Some(attempt) =
+                        attempt(&shared, &source, &entry, handle.take(), &delivered).await
+                    else {
+                        return; // shut down while waiting for a fetch slot
+                    };
+                    handle = attempt.handle;
+                    let outcome = match attempt.result {
+                        Ok(synced) => {
+                            if let Some(synced) = synced {
+                                delivered = Some(synced.new.clone());
+                                deliver(&shared, &source, &entry, synced).await;
+                            }
+                            Outcome::Success
+                        }
+                        Err(err) => {
+                            log::warn!("{}: {}", source.name, err.message);
+                            if err.kind != ErrorKind::Transient {
+                                handle = None;
+                            }
+                            Outcome::Failure {
+                                kind: err.kind,
+                                error: err.message,
+                            }
+                        }
+                    };
+                    machine.handle_fetch_done(Instant::now(), outcome, rng.f64());
+                    if shared.shutdown.is_closed() {
+                        return;
+                    }
+                    // Controls that arrived during the attempt are applied now, in order.
+                    while let Ok(message) = control.try_recv() {
+                        pending.push(message);
+                    }
+                }
+                Action::Emit(health) => emit_health(&shared, &source.name, health).await,
+            }
+            for message in pending.drain(..) {
+                apply(&mut machine, &mut source, message);
+            }
+        }
+        let wake = async {
+            match machine.poll_timeout() {
+                Some(at) => {
+                    Timer::at(at).await;
+                    Wake::Timeout
+                }
+                None => smol::future::pending().await,
+            }
+        };
+        let message = async { control.recv().await.map_or(Wake::Removed, Wake::Control) };
+        let shutdown = async {
+            let _ = shared.shutdown.recv().await;
+            Wake::Removed
+        };
+        match wake.or(message).or(shutdown).await {
+            Wake::Timeout => machine.handle_timeout(Instant::now()),
+            Wake::Control(message) => apply(&mut machine, &mut source, message),
+            Wake::Removed => return,
+        }
+    }
+}
+
+enum Wake {
+    Timeout,
+    Control(Control),
+    Removed,
+}
+
+fn apply(machine: &mut Machine, source: &mut Source, message: Control) {
+    match message {
+        Control::Trigger => machine.handle_trigger(Instant::now()),
+        Control::Change(changed) => {
+            *source = *changed;
+            machine.handle_policy_changed(Instant::now(), source.policy());
+        }
+    }
+}
+
+/// Runs one fetch attempt on its own thread and waits for it, at most until the attempt's
+/// deadline; then cancels it and still waits for the thread to end, so the attempt gives back
+/// its thread, handles and descriptors before this returns. `None` when the feed shut down
+/// before the attempt could start.
+async fn attempt(
+    shared: &Shared,
+    source: &Source,
+    entry: &cache::Entry,
+    handle: Option<Repo>,
+    delivered: &Option<String>,
+) -> Option<Attempt> {
+    let slot = async { Some(shared.fetch_slots.acquire().await) };
+    let closed = async {
+        let _ = shared.shutdown.recv().await;
+        None
+    };
+    let _slot = slot.or(closed).await?;
+
+    let target = Target {
+        url: source.url.clone(),
+        reference: source.full_ref(),
+        depth: source.depth,
+        ssh_command: source.ssh_command.clone(),
+        timeout: source.timeout,
+    };
+    let cancel = Arc::new(Cancel::default());
+    let (done_tx, done_rx) = async_channel::bounded(1);
+    let work = {
+        let cancel = Arc::clone(&cancel);
+        let git_dir = entry.git_dir();
+        let delivered = delivered.clone();
+        let target = target.clone();
+        move || {
+            let outcome = sync(handle, &git_dir, &target, delivered.as_deref(), &cancel);
+            cancel.release();
+            let _ = done_tx.send_blocking(outcome);
+        }
+    };
+    let started = Instant::now();
+    let thread = match thread::Builder::new()
+        .name(format!("gitfeed-fetch-{}", source.name))
+        .spawn(work)
+    {
+        Ok(thread) => thread,
+        Err(err) => {
+            return Some(Attempt {
+                handle: None,
+                result: Err(FetchError::local(format!(
+                    "cannot start a fetch thread: {err}"
+                ))),
+            });
+        }
+    };
+    let finished = async { done_rx.recv().await.ok() };
+    let deadline = async {
+        Timer::at(started + source.timeout).await;
+        None
+    };
+    let stopped = async {
+        let _ = shared.shutdown.recv().await;
+        None
+    };
+    let mut outcome = finished.or(deadline).or(stopped).await;
+    if outcome.is_none() {
+        cancel.cancel();
+        // The thread ends promptly now: its socket is shut down or the transport's own
+        // low-speed limit trips. Wait for it, so the attempt really gives everything back.
+        outcome = done_rx.recv().await.ok();
+        if let Some(finished) = outcome.as_mut() {
+            finished.result = Err(FetchError::transient(format!(
+                "timed out after {} ms",
+                source.timeout.as_millis()
+            )));
+            if shared.shutdown.is_closed() {
+                finished.result = Err(FetchError::transient("the feed is shutting down"));
+            }
+        }
+    }
+    // The thread sent its outcome as its last act; joining returns at once.
+    let _ = thread.join();
+    log::debug!(
+        "{}: attempt took {} ms",
+        source.name,
+        started.elapsed().as_millis()
+    );
+    Some(outcome.unwrap_or_else(|| Attempt {
+        handle: None,
+        result: Err(FetchError::transient(
+            "the fetch thread ended without an outcome",
+        )),
+    }))
+}
+
+/// The blocking part of an attempt: open (or reuse) the clone, fetch, and diff against the
+/// last delivered commit. Runs on the attempt's own thread.
+fn sync(
+    handle: Option<Repo>,
+    git_dir: &std::path::Path,
+    target: &Target,
+    delivered: Option<&str>,
+    cancel: &Cancel,
+) -> Attempt {
+    let repo = match handle {
+        Some(repo) if !repo.needs_reopen() => repo,
+        _ => match Repo::open_or_init(git_dir, target) {
+            Ok(repo) => repo,
+            Err(err) => {
+                return Attempt {
+                    handle: None,
+                    result: Err(err),
+                };
+            }
+        },
+    };
+    let result = (|| {
+        let tip = repo.fetch(target, cancel)?;
+        if delivered == Some(tip.commit.as_str()) {
+            return Ok(None);
+        }
+        // Without the old commit's objects (a reclone after the remote rewrote history) there
+        // is nothing to diff against: deliver the full listing, as on a first update.
+        let old = delivered.filter(|old| repo.has_commit(old));
+        let (changes, forced) = repo.changes(old, &tip.commit)?;
+        Ok(Some(Synced {
+            reference: tip.reference,
+            new: tip.commit,
+            old: old.map(str::to_owned),
+            forced,
+            changes,
+        }))
+    })();
+    Attempt {
+        handle: Some(repo),
+        result,
+    }
+}
+
+async fn deliver(shared: &Shared, source: &Source, entry: &cache::Entry, synced: Synced) {
+    log::info!(
+        "{}: {} -> {} ({} changes{})",
+        source.name,
+        synced.old.as_deref().unwrap_or("nothing"),
+        synced.new,
+        synced.changes.len(),
+        if synced.forced { ", forced" } else { "" }
+    );
+    let update = into_update(source, synced);
+    let new = update.new.clone();
+    // A consumer that dropped its receiver gets nothing more; the state still advances.
+    let _ = shared.events.send(Event::Update(update)).await;
+    if let Err(err) = entry.set_delivered(&new) {
+        log::warn!("{}: cannot record the delivered commit: {err}", source.name);
+    }
+}
+
+fn into_update(source: &Source, synced: Synced) -> Update {
+    Update {
+        source: source.name.clone(),
+        url: git::redact_url(&source.url),
+        reference: synced.reference,
+        old: synced.old,
+        new: synced.new,
+        forced: synced.forced,
+        changes: synced.changes,
+    }
+}
+
+async fn emit_health(shared: &Shared, name: &str, health: Health) {
+    let change = match health {
+        Health::Backoff {
+            attempt,
+            error,
+            retry_in,
+        } => StateChange {
+            source: name.to_owned(),
+            state: SourceState::Backoff,
+            attempt: Some(attempt),
+            error: Some(error),
+            retry_in_ms: Some(millis(retry_in)),
+        },
+        Health::Failed { attempt, error } => {
+            log::error!("{name}: giving up: {error}");
+            StateChange {
+                source: name.to_owned(),
+                state: SourceState::Failed,
+                attempt: Some(attempt),
+                error: Some(error),
+                retry_in_ms: None,
+            }
+        }
+        Health::Idle => {
+            log::info!("{name}: healthy again");
+            StateChange {
+                source: name.to_owned(),
+                state: SourceState::Idle,
+                attempt: None,
+                error: None,
+                retry_in_ms: None,
+            }
+        }
+    };
+    let _ = shared.events.send(Event::State(change)).await;
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// One attempt outside any feed: fetch, diff against the delivered commit, record the new one.
+pub(crate) async fn once(shared: &Shared, source: &Source) -> Result<Option<Update>, FetchError> {
+    let entry = cache::Entry::new(&shared.cache_dir, &source.cache_key());
+    let delivered = entry.delivered();
+    let attempt = attempt(shared, source, &entry, None, &delivered)
+        .await
+        .ok_or_else(|| FetchError::transient("the feed is shutting down"))?;
+    if let Err(err) = &attempt.result
+        && err.kind == ErrorKind::Corrupt
+    {
+        let _ = entry.delete_clone();
+    }
+    let Some(synced) = attempt.result? else {
+        return Ok(None);
+    };
+    let update = into_update(source, synced);
+    entry
+        .set_delivered(&update.new)
+        .map_err(|err| FetchError::local(format!("cannot record the delivered commit: {err}")))?;
+    Ok(Some(update))
+}

@@ -1,0 +1,103 @@
+//! What a feed tells its consumer: the JSON event contract.
+
+use serde::{Deserialize, Serialize};
+
+/// One message from a feed. Serialized with `serde_json`, it is one line of the event contract
+/// documented in the README (`{"type":"update",…}` or `{"type":"state",…}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Event {
+    /// The followed ref moved.
+    Update(Update),
+    /// A source's health changed.
+    State(StateChange),
+}
+
+/// The followed ref moved from `old` to `new`.
+///
+/// ```
+/// let line = r#"{"type":"update","source":"p","url":"/srv/p.git","ref":"refs/heads/main","old":null,"new":"1111111111111111111111111111111111111111","forced":false,"changes":[{"path":"a.rego","kind":"added","id":"2222222222222222222222222222222222222222"}]}"#;
+/// let event: gitfeed::Event = serde_json::from_str(line).unwrap();
+/// assert_eq!(serde_json::to_string(&event).unwrap(), line);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Update {
+    /// The source's name.
+    pub source: String,
+    /// The URL that served the update, without credentials.
+    pub url: String,
+    /// The full name of the followed ref on the remote, like `refs/heads/main`.
+    #[serde(rename = "ref")]
+    pub reference: String,
+    /// The commit delivered before, or `None` on the first update the source ever delivers
+    /// (then `changes` lists every file).
+    pub old: Option<String>,
+    /// The commit the ref points to now.
+    pub new: String,
+    /// True when `old` is not an ancestor of `new`: history was rewritten.
+    pub forced: bool,
+    /// Every file that differs between the trees of `old` and `new`, sorted by path.
+    pub changes: Vec<Change>,
+}
+
+/// One file that differs between two commits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// The path from the repository root, `/`-separated.
+    pub path: String,
+    /// What happened to it. A rename is a deletion plus an addition.
+    pub kind: ChangeKind,
+    /// The blob id of the new content, `None` for a deletion.
+    pub id: Option<String>,
+}
+
+/// What happened to a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeKind {
+    /// It is new in `new`.
+    Added,
+    /// Its content or mode changed.
+    Modified,
+    /// It is gone in `new`.
+    Deleted,
+}
+
+/// A source's health changed.
+///
+/// ```
+/// let line = r#"{"type":"state","source":"p","state":"backoff","attempt":3,"error":"http 500 from remote","retry_in_ms":1600}"#;
+/// let event: gitfeed::Event = serde_json::from_str(line).unwrap();
+/// assert_eq!(serde_json::to_string(&event).unwrap(), line);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateChange {
+    /// The source's name.
+    pub source: String,
+    /// The state the source is in now.
+    pub state: SourceState,
+    /// Consecutive failed attempts so far (`backoff` and `failed` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// Why the last attempt failed (`backoff` and `failed` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Milliseconds until the next attempt (`backoff` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_in_ms: Option<u64>,
+}
+
+/// The health of a source, as reported in [`StateChange`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum SourceState {
+    /// Healthy again after one or more failures; polling at its interval.
+    Idle,
+    /// The last attempt failed; another follows after `retry_in_ms`.
+    Backoff,
+    /// Gave up: a permanent error, or `max_failures` reached. Polling stops until the source is
+    /// triggered or changed.
+    Failed,
+}

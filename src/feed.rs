@@ -1,0 +1,294 @@
+//! The public entry point: a [`Feed`] of sources and its [`FeedHandle`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use async_channel::{Receiver, Sender};
+use smol::LocalExecutor;
+use smol::lock::Semaphore;
+
+use crate::driver::{self, Control, Shared};
+use crate::event::{Event, Update};
+use crate::machine::ErrorKind;
+use crate::source::{Source, SourceError};
+
+/// How many fetch attempts run at once by default. Each runs on a thread of its own that ends
+/// with the attempt, so this also bounds the feed's threads.
+pub const DEFAULT_CONCURRENT_FETCHES: usize = 4;
+
+/// Follows a set of sources and sends their [`Event`]s on a channel.
+///
+/// Build it with [`Feed::new`], keep [`Feed::events`] and a [`Feed::handle`], then run it:
+/// [`Feed::run`] on a thread of its own, or [`Feed::run_on`] on your `LocalExecutor`. Sources
+/// can be added, changed, triggered and removed before and while it runs, from any thread.
+///
+/// ```no_run
+/// use gitfeed::{Event, Feed, Source};
+///
+/// let feed = Feed::new("/var/cache/gitfeed");
+/// let events = feed.events();
+/// let handle = feed.handle();
+/// handle.add(Source::new("config", "git://10.0.0.1/config.git"))?;
+/// let runner = std::thread::spawn(move || feed.run());
+/// if let Ok(Event::Update(update)) = events.recv_blocking() {
+///     println!("{} changes", update.changes.len());
+/// }
+/// handle.shutdown();
+/// runner.join().unwrap();
+/// # Ok::<(), gitfeed::SourceError>(())
+/// ```
+#[derive(Debug)]
+pub struct Feed {
+    cache_dir: PathBuf,
+    concurrent_fetches: usize,
+    handle: FeedHandle,
+    commands: Receiver<Command>,
+    events_tx: Sender<Event>,
+    events_rx: Receiver<Event>,
+    shutdown_rx: Receiver<()>,
+}
+
+/// Controls a [`Feed`] from anywhere: cheap to clone, `Send` and `Sync`.
+#[derive(Debug, Clone)]
+pub struct FeedHandle {
+    commands: Sender<Command>,
+    shutdown: Sender<()>,
+}
+
+#[derive(Debug)]
+enum Command {
+    Add(Box<Source>),
+    Remove(String),
+    Trigger(String),
+}
+
+/// A command sent to a feed that has already stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FeedError {
+    /// The feed shut down; the command had no effect.
+    Stopped,
+}
+
+impl fmt::Display for FeedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FeedError::Stopped => f.write_str("the feed has stopped"),
+        }
+    }
+}
+
+impl std::error::Error for FeedError {}
+
+impl Feed {
+    /// A feed keeping its clones and delivery state under `cache_dir` (created on first use).
+    pub fn new(cache_dir: impl AsRef<Path>) -> Self {
+        let (commands_tx, commands) = async_channel::unbounded();
+        let (shutdown, shutdown_rx) = async_channel::bounded(1);
+        // Bounded, so a consumer that stops reading holds the feed back instead of letting
+        // events pile up in memory.
+        let (events_tx, events_rx) = async_channel::bounded(256);
+        Self {
+            cache_dir: cache_dir.as_ref().to_owned(),
+            concurrent_fetches: DEFAULT_CONCURRENT_FETCHES,
+            handle: FeedHandle {
+                commands: commands_tx,
+                shutdown,
+            },
+            commands,
+            events_tx,
+            events_rx,
+            shutdown_rx,
+        }
+    }
+
+    /// At most `n` fetch attempts (and so fetch threads) run at once; at least one.
+    pub fn concurrent_fetches(mut self, n: usize) -> Self {
+        self.concurrent_fetches = n.max(1);
+        self
+    }
+
+    /// The channel of events. Every clone receives a share of the events, not a copy of each.
+    /// It closes when the feed has stopped.
+    pub fn events(&self) -> Receiver<Event> {
+        self.events_rx.clone()
+    }
+
+    /// A handle to add, remove and trigger sources and to shut the feed down.
+    pub fn handle(&self) -> FeedHandle {
+        self.handle.clone()
+    }
+
+    /// Adds a source, or replaces the source of the same name; see [`FeedHandle::add`].
+    pub fn add(&self, source: Source) -> Result<(), SourceError> {
+        self.handle.add(source)
+    }
+
+    /// Runs the feed on a `LocalExecutor` of its own on the calling thread, until
+    /// [`FeedHandle::shutdown`].
+    pub fn run(self) {
+        let executor = LocalExecutor::new();
+        smol::block_on(executor.run(self.run_on(&executor)));
+    }
+
+    /// Runs the feed's source tasks on `executor`; the future completes after
+    /// [`FeedHandle::shutdown`], once every attempt has been interrupted and every fetch thread
+    /// has ended.
+    pub async fn run_on(self, executor: &LocalExecutor<'_>) {
+        let Feed {
+            cache_dir,
+            concurrent_fetches,
+            handle,
+            commands,
+            events_tx,
+            events_rx: _,
+            shutdown_rx,
+        } = self;
+        // Only the handles given out keep the command channel open; the feed's own copy must
+        // not, or the loop below would never see the last handle go away.
+        drop(handle);
+        let shared = Rc::new(Shared {
+            cache_dir,
+            events: events_tx,
+            fetch_slots: Semaphore::new(concurrent_fetches),
+            shutdown: shutdown_rx,
+        });
+        let mut sources: HashMap<String, (String, Sender<Control>)> = HashMap::new();
+        let mut tasks = Vec::new();
+        loop {
+            let command = async { commands.recv().await.ok() };
+            let stop = async {
+                let _ = shared.shutdown.recv().await;
+                None
+            };
+            let Some(command) = smol::future::or(command, stop).await else {
+                break;
+            };
+            match command {
+                Command::Add(source) => {
+                    let key = source.cache_key();
+                    if let Some((old_key, control)) = sources.get(&source.name)
+                        && *old_key == key
+                    {
+                        let _ = control.try_send(Control::Change(source));
+                        continue;
+                    }
+                    // A new source, or one that now names a different repository: its old
+                    // task (if any) ends when its control channel closes.
+                    let (control_tx, control_rx) = async_channel::unbounded();
+                    let name = source.name.clone();
+                    tasks.push(executor.spawn(driver::follow(
+                        Rc::clone(&shared),
+                        *source,
+                        control_rx,
+                    )));
+                    sources.insert(name, (key, control_tx));
+                }
+                Command::Remove(name) => {
+                    sources.remove(&name);
+                }
+                Command::Trigger(name) => {
+                    if let Some((_, control)) = sources.get(&name) {
+                        let _ = control.try_send(Control::Trigger);
+                    }
+                }
+            }
+            tasks.retain(|task| !task.is_finished());
+        }
+        shared.shutdown.close();
+        drop(sources);
+        for task in tasks {
+            task.await;
+        }
+        shared.events.close();
+    }
+}
+
+impl FeedHandle {
+    /// Adds a source after validating it, or replaces the source of the same name.
+    ///
+    /// A replaced source keeps its clone when its URL, ref and depth are unchanged (its new
+    /// timing takes effect at once, and it leaves `failed`); otherwise it starts afresh in a
+    /// new cache entry. Nothing touches the network before validation passes.
+    pub fn add(&self, source: Source) -> Result<(), SourceError> {
+        source.validate()?;
+        let name = source.name.clone();
+        self.commands
+            .try_send(Command::Add(Box::new(source)))
+            .map_err(|_| SourceError::new(&name, FeedError::Stopped.to_string()))
+    }
+
+    /// Stops following the source named `name`. An attempt in flight is finished first; its
+    /// cache entry stays on disk, so adding it again resumes where it left off.
+    pub fn remove(&self, name: &str) -> Result<(), FeedError> {
+        self.commands
+            .try_send(Command::Remove(name.to_owned()))
+            .map_err(|_| FeedError::Stopped)
+    }
+
+    /// Fetches the source named `name` now: cuts a backoff short and leaves `failed`.
+    pub fn trigger(&self, name: &str) -> Result<(), FeedError> {
+        self.commands
+            .try_send(Command::Trigger(name.to_owned()))
+            .map_err(|_| FeedError::Stopped)
+    }
+
+    /// Stops the feed: attempts in flight are interrupted, and the feed's run returns once
+    /// every fetch thread has ended. The event channel then closes.
+    pub fn shutdown(&self) {
+        self.shutdown.close();
+        self.commands.close();
+    }
+}
+
+/// Why [`sync_once`] failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncError {
+    /// Whether retrying could help.
+    pub kind: ErrorKind,
+    /// What went wrong, on one line, without credentials.
+    pub message: String,
+}
+
+impl fmt::Display for SyncError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for SyncError {}
+
+/// Runs one attempt for `source` outside any feed, within the source's timeout: fetches,
+/// and returns the update since the commit last delivered from this cache (`None` when nothing
+/// moved), recording the new commit as delivered.
+///
+/// ```no_run
+/// let source = gitfeed::Source::new("p", "https://example.org/p.git");
+/// if let Some(update) = gitfeed::sync_once("/var/cache/gitfeed", &source)? {
+///     println!("{} files changed", update.changes.len());
+/// }
+/// # Ok::<(), gitfeed::SyncError>(())
+/// ```
+pub fn sync_once(
+    cache_dir: impl AsRef<Path>,
+    source: &Source,
+) -> Result<Option<Update>, SyncError> {
+    source.validate().map_err(|err| SyncError {
+        kind: ErrorKind::Permanent,
+        message: err.to_string(),
+    })?;
+    let (_events, _) = async_channel::bounded(1);
+    let (_stop, shutdown) = async_channel::bounded(1);
+    let shared = Shared {
+        cache_dir: cache_dir.as_ref().to_owned(),
+        events: _events,
+        fetch_slots: Semaphore::new(1),
+        shutdown,
+    };
+    smol::block_on(driver::once(&shared, source)).map_err(|err| SyncError {
+        kind: err.kind,
+        message: err.message,
+    })
+}

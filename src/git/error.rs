@@ -1,0 +1,123 @@
+//! Turning gix's errors into gitfeed's classed [`FetchError`].
+
+use std::io;
+
+use super::{Cancel, Target};
+use crate::machine::ErrorKind;
+
+/// Why an attempt failed, and whether another attempt could do better.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FetchError {
+    /// Transient (retry), permanent (stop until changed) or corrupt (delete the clone, retry).
+    pub kind: ErrorKind,
+    /// A one-line description for the consumer. Never contains credentials.
+    pub message: String,
+}
+
+impl FetchError {
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Transient,
+            message: message.into(),
+        }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Permanent,
+            message: message.into(),
+        }
+    }
+
+    pub fn corrupt(message: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Corrupt,
+            message: message.into(),
+        }
+    }
+
+    /// A local filesystem problem (disk full, permissions). It may clear by itself, so it is
+    /// retried, but it is not the remote's fault.
+    pub fn local(message: impl Into<String>) -> Self {
+        Self::transient(message)
+    }
+}
+
+/// The whole chain of a gix error on one line, each distinct message once.
+pub(crate) fn describe(err: &gix::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.iter_errors() {
+        let text = cause.to_string();
+        let text = text.trim();
+        if !text.is_empty() && !parts.iter().any(|seen| seen.contains(text)) {
+            parts.push(text.to_owned());
+        }
+    }
+    if parts.is_empty() {
+        err.to_string()
+    } else {
+        parts.join(": ")
+    }
+}
+
+/// The chain of a standard error on one line.
+pub(crate) fn describe_std(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Classes a failed network operation.
+///
+/// gix's own classification is uneven across transports (curl errors and a refused git://
+/// connection are not marked retryable), so the decision rests on what the failure means for
+/// the user: only failures that retrying cannot fix are permanent.
+pub(crate) fn classify(err: &gix::Error, target: &Target, cancel: &Cancel) -> FetchError {
+    let message = describe(err);
+    if cancel.is_cancelled() {
+        return FetchError::transient(format!(
+            "timed out after {} ms ({message})",
+            target.timeout.as_millis()
+        ));
+    }
+    let lower = message.to_lowercase();
+    let permanent_markers = [
+        "permission denied",
+        "authentication",
+        "host key verification failed",
+        "access denied",
+        "not exported",
+        "repository not found",
+        "does not appear to be a git repository",
+        "received http status 401",
+        "received http status 403",
+        "received http status 404",
+        "could not resolve host",
+    ];
+    if err.is_unauthenticated() || err.is_permission_denied() {
+        return FetchError::permanent(format!("authentication refused: {message}"));
+    }
+    if permanent_markers
+        .iter()
+        .any(|marker| lower.contains(marker))
+    {
+        return FetchError::permanent(message);
+    }
+    let io_kind = err
+        .iter_errors()
+        .find_map(|cause| cause.downcast_ref::<io::Error>().map(io::Error::kind));
+    match io_kind {
+        Some(io::ErrorKind::StorageFull | io::ErrorKind::ReadOnlyFilesystem) => {
+            FetchError::local(message)
+        }
+        _ => FetchError::transient(message),
+    }
+}

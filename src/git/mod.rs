@@ -1,0 +1,511 @@
+//! The git layer: the only module that uses gix.
+//!
+//! It opens or creates a bare repository, fetches exactly one ref into it, resolves the new tip
+//! and diffs two commits' trees. Every error it returns is classed (see [`ErrorKind`]) so the
+//! state machine knows whether a retry is worth it. Nothing here is async: the driver runs
+//! these calls on threads of their own and ends them through [`Cancel`].
+
+mod error;
+mod transport;
+
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gix::bstr::ByteSlice;
+use gix::remote::Direction;
+use gix::remote::fetch::refs::update::Mode;
+use gix::remote::fetch::{Shallow, Tags};
+
+pub(crate) use self::error::FetchError;
+pub(crate) use self::transport::Cancel;
+use crate::event::{Change, ChangeKind};
+use crate::machine::ErrorKind;
+
+/// Where the fetched tip is kept in the cache's repository. One local ref per repository: a
+/// cache entry follows exactly one remote ref.
+const TIP_REF: &str = "refs/gitfeed/tip";
+
+/// Slots for pack indices in the object store. gix fixes the number when a repository is
+/// opened; a kept handle fails once fetches have added more packs than that. The driver reopens
+/// the handle long before (see [`Repo::needs_reopen`]).
+const PACK_SLOTS: usize = 256;
+
+/// What to fetch and how long an attempt may take.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    /// The remote URL as the user gave it.
+    pub url: String,
+    /// The full ref to follow, or `None` for the remote's `HEAD`.
+    pub reference: Option<String>,
+    /// Shallow depth, if any.
+    pub depth: Option<u32>,
+    /// The ssh command (git's `core.sshCommand`), if any.
+    pub ssh_command: Option<String>,
+    /// The attempt's time limit.
+    pub timeout: Duration,
+}
+
+/// The followed ref on the remote after a fetch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Tip {
+    /// The ref's full name on the remote, like `refs/heads/main`.
+    pub reference: String,
+    /// The commit it points to (tags are peeled), as 40 hex digits.
+    pub commit: String,
+}
+
+/// An open bare repository in the cache: the handle the driver keeps between attempts.
+pub(crate) struct Repo {
+    repo: gix::ThreadSafeRepository,
+    git_dir: PathBuf,
+    packs_at_open: usize,
+}
+
+impl std::fmt::Debug for Repo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repo")
+            .field("git_dir", &self.git_dir)
+            .finish()
+    }
+}
+
+impl Repo {
+    /// Opens the bare repository at `git_dir`, creating it when the directory does not exist.
+    ///
+    /// A directory that exists but cannot be opened as a repository is a *corrupt* error: the
+    /// caller deletes it and the next attempt starts afresh.
+    pub fn open_or_init(git_dir: &Path, target: &Target) -> Result<Self, FetchError> {
+        if !git_dir.exists() {
+            if let Some(parent) = git_dir.parent() {
+                std::fs::create_dir_all(parent).map_err(|err| {
+                    FetchError::local(format!("cannot create {}: {err}", parent.display()))
+                })?;
+            }
+            // Build in a temporary directory and rename it into place, so that a crash never
+            // leaves a half-initialized repository where a complete one is expected.
+            let staging = git_dir.with_extension("init");
+            let _ = std::fs::remove_dir_all(&staging);
+            gix::init_bare(&staging).map_err(|err| {
+                FetchError::local(format!(
+                    "cannot create a repository at {}: {}",
+                    staging.display(),
+                    error::describe(&err)
+                ))
+            })?;
+            std::fs::rename(&staging, git_dir).map_err(|err| {
+                FetchError::local(format!(
+                    "cannot move {} into place: {err}",
+                    staging.display()
+                ))
+            })?;
+        }
+        let options = gix::open::Options::isolated()
+            .object_store_slots(gix::odb::store::init::Slots::Given(PACK_SLOTS as u16))
+            .config_overrides(config_overrides(target));
+        let repo = gix::open_opts(git_dir, options).map_err(|err| FetchError {
+            kind: ErrorKind::Corrupt,
+            message: format!(
+                "the cached clone at {} is unusable: {}",
+                git_dir.display(),
+                error::describe(&err)
+            ),
+        })?;
+        Ok(Self {
+            repo: repo.into_sync(),
+            git_dir: git_dir.to_owned(),
+            packs_at_open: pack_count(git_dir),
+        })
+    }
+
+    /// True when enough packs were added since the handle was opened that it should be
+    /// reopened before the next fetch (gix's pack slots are fixed at open).
+    pub fn needs_reopen(&self) -> bool {
+        pack_count(&self.git_dir) >= self.packs_at_open + PACK_SLOTS / 2
+    }
+
+    /// Fetches the target's ref into the cache and returns where it points now.
+    ///
+    /// Returns early with a transient error once `cancel` fires; the fetch's temporary files are
+    /// removed by gix as the attempt unwinds.
+    pub fn fetch(&self, target: &Target, cancel: &Cancel) -> Result<Tip, FetchError> {
+        let repo = self.repo.to_thread_local();
+        let source = target.reference.as_deref().unwrap_or("HEAD");
+        let spec = format!("+{source}:{TIP_REF}");
+        let url = absolute_local_path(&target.url);
+        let remote = repo
+            .remote_at(url.as_str())
+            .and_then(|remote| remote.with_refspecs([spec.as_str()], Direction::Fetch))
+            .map_err(|err| {
+                FetchError::permanent(format!("invalid url: {}", error::describe(&err)))
+            })?
+            .with_fetch_tags(Tags::None);
+        let shallow = match target.depth.and_then(NonZeroU32::new) {
+            Some(depth) => Shallow::DepthAtRemote(depth),
+            None => Shallow::NoChange,
+        };
+        let reference = match transport::git_daemon_stream(&target.url, target.timeout, cancel)? {
+            Some(connection) => receive(
+                remote.to_connection_with_transport(connection),
+                target,
+                shallow,
+                cancel,
+            ),
+            None => {
+                let connection = remote
+                    .connect(Direction::Fetch)
+                    .map_err(|err| error::classify(&err, target, cancel))?;
+                receive(connection, target, shallow, cancel)
+            }
+        }?;
+        let commit = repo
+            .find_reference(TIP_REF)
+            .map_err(|err| {
+                FetchError::corrupt(format!(
+                    "fetched ref is unreadable: {}",
+                    error::describe(&err)
+                ))
+            })?
+            .peel_to_commit()
+            .map_err(|err| {
+                FetchError::permanent(format!(
+                    "`{reference}` on the remote does not point to a commit: {}",
+                    error::describe(&err)
+                ))
+            })?
+            .id;
+        Ok(Tip {
+            reference,
+            commit: commit.to_string(),
+        })
+    }
+
+    /// True when the commit `id` and everything needed to diff against it are in the cache.
+    pub fn has_commit(&self, id: &str) -> bool {
+        let repo = self.repo.to_thread_local();
+        parse_id(id)
+            .ok()
+            .and_then(|id| repo.find_commit(id).ok())
+            .is_some_and(|commit| commit.tree().is_ok())
+    }
+
+    /// The files that differ between the trees of `old` and `new` (every file of `new` when
+    /// `old` is `None`), sorted by path, and whether `old` is not an ancestor of `new`.
+    pub fn changes(&self, old: Option<&str>, new: &str) -> Result<(Vec<Change>, bool), FetchError> {
+        let repo = self.repo.to_thread_local();
+        let unreadable = |what: &str, err: gix::Error| {
+            FetchError::corrupt(format!("cannot read {what}: {}", error::describe(&err)))
+        };
+        let new_id = parse_id(new)?;
+        let new_tree = repo
+            .find_commit(new_id)
+            .and_then(|commit| commit.tree())
+            .map_err(|err| unreadable(&format!("commit {new}"), err))?;
+        let (old_tree, forced) = match old {
+            None => (repo.empty_tree(), false),
+            Some(old) => {
+                let old_id = parse_id(old)?;
+                let tree = repo
+                    .find_commit(old_id)
+                    .and_then(|commit| commit.tree())
+                    .map_err(|err| unreadable(&format!("commit {old}"), err))?;
+                let forced = old_id != new_id
+                    && !repo
+                        .merge_base(old_id, new_id)
+                        .is_ok_and(|base| base.is_some_and(|base| base.detach() == old_id));
+                (tree, forced)
+            }
+        };
+        let mut options = gix::diff::Options::default();
+        options.track_path().track_rewrites(None);
+        let diff = repo
+            .diff_tree_to_tree(Some(&old_tree), Some(&new_tree), Some(options))
+            .map_err(|err| unreadable("trees to compare", err))?;
+        let mut changes = Vec::new();
+        for change in diff {
+            use gix::object::tree::diff::ChangeDetached as C;
+            let entry = match change {
+                C::Addition {
+                    location,
+                    entry_mode,
+                    id,
+                    ..
+                } if !entry_mode.is_tree() => (location, ChangeKind::Added, Some(id)),
+                C::Deletion {
+                    location,
+                    entry_mode,
+                    ..
+                } if !entry_mode.is_tree() => (location, ChangeKind::Deleted, None),
+                C::Modification {
+                    location,
+                    previous_entry_mode,
+                    entry_mode,
+                    id,
+                    ..
+                } => {
+                    // A file that became a directory is a deletion (its new contents are
+                    // reported as additions on their own), and the other way round.
+                    match (previous_entry_mode.is_tree(), entry_mode.is_tree()) {
+                        (false, false) => (location, ChangeKind::Modified, Some(id)),
+                        (false, true) => (location, ChangeKind::Deleted, None),
+                        (true, false) => (location, ChangeKind::Added, Some(id)),
+                        (true, true) => continue,
+                    }
+                }
+                _ => continue,
+            };
+            let (path, kind, id) = entry;
+            changes.push(Change {
+                path: path.to_str_lossy().into_owned(),
+                kind,
+                id: id.map(|id| id.to_string()),
+            });
+        }
+        changes.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok((changes, forced))
+    }
+}
+
+/// Negotiates and receives the pack over an established connection, then checks that the
+/// tracked ref was really updated: gix reports `Ok` even when an update was rejected.
+fn receive<T>(
+    connection: gix::remote::Connection<'_, '_, '_, T>,
+    target: &Target,
+    shallow: Shallow,
+    cancel: &Cancel,
+) -> Result<String, FetchError>
+where
+    T: gix::protocol::transport::client::blocking_io::Transport,
+{
+    let wanted = target.reference.as_deref().unwrap_or("HEAD");
+    let prepare = connection
+        .prepare_fetch(gix::progress::Discard, Default::default())
+        .map_err(|err| {
+            let failure = error::classify(&err, target, cancel);
+            if failure.message.contains("None of the refspec") {
+                FetchError::permanent(missing_ref(wanted))
+            } else {
+                failure
+            }
+        })?;
+    let Some(mapping) = prepare.ref_map().mappings.first() else {
+        return Err(FetchError::permanent(missing_ref(wanted)));
+    };
+    let remote_name = match (mapping.remote.as_target(), mapping.remote.as_name()) {
+        (Some(target), _) => target.to_str_lossy().into_owned(),
+        (None, Some(name)) => name.to_str_lossy().into_owned(),
+        (None, None) => wanted.to_owned(),
+    };
+    if mapping.remote.as_id().is_none() {
+        return Err(FetchError::permanent(format!(
+            "`{remote_name}` on the remote has no commits yet"
+        )));
+    }
+    let outcome = prepare
+        .with_shallow(shallow)
+        .receive(gix::progress::Discard, cancel.flag())
+        .map_err(|err| error::classify(&err, target, cancel))?;
+    let updates = match &outcome.status {
+        gix::remote::fetch::Status::NoPackReceived { update_refs, .. }
+        | gix::remote::fetch::Status::Change { update_refs, .. } => &update_refs.updates,
+    };
+    for update in updates {
+        match update.mode {
+            Mode::NoChangeNeeded | Mode::FastForward | Mode::Forced | Mode::New => {}
+            ref rejected => {
+                return Err(FetchError::transient(format!(
+                    "the local copy of `{remote_name}` was not updated: {rejected:?}"
+                )));
+            }
+        }
+    }
+    Ok(remote_name)
+}
+
+fn missing_ref(wanted: &str) -> String {
+    let short = wanted.strip_prefix("refs/heads/").unwrap_or(wanted);
+    format!("branch `{short}` not found on remote; check --branch")
+}
+
+fn parse_id(id: &str) -> Result<gix::ObjectId, FetchError> {
+    gix::ObjectId::from_hex(id.as_bytes())
+        .map_err(|_| FetchError::corrupt(format!("`{id}` is not a commit id")))
+}
+
+/// Per-source configuration of the repository handle: no prompts (a daemon has no terminal),
+/// and transport limits derived from the attempt's timeout so that no blocking call outlives it.
+fn config_overrides(target: &Target) -> Vec<String> {
+    let whole_seconds = target.timeout.as_secs_f64().ceil().max(1.0) as u64;
+    let mut overrides = vec![
+        "gitoxide.credentials.terminalPrompt=false".to_owned(),
+        "credential.interactive=never".to_owned(),
+        // curl aborts when the transfer stays below this rate for the whole window; a server
+        // that trickles bytes can otherwise hold an HTTP attempt for ever.
+        format!("http.lowSpeedLimit={}", LOW_SPEED_BYTES_PER_SECOND),
+        format!("http.lowSpeedTime={whole_seconds}"),
+        format!(
+            "gitoxide.http.connectTimeout={}",
+            target.timeout.as_millis().max(1)
+        ),
+        "protocol.version=2".to_owned(),
+    ];
+    let ssh = target.ssh_command.as_deref().unwrap_or("ssh");
+    // Later `-o` values lose to earlier ones in ssh, so the user's own options win.
+    overrides.push(format!(
+        "core.sshCommand={ssh} -o BatchMode=yes -o ConnectTimeout={whole_seconds} \
+         -o ServerAliveInterval={} -o ServerAliveCountMax=2",
+        whole_seconds.div_ceil(2).max(1)
+    ));
+    overrides
+}
+
+/// The slowest transfer rate an HTTP attempt tolerates over its whole timeout.
+const LOW_SPEED_BYTES_PER_SECOND: u32 = 1024;
+
+/// The number of pack files in a repository's object store.
+pub(crate) fn pack_count(git_dir: &Path) -> usize {
+    std::fs::read_dir(git_dir.join("objects/pack"))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "pack"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// A relative local path made absolute against the current directory. git (and gix) would
+/// resolve it against the cache's repository instead, which is never what the user meant.
+fn absolute_local_path(url: &str) -> String {
+    let is_local_path = !url.contains("://")
+        && gix::url::parse(url.as_bytes().as_bstr())
+            .is_ok_and(|parsed| parsed.scheme == gix::url::Scheme::File);
+    let path = Path::new(url);
+    if is_local_path && path.is_relative() {
+        if let Ok(cwd) = std::env::current_dir() {
+            return cwd.join(path).to_string_lossy().into_owned();
+        }
+    }
+    url.to_owned()
+}
+
+/// Checks that `url` is a remote gitfeed can fetch from, without touching the network.
+pub(crate) fn check_url(url: &str) -> Result<(), String> {
+    if url.trim().is_empty() {
+        return Err("url is empty".into());
+    }
+    if let Some((scheme, _)) = url.split_once("://") {
+        if !matches!(scheme, "file" | "git" | "http" | "https" | "ssh") {
+            return Err(unsupported(scheme));
+        }
+    } else if let Some((scheme, _)) = url.split_once("::") {
+        // git's remote-helper syntax (`ext::`, `fd::`) would run arbitrary programs.
+        return Err(unsupported(scheme));
+    }
+    let parsed = gix::url::parse(url.as_bytes().as_bstr())
+        .map_err(|err| format!("malformed url `{url}`: {}", error::describe_std(&err)))?;
+    use gix::url::Scheme;
+    match parsed.scheme {
+        Scheme::File | Scheme::Git | Scheme::Http | Scheme::Https | Scheme::Ssh => {}
+        other => return Err(unsupported(other.as_str())),
+    }
+    if parsed.scheme != Scheme::File && parsed.host().is_none_or(str::is_empty) {
+        return Err(format!("malformed url `{url}`: no host"));
+    }
+    if parsed.path.is_empty() || parsed.path == "/" {
+        return Err(format!("malformed url `{url}`: no repository path"));
+    }
+    Ok(())
+}
+
+fn unsupported(scheme: &str) -> String {
+    format!("unsupported url scheme `{scheme}`; use a path, file://, git://, http(s):// or ssh://")
+}
+
+/// Checks a branch or full ref name.
+pub(crate) fn check_ref(name: &str) -> Result<(), String> {
+    let full = full_ref_name(name);
+    gix::validate::reference::name(full.as_bytes().as_bstr())
+        .map(|_| ())
+        .map_err(|err| format!("invalid ref name `{name}`: {err}"))
+}
+
+/// `main` → `refs/heads/main`; full names are kept as they are.
+pub(crate) fn full_ref_name(name: &str) -> String {
+    if name.starts_with("refs/") {
+        name.to_owned()
+    } else {
+        format!("refs/heads/{name}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        for good in [
+            "/srv/p.git",
+            "./p",
+            "file:///srv/p.git",
+            "git://127.0.0.1:9418/p.git",
+            "http://127.0.0.1:8080/p.git",
+            "https://example.org/p.git",
+            "ssh://git@example.org:2222/p.git",
+            "git@example.org:org/p.git",
+        ] {
+            check_url(good).unwrap_or_else(|err| panic!("{good}: {err}"));
+        }
+        for bad in [
+            "",
+            "ftp://x/p",
+            "ext::sh -c touch% /tmp/x",
+            "http://",
+            "https:///p",
+            "git://host",
+        ] {
+            assert!(check_url(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn ref_names() {
+        assert_eq!(full_ref_name("main"), "refs/heads/main");
+        assert_eq!(full_ref_name("refs/tags/v1"), "refs/tags/v1");
+        check_ref("feature/x").unwrap();
+        for bad in ["a..b", "a b", "-x/", "x.lock", ""] {
+            assert!(check_ref(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+}
+
+/// `url` without a password in its userinfo (`https://user:secret@host/p` → `https://user@host/p`).
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            format!("{scheme}://{user}@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod redact_tests {
+    #[test]
+    fn passwords_are_removed() {
+        assert_eq!(
+            super::redact_url("https://u:s3cret@h/p.git"),
+            "https://u@h/p.git"
+        );
+        assert_eq!(super::redact_url("https://h/p.git"), "https://h/p.git");
+        assert_eq!(super::redact_url("git@h:p.git"), "git@h:p.git");
+        assert_eq!(super::redact_url("https://u:a@b@h/p"), "https://u@h/p");
+    }
+}

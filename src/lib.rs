@@ -1,0 +1,43 @@
+//! gitfeed keeps a local copy of a git branch in sync and tells its consumer exactly what changed.
+//!
+//! A [`Feed`] follows any number of [`Source`]s (a URL, a branch, a poll interval and the limits
+//! of an attempt), runs on a smol executor, and sends [`Event`]s on a channel: an [`Update`]
+//! listing the [`Change`]s between the last delivered commit and the new one, and a
+//! [`StateChange`] whenever a source's health changes.
+//!
+//! Every fetch attempt ends on time and gives back what it took: a hung remote costs one attempt
+//! deadline, never a stuck thread, a descriptor or a child process. The pure [`machine::Machine`]
+//! decides when to fetch, how long to back off and when to give up; the driver carries its
+//! decisions out.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use gitfeed::{Event, Feed, Source};
+//!
+//! let feed = Feed::new("/var/cache/gitfeed");
+//! let events = feed.events();
+//! feed.add(Source::new("policies", "https://example.org/policies.git"))?;
+//! std::thread::spawn(move || feed.run());
+//! while let Ok(event) = events.recv_blocking() {
+//!     if let Event::Update(update) = event {
+//!         println!("{} moved to {}", update.source, update.new);
+//!     }
+//! }
+//! # Ok::<(), gitfeed::SourceError>(())
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations)]
+
+mod cache;
+mod driver;
+mod event;
+mod feed;
+mod git;
+pub mod machine;
+mod source;
+
+pub use event::{Change, ChangeKind, Event, SourceState, StateChange, Update};
+pub use feed::{DEFAULT_CONCURRENT_FETCHES, Feed, FeedError, FeedHandle, SyncError, sync_once};
+pub use machine::ErrorKind;
+pub use source::{Source, SourceError, parse_duration};

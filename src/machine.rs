@@ -1,0 +1,1420 @@
+//! The schedule of one followed source: when to fetch, how long to back off after a failure, and
+//! when to give up.
+//!
+//! [`Machine`] performs no IO and reads no clock. Its owner feeds it events together with the
+//! current time and carries out the [`Action`]s it asks for, which keeps every timing decision
+//! reproducible and testable without a network or a repository.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// How a failed fetch attempt is classed, which decides what happens next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A failure that may go away by itself, such as a network error, a server error or a
+    /// timeout. The attempt is retried after a backoff.
+    Transient,
+    /// A failure that retrying cannot fix, such as a missing ref, refused credentials or an
+    /// invalid URL. The source fails at once and stays failed until it is triggered or changed.
+    Permanent,
+    /// The local clone is broken. Retried after a backoff like [`ErrorKind::Transient`], but the
+    /// clone is deleted before the retry so that it is cloned afresh.
+    Corrupt,
+}
+
+/// Timing settings of one source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Time from the end of a successful fetch to the start of the next one.
+    pub interval: Duration,
+    /// Backoff before the first retry; each further consecutive failure doubles it.
+    pub backoff_initial: Duration,
+    /// Ceiling of the backoff, applied before jitter. It also caps `backoff_initial`.
+    pub backoff_max: Duration,
+    /// Consecutive failures after which the source gives up instead of backing off again.
+    /// `None` retries forever.
+    pub max_failures: Option<u32>,
+}
+
+/// Where a [`Machine`] stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// Healthy, waiting for the next poll.
+    Idle {
+        /// When the next fetch is due.
+        next_poll: Instant,
+    },
+    /// A fetch attempt is running.
+    Fetching {
+        /// Consecutive failures before this attempt.
+        failures: u32,
+        /// When the attempt started.
+        since: Instant,
+    },
+    /// The last attempt failed; waiting before the retry.
+    Backoff {
+        /// When the retry is due.
+        until: Instant,
+        /// Consecutive failures so far, including the last attempt.
+        failures: u32,
+        /// Description of the last failure.
+        error: String,
+        /// Class of the last failure.
+        kind: ErrorKind,
+    },
+    /// Given up. Only [`Machine::handle_trigger`] or [`Machine::handle_policy_changed`] leave
+    /// this state.
+    Failed {
+        /// Description of the failure that ended the retries.
+        error: String,
+        /// Class of the failure that ended the retries.
+        kind: ErrorKind,
+    },
+}
+
+/// Work a [`Machine`] asks its owner to carry out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Drop the source's repository handle and its in-memory cache entry; when `delete_clone`,
+    /// also delete the on-disk clone.
+    ///
+    /// Always directly followed by [`Action::Fetch`], which must not start before the teardown
+    /// has finished.
+    TearDown {
+        /// Whether the on-disk clone must be deleted too, because the last failure was
+        /// [`ErrorKind::Corrupt`].
+        delete_clone: bool,
+    },
+    /// Start one fetch attempt. The owner reports its end with [`Machine::handle_fetch_done`].
+    Fetch,
+    /// Tell the consumer the source's health changed.
+    Emit(Health),
+}
+
+/// Health of a source as reported to the consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// An attempt failed and will be retried.
+    Backoff {
+        /// Consecutive failures so far, 1 for the first.
+        attempt: u32,
+        /// Description of the failure.
+        error: String,
+        /// Time until the retry.
+        retry_in: Duration,
+    },
+    /// An attempt failed and no retry will follow on its own.
+    Failed {
+        /// Consecutive failures so far, 1 for the first.
+        attempt: u32,
+        /// Description of the failure.
+        error: String,
+    },
+    /// The source recovered: a fetch succeeded after a reported failure.
+    Idle,
+}
+
+/// How a fetch attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The attempt succeeded.
+    Success,
+    /// The attempt failed.
+    Failure {
+        /// Class of the failure.
+        kind: ErrorKind,
+        /// Description of the failure, passed on to the consumer.
+        error: String,
+    },
+}
+
+/// The fetch schedule of one source.
+///
+/// # Driving contract
+///
+/// - After every `handle_*` call, drain [`Machine::poll_action`] until it returns `None`,
+///   carrying out the actions in order. An [`Action::TearDown`] must finish before the
+///   [`Action::Fetch`] that follows it starts.
+/// - At most one attempt runs at a time. When the attempt started by an [`Action::Fetch`] ends,
+///   call [`Machine::handle_fetch_done`] with its outcome and a random value in `[0, 1)`.
+/// - After every `handle_*` call, read [`Machine::poll_timeout`] again and arrange for
+///   [`Machine::handle_timeout`] to be called once that instant is reached. Early or repeated
+///   calls do nothing, so a timer that fires too soon is harmless.
+/// - Call [`Machine::handle_trigger`] when a fetch is wanted now, and
+///   [`Machine::handle_policy_changed`] when the source's settings changed.
+///
+/// A trigger or a settings change that arrives while an attempt runs is remembered (at most
+/// once) and answered once the attempt ends:
+///
+/// - If the attempt succeeds, the next attempt starts right away, within the same
+///   `handle_fetch_done` call, rather than via a zero timeout.
+/// - If the attempt fails, a remembered trigger is dropped and the failure takes its usual
+///   course: the attempt started before the trigger but failing now says the remote or the clone
+///   is unhealthy right now, and retrying at once would defeat the backoff. A later trigger still
+///   cuts the backoff short or leaves the failed state.
+/// - If the attempt fails and the settings changed meanwhile, the failure belongs to the old
+///   settings: it is not counted or reported, and a new attempt starts at once, after a
+///   teardown.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::{Duration, Instant};
+///
+/// use gitfeed::machine::{Action, ErrorKind, Machine, Outcome, Policy};
+///
+/// let policy = Policy {
+///     interval: Duration::from_secs(60),
+///     backoff_initial: Duration::from_secs(1),
+///     backoff_max: Duration::from_secs(300),
+///     max_failures: Some(10),
+/// };
+/// let mut now = Instant::now();
+/// let mut machine = Machine::new(policy, now);
+///
+/// // Stand-ins for real fetch attempts: the first one fails, the rest succeed.
+/// let mut outcomes = vec![
+///     Outcome::Failure { kind: ErrorKind::Transient, error: "connection reset".into() },
+///     Outcome::Success,
+///     Outcome::Success,
+/// ]
+/// .into_iter();
+///
+/// loop {
+///     while let Some(action) = machine.poll_action() {
+///         match action {
+///             Action::TearDown { delete_clone } => {
+///                 // Drop the repository handle; also remove the clone if `delete_clone`.
+///                 let _ = delete_clone;
+///             }
+///             Action::Fetch => {
+///                 // A real owner starts the attempt and reports it when it ends.
+///                 let Some(outcome) = outcomes.next() else { return };
+///                 let jitter = 0.5; // a random value in [0, 1)
+///                 machine.handle_fetch_done(now, outcome, jitter);
+///             }
+///             Action::Emit(health) => println!("health: {health:?}"),
+///         }
+///     }
+///     // A real owner sleeps until the timeout, or until a trigger arrives.
+///     if let Some(deadline) = machine.poll_timeout() {
+///         now = deadline;
+///         machine.handle_timeout(now);
+///     }
+/// }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Machine {
+    policy: Policy,
+    state: State,
+    actions: VecDeque<Action>,
+    /// A trigger or settings change that arrived while fetching.
+    pending: Option<Pending>,
+    /// Whether the last health the consumer heard of is a failure, so that recovery is reported
+    /// exactly once.
+    unhealthy: bool,
+}
+
+impl Machine {
+    /// A new machine whose first fetch is due at `now`.
+    pub fn new(policy: Policy, now: Instant) -> Self {
+        Self {
+            policy,
+            state: State::Idle { next_poll: now },
+            actions: VecDeque::new(),
+            pending: None,
+            unhealthy: false,
+        }
+    }
+
+    /// Where the machine stands.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The settings in effect.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Time passed.
+    ///
+    /// Call when `now >= poll_timeout()`; spurious or early calls are no-ops, so calling again
+    /// with the same `now` does nothing.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.state {
+            State::Idle { next_poll } if now >= next_poll => self.start(now, 0, None),
+            State::Backoff {
+                until,
+                failures,
+                kind,
+                ..
+            } if now >= until => self.start(now, failures, Some(kind)),
+            _ => {}
+        }
+    }
+
+    /// The attempt started by the last [`Action::Fetch`] ended with `outcome`.
+    ///
+    /// `jitter` is a random value in `[0, 1)` supplied by the owner (values outside are
+    /// clamped), used only when the outcome leads to a backoff. Ignored unless an attempt is
+    /// running.
+    pub fn handle_fetch_done(&mut self, now: Instant, outcome: Outcome, jitter: f64) {
+        let State::Fetching { failures, .. } = self.state else {
+            return;
+        };
+        let pending = self.pending.take();
+
+        let (kind, error) = match outcome {
+            Outcome::Success => {
+                if self.unhealthy {
+                    self.unhealthy = false;
+                    self.actions.push_back(Action::Emit(Health::Idle));
+                }
+                match pending {
+                    Some(_) => self.start(now, 0, None),
+                    None => {
+                        self.state = State::Idle {
+                            next_poll: deadline(now, self.policy.interval),
+                        }
+                    }
+                }
+                return;
+            }
+            Outcome::Failure { kind, error } => (kind, error),
+        };
+
+        if pending == Some(Pending::Changed) {
+            self.start(now, failures, Some(kind));
+            return;
+        }
+
+        let failures = failures.saturating_add(1);
+        self.unhealthy = true;
+        let exhausted = self.policy.max_failures.is_some_and(|max| failures >= max);
+        if kind == ErrorKind::Permanent || exhausted {
+            self.actions.push_back(Action::Emit(Health::Failed {
+                attempt: failures,
+                error: error.clone(),
+            }));
+            self.state = State::Failed { error, kind };
+            return;
+        }
+
+        let retry_in = jittered(backoff_base(&self.policy, failures), jitter);
+        self.actions.push_back(Action::Emit(Health::Backoff {
+            attempt: failures,
+            error: error.clone(),
+            retry_in,
+        }));
+        self.state = State::Backoff {
+            until: deadline(now, retry_in),
+            failures,
+            error,
+            kind,
+        };
+    }
+
+    /// Fetch now.
+    ///
+    /// From idle, fetches at once. From a backoff, tears down and fetches, keeping the failure
+    /// count. From the failed state, tears down and fetches with the failure count reset. While
+    /// fetching, fetches again once the running attempt ends (see the type docs); several
+    /// triggers during one attempt count as one.
+    pub fn handle_trigger(&mut self, now: Instant) {
+        self.trigger(now, Pending::Trigger);
+    }
+
+    /// The source's settings changed: adopt `policy`, then behave like
+    /// [`Machine::handle_trigger`].
+    ///
+    /// This also leaves the failed state, since the failure may have been caused by the old
+    /// settings. An identical `policy` is treated the same way.
+    pub fn handle_policy_changed(&mut self, now: Instant, policy: Policy) {
+        self.policy = policy;
+        self.trigger(now, Pending::Changed);
+    }
+
+    /// Next action to carry out, in order. Drain until `None` after every `handle_*` call.
+    #[must_use]
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`Machine::handle_timeout`] must next be called; `None` while fetching or failed,
+    /// when nothing is timed.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::Idle { next_poll } => Some(next_poll),
+            State::Backoff { until, .. } => Some(until),
+            State::Fetching { .. } | State::Failed { .. } => None,
+        }
+    }
+
+    fn trigger(&mut self, now: Instant, why: Pending) {
+        match self.state {
+            State::Idle { .. } => self.start(now, 0, None),
+            State::Fetching { .. } => self.pending = self.pending.max(Some(why)),
+            State::Backoff { failures, kind, .. } => self.start(now, failures, Some(kind)),
+            State::Failed { kind, .. } => self.start(now, 0, Some(kind)),
+        }
+    }
+
+    /// Starts an attempt. `after` is the class of the failure being left behind, if any: the
+    /// handle that failed may hold state that caused the failure, so it is not reused.
+    fn start(&mut self, now: Instant, failures: u32, after: Option<ErrorKind>) {
+        if let Some(kind) = after {
+            self.actions.push_back(Action::TearDown {
+                delete_clone: kind == ErrorKind::Corrupt,
+            });
+        }
+        self.actions.push_back(Action::Fetch);
+        self.state = State::Fetching {
+            failures,
+            since: now,
+        };
+    }
+}
+
+/// The delay before retry number `failures` (1-based), before jitter.
+///
+/// This is `min(backoff_max, backoff_initial * 2^(failures - 1))`, saturating rather than
+/// overflowing for any `failures`; `0` is treated like `1`.
+pub fn backoff_base(policy: &Policy, failures: u32) -> Duration {
+    // Zero times any power of two is zero, even one too large to compute.
+    if policy.backoff_initial.is_zero() {
+        return Duration::ZERO;
+    }
+    2u32.checked_pow(failures.saturating_sub(1))
+        .and_then(|factor| policy.backoff_initial.checked_mul(factor))
+        .unwrap_or(Duration::MAX)
+        .min(policy.backoff_max)
+}
+
+/// Which of the events that can arrive while fetching is remembered; a settings change
+/// outranks a trigger because it also survives a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Pending {
+    Trigger,
+    Changed,
+}
+
+/// Takes up to half off `base` ("equal jitter"), so that sources failing together spread their
+/// retries while each still waits at least half the base delay.
+fn jittered(base: Duration, jitter: f64) -> Duration {
+    // NaN survives `clamp`; treat it like no jitter.
+    let jitter = if jitter.is_nan() {
+        0.0
+    } else {
+        jitter.clamp(0.0, 1.0)
+    };
+    let half = base / 2;
+    // Float rounding may land slightly above `half`; capping keeps the result at least the
+    // rounded-up half of `base`, which is never zero for a nonzero `base`.
+    let cut =
+        Duration::try_from_secs_f64(half.as_secs_f64() * jitter).map_or(half, |cut| cut.min(half));
+    base - cut
+}
+
+/// `now + delay`, or the farthest of a few fallbacks if that instant cannot be represented:
+/// a delay that large means "not in any foreseeable future" and must not panic.
+fn deadline(now: Instant, delay: Duration) -> Instant {
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+    const FALLBACKS: [Duration; 4] = [
+        YEAR.saturating_mul(100),
+        YEAR,
+        Duration::from_secs(24 * 60 * 60),
+        Duration::from_secs(60 * 60),
+    ];
+    now.checked_add(delay)
+        .or_else(|| {
+            FALLBACKS
+                .iter()
+                .find_map(|&fallback| now.checked_add(fallback))
+        })
+        .unwrap_or(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            interval: secs(60),
+            backoff_initial: secs(1),
+            backoff_max: secs(8),
+            max_failures: None,
+        }
+    }
+
+    fn failure(kind: ErrorKind) -> Outcome {
+        Outcome::Failure {
+            kind,
+            error: format!("{kind:?} failure"),
+        }
+    }
+
+    fn drain(machine: &mut Machine) -> Vec<Action> {
+        std::iter::from_fn(|| machine.poll_action()).collect()
+    }
+
+    /// A machine whose first attempt is running, started at `t0`.
+    fn fetching(policy: Policy, t0: Instant) -> Machine {
+        let mut machine = Machine::new(policy, t0);
+        machine.handle_timeout(t0);
+        assert_eq!(drain(&mut machine), vec![Action::Fetch]);
+        machine
+    }
+
+    fn backoff(attempt: u32, kind: ErrorKind, retry_in: Duration) -> Action {
+        Action::Emit(Health::Backoff {
+            attempt,
+            error: format!("{kind:?} failure"),
+            retry_in,
+        })
+    }
+
+    fn failed(attempt: u32, kind: ErrorKind) -> Action {
+        Action::Emit(Health::Failed {
+            attempt,
+            error: format!("{kind:?} failure"),
+        })
+    }
+
+    const TEAR_DOWN: Action = Action::TearDown {
+        delete_clone: false,
+    };
+
+    #[test]
+    fn first_fetch_is_due_at_creation() {
+        let t0 = Instant::now();
+        let mut machine = Machine::new(policy(), t0);
+        assert_eq!(machine.poll_timeout(), Some(t0));
+        assert_eq!(machine.state(), &State::Idle { next_poll: t0 });
+        assert_eq!(drain(&mut machine), vec![]);
+
+        machine.handle_timeout(t0);
+        assert_eq!(drain(&mut machine), vec![Action::Fetch]);
+        assert_eq!(
+            machine.state(),
+            &State::Fetching {
+                failures: 0,
+                since: t0
+            }
+        );
+        assert_eq!(machine.poll_timeout(), None);
+        assert_eq!(machine.policy(), &policy());
+    }
+
+    #[test]
+    fn success_polls_again_after_interval() {
+        let t0 = Instant::now();
+        let mut machine = fetching(policy(), t0);
+        machine.handle_fetch_done(t0 + secs(2), Outcome::Success, 0.5);
+        assert_eq!(drain(&mut machine), vec![]);
+        assert_eq!(
+            machine.state(),
+            &State::Idle {
+                next_poll: t0 + secs(62)
+            }
+        );
+        assert_eq!(machine.poll_timeout(), Some(t0 + secs(62)));
+
+        machine.handle_timeout(t0 + secs(61));
+        assert_eq!(drain(&mut machine), vec![]);
+        machine.handle_timeout(t0 + secs(62));
+        assert_eq!(drain(&mut machine), vec![Action::Fetch]);
+        assert_eq!(
+            machine.state(),
+            &State::Fetching {
+                failures: 0,
+                since: t0 + secs(62)
+            }
+        );
+    }
+
+    #[test]
+    fn success_after_failures_reports_recovery_once() {
+        let t0 = Instant::now();
+        let mut machine = fetching(policy(), t0);
+        machine.handle_fetch_done(t0, failure(ErrorKind::Transient), 0.0);
+        assert_eq!(
+            drain(&mut machine),
+            vec![backoff(1, ErrorKind::Transient, secs(1))]
+        );
+        machine.handle_timeout(t0 + secs(1));
+        assert_eq!(drain(&mut machine), vec![TEAR_DOWN, Action::Fetch]);
+        machine.handle_fetch_done(t0 + secs(1), failure(ErrorKind::Transient), 0.0);
+        assert_eq!(
+            drain(&mut machine),
+            vec![backoff(2, ErrorKind::Transient, secs(2))]
+        );
+        machine.handle_timeout(t0 + secs(3));
+        assert_eq!(drain(&mut machine), vec![TEAR_DOWN, Action::Fetch]);
+        assert_eq!(
+            machine.state(),
+            &State::Fetching {
+                failures: 2,
+                since: t0 + secs(3)
+            }
+        );
+
+        machine.handle_fetch_done(t0 + secs(4), Outcome::Success, 0.0);
+        assert_eq!(drain(&mut machine), vec![Action::Emit(Health::Idle)]);
+        assert_eq!(
+            machine.state(),
+            &State::Idle {
+                next_poll: t0 + secs(64)
+            }
+        );
+
+        machine.handle_timeout(t0 + secs(64));
+        assert_eq!(drain(&mut machine), vec![Action::Fetch]);
+        machine.handle_fetch_done(t0 + secs(65), Outcome::Success, 0.0);
+        assert_eq!(drain(&mut machine), vec![]);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let t0 = Instant::now();
+        let mut machine = fetching(policy(), t0);
+        let mut now = t0;
+        for (attempt, expected) in [1, 2, 4, 8, 8, 8].into_iter().enumerate() {
+            let attempt = attempt as u32 + 1;
+            machine.handle_fetch_done(now, failure(ErrorKind::Transient), 0.0);
+            assert_eq!(
+                drain(&mut machine),
+                vec![backoff(attempt, ErrorKind::Transient, secs(expected))]
+            );
+            assert_eq!(machine.poll_timeout(), Some(now + secs(expected)));
+            now += secs(expected);
+            machine.handle_timeout(now);
+            assert_eq!(drain(&mut machine), vec![TEAR_DOWN, Action::Fetch]);
+        }
+    }
+
+    #[test]
+    fn backoff_base_saturates() {
+        let policy = policy();
+        assert_eq!(backoff_base(&policy, 0), secs(1));
+        assert_eq!(backoff_base(&policy, 1), secs(1));
+        assert_eq!(backoff_base(&policy, 3), secs(4));
+        assert_eq!(backoff_base(&policy, 33), secs(8));
+        assert_eq!(backoff_base(&policy, u32::MAX), secs(8));
+
+        let unbounded = Policy {
+            backoff_max: Duration::MAX,
+            ..policy.clone()
+        };
+        assert_eq!(backoff_base(&unbounded, 32), secs(1 << 31));
+        assert_eq!(backoff_base(&unbounded, 33), Duration::MAX);
+        assert_eq!(backoff_base(&unbounded, u32::MAX), Duration::MAX);
+        let huge = Policy {
+            backoff_initial: Duration::MAX,
+            ..unbounded.clone()
+        };
+        assert_eq!(backoff_base(&huge, 2), Duration::MAX);
+
+        let zero = Policy {
+            backoff_initial: Duration::ZERO,
+            ..unbounded
+        };
+        assert_eq!(backoff_base(&zero, u32::MAX), Duration::ZERO);
+
+        let inverted = Policy {
+            backoff_initial: secs(10),
+            backoff_max: secs(3),
+            ..policy
+        };
+        assert_eq!(backoff_base(&inverted, 1), secs(3));
+    }
+
+    #[test]
+    fn jitter_takes_at_most_half() {
+        let base = secs(4);
+        assert_eq!(jittered(base, 0.0), base);
+        let most = jittered(base, 0.999);
+        assert!(most >= secs(2) && most <= ms(2_003), "{most:?}");
+        assert_eq!(jittered(base, 1.0), secs(2));
+        assert_eq!(jittered(base, 7.0), secs(2));
+        assert_eq!(jittered(base, -3.0), base);
+        assert_eq!(jittered(base, f64::NAN), base);
+        assert_eq!(
+            jittered(Duration::from_nanos(1), 1.0),
+            Duration::from_nanos(1)
+        );
+        assert_eq!(
+            jittered(Duration::from_nanos(3), 1.0),
+            Duration::from_nanos(2)
+        );
+        assert_eq!(jittered(Duration::ZERO, 0.5), Duration::ZERO);
+        assert!(jittered(Duration::MAX, 1.0) >= Duration::MAX / 2);
+    }
+
+    #[test]
+    fn jitter_applies_to_the_backoff() {
+        let t0 = Instant::now();
+        let mut machine = fetching(policy(), t0);
+        machine.handle_fetch_done(t0, failure(ErrorKind::Transient), 0.999);
+        let actions = drain(&mut machine);
+        let [Action::Emit(Health::Backoff { retry_in, .. })] = actions[..] else {
+            panic!("unexpected actions: {actions:?}");
+        };
+        assert!(retry_in >= ms(500) && retry_in <= ms(501), "{retry_in:?}");
+        assert_eq!(machine.poll_timeout(), Some(t0 + retry_in));
+
+        machine.handle_timeout(t0 + retry_in);
+        assert_eq!(drain(&mut machine), vec![TEAR_DOWN, Action::Fetch]);
+        machine.handle_fetch_done(t0 + secs(1), failure(ErrorKind::Transient), 0.0);
+        assert_eq!(
+            drain(&mut machine),
+            vec![backoff(2, ErrorKind::Transient, secs(2))]
+        );
+    }
+
+    #[test]
+    fn max_failures_gives_up() {
+        let t0 = Instant::now();
+        let policy = Policy {
+            max_failures: Some(3),
+            ..policy()
+        };
+        let mut machine = fetching(policy, t0);
+        machine.handle_fetch_done(t0, failure(ErrorKind::Transient), 0.0);
+        assert_eq!(
+            drain(&mut machine),
+            vec![backoff(1, ErrorKind::Transient, secs(1))]
+        );
+        machine.handle_timeout(t0 + secs(1));
+        assert_eq!(drain(&mut machine), vec![TEAR_DOWN, Action::Fetch]);
+        machine.handle_fetch_done(t0 + secs(1), failure(ErrorKind::Transient), 0.0);
+        assert_eq!(
+            drain(&mut machine),
+            vec![backoff(2, ErrorKind::Transient, secs(2))]
+        );
+        machine.handle_timeout(t0 + secs(3));
+        assert_eq!(drain(&mut machine), vec![TEAR_DOWN, Action::Fetch]);
+        machine.handle_fetch_done(t0 + secs(3), failure(ErrorKind::Transient), 0.0);
+        assert_eq!(drain(&mut machine), vec![failed(3, ErrorKind::Transient)]);
+        assert_eq!(
+            machine.state(),
+            &State::Failed {
+                error: "Transient failure".into(),
+                kind: ErrorKind::Transient
+            }
+        );
+        assert_eq!(machine.poll_timeout(), None);
+    }
+
+    #[test]
+    fn zero_max_failures_gives_up_on_the_first_failure() {
+        let t0 = Instant::now();
+        let policy = Policy {
+            max_failures: Some(0),
+            ..policy()
+        };
+        let mut machine = fetching(policy, t0);
+        machine.handle_fetch_done(t0, failure(ErrorKind::Corrupt), 0.0);
+        assert_eq!(drain(&mut machine), vec![failed(1, ErrorKind::Corrupt)]);
+    }
+
+    #[test]
+    fn permanent_failure_gives_up_at_once() {
+        let t0 = Instant::now();
+        let mut machine = fetching(policy(), t0);
+        machine.handle_fetch_done(t0 + secs(1), failure(ErrorKind::Permanent), 0.0);
+        assert_eq!(drain(&mut machine), vec![failed(1, ErrorKind::Permanent)]);
+        assert_eq!(
+            machine.state(),
+            &State::Failed {
+                error: "Permanent failure".into(),
+                kind: ErrorKind::Permanent
+            }
+        );
+        assert_eq!(machine.poll_timeout(), None);
+    }
+
+    #[test]
+    fn permanent_failure_after_transient_ones_counts_them() {
+        let t0 = Instant::now();
+        let mut machine = fetching(policy(), t0);
+        machine.handle_fetch_done(t0, failure(ErrorKind::Transient), 0.0);
+        machine.handle_timeout(t0 + secs(1));
+        assert_eq!(
+            drain(&mut machine),
+            vec![
+                backoff(1, ErrorKind::Transient, secs(1)),
+                TEAR_DOWN,
+                Action::Fetch
+            ]
+        );
+        machine.handle_fetch_done(t0 + secs(1), failure(ErrorKind::Permanent), 0.0);
+        assert_eq!(drain(&mut machine), vec![failed(2, ErrorKind::Permanent)]);
+    }
+
+    #[test]
+    fn failed_stays_failed_on_timeouts() {
+        let t0 = Instant::now();
+        let mut machine = fetching(policy(), t0);
+        machine.handle_fetch_done(t0, failure(ErrorKind::Permanent), 0.0);
+        drain(&mut machine);
+        let state = machine.state().clone();
+        for later in [secs(0), secs(1), secs(60), secs(1_000_000)] {
+            machine.handle_timeout(t0 + later);
+            assert_eq!(drain(&mut machine), vec![]);
+            assert_eq!(machine.state(), &state);
+            assert_eq!(machine.poll_timeout(), None);
+        }
+    }
+
+    #[test]
+    fn trigger_leaves_failed() {
+        let t0 = Instant::now();
+        let policy = Policy {
+            max_failures: Some(2),
+            ..policy()
+        };
+        let mut machine = fetching(policy, t0);
+        machine.handle_fetch_done(t0, failure(ErrorKind::Transient), 0.0);
+        machine.handle_timeout(t0 + secs(1));
+        machine.handle_fetch_done(t0 + secs(1), failure(ErrorKind::Transient), 0.0);
+        assert_eq!(
+            drain(&mut machine),
+            vec![
+                backoff(1, ErrorKind::Transient, secs(1)),
+                TEAR_DOWN,
+                Action::Fetch,
+                failed(2, ErrorKind::Transient)
+            ]
+        );
+
+        machine.handle_trigger(t0 + secs(100));
+        assert_eq!(drain(&mut machine), vec![TEAR_DOWN, Action::Fetch]);
+        assert_eq!(
+            machine.state(),
+            &State::Fetching {
+                failures: 0,
+                since: t0 + secs(100)
+            }
+        );
+
+        // The count starts over, so the next failure backs off again instead of failing.
+        machine.handle_fetch_done(t0 + secs(101), failure(ErrorKind::Transient), 0.0);
+        assert_eq!(
+            drain(&mut machine),
+            vec![backoff(1, ErrorKind::Transient, secs(1))]
+        );
+        machine.handle_trigger(t0 + secs(101));
+        assert_eq!(drain(&mut machine), vec![TEAR_DOWN, Action::Fetch]);
+        machine.handle_fetch_done(t0 + secs(102), Outcome::Success, 0.0);
+        assert_eq!(drain(&mut machine), vec![Action::Emit(Health::Idle)]);
+    }
+
+    #[test]
+    fn success_after_leaving_failed_reports_recovery() {
+        let t0 = Instant::now();
+        let mut machine = fetching(policy(), t0);
+        machine.handle_fetch_done(t0, failure(ErrorKind::Permanent), 0.0);
+        assert_eq!(drain(&mut machine), vec![failed(1, ErrorKind::Permanent)]);
+        machine.handle_trigger(t0 + secs(5));
+        assert_eq!(drain(&mut machine), vec![TEAR_DOWN, Action::Fetch]);
+        machine.handle_fetch_done(t0 + secs(6), Outcome::Success, 0.0);
+        assert_eq!(drain(&mut machine), vec![Action::Emit(Health::Idle)]);
+        assert_eq!(
+            machine.state(),
+            &State::Idle {
+                next_poll: t0 + secs(66)
+            }
+        );
+    }
+
+    #[test]
+    fn trigger_cuts_backoff_short() {
+        let t0 = Instant::now();
+        let mut machine = fetching(policy(), t0);
+        machine.handle_fetch_done(t0, failure(ErrorKind::Transient), 0.0);
+        machine.handle_timeout(t0 + secs(1));
+        machine.handle_fetch_done(t0 + secs(1), failure(ErrorKind::Transient), 0.0);
+        drain(&mut machine);
+        assert_eq!(machine.poll_timeout(), Some(t0 + secs(3)));
+
+        machine.handle_trigger(t0 + ms(1_500));
+        assert_eq!(drain(&mut machine), vec![TEAR_DOWN, Action::Fetch]);
+        assert_eq!(
+            machine.state(),
+            &State::Fetching {
+                failures: 2,
+                since: t0 + ms(1_500)
+            }
+        );
+
+        // The failure count survives the trigger, so the backoff keeps growing.
+        machine.handle_fetch_done(t0 + secs(2), failure(ErrorKind::Transient), 0.0);
+        assert_eq!(
+            drain(&mut machine),
+            vec![backoff(3, ErrorKind::Transient, secs(4))]
+        );
+    }
+
+    #[test]
+    fn trigger_from_idle_fetches_without_teardown() {
+        let t0 = Instant::now();
+        let mut machine = fetching(policy(), t0);
+        machine.handle_fetch_done(t0, Outcome::Success, 0.0);
+        machine.handle_trigger(t0 + secs(10));
+        assert_eq!(drain(&mut machine), vec![Action::Fetch]);
+        assert_eq!(
+            machine.state(),
+            &State::Fetching {
+                failures: 0,
+                since: t0 + secs(10)
+            }
+        );
+    }
+
+    #[test]
+    fn trigger_while_fetching_fetches_again_after_success() {
+        let t0 = Instant::now();
+        let mut machine = fetching(policy(), t0);
+        machine.handle_trigger(t0 + secs(1));
+        machine.handle_trigger(t0 + secs(2));
+        assert_eq!(drain(&mut machine), vec![]);
+        assert_eq!(
+            machine.state(),
+            &State::Fetching {
+                failures: 0,
+                since: t0
+            }
+        );
+
+        machine.handle_fetch_done(t0 + secs(3), Outcome::Success, 0.0);
+        assert_eq!(drain(&mut machine), vec![Action::Fetch]);
+        assert_eq!(
+            machine.state(),
+            &State::Fetching {
+                failures: 0,
+                since: t0 + secs(3)
+            }
+        );
+
+        // Both triggers were answered by that one extra attempt.
+        machine.handle_fetch_done(t0 + secs(4), Outcome::Success, 0.0);
+        assert_eq!(drain(&mut machine), vec![]);
+        assert_eq!(
+            machine.state(),
+            &State::Idle {
+                next_poll: t0 + secs(64)
+            }
+        );
+    }
+
+    #[test]
+    fn trigger_while_fetching_recovers_then_fetches_again() {
+        let t0 = Instant::now();
+        let mut machine = fetching(policy(), t0);
+        machine.handle_fetch_done(t0, failure(ErrorKind::Transient), 0.0);
+        machine.handle_timeout(t0 + secs(1));
+        drain(&mut machine);
+        machine.handle_trigger(t0 + secs(1));
+        machine.handle_fetch_done(t0 + secs(2), Outcome::Success, 0.0);
+        assert_eq!(
+            drain(&mut machine),
+            vec![Action::Emit(Health::Idle), Action::Fetch]
+        );
+    }
+
+    #[test]
+    fn trigger_while_fetching_is_dropped_on_failure() {
+        let t0 = Instant::now();
+        let mut machine = fetching(policy(), t0);
+        machine.handle_trigger(t0 + secs(1));
+        machine.handle_fetch_done(t0 + secs(2), failure(ErrorKind::Transient), 0.0);
+        assert_eq!(
+            drain(&mut machine),
+            vec![backoff(1, ErrorKind::Transient, secs(1))]
+        );
+        machine.handle_timeout(t0 + secs(3));
+        assert_eq!(drain(&mut machine), vec![TEAR_DOWN, Action::Fetch]);
+
+        machine.handle_trigger(t0 + secs(3));
+        machine.handle_fetch_done(t0 + secs(4), failure(ErrorKind::Permanent), 0.0);
+        assert_eq!(drain(&mut machine), vec![failed(2, ErrorKind::Permanent)]);
+        assert_eq!(machine.poll_timeout(), None);
+
+        // The earlier trigger is gone: the next attempt succeeding polls on schedule.
+        machine.handle_trigger(t0 + secs(5));
+        assert_eq!(drain(&mut machine), vec![TEAR_DOWN, Action::Fetch]);
+        machine.handle_fetch_done(t0 + secs(6), Outcome::Success, 0.0);
+        assert_eq!(drain(&mut machine), vec![Action::Emit(Health::Idle)]);
+        assert_eq!(machine.poll_timeout(), Some(t0 + secs(66)));
+    }
+
+    #[test]
+    fn corrupt_failure_deletes_the_clone() {
+        let t0 = Instant::now();
+        let mut machine = fetching(policy(), t0);
+        machine.handle_fetch_done(t0, failure(ErrorKind::Corrupt), 0.0);
+        assert_eq!(
+            drain(&mut machine),
+            vec![backoff(1, ErrorKind::Corrupt, secs(1))]
+        );
+        assert_eq!(
+            machine.state(),
+            &State::Backoff {
+                until: t0 + secs(1),
+                failures: 1,
+                error: "Corrupt failure".into(),
+                kind: ErrorKind::Corrupt
+            }
+        );
+        machine.handle_timeout(t0 + secs(1));
+        assert_eq!(
+            drain(&mut machine),
+            vec![Action::TearDown { delete_clone: true }, Action::Fetch]
+        );
+
+        // Only the last failure decides.
+        machine.handle_fetch_done(t0 + secs(1), failure(ErrorKind::Transient), 0.0);
+        machine.handle_timeout(t0 + secs(3));
+        assert_eq!(
+            drain(&mut machine),
+            vec![
+                backoff(2, ErrorKind::Transient, secs(2)),
+                TEAR_DOWN,
+                Action::Fetch
+            ]
+        );
+    }
+
+    #[test]
+    fn corrupt_failure_deletes_the_clone_when_leaving_failed() {
+        let t0 = Instant::now();
+        let policy = Policy {
+            max_failures: Some(1),
+            ..policy()
+        };
+        let mut machine = fetching(policy, t0);
+        machine.handle_fetch_done(t0, failure(ErrorKind::Corrupt), 0.0);
+        assert_eq!(drain(&mut machine), vec![failed(1, ErrorKind::Corrupt)]);
+        machine.handle_trigger(t0 + secs(1));
+        assert_eq!(
+            drain(&mut machine),
+            vec![Action::TearDown { delete_clone: true }, Action::Fetch]
+        );
+    }
+
+    #[test]
+    fn policy_change_adopts_the_policy_and_fetches() {
+        let t0 = Instant::now();
+        let mut machine = fetching(policy(), t0);
+        machine.handle_fetch_done(t0, Outcome::Success, 0.0);
+        let faster = Policy {
+            interval: secs(5),
+            ..policy()
+        };
+        machine.handle_policy_changed(t0 + secs(10), faster.clone());
+        assert_eq!(machine.policy(), &faster);
+        assert_eq!(drain(&mut machine), vec![Action::Fetch]);
+        machine.handle_fetch_done(t0 + secs(11), Outcome::Success, 0.0);
+        assert_eq!(drain(&mut machine), vec![]);
+        assert_eq!(machine.poll_timeout(), Some(t0 + secs(16)));
+    }
+
+    #[test]
+    fn policy_change_cuts_backoff_short() {
+        let t0 = Instant::now();
+        let mut machine = fetching(policy(), t0);
+        machine.handle_fetch_done(t0, failure(ErrorKind::Corrupt), 0.0);
+        drain(&mut machine);
+        let slower = Policy {
+            backoff_initial: secs(10),
+            backoff_max: secs(100),
+            ..policy()
+        };
+        machine.handle_policy_changed(t0 + ms(100), slower);
+        assert_eq!(
+            drain(&mut machine),
+            vec![Action::TearDown { delete_clone: true }, Action::Fetch]
+        );
+        machine.handle_fetch_done(t0 + secs(1), failure(ErrorKind::Transient), 0.0);
+        assert_eq!(
+            drain(&mut machine),
+            vec![backoff(2, ErrorKind::Transient, secs(20))]
+        );
+    }
+
+    #[test]
+    fn policy_change_leaves_failed() {
+        let t0 = Instant::now();
+        let mut machine = fetching(policy(), t0);
+        machine.handle_fetch_done(t0, failure(ErrorKind::Permanent), 0.0);
+        drain(&mut machine);
+        machine.handle_policy_changed(t0 + secs(30), policy());
+        assert_eq!(drain(&mut machine), vec![TEAR_DOWN, Action::Fetch]);
+        assert_eq!(
+            machine.state(),
+            &State::Fetching {
+                failures: 0,
+                since: t0 + secs(30)
+            }
+        );
+    }
+
+    #[test]
+    fn policy_change_while_fetching_retries_a_stale_failure() {
+        let t0 = Instant::now();
+        let mut machine = fetching(policy(), t0);
+        machine.handle_fetch_done(t0, failure(ErrorKind::Transient), 0.0);
+        machine.handle_timeout(t0 + secs(1));
+        drain(&mut machine);
+
+        machine.handle_policy_changed(t0 + secs(2), policy());
+        machine.handle_trigger(t0 + secs(2));
+        assert_eq!(drain(&mut machine), vec![]);
+        machine.handle_fetch_done(t0 + secs(3), failure(ErrorKind::Permanent), 0.0);
+        // Neither counted nor reported.
+        assert_eq!(drain(&mut machine), vec![TEAR_DOWN, Action::Fetch]);
+        assert_eq!(
+            machine.state(),
+            &State::Fetching {
+                failures: 1,
+                since: t0 + secs(3)
+            }
+        );
+
+        machine.handle_fetch_done(t0 + secs(4), failure(ErrorKind::Transient), 0.0);
+        assert_eq!(
+            drain(&mut machine),
+            vec![backoff(2, ErrorKind::Transient, secs(2))]
+        );
+    }
+
+    #[test]
+    fn policy_change_while_fetching_fetches_again_after_success() {
+        let t0 = Instant::now();
+        let mut machine = fetching(policy(), t0);
+        machine.handle_policy_changed(t0 + secs(1), policy());
+        assert_eq!(drain(&mut machine), vec![]);
+        machine.handle_fetch_done(t0 + secs(2), Outcome::Success, 0.0);
+        assert_eq!(drain(&mut machine), vec![Action::Fetch]);
+    }
+
+    #[test]
+    fn spurious_timeouts_do_nothing() {
+        let t0 = Instant::now();
+        let mut machine = Machine::new(policy(), t0 + secs(10));
+        machine.handle_timeout(t0 + secs(9));
+        assert_eq!(drain(&mut machine), vec![]);
+        assert_eq!(
+            machine.state(),
+            &State::Idle {
+                next_poll: t0 + secs(10)
+            }
+        );
+
+        machine.handle_timeout(t0 + secs(10));
+        assert_eq!(drain(&mut machine), vec![Action::Fetch]);
+        // Repeating the call that started the attempt must not start another one.
+        machine.handle_timeout(t0 + secs(10));
+        machine.handle_timeout(t0 + secs(1_000));
+        assert_eq!(drain(&mut machine), vec![]);
+
+        machine.handle_fetch_done(t0 + secs(10), failure(ErrorKind::Transient), 0.0);
+        drain(&mut machine);
+        let state = machine.state().clone();
+        machine.handle_timeout(t0 + ms(10_999));
+        assert_eq!(drain(&mut machine), vec![]);
+        assert_eq!(machine.state(), &state);
+    }
+
+    #[test]
+    fn fetch_done_without_an_attempt_is_ignored() {
+        let t0 = Instant::now();
+        let mut machine = Machine::new(policy(), t0);
+        machine.handle_fetch_done(t0, failure(ErrorKind::Permanent), 0.0);
+        assert_eq!(drain(&mut machine), vec![]);
+        assert_eq!(machine.state(), &State::Idle { next_poll: t0 });
+
+        machine.handle_timeout(t0);
+        machine.handle_fetch_done(t0, failure(ErrorKind::Transient), 0.0);
+        drain(&mut machine);
+        let state = machine.state().clone();
+        machine.handle_fetch_done(t0, Outcome::Success, 0.0);
+        assert_eq!(drain(&mut machine), vec![]);
+        assert_eq!(machine.state(), &state);
+
+        machine.handle_timeout(t0 + secs(1));
+        machine.handle_fetch_done(t0 + secs(1), failure(ErrorKind::Permanent), 0.0);
+        drain(&mut machine);
+        let state = machine.state().clone();
+        machine.handle_fetch_done(t0 + secs(1), Outcome::Success, 0.0);
+        assert_eq!(drain(&mut machine), vec![]);
+        assert_eq!(machine.state(), &state);
+    }
+
+    #[test]
+    fn time_going_backwards_does_not_panic() {
+        let t0 = Instant::now() + secs(100);
+        let mut machine = Machine::new(policy(), t0);
+        machine.handle_timeout(t0 - secs(50));
+        assert_eq!(drain(&mut machine), vec![]);
+
+        machine.handle_timeout(t0);
+        assert_eq!(drain(&mut machine), vec![Action::Fetch]);
+        machine.handle_fetch_done(t0 - secs(30), Outcome::Success, 0.0);
+        assert_eq!(drain(&mut machine), vec![]);
+        assert_eq!(machine.poll_timeout(), Some(t0 + secs(30)));
+
+        machine.handle_timeout(t0 + secs(30));
+        assert_eq!(drain(&mut machine), vec![Action::Fetch]);
+        machine.handle_fetch_done(t0 - secs(100), failure(ErrorKind::Transient), 0.0);
+        assert_eq!(
+            drain(&mut machine),
+            vec![backoff(1, ErrorKind::Transient, secs(1))]
+        );
+        assert_eq!(machine.poll_timeout(), Some(t0 - secs(99)));
+        machine.handle_trigger(t0 - secs(100));
+        assert_eq!(drain(&mut machine), vec![TEAR_DOWN, Action::Fetch]);
+    }
+
+    #[test]
+    fn huge_durations_do_not_overflow() {
+        let t0 = Instant::now();
+        let policy = Policy {
+            interval: Duration::MAX,
+            backoff_initial: Duration::MAX,
+            backoff_max: Duration::MAX,
+            max_failures: None,
+        };
+        let mut machine = fetching(policy, t0);
+        machine.handle_fetch_done(t0, Outcome::Success, 0.0);
+        let next_poll = machine.poll_timeout().expect("idle has a timeout");
+        assert!(next_poll > t0 + secs(3_600));
+
+        machine.handle_trigger(t0);
+        machine.handle_fetch_done(t0, failure(ErrorKind::Transient), 0.9);
+        let actions = drain(&mut machine);
+        let [
+            Action::Fetch,
+            Action::Emit(Health::Backoff { retry_in, .. }),
+        ] = actions[..]
+        else {
+            panic!("unexpected actions: {actions:?}");
+        };
+        assert!(retry_in >= Duration::MAX / 2);
+        let until = machine.poll_timeout().expect("backoff has a timeout");
+        assert!(until > t0 + secs(3_600));
+        machine.handle_timeout(until);
+        assert_eq!(drain(&mut machine), vec![TEAR_DOWN, Action::Fetch]);
+    }
+
+    /// `min(max, initial * 2^(failures - 1))`, computed by repeated doubling.
+    fn model_base(policy: &Policy, failures: u32) -> Duration {
+        let mut base = policy.backoff_initial;
+        for _ in 1..failures {
+            if base >= policy.backoff_max {
+                break;
+            }
+            base = base.saturating_mul(2);
+        }
+        base.min(policy.backoff_max)
+    }
+
+    fn random_duration(rng: &mut fastrand::Rng, max_ms: u64) -> Duration {
+        match rng.u8(0..20) {
+            0 => Duration::ZERO,
+            1 => Duration::from_nanos(1),
+            2 => Duration::MAX,
+            _ => ms(rng.u64(1..=max_ms)),
+        }
+    }
+
+    fn random_policy(rng: &mut fastrand::Rng) -> Policy {
+        Policy {
+            interval: random_duration(rng, 120_000),
+            backoff_initial: random_duration(rng, 10_000),
+            backoff_max: random_duration(rng, 120_000),
+            max_failures: rng.bool().then(|| rng.u32(0..8)),
+        }
+    }
+
+    fn random_outcome(rng: &mut fastrand::Rng) -> Outcome {
+        match rng.u8(0..8) {
+            0..=2 => Outcome::Success,
+            3 => failure(ErrorKind::Permanent),
+            4 => failure(ErrorKind::Corrupt),
+            _ => failure(ErrorKind::Transient),
+        }
+    }
+
+    fn random_jitter(rng: &mut fastrand::Rng) -> f64 {
+        match rng.u8(0..20) {
+            0 => 0.0,
+            1 => 0.999_999,
+            2 => -0.5,
+            3 => 1.5,
+            _ => rng.f64(),
+        }
+    }
+
+    /// Drives one machine through a random sequence of events, as an owner honouring the
+    /// driving contract would, checking the invariants after every event.
+    fn run_sequence(seed: u64) {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let base = Instant::now();
+        // Leaves room for the clock to step backwards.
+        let mut offset = secs(1_000);
+        let mut machine = Machine::new(random_policy(&mut rng), base + offset);
+
+        let mut outstanding = false;
+        // Class of the last attempt's failure; `None` after a success or before any attempt.
+        let mut last_failure: Option<ErrorKind> = None;
+        let mut unhealthy = false;
+        let mut previous: Option<Action> = None;
+
+        for step in 0..200 {
+            match rng.u8(0..10) {
+                0 => offset = offset.saturating_sub(ms(rng.u64(0..5_000))),
+                1..=3 => {
+                    if let Some(timeout) = machine.poll_timeout() {
+                        offset = offset.max(timeout.saturating_duration_since(base));
+                    }
+                }
+                _ => offset += ms(rng.u64(0..20_000)),
+            }
+            let now = base + offset;
+            let before = machine.state().clone();
+            let timeout = machine.poll_timeout();
+
+            let event = rng.u8(0..10);
+            let mut done_after = None;
+            match event {
+                0..=3 => machine.handle_timeout(now),
+                4..=6 if outstanding => {
+                    let outcome = random_outcome(&mut rng);
+                    last_failure = match &outcome {
+                        Outcome::Success => None,
+                        Outcome::Failure { kind, .. } => Some(*kind),
+                    };
+                    let State::Fetching { failures, .. } = before else {
+                        panic!("step {step}: attempt outstanding in {before:?}");
+                    };
+                    done_after = Some(failures);
+                    outstanding = false;
+                    machine.handle_fetch_done(now, outcome, random_jitter(&mut rng));
+                }
+                4..=6 => {
+                    let outcome = random_outcome(&mut rng);
+                    machine.handle_fetch_done(now, outcome, random_jitter(&mut rng));
+                }
+                7 | 8 => machine.handle_trigger(now),
+                _ => machine.handle_policy_changed(now, random_policy(&mut rng)),
+            }
+
+            let actions = drain(&mut machine);
+            let spurious = match event {
+                0..=3 => timeout.is_none_or(|timeout| now < timeout),
+                4..=6 => done_after.is_none(),
+                _ => false,
+            };
+            if spurious {
+                assert_eq!(actions, vec![], "step {step}: spurious event acted");
+                assert_eq!(
+                    machine.state(),
+                    &before,
+                    "step {step}: spurious event moved"
+                );
+            }
+
+            for action in actions {
+                if matches!(previous, Some(Action::TearDown { .. })) {
+                    assert_eq!(action, Action::Fetch, "step {step}: teardown without fetch");
+                }
+                match &action {
+                    Action::Fetch => {
+                        // (1) One attempt at a time.
+                        assert!(!outstanding, "step {step}: second fetch outstanding");
+                        outstanding = true;
+                        // (2) Fetches after a failure, and only those, start from scratch.
+                        let expected = last_failure.map(|kind| Action::TearDown {
+                            delete_clone: kind == ErrorKind::Corrupt,
+                        });
+                        let torn_down = previous
+                            .as_ref()
+                            .filter(|previous| matches!(previous, Action::TearDown { .. }));
+                        assert_eq!(torn_down, expected.as_ref(), "step {step}");
+                    }
+                    Action::TearDown { delete_clone } => {
+                        let kind = last_failure.expect("teardown without a failure");
+                        assert_eq!(*delete_clone, kind == ErrorKind::Corrupt, "step {step}");
+                    }
+                    Action::Emit(Health::Backoff {
+                        attempt, retry_in, ..
+                    }) => {
+                        let policy = machine.policy();
+                        // (3) Equal jitter within the cap.
+                        let base = model_base(policy, *attempt);
+                        assert_eq!(backoff_base(policy, *attempt), base, "step {step}");
+                        assert!(*retry_in <= base, "step {step}: {retry_in:?} > {base:?}");
+                        assert!(*retry_in >= base / 2, "step {step}: {retry_in:?} too short");
+                        assert!(*retry_in <= policy.backoff_max, "step {step}");
+                        assert!(!retry_in.is_zero() || base.is_zero(), "step {step}");
+                        // (4) Giving up happens when the limit is reached.
+                        if let Some(max) = policy.max_failures {
+                            assert!(*attempt < max, "step {step}: backoff at {attempt}/{max}");
+                        }
+                        assert_eq!(Some(*attempt), done_after.map(|f| f + 1), "step {step}");
+                        if let Some(until) = now.checked_add(*retry_in) {
+                            assert_eq!(machine.poll_timeout(), Some(until), "step {step}");
+                        }
+                        unhealthy = true;
+                    }
+                    Action::Emit(Health::Failed { attempt, .. }) => {
+                        assert_eq!(Some(*attempt), done_after.map(|f| f + 1), "step {step}");
+                        unhealthy = true;
+                    }
+                    Action::Emit(Health::Idle) => {
+                        assert!(unhealthy, "step {step}: recovery without a failure");
+                        unhealthy = false;
+                    }
+                }
+                previous = Some(action);
+            }
+
+            // (5) Timed exactly when something is timed.
+            let expected_timeout = match machine.state() {
+                State::Idle { next_poll } => Some(*next_poll),
+                State::Backoff { until, .. } => Some(*until),
+                State::Fetching { .. } | State::Failed { .. } => None,
+            };
+            assert_eq!(machine.poll_timeout(), expected_timeout, "step {step}");
+            assert_eq!(
+                outstanding,
+                matches!(machine.state(), State::Fetching { .. }),
+                "step {step}: {:?}",
+                machine.state()
+            );
+        }
+    }
+
+    #[test]
+    fn random_sequences_keep_invariants() {
+        for seed in 0..4_000 {
+            if let Err(panic) = std::panic::catch_unwind(|| run_sequence(seed)) {
+                eprintln!("failing seed: {seed}");
+                std::panic::resume_unwind(panic);
+            }
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! The `gitfeed` command: follow a git branch and print its events as NDJSON.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use gitfeed::{Event, Feed, Source, parse_duration};
+
+const USAGE: &str = "\
+Follow a git branch and print what changed, one JSON event per line.
+
+Usage: gitfeed watch <URL> [OPTIONS]
+
+<URL> is a path, file://, git://, http(s)://, ssh:// or scp-like user@host:path remote.
+
+Options:
+  --branch <B>           branch or full ref to follow [default: the remote's HEAD branch]
+  --name <N>             the source's name in events [default: the URL's last path segment]
+  --cache-dir <D>        where clones and delivery state live
+                         [default: $XDG_CACHE_HOME/gitfeed, or ~/.cache/gitfeed]
+  --interval <T>         time between polls [default: 30s]
+  --timeout <T>          the longest one attempt may take [default: 60s]
+  --backoff-initial <T>  delay after the first failure, doubling after each [default: 1s]
+  --backoff-max <T>      the longest delay between failed attempts [default: 5m]
+  --max-failures <N>     give up after N consecutive failures [default: never]
+  --depth <N>            shallow clone with N commits of history [default: full history]
+  --ssh-command <CMD>    ssh program and options, as git's core.sshCommand [default: ssh]
+  --once                 sync once, print the update if there is one, and exit
+  -h, --help             print this help
+
+Durations are written like 250ms, 30s, 5m or 1h.
+
+Events go to stdout, one line each; logs go to stderr, at the level set by RUST_LOG
+(error, warn, info, debug, trace or off; default warn).
+
+Exit status: 0 on success; 1 when --once fails (the error is printed on stderr);
+2 for bad arguments.";
+
+fn main() -> ExitCode {
+    Logger::install();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match parse(&args) {
+        Ok(command) => command,
+        Err(problem) => {
+            eprintln!("gitfeed: {problem}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match command {
+        Command::Help => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Command::Watch {
+            source,
+            cache_dir,
+            once,
+        } => {
+            if let Err(err) = source.validate() {
+                eprintln!("gitfeed: {err}\n\n{USAGE}");
+                return ExitCode::from(2);
+            }
+            if once {
+                watch_once(&cache_dir, &source)
+            } else {
+                watch(cache_dir, *source)
+            }
+        }
+    }
+}
+
+fn watch_once(cache_dir: &std::path::Path, source: &Source) -> ExitCode {
+    match gitfeed::sync_once(cache_dir, source) {
+        Ok(update) => {
+            if let Some(update) = update
+                && print(&Event::Update(update)).is_err()
+            {
+                return ExitCode::from(1);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("gitfeed: {err}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn watch(cache_dir: PathBuf, source: Source) -> ExitCode {
+    let feed = Feed::new(cache_dir);
+    let events = feed.events();
+    let handle = feed.handle();
+    if let Err(err) = feed.add(source) {
+        eprintln!("gitfeed: {err}");
+        return ExitCode::from(2);
+    }
+    let printer = std::thread::spawn(move || {
+        while let Ok(event) = events.recv_blocking() {
+            if print(&event).is_err() {
+                // Nobody reads stdout any more (a closed pipe): stop the feed.
+                handle.shutdown();
+                break;
+            }
+        }
+    });
+    feed.run();
+    let _ = printer.join();
+    ExitCode::SUCCESS
+}
+
+/// Writes one event as a line and flushes it, so a consumer reading the pipe sees it at once.
+fn print(event: &Event) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(event).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(&line)?;
+    stdout.flush()
+}
+
+#[derive(Debug)]
+enum Command {
+    Help,
+    Watch {
+        source: Box<Source>,
+        cache_dir: PathBuf,
+        once: bool,
+    },
+}
+
+fn parse(args: &[String]) -> Result<Command, String> {
+    let mut args = args.iter();
+    match args.next().map(String::as_str) {
+        None => return Err("no command given".into()),
+        Some("-h" | "--help" | "help") => return Ok(Command::Help),
+        Some("watch") => {}
+        Some(other) => return Err(format!("unknown command `{other}`")),
+    }
+    let mut url = None;
+    let mut name = None;
+    let mut branch = None;
+    let mut cache_dir = None;
+    let mut once = false;
+    let mut source = Source::new("", "");
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => (flag, Some(value.to_owned())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| args.next().cloned())
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
+        let duration = |text: String| parse_duration(&text).map_err(|err| format!("{flag}: {err}"));
+        let number = |text: String| {
+            text.parse::<u32>()
+                .map_err(|_| format!("{flag}: `{text}` is not a whole number"))
+        };
+        match flag {
+            "-h" | "--help" => return Ok(Command::Help),
+            "--once" if inline.is_none() => once = true,
+            "--branch" => branch = Some(value()?),
+            "--name" => name = Some(value()?),
+            "--cache-dir" => cache_dir = Some(PathBuf::from(value()?)),
+            "--interval" => source.interval = duration(value()?)?,
+            "--timeout" => source.timeout = duration(value()?)?,
+            "--backoff-initial" => source.backoff_initial = duration(value()?)?,
+            "--backoff-max" => source.backoff_max = duration(value()?)?,
+            "--max-failures" => source.max_failures = Some(number(value()?)?),
+            "--depth" => source.depth = Some(number(value()?)?),
+            "--ssh-command" => source.ssh_command = Some(value()?),
+            flag if flag.starts_with('-') && flag.len() > 1 => {
+                return Err(format!("unknown option `{flag}`"));
+            }
+            _ if url.is_none() => url = Some(arg.clone()),
+            _ => return Err(format!("unexpected argument `{arg}`")),
+        }
+    }
+    let url = url.ok_or("watch needs a URL")?;
+    source.name = name.unwrap_or_else(|| default_name(&url));
+    source.url = url;
+    source.reference = branch;
+    Ok(Command::Watch {
+        source: Box::new(source),
+        cache_dir: cache_dir.unwrap_or_else(default_cache_dir),
+        once,
+    })
+}
+
+/// `https://host/org/policies.git` → `policies`.
+fn default_name(url: &str) -> String {
+    let trimmed = url.trim_end_matches('/');
+    let last = trimmed
+        .rsplit(['/', ':'])
+        .next()
+        .unwrap_or(trimmed)
+        .trim_end_matches(".git");
+    match last {
+        "" | "." | ".." => "repo".to_owned(),
+        name => name.to_owned(),
+    }
+}
+
+/// The per-user cache location, as the XDG base directory specification names it.
+fn default_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|dir| !dir.is_empty()) {
+        return PathBuf::from(dir).join("gitfeed");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|dir| !dir.is_empty()) {
+        return PathBuf::from(home).join(".cache").join("gitfeed");
+    }
+    std::env::temp_dir().join("gitfeed")
+}
+
+/// A logger for stderr whose level comes from `RUST_LOG`.
+struct Logger;
+
+impl Logger {
+    fn install() {
+        let level = match std::env::var("RUST_LOG").ok().as_deref().map(str::trim) {
+            Some("off") => log::LevelFilter::Off,
+            Some("error") => log::LevelFilter::Error,
+            Some("info") => log::LevelFilter::Info,
+            Some("debug") => log::LevelFilter::Debug,
+            Some("trace") => log::LevelFilter::Trace,
+            _ => log::LevelFilter::Warn,
+        };
+        if log::set_logger(&Logger).is_ok() {
+            log::set_max_level(level);
+        }
+    }
+}
+
+impl log::Log for Logger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            let level = record.level().as_str().to_lowercase();
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "gitfeed {level}: {}",
+                record.args()
+            );
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Vec<String> {
+        line.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn parses_every_flag() {
+        let Ok(Command::Watch {
+            source,
+            cache_dir,
+            once,
+        }) = parse(&args(
+            "watch git://h/p.git --branch dev --name n --cache-dir /c --interval 250ms \
+             --timeout=2s --backoff-initial 1s --backoff-max 5m --max-failures 3 --depth 1 --once",
+        ))
+        else {
+            panic!("should parse");
+        };
+        assert!(once);
+        assert_eq!(cache_dir, PathBuf::from("/c"));
+        assert_eq!(source.name, "n");
+        assert_eq!(source.reference.as_deref(), Some("dev"));
+        assert_eq!(source.interval, std::time::Duration::from_millis(250));
+        assert_eq!(source.timeout, std::time::Duration::from_secs(2));
+        assert_eq!(source.max_failures, Some(3));
+        assert_eq!(source.depth, Some(1));
+    }
+
+    #[test]
+    fn rejects_bad_arguments() {
+        for line in [
+            "",
+            "fetch x",
+            "watch",
+            "watch a b",
+            "watch a --interval",
+            "watch a --interval 5",
+            "watch a --bogus",
+        ] {
+            assert!(parse(&args(line)).is_err(), "{line:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn default_names() {
+        assert_eq!(default_name("https://h/org/policies.git"), "policies");
+        assert_eq!(default_name("git@h:org/cfg.git/"), "cfg");
+        assert_eq!(default_name("."), "repo");
+        assert_eq!(default_name("/srv/repo"), "repo");
+    }
+}

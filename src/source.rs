@@ -1,0 +1,426 @@
+//! What to follow: a [`Source`] and its validation.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::git;
+use crate::machine::Policy;
+
+/// One repository branch to follow, and the limits of every attempt to fetch it.
+///
+/// Build one with [`Source::new`] and adjust its public fields, or deserialize it from JSON;
+/// durations in JSON are strings such as `"250ms"`, `"30s"` or `"5m"`:
+///
+/// ```
+/// let source: gitfeed::Source = serde_json::from_str(
+///     r#"{"name": "policies", "url": "https://example.org/p.git", "ref": "main", "interval": "10s"}"#,
+/// ).unwrap();
+/// assert!(source.validate().is_ok());
+/// ```
+///
+/// A [`Feed`](crate::Feed) validates a source before it touches the network; see
+/// [`Source::validate`] for what is rejected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    /// A unique name within its feed, used in events and in the cache directory's layout.
+    pub name: String,
+    /// The remote: a local path, `file://`, `git://`, `http://`, `https://`, `ssh://` or an
+    /// scp-like `user@host:path`.
+    pub url: String,
+    /// The branch (`main`) or full ref name (`refs/heads/main`) to follow; `None` follows the
+    /// remote's default branch (its `HEAD`).
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// Time between the end of one successful poll and the start of the next.
+    #[serde(default = "defaults::interval", with = "duration_serde")]
+    pub interval: Duration,
+    /// The longest one attempt (connect, negotiate, receive, diff) may take.
+    #[serde(default = "defaults::timeout", with = "duration_serde")]
+    pub timeout: Duration,
+    /// The delay after the first failed attempt; it doubles with every further failure.
+    #[serde(default = "defaults::backoff_initial", with = "duration_serde")]
+    pub backoff_initial: Duration,
+    /// The longest delay between two failed attempts.
+    #[serde(default = "defaults::backoff_max", with = "duration_serde")]
+    pub backoff_max: Duration,
+    /// After this many consecutive transient failures the source is `failed` and stops polling
+    /// until it is triggered or changed; `None` retries for ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failures: Option<u32>,
+    /// Fetch only this many commits of history (a shallow clone); `None` fetches all of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<u32>,
+    /// The ssh program and its options, as git's `core.sshCommand` (for example
+    /// `ssh -i /etc/agent/key -o UserKnownHostsFile=/etc/agent/known_hosts`); `None` runs `ssh`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_command: Option<String>,
+}
+
+mod defaults {
+    use std::time::Duration;
+
+    pub fn interval() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn backoff_initial() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn backoff_max() -> Duration {
+        Duration::from_secs(300)
+    }
+}
+
+impl Source {
+    /// A source named `name` following the default branch of `url`, with the defaults: poll
+    /// every 30 s, 60 s per attempt, backoff from 1 s up to 5 min, retrying for ever, full
+    /// history.
+    ///
+    /// ```
+    /// let mut source = gitfeed::Source::new("policies", "git://127.0.0.1/p.git");
+    /// source.reference = Some("main".into());
+    /// source.interval = std::time::Duration::from_secs(5);
+    /// assert!(source.validate().is_ok());
+    /// ```
+    pub fn new(name: impl Into<String>, url: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            url: url.into(),
+            reference: None,
+            interval: defaults::interval(),
+            timeout: defaults::timeout(),
+            backoff_initial: defaults::backoff_initial(),
+            backoff_max: defaults::backoff_max(),
+            max_failures: None,
+            depth: None,
+            ssh_command: None,
+        }
+    }
+
+    /// Checks everything that can be checked without the network.
+    ///
+    /// Rejects an empty name or one with control characters, a malformed URL, a scheme other
+    /// than those listed on [`Source::url`], a malformed ref name, a zero interval or timeout,
+    /// a zero initial backoff, a backoff cap below the initial backoff, a zero `max_failures`
+    /// and a zero `depth`.
+    ///
+    /// ```
+    /// let source = gitfeed::Source::new("p", "ftp://example.org/p.git");
+    /// assert_eq!(
+    ///     source.validate().unwrap_err().to_string(),
+    ///     "source `p`: unsupported url scheme `ftp`; use a path, file://, git://, http(s):// or ssh://"
+    /// );
+    /// ```
+    pub fn validate(&self) -> Result<(), SourceError> {
+        let fail = |problem: String| {
+            Err(SourceError {
+                source: self.name.clone(),
+                problem,
+            })
+        };
+        if self.name.trim().is_empty() {
+            return fail("name is empty".into());
+        }
+        if self.name.chars().any(char::is_control) {
+            return fail("name contains a control character".into());
+        }
+        if let Err(problem) = git::check_url(&self.url) {
+            return fail(problem);
+        }
+        if let Some(reference) = &self.reference
+            && let Err(problem) = git::check_ref(reference)
+        {
+            return fail(problem);
+        }
+        for (what, value) in [
+            ("interval", self.interval),
+            ("timeout", self.timeout),
+            ("backoff_initial", self.backoff_initial),
+        ] {
+            if value.is_zero() {
+                return fail(format!("{what} must be greater than zero"));
+            }
+        }
+        if self.backoff_max < self.backoff_initial {
+            return fail("backoff_max must not be less than backoff_initial".into());
+        }
+        if self.max_failures == Some(0) {
+            return fail("max_failures must be at least 1".into());
+        }
+        if self.depth == Some(0) {
+            return fail("depth must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The full ref name this source follows, when one was given.
+    pub(crate) fn full_ref(&self) -> Option<String> {
+        self.reference.as_deref().map(git::full_ref_name)
+    }
+
+    /// The directory name of this source's cache entry: readable, and different whenever
+    /// anything that changes what is cloned (URL, ref, depth) changes, so a changed source
+    /// never reuses a clone of something else.
+    pub(crate) fn cache_key(&self) -> String {
+        let readable: String = self
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(48)
+            .collect();
+        let identity = format!(
+            "{}\0{}\0{}",
+            self.url,
+            self.full_ref().unwrap_or_default(),
+            self.depth.unwrap_or(0)
+        );
+        format!("{readable}-{:016x}", fnv1a(identity.as_bytes()))
+    }
+
+    pub(crate) fn policy(&self) -> Policy {
+        Policy {
+            interval: self.interval,
+            backoff_initial: self.backoff_initial,
+            backoff_max: self.backoff_max,
+            max_failures: self.max_failures,
+        }
+    }
+}
+
+/// A stable hash: the cache layout must not change between builds, which rules out std's
+/// `DefaultHasher`.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// A source that cannot be followed as configured; nothing was fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceError {
+    source: String,
+    problem: String,
+}
+
+impl SourceError {
+    pub(crate) fn new(source: &str, problem: impl Into<String>) -> Self {
+        Self {
+            source: source.to_owned(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl fmt::Display for SourceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "source `{}`: {}", self.source, self.problem)
+    }
+}
+
+impl std::error::Error for SourceError {}
+
+/// Parses a duration written as a whole number followed by a unit: `ms`, `s`, `m` or `h`.
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(gitfeed::parse_duration("250ms"), Ok(Duration::from_millis(250)));
+/// assert_eq!(gitfeed::parse_duration("5m"), Ok(Duration::from_secs(300)));
+/// assert!(gitfeed::parse_duration("5").is_err());
+/// ```
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let invalid = || format!("invalid duration `{text}`; write it like 250ms, 30s, 5m or 1h");
+    let number: u64 = number.parse().map_err(|_| invalid())?;
+    let millis_per_unit = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(invalid()),
+    };
+    number
+        .checked_mul(millis_per_unit)
+        .map(Duration::from_millis)
+        .ok_or_else(invalid)
+}
+
+/// Writes a duration the way [`parse_duration`] reads it, in the largest exact unit.
+fn format_duration(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    for (unit, size) in [("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+        if millis > 0 && millis % size == 0 {
+            return format!("{}{unit}", millis / size);
+        }
+    }
+    format!("{millis}ms")
+}
+
+mod duration_serde {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format_duration(*value))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_round_trip() {
+        for text in ["250ms", "1s", "30s", "5m", "2h", "1500ms", "0ms"] {
+            let parsed = parse_duration(text).unwrap();
+            assert_eq!(format_duration(parsed), text);
+        }
+        for bad in [
+            "",
+            "s",
+            "5",
+            "5 s",
+            "-1s",
+            "1.5s",
+            "5d",
+            "99999999999999999999h",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn validation_rejects_bad_input() {
+        let good = Source::new("p", "https://example.org/p.git");
+        good.validate().unwrap();
+        let cases: Vec<(Source, &str)> = vec![
+            (
+                Source {
+                    name: " ".into(),
+                    ..good.clone()
+                },
+                "name is empty",
+            ),
+            (
+                Source {
+                    url: "".into(),
+                    ..good.clone()
+                },
+                "url is empty",
+            ),
+            (
+                Source {
+                    url: "ftp://h/p".into(),
+                    ..good.clone()
+                },
+                "unsupported url scheme `ftp`",
+            ),
+            (
+                Source {
+                    url: "ext::sh -c x".into(),
+                    ..good.clone()
+                },
+                "unsupported url scheme `ext`",
+            ),
+            (
+                Source {
+                    url: "http://".into(),
+                    ..good.clone()
+                },
+                "malformed url",
+            ),
+            (
+                Source {
+                    reference: Some("a..b".into()),
+                    ..good.clone()
+                },
+                "invalid ref name",
+            ),
+            (
+                Source {
+                    interval: Duration::ZERO,
+                    ..good.clone()
+                },
+                "interval must be greater than zero",
+            ),
+            (
+                Source {
+                    timeout: Duration::ZERO,
+                    ..good.clone()
+                },
+                "timeout must be greater than zero",
+            ),
+            (
+                Source {
+                    backoff_max: Duration::from_millis(1),
+                    ..good.clone()
+                },
+                "backoff_max must not be less",
+            ),
+            (
+                Source {
+                    max_failures: Some(0),
+                    ..good.clone()
+                },
+                "max_failures must be at least 1",
+            ),
+            (
+                Source {
+                    depth: Some(0),
+                    ..good.clone()
+                },
+                "depth must be at least 1",
+            ),
+        ];
+        for (source, expected) in cases {
+            let message = source.validate().unwrap_err().to_string();
+            assert!(
+                message.contains(expected),
+                "{message:?} should contain {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn json_defaults_and_unknown_fields() {
+        let source: Source = serde_json::from_str(r#"{"name":"a","url":"/srv/a.git"}"#).unwrap();
+        assert_eq!(source, Source::new("a", "/srv/a.git"));
+        let again: Source = serde_json::from_str(&serde_json::to_string(&source).unwrap()).unwrap();
+        assert_eq!(again, source);
+        assert!(
+            serde_json::from_str::<Source>(r#"{"name":"a","url":"/a","intervl":"1s"}"#).is_err()
+        );
+        assert!(
+            serde_json::from_str::<Source>(r#"{"name":"a","url":"/a","interval":"1"}"#).is_err()
+        );
+    }
+
+    #[test]
+    fn cache_key_follows_identity() {
+        let a = Source::new("policies/prod", "https://example.org/p.git");
+        assert!(a.cache_key().starts_with("policies_prod-"));
+        let mut b = a.clone();
+        b.interval = Duration::from_secs(1);
+        assert_eq!(a.cache_key(), b.cache_key());
+        b.reference = Some("dev".into());
+        assert_ne!(a.cache_key(), b.cache_key());
+    }
+}
