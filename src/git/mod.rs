@@ -335,7 +335,9 @@ fn parse_id(id: &str) -> Result<gix::ObjectId, FetchError> {
 /// Per-source configuration of the repository handle: no prompts (a daemon has no terminal),
 /// and transport limits derived from the attempt's timeout so that no blocking call outlives it.
 fn config_overrides(target: &Target) -> Vec<String> {
-    let whole_seconds = target.timeout.as_secs_f64().ceil().max(1.0) as u64;
+    // Rounded down: curl counts the window in whole seconds and checks it about twice a
+    // second, so rounding up could let an attempt overrun its deadline by more than a second.
+    let whole_seconds = target.timeout.as_secs().max(1);
     let mut overrides = vec![
         "gitoxide.credentials.terminalPrompt=false".to_owned(),
         "credential.interactive=never".to_owned(),
@@ -381,10 +383,11 @@ fn absolute_local_path(url: &str) -> String {
         && gix::url::parse(url.as_bytes().as_bstr())
             .is_ok_and(|parsed| parsed.scheme == gix::url::Scheme::File);
     let path = Path::new(url);
-    if is_local_path && path.is_relative() {
-        if let Ok(cwd) = std::env::current_dir() {
-            return cwd.join(path).to_string_lossy().into_owned();
-        }
+    if is_local_path
+        && path.is_relative()
+        && let Ok(cwd) = std::env::current_dir()
+    {
+        return cwd.join(path).to_string_lossy().into_owned();
     }
     url.to_owned()
 }

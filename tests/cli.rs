@@ -1,0 +1,134 @@
+//! The `gitfeed` command line.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use crate::util::{Remote, unique_dir};
+
+fn gitfeed() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_gitfeed"))
+}
+
+#[test]
+fn help_documents_every_flag() {
+    let out = gitfeed().arg("--help").output().expect("run");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--branch",
+        "--name",
+        "--cache-dir",
+        "--interval",
+        "--timeout",
+        "--backoff-initial",
+        "--backoff-max",
+        "--max-failures",
+        "--depth",
+        "--ssh-command",
+        "--once",
+        "RUST_LOG",
+    ] {
+        assert!(help.contains(flag), "--help does not mention {flag}");
+    }
+}
+
+#[test]
+fn bad_arguments_exit_2_with_usage() {
+    for args in [
+        vec![],
+        vec!["watch"],
+        vec!["watch", "/x", "--interval", "soon"],
+        vec!["watch", "/x", "--interval", "0s"],
+        vec!["watch", "ftp://h/x"],
+        vec!["watch", "/x", "--frobnicate"],
+    ] {
+        let out = gitfeed().args(&args).output().expect("run");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("Usage: gitfeed watch"),
+            "{args:?}"
+        );
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn once_prints_the_update_then_nothing() {
+    let remote = Remote::new();
+    let cache = unique_dir();
+    let once = || {
+        gitfeed()
+            .args(["watch", &remote.file_url(), "--once", "--cache-dir"])
+            .arg(cache.path())
+            .output()
+            .expect("run")
+    };
+    let out = once();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    assert_eq!(stdout.lines().count(), 1);
+    let event: gitfeed::Event = serde_json::from_str(stdout.trim()).expect("an event");
+    assert!(matches!(event, gitfeed::Event::Update(ref u) if u.new == remote.head()));
+
+    let out = once();
+    assert!(out.status.success());
+    assert!(out.stdout.is_empty(), "nothing new: nothing printed");
+}
+
+#[test]
+fn once_fails_with_one_line() {
+    let remote = Remote::new();
+    let cache = unique_dir();
+    let out = gitfeed()
+        .args([
+            "watch",
+            &remote.file_url(),
+            "--once",
+            "--branch",
+            "nope",
+            "--cache-dir",
+        ])
+        .arg(cache.path())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("branch `nope` not found"), "{stderr}");
+}
+
+#[test]
+fn watch_streams_updates_as_lines() {
+    let remote = Remote::new();
+    let cache = unique_dir();
+    let mut child = gitfeed()
+        .args([
+            "watch",
+            &remote.file_url(),
+            "--interval",
+            "100ms",
+            "--name",
+            "w",
+            "--cache-dir",
+        ])
+        .arg(cache.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first: serde_json::Value =
+        serde_json::from_str(&lines.next().expect("a line").expect("read")).expect("json");
+    assert_eq!(first["source"], "w");
+    let new = remote.commit(&[("n.txt", Some("n\n"))], "n");
+    let second: serde_json::Value =
+        serde_json::from_str(&lines.next().expect("a line").expect("read")).expect("json");
+    assert_eq!(second["new"], new.as_str());
+    assert_eq!(second["old"], first["new"]);
+    child.kill().expect("kill");
+    child.wait().expect("reap");
+}

@@ -1,0 +1,219 @@
+//! A running feed: events, health, triggers, several sources on one executor, shutdown.
+
+use std::time::{Duration, Instant};
+
+use gitfeed::{Event, SourceState};
+
+use crate::harness::{Running, quick_source};
+use crate::util::{Fault, FaultServer, HttpServer, Remote, refused_url};
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+#[test]
+fn polls_emit_only_changes() {
+    let remote = Remote::new();
+    let server = HttpServer::start(&remote.root());
+    let feed = Running::start(vec![quick_source("p", &server.url(remote.name()))]);
+    let first = feed.update(PATIENCE);
+    assert_eq!(first.old, None);
+    assert_eq!(first.source, "p");
+
+    // Several polls find nothing new and say nothing.
+    let polls_before = server.connections();
+    feed.assert_quiet(Duration::from_millis(600));
+    assert!(
+        server.connections() >= polls_before + 2,
+        "the feed kept polling"
+    );
+
+    let new = remote.commit(&[("b.txt", Some("b\n"))], "b");
+    let update = feed.update(PATIENCE);
+    assert_eq!(update.old.as_deref(), Some(first.new.as_str()));
+    assert_eq!(update.new, new);
+    assert_eq!(update.changes.len(), 1);
+    feed.stop();
+}
+
+#[test]
+fn hung_source_does_not_delay_another() {
+    let hung = FaultServer::start(Fault::Silent);
+    let remote = Remote::new();
+    let mut stuck = quick_source("stuck", &hung.url("repo.git"));
+    stuck.timeout = Duration::from_secs(30);
+    let mut healthy = quick_source("healthy", &remote.file_url());
+    healthy.interval = Duration::from_millis(300);
+    let feed = Running::start(vec![stuck, healthy.clone()]);
+    assert_eq!(feed.update(PATIENCE).source, "healthy");
+    for _ in 0..3 {
+        remote.commit(
+            &[("tick.txt", Some(&format!("{:?}\n", Instant::now())))],
+            "tick",
+        );
+        let committed = Instant::now();
+        let update = feed.update(PATIENCE);
+        assert_eq!(update.source, "healthy");
+        let lag = committed.elapsed();
+        assert!(
+            lag < healthy.interval + Duration::from_millis(700),
+            "the healthy source's update took {lag:?} while the other source hung"
+        );
+    }
+    assert!(
+        hung.connections() >= 1,
+        "the stuck source was really stuck on its server"
+    );
+    let took = feed.stop();
+    assert!(
+        took < Duration::from_secs(2),
+        "shutdown waited {took:?} for a hung git:// fetch"
+    );
+}
+
+#[test]
+fn missing_branch_fails_until_triggered() {
+    let remote = Remote::new();
+    let mut source = quick_source("p", &remote.file_url());
+    source.reference = Some("later".into());
+    let feed = Running::start(vec![source]);
+    let failed = feed.state(PATIENCE);
+    assert_eq!(failed.state, SourceState::Failed);
+    assert_eq!(failed.attempt, Some(1));
+    let error = failed.error.unwrap_or_default();
+    assert!(
+        error.contains("branch `later` not found on remote"),
+        "{error}"
+    );
+
+    // Failed stays failed: no polling, no events, even once the branch exists.
+    remote.push_branch("later", "HEAD");
+    feed.assert_quiet(Duration::from_millis(500));
+
+    feed.handle.trigger("p").expect("feed running");
+    let update = feed.update(PATIENCE);
+    assert_eq!(update.reference, "refs/heads/later");
+    assert_eq!(feed.state(PATIENCE).state, SourceState::Idle);
+    feed.stop();
+}
+
+#[test]
+fn gives_up_after_max_failures() {
+    let mut source = quick_source("p", &refused_url("git"));
+    source.max_failures = Some(3);
+    let feed = Running::start(vec![source]);
+    for attempt in 1..=2 {
+        let state = feed.state(PATIENCE);
+        assert_eq!(
+            (state.state, state.attempt),
+            (SourceState::Backoff, Some(attempt))
+        );
+    }
+    let state = feed.state(PATIENCE);
+    assert_eq!((state.state, state.attempt), (SourceState::Failed, Some(3)));
+    assert!(state.error.unwrap_or_default().contains("refused"));
+    feed.assert_quiet(Duration::from_millis(300));
+    feed.stop();
+}
+
+#[test]
+fn broken_clone_is_deleted_and_recloned() {
+    let remote = Remote::new();
+    let cache = crate::util::unique_dir();
+    let source = quick_source("p", &remote.file_url());
+    let first = gitfeed::sync_once(cache.path(), &source)
+        .expect("first sync")
+        .expect("first update");
+    let git_dir = std::fs::read_dir(cache.path())
+        .expect("cache")
+        .map(|entry| entry.expect("entry").path().join("repo.git"))
+        .find(|path| path.exists())
+        .expect("a clone in the cache");
+
+    // A clone that cannot even be opened: the feed reports it, deletes it and clones afresh.
+    std::fs::write(git_dir.join("HEAD"), "garbage").expect("corrupt HEAD");
+    std::fs::remove_dir_all(git_dir.join("refs")).expect("remove refs");
+    let feed = Running::start_in(cache, vec![source], |feed| feed);
+    let state = feed.state(PATIENCE);
+    assert_eq!(state.state, SourceState::Backoff, "{state:?}");
+    assert!(state.error.unwrap_or_default().contains("unusable"));
+    assert_eq!(feed.state(PATIENCE).state, SourceState::Idle);
+
+    // The delivered commit survives the reclone: the next update starts from it.
+    let new = remote.commit(&[("c.txt", Some("c\n"))], "c");
+    let update = feed.update(PATIENCE);
+    assert_eq!(update.old.as_deref(), Some(first.new.as_str()));
+    assert_eq!(update.new, new);
+    feed.stop();
+}
+
+#[test]
+fn sources_are_added_and_removed_while_running() {
+    let a = Remote::new();
+    let b = Remote::new();
+    let feed = Running::start(vec![]);
+    feed.handle
+        .add(quick_source("a", &a.file_url()))
+        .expect("add a");
+    assert_eq!(feed.update(PATIENCE).source, "a");
+    feed.handle
+        .add(quick_source("b", &b.file_url()))
+        .expect("add b");
+    assert_eq!(feed.update(PATIENCE).source, "b");
+    feed.handle.remove("a").expect("remove a");
+    a.commit(&[("x", Some("x"))], "x");
+    let new_b = b.commit(&[("y", Some("y"))], "y");
+    let update = feed.update(PATIENCE);
+    assert_eq!(
+        (update.source.as_str(), update.new.as_str()),
+        ("b", new_b.as_str())
+    );
+    feed.assert_quiet(Duration::from_millis(400));
+    let invalid = quick_source("", &a.file_url());
+    assert!(feed.handle.add(invalid).is_err());
+    feed.stop();
+    assert!(feed_stopped_rejects_commands());
+}
+
+fn feed_stopped_rejects_commands() -> bool {
+    let feed = Running::start(vec![]);
+    let handle = feed.handle.clone();
+    feed.stop();
+    handle.trigger("a").is_err() && handle.add(quick_source("a", "/tmp/x")).is_err()
+}
+
+#[test]
+fn many_fetches_bringing_new_objects() {
+    // Each fetch adds a pack; the repository handle must stay usable across far more fetches
+    // than gix has pack slots by default (32).
+    let remote = Remote::new();
+    let mut source = quick_source("p", &remote.file_url());
+    source.interval = Duration::from_secs(3600);
+    let feed = Running::start(vec![source]);
+    let mut last = feed.update(PATIENCE).new;
+    for i in 0..150 {
+        let new = remote.commit(
+            &[(&format!("f{}.txt", i % 7), Some(&format!("{i}\n")))],
+            "next",
+        );
+        feed.handle.trigger("p").expect("feed running");
+        let update = feed.update(PATIENCE);
+        assert_eq!(update.old.as_deref(), Some(last.as_str()), "fetch {i}");
+        assert_eq!(update.new, new, "fetch {i}");
+        last = new;
+    }
+    feed.stop();
+}
+
+#[test]
+fn events_serialize_as_the_contract_says() {
+    let remote = Remote::new();
+    let feed = Running::start(vec![quick_source("p", &remote.file_url())]);
+    let update = feed.update(PATIENCE);
+    let json: serde_json::Value =
+        serde_json::to_value(Event::Update(update)).expect("serializable");
+    assert_eq!(json["type"], "update");
+    for key in ["source", "url", "ref", "old", "new", "forced", "changes"] {
+        assert!(json.get(key).is_some(), "missing {key} in {json}");
+    }
+    assert_eq!(json["changes"][0]["kind"], "added");
+    feed.stop();
+}

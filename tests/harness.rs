@@ -1,0 +1,134 @@
+//! Running a feed in a test and reading its events with deadlines.
+
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use async_channel::Receiver;
+use gitfeed::{Event, Feed, FeedHandle, Source, StateChange, Update};
+use smol::future::FutureExt;
+
+/// A source that polls and retries quickly, for tests.
+pub fn quick_source(name: &str, url: &str) -> Source {
+    let mut source = Source::new(name, url);
+    source.interval = Duration::from_millis(100);
+    source.timeout = Duration::from_secs(10);
+    source.backoff_initial = Duration::from_millis(10);
+    source.backoff_max = Duration::from_millis(40);
+    source
+}
+
+/// A feed running on a thread of its own, with a temporary cache.
+pub struct Running {
+    pub events: Receiver<Event>,
+    pub handle: FeedHandle,
+    thread: Option<JoinHandle<()>>,
+    _cache: tempfile::TempDir,
+}
+
+impl Running {
+    pub fn start(sources: Vec<Source>) -> Running {
+        Running::start_with(sources, |feed| feed)
+    }
+
+    pub fn start_with(sources: Vec<Source>, configure: impl FnOnce(Feed) -> Feed) -> Running {
+        Running::start_in(crate::util::unique_dir(), sources, configure)
+    }
+
+    /// Runs a feed over an existing cache directory.
+    pub fn start_in(
+        cache: tempfile::TempDir,
+        sources: Vec<Source>,
+        configure: impl FnOnce(Feed) -> Feed,
+    ) -> Running {
+        let feed = configure(Feed::new(cache.path()));
+        for source in sources {
+            feed.add(source).expect("valid source");
+        }
+        let events = feed.events();
+        let handle = feed.handle();
+        let thread = std::thread::spawn(move || feed.run());
+        Running {
+            events,
+            handle,
+            thread: Some(thread),
+            _cache: cache,
+        }
+    }
+
+    /// The next event, or a panic naming `what` if none comes within `within`.
+    pub fn next(&self, within: Duration, what: &str) -> Event {
+        let receive = async { self.events.recv().await.ok() };
+        let timeout = async {
+            smol::Timer::after(within).await;
+            None
+        };
+        smol::block_on(receive.or(timeout))
+            .unwrap_or_else(|| panic!("no event within {within:?} while waiting for {what}"))
+    }
+
+    /// The next event, which must be an update.
+    pub fn update(&self, within: Duration) -> Update {
+        match self.next(within, "an update") {
+            Event::Update(update) => update,
+            other => panic!("expected an update, got {other:?}"),
+        }
+    }
+
+    /// The next event, which must be a state change.
+    pub fn state(&self, within: Duration) -> StateChange {
+        match self.next(within, "a state change") {
+            Event::State(state) => state,
+            other => panic!("expected a state change, got {other:?}"),
+        }
+    }
+
+    /// Asserts that no event arrives for `quiet`.
+    pub fn assert_quiet(&self, quiet: Duration) {
+        let receive = async { self.events.recv().await.ok() };
+        let timeout = async {
+            smol::Timer::after(quiet).await;
+            None
+        };
+        if let Some(event) = smol::block_on(receive.or(timeout)) {
+            panic!("expected no event, got {event:?}");
+        }
+    }
+
+    /// Shuts the feed down and waits for its thread; returns how long that took.
+    pub fn stop(mut self) -> Duration {
+        let started = Instant::now();
+        self.handle.shutdown();
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("the feed's thread does not panic");
+        }
+        started.elapsed()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.handle.shutdown();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// `(status letter, path)` pairs of an update's changes, for comparison with `git diff
+/// --name-status`.
+pub fn letters(update: &Update) -> Vec<(char, String)> {
+    let mut pairs: Vec<(char, String)> = update
+        .changes
+        .iter()
+        .map(|change| {
+            let letter = match change.kind {
+                gitfeed::ChangeKind::Added => 'A',
+                gitfeed::ChangeKind::Modified => 'M',
+                gitfeed::ChangeKind::Deleted => 'D',
+            };
+            (letter, change.path.clone())
+        })
+        .collect();
+    pairs.sort_by(|a, b| a.1.cmp(&b.1));
+    pairs
+}

@@ -1,0 +1,8 @@
+//! Integration tests against real git servers on loopback, started by the tests themselves.
+
+mod util;
+
+mod cli;
+mod feed;
+mod harness;
+mod transports;

@@ -1,0 +1,180 @@
+//! The same scenario over every transport: first sync, add/modify/delete, nothing new, force
+//! push, missing branch. Each update is compared with the git CLI's view of the same commits.
+
+use gitfeed::{ErrorKind, Source, sync_once};
+
+use crate::harness::letters;
+use crate::util::{GitDaemon, HttpServer, Remote, Sshd, name_status, unique_dir};
+
+/// Runs the scenario against `url`, which serves `remote`.
+fn scenario(remote: &Remote, url: &str, ssh_command: Option<String>) {
+    let cache = unique_dir();
+    let mut source = Source::new("t", url);
+    source.ssh_command = ssh_command;
+
+    // First sync: no old commit, every file listed as added.
+    let first = sync_once(cache.path(), &source)
+        .expect("first sync")
+        .expect("a first update");
+    assert_eq!(first.old, None);
+    assert_eq!(first.new, remote.head());
+    assert_eq!(first.reference, "refs/heads/main");
+    assert!(!first.forced);
+    let listed = remote.git_bare(&["ls-tree", "-r", "--name-only", "main"]);
+    let expected: Vec<(char, String)> = listed.lines().map(|path| ('A', path.to_owned())).collect();
+    assert_eq!(letters(&first), expected);
+    for change in &first.changes {
+        let id = remote.git_bare(&["rev-parse", &format!("main:{}", change.path)]);
+        assert_eq!(change.id.as_deref(), Some(id.trim()));
+    }
+
+    // Nothing new: no update.
+    assert_eq!(
+        sync_once(cache.path(), &source).expect("no-change poll"),
+        None
+    );
+
+    // Add, modify, delete, and a file turned into a directory.
+    let before = remote.head();
+    remote.commit(
+        &[
+            ("added.txt", Some("new\n")),
+            ("src/lib.txt", Some("one\ntwo\nthree\nfour\n")),
+            ("README.md", None),
+            ("docs/guide/intro.md", Some("hello\n")),
+        ],
+        "change things",
+    );
+    remote.commit(
+        &[("docs/guide/intro.md", Some("hello again\n"))],
+        "second change",
+    );
+    let update = sync_once(cache.path(), &source)
+        .expect("second sync")
+        .expect("an update");
+    assert_eq!(update.old.as_deref(), Some(before.as_str()));
+    assert_eq!(update.new, remote.head());
+    assert!(!update.forced);
+    let mut expected = name_status(&remote.bare_path(), &before, &update.new);
+    expected.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(letters(&update), expected);
+    let deleted = update
+        .changes
+        .iter()
+        .find(|c| c.path == "README.md")
+        .expect("deletion listed");
+    assert_eq!(deleted.id, None);
+
+    // History rewritten: forced, and changes still match git's diff of the two commits.
+    let before = remote.head();
+    remote.force_push_rewrite(&[("rewritten.txt", Some("x\n"))], "rewrite");
+    let update = sync_once(cache.path(), &source)
+        .expect("sync after force push")
+        .expect("an update");
+    assert!(update.forced, "a rewrite must be reported as forced");
+    assert_eq!(update.old.as_deref(), Some(before.as_str()));
+    let mut expected = name_status(&remote.bare_path(), &before, &update.new);
+    expected.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(letters(&update), expected);
+
+    // A missing branch is a permanent error that says what to check.
+    let mut missing = source.clone();
+    missing.reference = Some("no-such-branch".into());
+    let err = sync_once(cache.path(), &missing).expect_err("missing branch");
+    assert_eq!(err.kind, ErrorKind::Permanent, "{err}");
+    assert!(
+        err.message.contains("branch `no-such-branch` not found"),
+        "{err}"
+    );
+}
+
+#[test]
+fn local_path() {
+    let remote = Remote::new();
+    scenario(&remote, &remote.bare_path().to_string_lossy(), None);
+}
+
+#[test]
+fn file_url() {
+    let remote = Remote::new();
+    scenario(&remote, &remote.file_url(), None);
+}
+
+#[test]
+fn git_daemon() {
+    let remote = Remote::new();
+    let daemon = GitDaemon::start(&remote.root());
+    scenario(&remote, &daemon.url(remote.name()), None);
+}
+
+#[test]
+fn smart_http() {
+    let remote = Remote::new();
+    let server = HttpServer::start(&remote.root());
+    scenario(&remote, &server.url(remote.name()), None);
+    let requests = server.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.git_protocol.as_deref() == Some("version=2")),
+        "the fetches should speak protocol v2: {requests:?}"
+    );
+}
+
+#[test]
+fn ssh() {
+    let remote = Remote::new();
+    let sshd = Sshd::start();
+    scenario(
+        &remote,
+        &sshd.url(&remote.bare_path()),
+        Some(sshd.ssh_command()),
+    );
+}
+
+#[test]
+fn ssh_scp_like() {
+    let remote = Remote::new();
+    let sshd = Sshd::start();
+    scenario(
+        &remote,
+        &sshd.scp_url(&remote.bare_path()),
+        Some(sshd.ssh_command_with_config()),
+    );
+}
+
+#[test]
+fn default_branch_follows_remote_head() {
+    let remote = Remote::new();
+    let trunk = remote.commit(&[("only-on-trunk.txt", Some("t\n"))], "trunk");
+    remote.push_branch("trunk", "HEAD");
+    let main = remote.force_push_to("HEAD~1");
+    assert_ne!(main, trunk);
+    remote.git_bare(&["symbolic-ref", "HEAD", "refs/heads/trunk"]);
+    let cache = unique_dir();
+    let update = sync_once(cache.path(), &Source::new("t", remote.file_url()))
+        .expect("sync")
+        .expect("update");
+    assert_eq!(update.reference, "refs/heads/trunk");
+    assert_eq!(update.new, trunk);
+}
+
+#[test]
+fn malformed_urls_fail_before_any_connection() {
+    let cache = unique_dir();
+    for url in [
+        "",
+        "http://",
+        "ftp://127.0.0.1/x.git",
+        "ext::sh -c true",
+        "git://127.0.0.1",
+    ] {
+        let err = sync_once(cache.path(), &Source::new("t", url)).expect_err(url);
+        assert_eq!(err.kind, ErrorKind::Permanent, "{url}: {err}");
+    }
+    assert_eq!(
+        std::fs::read_dir(cache.path()).expect("cache dir").count(),
+        0,
+        "nothing may be written for an invalid source"
+    );
+}

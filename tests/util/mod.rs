@@ -1,0 +1,74 @@
+//! Shared helpers for the integration tests: throw-away git repositories,
+//! local git servers for every transport gitfeed speaks (git daemon, smart
+//! HTTP through `git http-backend`, sshd), servers that misbehave on purpose,
+//! and process-level counters for leak assertions.
+//!
+//! Everything listens on 127.0.0.1 only, on ports the kernel hands out, and
+//! every server stops its threads and reaps its child processes when dropped,
+//! so tests can run in parallel and leave nothing behind.
+//!
+//! Each file under `tests/` that says `mod util;` compiles its own copy of
+//! this module and uses only part of it, hence the blanket allow below.
+#![allow(dead_code, unused_imports)]
+
+pub mod daemon;
+pub mod fault;
+pub mod http;
+pub mod proc;
+pub mod repo;
+pub mod ssh;
+
+pub use daemon::GitDaemon;
+pub use fault::{Fault, FaultServer, refused_url};
+pub use http::{HttpServer, RequestLog};
+pub use proc::{child_pids, fd_count, settle, thread_count};
+pub use repo::{Remote, git_command, git_in, name_status};
+pub use ssh::Sshd;
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
+
+/// The only address any test server binds or any test client dials.
+pub const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
+
+/// A fresh temporary directory, removed when the returned value is dropped.
+/// Each test takes its own so parallel tests never share files.
+pub fn unique_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("gitfeed-test-")
+        .tempdir()
+        .expect("create a temporary directory for the test")
+}
+
+/// A loopback port that nothing listened on a moment ago.
+///
+/// The kernel picks it (bind to port 0) and the listener is dropped right
+/// away so an external program can bind it. Another process may grab it in
+/// between; callers that start external servers detect that and retry with a
+/// new port (see `daemon::spawn_listening`).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind(SocketAddrV4::new(LOOPBACK, 0))
+        .expect("bind 127.0.0.1:0 to obtain a free port");
+    listener
+        .local_addr()
+        .expect("read the address of a freshly bound listener")
+        .port()
+}
+
+/// The loopback socket address for `port`.
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(LOOPBACK, port))
+}
+
+/// Quotes `s` for a POSIX shell if it contains anything but plainly safe
+/// characters. git runs `core.sshCommand` / `GIT_SSH_COMMAND` through `sh`,
+/// so paths embedded there must survive word splitting.
+pub fn shell_quote(s: &str) -> String {
+    let safe = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@%".contains(c));
+    if safe {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
