@@ -70,6 +70,23 @@ fn hung_source_does_not_delay_another() {
 }
 
 #[test]
+fn shutdown_interrupts_a_hung_http_fetch() {
+    let remote = Remote::new();
+    let server = HttpServer::start(&remote.root());
+    server.set_fault(Fault::Silent);
+    let mut source = quick_source("p", &server.url(remote.name()));
+    source.timeout = Duration::from_secs(60);
+    let feed = Running::start(vec![source]);
+    crate::util::settle(|| usize::from(server.connections() == 0), 0, PATIENCE);
+    assert!(server.connections() >= 1, "the attempt reached the server");
+    let took = feed.stop();
+    assert!(
+        took < Duration::from_secs(7),
+        "shutdown waited {took:?} for a hung HTTP fetch"
+    );
+}
+
+#[test]
 fn missing_branch_fails_until_triggered() {
     let remote = Remote::new();
     let mut source = quick_source("p", &remote.file_url());

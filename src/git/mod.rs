@@ -338,13 +338,16 @@ fn config_overrides(target: &Target) -> Vec<String> {
     // Rounded down: curl counts the window in whole seconds and checks it about twice a
     // second, so rounding up could let an attempt overrun its deadline by more than a second.
     let whole_seconds = target.timeout.as_secs().max(1);
+    // curl's transfer cannot be interrupted from outside, so its stall window also bounds how
+    // long a shutdown waits for an HTTP attempt: keep it short even when the timeout is long.
+    let stall_seconds = whole_seconds.min(HTTP_STALL_SECONDS);
     let mut overrides = vec![
         "gitoxide.credentials.terminalPrompt=false".to_owned(),
         "credential.interactive=never".to_owned(),
         // curl aborts when the transfer stays below this rate for the whole window; a server
         // that trickles bytes can otherwise hold an HTTP attempt for ever.
         format!("http.lowSpeedLimit={}", LOW_SPEED_BYTES_PER_SECOND),
-        format!("http.lowSpeedTime={whole_seconds}"),
+        format!("http.lowSpeedTime={stall_seconds}"),
         format!(
             "gitoxide.http.connectTimeout={}",
             target.timeout.as_millis().max(1)
@@ -361,8 +364,12 @@ fn config_overrides(target: &Target) -> Vec<String> {
     overrides
 }
 
-/// The slowest transfer rate an HTTP attempt tolerates over its whole timeout.
+/// The slowest transfer rate an HTTP attempt tolerates over [`HTTP_STALL_SECONDS`].
 const LOW_SPEED_BYTES_PER_SECOND: u32 = 1024;
+
+/// The longest an HTTP transfer may stay below [`LOW_SPEED_BYTES_PER_SECOND`] (or the attempt
+/// timeout, when that is shorter).
+const HTTP_STALL_SECONDS: u64 = 5;
 
 /// The number of pack files in a repository's object store.
 pub(crate) fn pack_count(git_dir: &Path) -> usize {

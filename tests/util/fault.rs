@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddrV4, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -94,9 +94,7 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A connection thread that panicked must not take the whole server
         // (and the test's cleanup) down with it.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Registers a socket for shutdown; `None` if the server is stopping.
@@ -151,7 +149,7 @@ impl Ctx {
                 .shared
                 .changed
                 .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
     }
@@ -365,19 +363,19 @@ fn handle(service: &dyn Service, ctx: &Ctx, stream: TcpStream, fault: Fault) {
 
 /// Bytes sent by [`Fault::Trickle`]: the header of a 65520-byte pkt-line,
 /// then its never-ending payload.
-fn trickle_byte(index: u64) -> u8 {
+fn trickle_byte(index: usize) -> u8 {
     const HEADER: &[u8] = b"fff0";
-    HEADER.get(index as usize).copied().unwrap_or(b'0')
+    HEADER.get(index).copied().unwrap_or(b'0')
 }
 
 fn trickle(ctx: &Ctx, mut stream: TcpStream) {
-    let mut sent = 0u64;
+    let mut sent = 0usize;
     loop {
         // A write fails once the client has gone away.
         if stream.write_all(&[trickle_byte(sent)]).is_err() {
             return;
         }
-        sent += 1;
+        sent = sent.saturating_add(1);
         if !ctx.pause(Duration::from_secs(1)) {
             return;
         }

@@ -8,10 +8,10 @@
 
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::Duration;
 
@@ -151,9 +151,7 @@ struct Backend {
 
 impl Backend {
     fn lock_requests(&self) -> std::sync::MutexGuard<'_, Vec<RequestLog>> {
-        self.requests
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.requests.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn record(&self, request: &Request, status: u16) {
@@ -341,7 +339,7 @@ impl Request {
     }
 
     fn query(&self) -> &str {
-        self.target.split_once('?').map(|(_, q)| q).unwrap_or("")
+        self.target.split_once('?').map_or("", |(_, q)| q)
     }
 
     fn chunked(&self) -> bool {
@@ -512,7 +510,10 @@ fn relay_cgi_response(mut cgi: impl BufRead, stream: &TcpStream) -> io::Result<u
             continue;
         }
         has_location |= name.eq_ignore_ascii_case("location");
-        headers.push_str(&format!("{name}: {value}\r\n"));
+        headers.push_str(name);
+        headers.push_str(": ");
+        headers.push_str(value);
+        headers.push_str("\r\n");
     }
     // CGI/1.1: no Status means 200, or 302 for a redirect.
     let status =

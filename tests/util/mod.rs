@@ -11,11 +11,17 @@
 //! this module and uses only part of it, hence the blanket allow below.
 #![allow(dead_code, unused_imports)]
 
+/// `git daemon` on a loopback port.
 pub mod daemon;
+/// Fault-injecting servers and the accept loop they share.
 pub mod fault;
+/// Smart HTTP through `git http-backend`.
 pub mod http;
+/// `/proc` counters and child-process cleanup.
 pub mod proc;
+/// Bare repositories with a work clone for making commits.
 pub mod repo;
+/// A private sshd.
 pub mod ssh;
 
 pub use daemon::GitDaemon;

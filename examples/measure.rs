@@ -1,0 +1,327 @@
+//! Scripted measurements of the figures gitfeed promises, against servers on loopback started
+//! here (the same ones the integration tests use).
+//!
+//! - `faults [N]`: N failed attempts per fault kind; descriptors, threads and child processes
+//!   before the first attempt and after the feed stopped.
+//! - `deadline`: how long an attempt against a server that accepts and never answers takes,
+//!   against its configured timeout, per transport.
+//! - `poll [N]`: the median wall time of a no-change poll in-process, against `git fetch` run as
+//!   a process on an equivalent clone, per transport.
+//! - `long [N]`: N fetches that each bring new objects through one feed; pack count, cache size,
+//!   descriptors and threads afterwards.
+//!
+//! Run with: cargo run --release --example measure -- faults 1000
+
+#[path = "../tests/util/mod.rs"]
+mod util;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use gitfeed::{Event, Feed, Source, SourceState};
+use smol::future::FutureExt;
+
+use util::{
+    Fault, FaultServer, GitDaemon, HttpServer, Remote, Sshd, child_pids, fd_count, settle,
+    thread_count,
+};
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let what = args.next().unwrap_or_default();
+    let count = args.next().and_then(|n| n.parse().ok());
+    // Start smol's global reactor first: it lives as long as the process.
+    smol::block_on(smol::Timer::after(Duration::from_millis(1)));
+    match what.as_str() {
+        "faults" => faults(count.unwrap_or(1000)),
+        "deadline" => deadline(),
+        "poll" => poll(count.unwrap_or(50)),
+        "long" => long(count.unwrap_or(1000)),
+        _ => eprintln!("usage: measure faults [N] | deadline | poll [N] | long [N]"),
+    }
+}
+
+fn source(name: &str, url: &str, timeout: Duration) -> Source {
+    let mut source = Source::new(name, url);
+    source.interval = Duration::from_millis(100);
+    source.timeout = timeout;
+    source.backoff_initial = Duration::from_millis(1);
+    source.backoff_max = Duration::from_millis(16);
+    source
+}
+
+fn next(events: &async_channel::Receiver<Event>, within: Duration) -> Event {
+    let receive = async { events.recv().await.ok() };
+    let timeout = async {
+        smol::Timer::after(within).await;
+        None
+    };
+    smol::block_on(receive.or(timeout)).expect("an event in time")
+}
+
+fn faults(attempts: usize) {
+    println!(
+        "| fault | attempts | seconds | fds before/after | threads before/after | children before/after |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let kinds = [
+        ("http 500", Fault::Status500, 5_000),
+        ("http reset", Fault::Reset, 5_000),
+        ("http never answers", Fault::Silent, 1_000),
+        ("http trickle", Fault::Trickle, 1_000),
+        ("git ERR packet", Fault::Status500, 5_000),
+        ("git reset", Fault::Reset, 5_000),
+        ("git never answers", Fault::Silent, 150),
+        ("git trickle", Fault::Trickle, 150),
+    ];
+    for (label, fault, timeout_ms) in kinds {
+        let remote = Remote::new();
+        if label.starts_with("http") {
+            let server = HttpServer::start(&remote.root());
+            server.set_fault(fault);
+            run_outage(
+                label,
+                &server.url(remote.name()),
+                timeout_ms,
+                attempts,
+                || server.set_fault(Fault::None),
+            );
+        } else {
+            let daemon = GitDaemon::start(&remote.root());
+            let front = FaultServer::in_front_of(daemon.port(), fault);
+            run_outage(
+                label,
+                &front.url(remote.name()),
+                timeout_ms,
+                attempts,
+                || front.set_fault(Fault::None),
+            );
+        }
+    }
+    for scheme in ["http", "git"] {
+        run_outage(
+            &format!("{scheme} refused"),
+            &util::refused_url(scheme),
+            5_000,
+            attempts,
+            || {},
+        );
+    }
+}
+
+fn run_outage(label: &str, url: &str, timeout_ms: u64, attempts: usize, heal: impl Fn()) {
+    const SOURCES: usize = 4;
+    let (fds, threads, children) = (fd_count(), thread_count(), child_pids().len());
+    let cache = util::unique_dir();
+    let feed = Feed::new(cache.path()).concurrent_fetches(SOURCES);
+    for i in 0..SOURCES {
+        feed.add(source(
+            &format!("s{i}"),
+            url,
+            Duration::from_millis(timeout_ms),
+        ))
+        .expect("valid");
+    }
+    let events = feed.events();
+    let handle = feed.handle();
+    let started = Instant::now();
+    let runner = std::thread::spawn(move || feed.run());
+    let mut failed = 0;
+    while failed < attempts {
+        if let Event::State(state) = next(&events, Duration::from_secs(60))
+            && state.state == SourceState::Backoff
+        {
+            failed += 1;
+        }
+    }
+    let elapsed = started.elapsed();
+    heal();
+    handle.shutdown();
+    runner.join().expect("feed thread");
+    let settle_for = Duration::from_secs(5);
+    println!(
+        "| {label} | {failed} | {:.1} | {fds}/{} | {threads}/{} | {children}/{} |",
+        elapsed.as_secs_f64(),
+        settle(fd_count, fds, settle_for),
+        settle(thread_count, threads, settle_for),
+        child_pids().len()
+    );
+}
+
+fn deadline() {
+    println!("| transport | timeout | attempt took |");
+    println!("|---|---|---|");
+    let silent = FaultServer::start(Fault::Silent);
+    let remote = Remote::new();
+    let http = HttpServer::start(&remote.root());
+    http.set_fault(Fault::Silent);
+    let sshd = Sshd::start();
+    let ssh_silent_url = format!("ssh://{}@127.0.0.1:{}/repo.git", sshd.user(), silent.port());
+    let cases = [
+        ("git://", silent.url("repo.git"), None),
+        ("http://", http.url(remote.name()), None),
+        ("ssh://", ssh_silent_url, Some(sshd.ssh_command())),
+    ];
+    for (label, url, ssh_command) in cases {
+        for timeout in [Duration::from_secs(2), Duration::from_secs(5)] {
+            let cache = util::unique_dir();
+            let mut source = source("d", &url, timeout);
+            source.ssh_command = ssh_command.clone();
+            let started = Instant::now();
+            let result = gitfeed::sync_once(cache.path(), &source);
+            let took = started.elapsed();
+            assert!(result.is_err(), "a silent server cannot serve an update");
+            println!("| {label} | {:?} | {:.3} s |", timeout, took.as_secs_f64());
+        }
+    }
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort_unstable();
+    samples[samples.len() / 2]
+}
+
+fn poll(rounds: usize) {
+    let remote = Remote::new();
+    for i in 0..50 {
+        remote.commit(
+            &[(
+                &format!("dir{}/file{i}.txt", i % 5),
+                Some(&format!("{i}\n")),
+            )],
+            "c",
+        );
+    }
+    let daemon = GitDaemon::start(&remote.root());
+    let http = HttpServer::start(&remote.root());
+    println!("| transport | gitfeed in-process (median) | git fetch process (median) | ratio |");
+    println!("|---|---|---|---|");
+    for (label, url) in [
+        ("file", remote.file_url()),
+        ("git", daemon.url(remote.name())),
+        ("http", http.url(remote.name())),
+    ] {
+        let cache = util::unique_dir();
+        let source = source("p", &url, Duration::from_secs(10));
+        gitfeed::sync_once(cache.path(), &source).expect("first sync");
+        let ours: Vec<Duration> = (0..rounds)
+            .map(|_| {
+                let started = Instant::now();
+                let update = gitfeed::sync_once(cache.path(), &source).expect("poll");
+                assert!(update.is_none());
+                started.elapsed()
+            })
+            .collect();
+        let clone = cache.path().join("cli.git");
+        git(
+            cache.path(),
+            &["clone", "-q", "--bare", &url, &clone.to_string_lossy()],
+        );
+        let theirs: Vec<Duration> = (0..rounds)
+            .map(|_| {
+                let started = Instant::now();
+                git(
+                    &clone,
+                    &["fetch", "-q", "origin", "+refs/heads/main:refs/heads/main"],
+                );
+                started.elapsed()
+            })
+            .collect();
+        let (ours, theirs) = (median(ours), median(theirs));
+        println!(
+            "| {label} | {:.2} ms | {:.2} ms | {:.2}× |",
+            ours.as_secs_f64() * 1e3,
+            theirs.as_secs_f64() * 1e3,
+            ours.as_secs_f64() / theirs.as_secs_f64()
+        );
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let status = Command::new("git")
+        .current_dir(dir)
+        .args(["-c", "protocol.version=2"])
+        .args(args)
+        .status()
+        .expect("run git");
+    assert!(status.success(), "git {args:?}");
+}
+
+fn long(fetches: usize) {
+    let remote = Remote::new();
+    let cache = util::unique_dir();
+    let mut follow = source("long", &remote.file_url(), Duration::from_secs(30));
+    follow.interval = Duration::from_secs(3600);
+    let feed = Feed::new(cache.path());
+    feed.add(follow).expect("valid");
+    let events = feed.events();
+    let handle = feed.handle();
+    let runner = std::thread::spawn(move || feed.run());
+    let wait_update = || loop {
+        match next(&events, Duration::from_secs(60)) {
+            Event::Update(update) => return update,
+            Event::State(state) => panic!("unexpected failure: {state:?}"),
+            _ => {}
+        }
+    };
+    wait_update();
+    let (fds, threads) = (fd_count(), thread_count());
+    let started = Instant::now();
+    for i in 1..=fetches {
+        let new = remote.commit(
+            &[(&format!("f{}.txt", i % 13), Some(&format!("{i}\n")))],
+            "next",
+        );
+        handle.trigger("long").expect("running");
+        let update = wait_update();
+        assert_eq!(update.new, new);
+        if i % (fetches / 4).max(1) == 0 {
+            println!(
+                "after {i} fetches: {:.1} s, packs {}, cache {} KiB, fds {}, threads {}",
+                started.elapsed().as_secs_f64(),
+                packs(cache.path()),
+                du(cache.path()) / 1024,
+                fd_count(),
+                thread_count()
+            );
+        }
+    }
+    handle.shutdown();
+    runner.join().expect("feed thread");
+    println!(
+        "fds {fds} -> {}, threads {threads} -> {}",
+        fd_count(),
+        thread_count()
+    );
+}
+
+fn packs(dir: &Path) -> usize {
+    walk(dir)
+        .iter()
+        .filter(|path| path.extension().is_some_and(|e| e == "pack"))
+        .count()
+}
+
+fn du(dir: &Path) -> u64 {
+    walk(dir)
+        .iter()
+        .filter_map(|path| path.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                out.extend(walk(&path));
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
