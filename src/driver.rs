@@ -273,23 +273,51 @@ fn sync(
     let result = (|| {
         let tip = repo.fetch(target, cancel)?;
         if delivered == Some(tip.commit.as_str()) {
-            return Ok(None);
+            return Ok((tip.commit, None));
         }
         // Without the old commit's objects (a reclone after the remote rewrote history) there
         // is nothing to diff against: deliver the full listing, as on a first update.
         let old = delivered.filter(|old| repo.has_commit(old));
         let (changes, forced) = repo.changes(old, &tip.commit)?;
-        Ok(Some(Synced {
-            reference: tip.reference,
-            new: tip.commit,
-            old: old.map(str::to_owned),
-            forced,
-            changes,
-        }))
+        Ok((
+            tip.commit.clone(),
+            Some(Synced {
+                reference: tip.reference,
+                new: tip.commit,
+                old: old.map(str::to_owned),
+                forced,
+                changes,
+            }),
+        ))
     })();
-    Attempt {
-        handle: Some(repo),
-        result,
+    match result {
+        Ok((tip, synced)) => {
+            let keep: Vec<&str> = [Some(tip.as_str()), delivered]
+                .into_iter()
+                .flatten()
+                .collect();
+            match repo.maintain(target, &keep, cancel) {
+                Ok(repo) => Attempt {
+                    handle: Some(repo),
+                    result: Ok(synced),
+                },
+                // The update is good; the handle is reopened by the next attempt.
+                Err(err) => {
+                    log::warn!(
+                        "cannot reopen the clone after consolidation: {}",
+                        err.message
+                    );
+                    Attempt {
+                        handle: None,
+                        result: Ok(synced),
+                    }
+                }
+            }
+        }
+        Err(err) => Attempt {
+            handle: Some(repo),
+            result: Err(err),
+        },
     }
 }
 

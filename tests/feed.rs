@@ -217,7 +217,57 @@ fn many_fetches_bringing_new_objects() {
         assert_eq!(update.new, new, "fetch {i}");
         last = new;
     }
+    // Packs are consolidated as they pile up (gix has no gc of its own); this runs before the
+    // update is sent, so it has happened by now.
+    let packs = walk_packs(feed.cache_dir());
+    assert!(packs <= 9, "{packs} packs after 150 fetches");
+    // The consolidated clone is a sound repository holding everything the tip reaches (the
+    // feed is idle: its next poll is an hour away).
+    let clone = std::fs::read_dir(feed.cache_dir())
+        .expect("cache")
+        .map(|entry| entry.expect("entry").path().join("repo.git"))
+        .find(|path| path.exists())
+        .expect("a clone");
+    crate::util::git_in(&clone, &["fsck", "--full", "--strict", "--no-dangling"]);
+    crate::util::git_in(&clone, &["rev-list", "--objects", &last]);
     feed.stop();
+}
+
+#[test]
+fn shallow_source_keeps_diffing_against_the_delivered_commit() {
+    let remote = Remote::new();
+    let mut source = quick_source("p", &remote.file_url());
+    source.depth = Some(1);
+    source.interval = Duration::from_secs(3600);
+    let feed = Running::start(vec![source]);
+    let mut last = feed.update(PATIENCE).new;
+    for i in 0..30 {
+        let new = remote.commit(
+            &[(&format!("d{}/f.txt", i % 3), Some(&format!("{i}\n")))],
+            "next",
+        );
+        feed.handle.trigger("p").expect("feed running");
+        let update = feed.update(PATIENCE);
+        assert_eq!(update.old.as_deref(), Some(last.as_str()), "fetch {i}");
+        let mut expected = crate::util::name_status(&remote.bare_path(), &last, &new);
+        expected.sort_by(|a, b| a.1.cmp(&b.1));
+        assert_eq!(crate::harness::letters(&update), expected, "fetch {i}");
+        last = new;
+    }
+    feed.stop();
+}
+
+fn walk_packs(dir: &std::path::Path) -> usize {
+    let mut count = 0;
+    for entry in std::fs::read_dir(dir).expect("readable").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            count += walk_packs(&path);
+        } else if path.extension().is_some_and(|e| e == "pack") {
+            count += 1;
+        }
+    }
+    count
 }
 
 #[test]

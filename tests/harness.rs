@@ -22,7 +22,7 @@ pub struct Running {
     pub events: Receiver<Event>,
     pub handle: FeedHandle,
     thread: Option<JoinHandle<()>>,
-    _cache: tempfile::TempDir,
+    cache: tempfile::TempDir,
 }
 
 impl Running {
@@ -51,8 +51,13 @@ impl Running {
             events,
             handle,
             thread: Some(thread),
-            _cache: cache,
+            cache,
         }
+    }
+
+    /// The feed's cache directory.
+    pub fn cache_dir(&self) -> &std::path::Path {
+        self.cache.path()
     }
 
     /// The next event, or a panic naming `what` if none comes within `within`.

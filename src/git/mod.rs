@@ -6,6 +6,7 @@
 //! these calls on threads of their own and ends them through [`Cancel`].
 
 mod error;
+mod repack;
 mod transport;
 
 use std::num::NonZeroU32;
@@ -27,9 +28,13 @@ use crate::machine::ErrorKind;
 const TIP_REF: &str = "refs/gitfeed/tip";
 
 /// Slots for pack indices in the object store. gix fixes the number when a repository is
-/// opened; a kept handle fails once fetches have added more packs than that. The driver reopens
-/// the handle long before (see [`Repo::needs_reopen`]).
+/// opened; a kept handle fails once fetches have added more packs than that. Consolidation
+/// keeps the pack count far lower, and [`Repo::needs_reopen`] is the backstop.
 const PACK_SLOTS: usize = 256;
+
+/// Packs are consolidated into one once a fetch leaves more than this many. gix has no gc, so
+/// without it every fetch that brings objects adds a pack for good.
+const MAX_PACKS: usize = 8;
 
 /// What to fetch and how long an attempt may take.
 #[derive(Debug, Clone)]
@@ -122,6 +127,33 @@ impl Repo {
     /// reopened before the next fetch (gix's pack slots are fixed at open).
     pub fn needs_reopen(&self) -> bool {
         pack_count(&self.git_dir) >= self.packs_at_open + PACK_SLOTS / 2
+    }
+
+    /// Consolidates the packs once there are more than [`MAX_PACKS`], keeping exactly the
+    /// objects reachable from `keep` (the new tip and the commit the consumer last saw), and
+    /// reopens the handle so it sees the new pack set. Never runs during a fetch: the caller
+    /// owns the only handle. A failure leaves the packs as they were and is only logged.
+    pub fn maintain(
+        self,
+        target: &Target,
+        keep: &[&str],
+        cancel: &Cancel,
+    ) -> Result<Self, FetchError> {
+        if pack_count(&self.git_dir) <= MAX_PACKS {
+            return Ok(self);
+        }
+        let tips: Vec<gix::ObjectId> = keep.iter().filter_map(|id| parse_id(id).ok()).collect();
+        let git_dir = self.git_dir.clone();
+        // gix maps pack files; drop the handle before the files it maps are deleted.
+        drop(self);
+        match repack::consolidate(&git_dir, &tips, cancel.flag()) {
+            Ok(stats) => log::debug!("{}: consolidated packs: {stats}", git_dir.display()),
+            Err(err) if err.kind == repack::ErrorKind::Interrupted => {
+                log::debug!("{}: pack consolidation interrupted", git_dir.display());
+            }
+            Err(err) => log::warn!("{}: pack consolidation failed: {err}", git_dir.display()),
+        }
+        Repo::open_or_init(&git_dir, target)
     }
 
     /// Fetches the target's ref into the cache and returns where it points now.
@@ -306,8 +338,19 @@ where
         .receive(gix::progress::Discard, cancel.flag())
         .map_err(|err| error::classify(&err, target, cancel))?;
     let updates = match &outcome.status {
-        gix::remote::fetch::Status::NoPackReceived { update_refs, .. }
-        | gix::remote::fetch::Status::Change { update_refs, .. } => &update_refs.updates,
+        gix::remote::fetch::Status::NoPackReceived { update_refs, .. } => &update_refs.updates,
+        gix::remote::fetch::Status::Change {
+            update_refs,
+            write_pack_bundle,
+            ..
+        } => {
+            // gix leaves the pack's `.keep` file when no ref changed; it would shield the pack
+            // from consolidation for ever.
+            if let Some(keep) = &write_pack_bundle.keep_path {
+                let _ = std::fs::remove_file(keep);
+            }
+            &update_refs.updates
+        }
     };
     for update in updates {
         match update.mode {
@@ -371,16 +414,9 @@ const LOW_SPEED_BYTES_PER_SECOND: u32 = 1024;
 /// timeout, when that is shorter).
 const HTTP_STALL_SECONDS: u64 = 5;
 
-/// The number of pack files in a repository's object store.
+/// The number of packs in a repository's object store (0 when unreadable).
 pub(crate) fn pack_count(git_dir: &Path) -> usize {
-    std::fs::read_dir(git_dir.join("objects/pack"))
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "pack"))
-                .count()
-        })
-        .unwrap_or(0)
+    repack::pack_count(git_dir).unwrap_or(0)
 }
 
 /// A relative local path made absolute against the current directory. git (and gix) would
