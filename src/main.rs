@@ -188,8 +188,14 @@ fn parse(args: &[String]) -> Result<Command, String> {
     })
 }
 
-/// `https://host/org/policies.git` → `policies`.
+/// `https://host/org/policies.git` → `policies`; a local path is named after its directory.
 fn default_name(url: &str) -> String {
+    if !url.contains("://")
+        && let Ok(path) = std::fs::canonicalize(url)
+        && let Some(name) = path.file_name()
+    {
+        return name.to_string_lossy().trim_end_matches(".git").to_owned();
+    }
     let trimmed = url.trim_end_matches('/');
     let last = trimmed
         .rsplit(['/', ':'])
@@ -301,7 +307,12 @@ mod tests {
     fn default_names() {
         assert_eq!(default_name("https://h/org/policies.git"), "policies");
         assert_eq!(default_name("git@h:org/cfg.git/"), "cfg");
-        assert_eq!(default_name("."), "repo");
-        assert_eq!(default_name("/srv/repo"), "repo");
+        assert_eq!(default_name("/nonexistent/repo.git"), "repo");
+        assert_eq!(default_name("/"), "repo");
+        let here = std::env::current_dir().unwrap();
+        assert_eq!(
+            default_name("."),
+            here.file_name().unwrap().to_string_lossy()
+        );
     }
 }
