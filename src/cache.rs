@@ -44,14 +44,18 @@ impl Entry {
     pub fn delivered(&self) -> Option<String> {
         let text = fs::read_to_string(self.state_path()).ok()?;
         let state: State = serde_json::from_str(&text).ok()?;
-        state
-            .delivered
-            .filter(|id| id.len() == 40 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        state.delivered.filter(|id| is_commit_id(id))
     }
 
     /// Records `commit` as delivered, atomically: a crash leaves either the old or the new
     /// state, never a torn file.
     pub fn set_delivered(&self, commit: &str) -> io::Result<()> {
+        if !is_commit_id(commit) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("`{commit}` is not a commit id"),
+            ));
+        }
         fs::create_dir_all(&self.dir)?;
         let state = State {
             delivered: Some(commit.to_owned()),
@@ -79,6 +83,11 @@ impl Entry {
     }
 }
 
+/// 40 hex digits: the only thing that may be written as a delivered commit.
+pub(crate) fn is_commit_id(id: &str) -> bool {
+    id.len() == 40 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,6 +99,8 @@ mod tests {
         assert_eq!(entry.delivered(), None);
         let id = "0123456789abcdef0123456789abcdef01234567";
         entry.set_delivered(id).unwrap();
+        assert_eq!(entry.delivered().as_deref(), Some(id));
+        assert!(entry.set_delivered("../../etc/passwd").is_err());
         assert_eq!(entry.delivered().as_deref(), Some(id));
         fs::write(entry.state_path(), "{garbage").unwrap();
         assert_eq!(entry.delivered(), None);

@@ -17,9 +17,10 @@ use smol::lock::Semaphore;
 
 use crate::cache;
 use crate::event::{Event, SourceState, StateChange, Update};
-use crate::git::{self, Cancel, FetchError, Repo, Target};
+use crate::git::{self, Cancel, FetchError, Repo};
 use crate::machine::{Action, ErrorKind, Health, Machine, Outcome};
 use crate::source::Source;
+use crate::work::{self, Attempt, Seen, Synced};
 
 /// What the feed tells a running source task.
 #[derive(Debug)]
@@ -28,6 +29,8 @@ pub(crate) enum Control {
     Trigger,
     /// New settings for the same cache entry.
     Change(Box<Source>),
+    /// The consumer has applied the update to this commit; the feed has recorded it.
+    Acknowledged(String),
 }
 
 /// Everything the source tasks of one feed share.
@@ -40,28 +43,19 @@ pub(crate) struct Shared {
     pub shutdown: Receiver<()>,
 }
 
-/// How one attempt ended.
-struct Attempt {
-    handle: Option<Repo>,
-    result: Result<Option<Synced>, FetchError>,
-}
-
-/// A fetch that found the ref moved.
-struct Synced {
-    reference: String,
-    new: String,
-    old: Option<String>,
-    forced: bool,
-    changes: Vec<crate::event::Change>,
-}
-
 /// Follows one source until the feed shuts down or the source is removed (its control channel
 /// closes). The cache directory stays on disk either way.
 pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Receiver<Control>) {
     let entry = cache::Entry::new(&shared.cache_dir, &source.cache_key());
     let mut machine = Machine::new(source.policy(), Instant::now());
     let mut handle: Option<Repo> = None;
-    let mut delivered = entry.delivered();
+    // After a restart the next update starts from what the consumer acknowledged, so an
+    // update that was sent but never acknowledged is sent again.
+    let acknowledged = entry.delivered();
+    let mut seen = Seen {
+        sent: acknowledged.clone(),
+        acknowledged,
+    };
     let mut rng = fastrand::Rng::new();
     let mut pending: Vec<Control> = Vec::new();
     loop {
@@ -79,16 +73,32 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
                 }
                 Action::Fetch => {
                     let Some(attempt) =
-                        attempt(&shared, &source, &entry, handle.take(), &delivered).await
+                        attempt(&shared, &source, &entry, handle.take(), &seen).await
                     else {
                         return; // shut down while waiting for a fetch slot
                     };
                     handle = attempt.handle;
                     let outcome = match attempt.result {
                         Ok(synced) => {
+                            // Warnings first: the consumer hears what was left out before it
+                            // applies the update.
+                            for warning in attempt.warnings {
+                                emit_warning(&shared, &source.name, warning).await;
+                            }
                             if let Some(synced) = synced {
-                                delivered = Some(synced.new.clone());
-                                deliver(&shared, &source, &entry, synced).await;
+                                seen.sent = Some(synced.new.clone());
+                                if synced.is_empty() {
+                                    // Nothing the consumer wants moved: nothing to apply, so
+                                    // nothing to acknowledge either.
+                                    record_acknowledged(
+                                        &entry,
+                                        &source.name,
+                                        &mut seen,
+                                        &synced.new,
+                                    );
+                                } else {
+                                    deliver(&shared, &source, synced).await;
+                                }
                             }
                             Outcome::Success
                         }
@@ -115,7 +125,7 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
                 Action::Emit(health) => emit_health(&shared, &source.name, health).await,
             }
             for message in pending.drain(..) {
-                apply(&mut machine, &mut source, message);
+                apply(&mut machine, &mut source, &mut seen, message);
             }
         }
         let wake = async {
@@ -134,7 +144,7 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
         };
         match wake.or(message).or(shutdown).await {
             Wake::Timeout => machine.handle_timeout(Instant::now()),
-            Wake::Control(message) => apply(&mut machine, &mut source, message),
+            Wake::Control(message) => apply(&mut machine, &mut source, &mut seen, message),
             Wake::Removed => return,
         }
     }
@@ -146,8 +156,9 @@ enum Wake {
     Removed,
 }
 
-fn apply(machine: &mut Machine, source: &mut Source, message: Control) {
+fn apply(machine: &mut Machine, source: &mut Source, seen: &mut Seen, message: Control) {
     match message {
+        Control::Acknowledged(commit) => seen.acknowledged = Some(commit),
         Control::Trigger => machine.handle_trigger(Instant::now()),
         Control::Change(changed) => {
             *source = *changed;
@@ -165,7 +176,7 @@ async fn attempt(
     source: &Source,
     entry: &cache::Entry,
     handle: Option<Repo>,
-    delivered: &Option<String>,
+    seen: &Seen,
 ) -> Option<Attempt> {
     let slot = async { Some(shared.fetch_slots.acquire().await) };
     let closed = async {
@@ -174,22 +185,16 @@ async fn attempt(
     };
     let _slot = slot.or(closed).await?;
 
-    let target = Target {
-        url: source.url.clone(),
-        reference: source.full_ref(),
-        depth: source.depth,
-        ssh_command: source.ssh_command.clone(),
-        timeout: source.timeout,
-    };
+    let target = work::target(source);
     let cancel = Arc::new(Cancel::default());
     let (done_tx, done_rx) = async_channel::bounded(1);
     let work = {
         let cancel = Arc::clone(&cancel);
         let git_dir = entry.git_dir();
-        let delivered = delivered.clone();
-        let target = target.clone();
+        let seen = seen.clone();
+        let source = source.clone();
         move || {
-            let outcome = sync(handle, &git_dir, &target, delivered.as_deref(), &cancel);
+            let outcome = work::sync(handle, &git_dir, &source, &target, &seen, &cancel);
             cancel.release();
             let _ = done_tx.send_blocking(outcome);
         }
@@ -206,6 +211,7 @@ async fn attempt(
                 result: Err(FetchError::local(format!(
                     "cannot start a fetch thread: {err}"
                 ))),
+                warnings: Vec::new(),
             });
         }
     };
@@ -246,82 +252,11 @@ async fn attempt(
         result: Err(FetchError::transient(
             "the fetch thread ended without an outcome",
         )),
+        warnings: Vec::new(),
     }))
 }
 
-/// The blocking part of an attempt: open (or reuse) the clone, fetch, and diff against the
-/// last delivered commit. Runs on the attempt's own thread.
-fn sync(
-    handle: Option<Repo>,
-    git_dir: &std::path::Path,
-    target: &Target,
-    delivered: Option<&str>,
-    cancel: &Cancel,
-) -> Attempt {
-    let repo = match handle {
-        Some(repo) if !repo.needs_reopen() => repo,
-        _ => match Repo::open_or_init(git_dir, target) {
-            Ok(repo) => repo,
-            Err(err) => {
-                return Attempt {
-                    handle: None,
-                    result: Err(err),
-                };
-            }
-        },
-    };
-    let result = (|| {
-        let tip = repo.fetch(target, cancel)?;
-        if delivered == Some(tip.commit.as_str()) {
-            return Ok((tip.commit, None));
-        }
-        // Without the old commit's objects (a reclone after the remote rewrote history) there
-        // is nothing to diff against: deliver the full listing, as on a first update.
-        let old = delivered.filter(|old| repo.has_commit(old));
-        let (changes, forced) = repo.changes(old, &tip.commit)?;
-        Ok((
-            tip.commit.clone(),
-            Some(Synced {
-                reference: tip.reference,
-                new: tip.commit,
-                old: old.map(str::to_owned),
-                forced,
-                changes,
-            }),
-        ))
-    })();
-    match result {
-        Ok((tip, synced)) => {
-            let keep: Vec<&str> = [Some(tip.as_str()), delivered]
-                .into_iter()
-                .flatten()
-                .collect();
-            match repo.maintain(target, &keep, cancel) {
-                Ok(repo) => Attempt {
-                    handle: Some(repo),
-                    result: Ok(synced),
-                },
-                // The update is good; the handle is reopened by the next attempt.
-                Err(err) => {
-                    log::warn!(
-                        "cannot reopen the clone after consolidation: {}",
-                        err.message
-                    );
-                    Attempt {
-                        handle: None,
-                        result: Ok(synced),
-                    }
-                }
-            }
-        }
-        Err(err) => Attempt {
-            handle: Some(repo),
-            result: Err(err),
-        },
-    }
-}
-
-async fn deliver(shared: &Shared, source: &Source, entry: &cache::Entry, synced: Synced) {
+async fn deliver(shared: &Shared, source: &Source, synced: Synced) {
     log::info!(
         "{}: {} -> {} ({} changes{})",
         source.name,
@@ -331,11 +266,26 @@ async fn deliver(shared: &Shared, source: &Source, entry: &cache::Entry, synced:
         if synced.forced { ", forced" } else { "" }
     );
     let update = into_update(source, synced);
-    let new = update.new.clone();
-    // A consumer that dropped its receiver gets nothing more; the state still advances.
+    // A consumer that dropped its receiver gets nothing more.
     let _ = shared.events.send(Event::Update(update)).await;
-    if let Err(err) = entry.set_delivered(&new) {
-        log::warn!("{}: cannot record the delivered commit: {err}", source.name);
+}
+
+async fn emit_warning(shared: &Shared, name: &str, warning: String) {
+    log::warn!("{name}: {warning}");
+    let change = StateChange {
+        source: name.to_owned(),
+        state: SourceState::Warning,
+        attempt: None,
+        error: Some(warning),
+        retry_in_ms: None,
+    };
+    let _ = shared.events.send(Event::State(change)).await;
+}
+
+fn record_acknowledged(entry: &cache::Entry, name: &str, seen: &mut Seen, commit: &str) {
+    match entry.set_delivered(commit) {
+        Ok(()) => seen.acknowledged = Some(commit.to_owned()),
+        Err(err) => log::warn!("{name}: cannot record the acknowledged commit: {err}"),
     }
 }
 
@@ -392,13 +342,20 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// One attempt outside any feed: fetch, diff against the delivered commit, record the new one.
+/// One attempt outside any feed: fetch and diff against the acknowledged commit.
 pub(crate) async fn once(shared: &Shared, source: &Source) -> Result<Option<Update>, FetchError> {
     let entry = cache::Entry::new(&shared.cache_dir, &source.cache_key());
-    let delivered = entry.delivered();
-    let attempt = attempt(shared, source, &entry, None, &delivered)
+    let acknowledged = entry.delivered();
+    let seen = Seen {
+        sent: acknowledged.clone(),
+        acknowledged,
+    };
+    let attempt = attempt(shared, source, &entry, None, &seen)
         .await
         .ok_or_else(|| FetchError::transient("the feed is shutting down"))?;
+    for warning in &attempt.warnings {
+        log::warn!("{}: {warning}", source.name);
+    }
     if let Err(err) = &attempt.result
         && err.kind == ErrorKind::Corrupt
     {
@@ -407,9 +364,10 @@ pub(crate) async fn once(shared: &Shared, source: &Source) -> Result<Option<Upda
     let Some(synced) = attempt.result? else {
         return Ok(None);
     };
-    let update = into_update(source, synced);
-    entry
-        .set_delivered(&update.new)
-        .map_err(|err| FetchError::local(format!("cannot record the delivered commit: {err}")))?;
-    Ok(Some(update))
+    if synced.is_empty() {
+        let mut seen = seen;
+        record_acknowledged(&entry, &source.name, &mut seen, &synced.new);
+        return Ok(None);
+    }
+    Ok(Some(into_update(source, synced)))
 }

@@ -50,6 +50,46 @@ pub struct Change {
     pub kind: ChangeKind,
     /// The blob id of the new content, `None` for a deletion.
     pub id: Option<String>,
+    /// The new content, when the source asks for contents and the file is within the limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// How `content` is encoded: UTF-8 text as it is, anything else as base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<Encoding>,
+    /// Why the content was left out, when the source asks for contents and it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub omitted: Option<String>,
+}
+
+/// How a [`Change`]'s content is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Encoding {
+    /// The file is valid UTF-8 and is given as it is.
+    #[serde(rename = "utf-8")]
+    Utf8,
+    /// The file's bytes in standard base64 with padding.
+    #[serde(rename = "base64")]
+    Base64,
+}
+
+impl Change {
+    /// The file's new bytes, decoded from `content`; `None` when no content is attached (or the
+    /// base64 is malformed).
+    ///
+    /// ```
+    /// let change: gitfeed::Change = serde_json::from_str(
+    ///     r#"{"path":"a.bin","kind":"added","id":null,"content":"AAH/","encoding":"base64"}"#,
+    /// ).unwrap();
+    /// assert_eq!(change.bytes().unwrap(), vec![0, 1, 255]);
+    /// ```
+    pub fn bytes(&self) -> Option<Vec<u8>> {
+        let content = self.content.as_ref()?;
+        match self.encoding {
+            Some(Encoding::Base64) => crate::base64::decode(content),
+            _ => Some(content.clone().into_bytes()),
+        }
+    }
 }
 
 /// What happened to a file.
@@ -100,4 +140,7 @@ pub enum SourceState {
     /// Gave up: a permanent error, or `max_failures` reached. Polling stops until the source is
     /// triggered or changed.
     Failed,
+    /// The last update was delivered, but something was left out of it; `error` says what
+    /// (for example hostile tree entries a snapshot refused to write). Health is unchanged.
+    Warning,
 }

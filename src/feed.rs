@@ -62,6 +62,7 @@ enum Command {
     Add(Box<Source>),
     Remove(String),
     Trigger(String),
+    Acknowledge(String, String),
 }
 
 /// A command sent to a feed that has already stopped.
@@ -194,6 +195,22 @@ impl Feed {
                         let _ = control.try_send(Control::Trigger);
                     }
                 }
+                Command::Acknowledge(name, commit) => {
+                    // Recorded here rather than by the source's task, which may already have
+                    // ended when a shutdown follows the acknowledgement at once.
+                    if let Some((key, control)) = sources.get(&name) {
+                        match crate::cache::Entry::new(&shared.cache_dir, key)
+                            .set_delivered(&commit)
+                        {
+                            Ok(()) => {
+                                let _ = control.try_send(Control::Acknowledged(commit));
+                            }
+                            Err(err) => {
+                                log::warn!("{name}: cannot record the acknowledgement: {err}")
+                            }
+                        }
+                    }
+                }
             }
             tasks.retain(|task| !task.is_finished());
         }
@@ -235,6 +252,16 @@ impl FeedHandle {
             .map_err(|_| FeedError::Stopped)
     }
 
+    /// Records that the consumer has applied the update of source `name` to `commit` (the
+    /// update's `new`). The acknowledged commit is kept in the cache: after a restart, the
+    /// first update starts from it, so an update that was sent but never acknowledged is sent
+    /// again. Delivery is at least once; a consumer can deduplicate on `new`.
+    pub fn acknowledge(&self, name: &str, commit: &str) -> Result<(), FeedError> {
+        self.commands
+            .try_send(Command::Acknowledge(name.to_owned(), commit.to_owned()))
+            .map_err(|_| FeedError::Stopped)
+    }
+
     /// Stops the feed: attempts in flight are interrupted, and the feed's run returns once
     /// every fetch thread has ended. The event channel then closes.
     pub fn shutdown(&self) {
@@ -261,13 +288,15 @@ impl fmt::Display for SyncError {
 impl std::error::Error for SyncError {}
 
 /// Runs one attempt for `source` outside any feed, within the source's timeout: fetches,
-/// and returns the update since the commit last delivered from this cache (`None` when nothing
-/// moved), recording the new commit as delivered.
+/// and returns the update since the commit last acknowledged in this cache (`None` when
+/// nothing moved). Call [`acknowledge`] once the update is applied; until then, the next
+/// call returns the same update again.
 ///
 /// ```no_run
 /// let source = gitfeed::Source::new("p", "https://example.org/p.git");
 /// if let Some(update) = gitfeed::sync_once("/var/cache/gitfeed", &source)? {
 ///     println!("{} files changed", update.changes.len());
+///     gitfeed::acknowledge("/var/cache/gitfeed", &source, &update.new)?;
 /// }
 /// # Ok::<(), gitfeed::SyncError>(())
 /// ```
@@ -291,4 +320,25 @@ pub fn sync_once(
         kind: err.kind,
         message: err.message,
     })
+}
+
+/// Records, outside any feed, that the consumer has applied `source`'s update to `commit`;
+/// see [`FeedHandle::acknowledge`].
+pub fn acknowledge(
+    cache_dir: impl AsRef<Path>,
+    source: &Source,
+    commit: &str,
+) -> Result<(), SyncError> {
+    if !crate::cache::is_commit_id(commit) {
+        return Err(SyncError {
+            kind: ErrorKind::Permanent,
+            message: format!("`{commit}` is not a commit id"),
+        });
+    }
+    crate::cache::Entry::new(cache_dir.as_ref(), &source.cache_key())
+        .set_delivered(commit)
+        .map_err(|err| SyncError {
+            kind: ErrorKind::Transient,
+            message: format!("cannot record the acknowledgement: {err}"),
+        })
 }

@@ -29,15 +29,22 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+mod base64;
 mod cache;
 mod driver;
 mod event;
 mod feed;
 mod git;
 pub mod machine;
+mod reader;
+mod snapshot;
 mod source;
+mod work;
 
-pub use event::{Change, ChangeKind, Event, SourceState, StateChange, Update};
-pub use feed::{DEFAULT_CONCURRENT_FETCHES, Feed, FeedError, FeedHandle, SyncError, sync_once};
+pub use event::{Change, ChangeKind, Encoding, Event, SourceState, StateChange, Update};
+pub use feed::{
+    DEFAULT_CONCURRENT_FETCHES, Feed, FeedError, FeedHandle, SyncError, acknowledge, sync_once,
+};
 pub use machine::ErrorKind;
-pub use source::{Source, SourceError, parse_duration};
+pub use reader::{File, FileType, ReadError, ReadErrorKind, Reader};
+pub use source::{Filter, Source, SourceError, parse_duration};

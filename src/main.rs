@@ -25,16 +25,29 @@ Options:
   --max-failures <N>     give up after N consecutive failures [default: never]
   --depth <N>            shallow clone with N commits of history [default: full history]
   --ssh-command <CMD>    ssh program and options, as git's core.sshCommand [default: ssh]
+  --dir <D>              deliver only files under directory D (repeatable)
+  --include <GLOB>       deliver only files matching GLOB, gitignore syntax (repeatable)
+  --exclude <GLOB>       leave out files matching GLOB, gitignore syntax (repeatable)
+  --ext <E>              deliver only files with extension E (repeatable)
+  --contents             attach the content of added and modified files to updates
+  --contents-limit <N>   largest file whose content is attached, in bytes [default: 1048576]
+  --checkout <DIR>       write each new commit's files to DIR/.snapshots/<commit>/ and point
+                         the symlink DIR/current at it before printing the update
+  --keep-snapshots <N>   snapshots kept in the checkout directory [default: 2]
   --once                 sync once, print the update if there is one, and exit
   -h, --help             print this help
 
 Durations are written like 250ms, 30s, 5m or 1h.
 
-Events go to stdout, one line each; logs go to stderr, at the level set by RUST_LOG
-(error, warn, info, debug, trace or off; default warn).
+Events go to stdout, one line each; an update counts as acknowledged once its line is
+written and flushed. Logs go to stderr, at the level set by RUST_LOG (error, warn, info,
+debug, trace or off; default warn).
 
 Exit status: 0 on success; 1 when --once fails (the error is printed on stderr);
 2 for bad arguments.";
+
+/// The largest file whose content `--contents` attaches, unless `--contents-limit` says.
+const DEFAULT_CONTENTS_LIMIT: u64 = 1 << 20;
 
 fn main() -> ExitCode {
     Logger::install();
@@ -72,10 +85,15 @@ fn main() -> ExitCode {
 fn watch_once(cache_dir: &std::path::Path, source: &Source) -> ExitCode {
     match gitfeed::sync_once(cache_dir, source) {
         Ok(update) => {
-            if let Some(update) = update
-                && print(&Event::Update(update)).is_err()
-            {
-                return ExitCode::from(1);
+            if let Some(update) = update {
+                let new = update.new.clone();
+                if print(&Event::Update(update)).is_err() {
+                    return ExitCode::from(1);
+                }
+                if let Err(err) = gitfeed::acknowledge(cache_dir, source, &new) {
+                    eprintln!("gitfeed: {err}");
+                    return ExitCode::from(1);
+                }
             }
             ExitCode::SUCCESS
         }
@@ -100,6 +118,9 @@ fn watch(cache_dir: PathBuf, source: Source) -> ExitCode {
                 // Nobody reads stdout any more (a closed pipe): stop the feed.
                 handle.shutdown();
                 break;
+            }
+            if let Event::Update(update) = &event {
+                let _ = handle.acknowledge(&update.source, &update.new);
             }
         }
     });
@@ -157,6 +178,10 @@ fn parse(args: &[String]) -> Result<Command, String> {
             text.parse::<u32>()
                 .map_err(|_| format!("{flag}: `{text}` is not a whole number"))
         };
+        let bytes = |text: String| {
+            text.parse::<u64>()
+                .map_err(|_| format!("{flag}: `{text}` is not a number of bytes"))
+        };
         match flag {
             "-h" | "--help" => return Ok(Command::Help),
             "--once" if inline.is_none() => once = true,
@@ -170,6 +195,16 @@ fn parse(args: &[String]) -> Result<Command, String> {
             "--max-failures" => source.max_failures = Some(number(value()?)?),
             "--depth" => source.depth = Some(number(value()?)?),
             "--ssh-command" => source.ssh_command = Some(value()?),
+            "--dir" => source.filter.directories.push(value()?),
+            "--include" => source.filter.include.push(value()?),
+            "--exclude" => source.filter.exclude.push(value()?),
+            "--ext" => source.filter.extensions.push(value()?),
+            "--contents" if inline.is_none() => {
+                source.contents.get_or_insert(DEFAULT_CONTENTS_LIMIT);
+            }
+            "--contents-limit" => source.contents = Some(bytes(value()?)?),
+            "--checkout" => source.checkout = Some(PathBuf::from(value()?)),
+            "--keep-snapshots" => source.keep_snapshots = number(value()?)? as usize,
             flag if flag.starts_with('-') && flag.len() > 1 => {
                 return Err(format!("unknown option `{flag}`"));
             }

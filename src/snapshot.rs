@@ -5,6 +5,7 @@
 //! DIR/.snapshots/<commit>/                 one complete snapshot per commit
 //! DIR/.snapshots/order                     commits in the order they became current
 //! DIR/.snapshots/.tmp-<commit>-<random>/   being written, never pointed to
+//! DIR/.snapshots/.tmp-old-<commit>-<random>/  being removed
 //! DIR/.tmp-current-<random>                the next `current`, about to be renamed over it
 //! ```
 //!
@@ -183,7 +184,7 @@ impl fmt::Display for SnapshotError {
 impl std::error::Error for SnapshotError {}
 
 /// The streaming blob reader [`SnapshotDir::write`] is given.
-type Read<'r> = dyn FnMut(&str, &mut dyn Write) -> io::Result<()> + 'r;
+type ReadBlob<'r> = dyn FnMut(&str, &mut dyn Write) -> io::Result<()> + 'r;
 
 impl SnapshotDir {
     /// A snapshot directory at `root` keeping the `keep` latest snapshots (at least 1). Nothing
@@ -200,14 +201,16 @@ impl SnapshotDir {
     /// writes the link target bytes.
     ///
     /// If `.snapshots/<commit>` already exists it is complete (see the module docs) and is made
-    /// current again without reading any file. Removing snapshots beyond `keep` comes after
+    /// current again without reading any file; symlink targets are still read to check them,
+    /// so the report lists what the checks skip (not what only writing would find, such as two
+    /// names this filesystem takes for one). Removing snapshots beyond `keep` comes after
     /// the switch and is best effort: the new snapshot is current by then, so a failure there
     /// is not the write's, and whatever was left is removed by the next write.
     pub fn write(
         &self,
         commit: &str,
         entries: &[Entry],
-        read: &mut Read<'_>,
+        read: &mut dyn FnMut(&str, &mut dyn std::io::Write) -> std::io::Result<()>,
     ) -> Result<Report, SnapshotError> {
         // The commit becomes a path, so anything but a plain object id is refused.
         if !is_commit(commit) {
@@ -217,8 +220,14 @@ impl SnapshotDir {
             });
         }
         let snapshots = self.snapshots();
+        let fresh = fs::symlink_metadata(&self.root).is_err();
         fs::create_dir_all(&snapshots)
             .and_then(|()| sync_dir(&self.root))
+            .and_then(|()| match self.root.parent() {
+                // A new root is durable only once its parent is.
+                Some(parent) if fresh && !parent.as_os_str().is_empty() => sync_dir(parent),
+                _ => Ok(()),
+            })
             .map_err(|err| SnapshotError::io("could not create the snapshot directory", err))?;
         self.recover()
             .map_err(|err| SnapshotError::io("could not remove leftovers", err))?;
@@ -273,7 +282,7 @@ impl SnapshotDir {
     /// Points `current` at the snapshot of `commit`, atomically.
     fn switch(&self, commit: &str) -> io::Result<()> {
         let target = Path::new(SNAPSHOTS).join(commit);
-        let link = create_unique(&self.root, "current", |path| {
+        let (link, ()) = create_unique(&self.root, "current", |path| {
             std::os::unix::fs::symlink(&target, path)
         })?;
         if let Err(err) = fs::rename(&link, self.root.join(CURRENT)) {
@@ -322,7 +331,8 @@ impl SnapshotDir {
         for commit in old {
             if commit != current && pointed.as_deref() != Some(commit) {
                 let from = snapshots.join(commit);
-                let to = create_unique(&snapshots, commit, |path| fs::rename(&from, path))?;
+                let label = format!("old-{commit}");
+                let (to, ()) = create_unique(&snapshots, &label, |path| fs::rename(&from, path))?;
                 doomed.push(to);
             }
         }
@@ -373,7 +383,7 @@ struct Claim {
 /// out is pushed onto `skipped` with its rank.
 fn plan<'a>(
     entries: &'a [Entry],
-    read: &mut Read<'_>,
+    read: &mut ReadBlob<'_>,
     skipped: &mut Vec<(usize, Skipped)>,
 ) -> Result<Vec<Planned<'a>>, SnapshotError> {
     // Sorted so which of two colliding entries wins does not depend on delivery order.
@@ -440,7 +450,12 @@ fn claim(
         return Err(problem.into());
     }
 
-    let described = |claim: &Claim| format!("{:?}", display(&entries[claim.index].components[..claim.depth]));
+    let described = |claim: &Claim| {
+        format!(
+            "{:?}",
+            display(&entries[claim.index].components[..claim.depth])
+        )
+    };
     let mut key = Vec::new();
     let mut parents = Vec::new();
     for (depth, component) in entry.components.iter().enumerate() {
@@ -554,17 +569,19 @@ fn check_target(
     if bytes.starts_with(b"/") {
         return Err("symlink target is absolute");
     }
-    // Resolved from the link's directory. `marks` remembers where each component starts in
-    // `key`, so `..` can cut it off again.
-    let mut key = Vec::new();
-    let mut marks = Vec::new();
-    let mut push = |key: &mut Vec<u8>, marks: &mut Vec<usize>, component: &[u8]| {
+    /// Appends a folded component to `key`, remembering in `marks` where it starts so `..`
+    /// can cut it off again.
+    fn push(key: &mut Vec<u8>, marks: &mut Vec<usize>, component: &[u8]) {
         marks.push(key.len());
         if !key.is_empty() {
             key.push(b'/');
         }
         key.extend(fold(component));
-    };
+    }
+    // Resolved from the link's directory, which is a real one: its path was checked to run
+    // through no file or symlink.
+    let mut key = Vec::new();
+    let mut marks = Vec::new();
     for parent in &components[..components.len() - 1] {
         push(&mut key, &mut marks, parent);
     }
@@ -596,15 +613,16 @@ fn build(
     snapshots: &Path,
     commit: &str,
     plan: &[Planned<'_>],
-    read: &mut Read<'_>,
+    read: &mut ReadBlob<'_>,
     skipped: &mut Vec<(usize, Skipped)>,
 ) -> Result<usize, SnapshotError> {
-    let path = create_unique(snapshots, commit, |path| make_dir(path))
+    let (path, ()) = create_unique(snapshots, commit, make_dir)
         .map_err(|err| SnapshotError::io("could not create a temporary directory", err))?;
     let mut temporary = Temporary { path, armed: true };
     let root = temporary.path.clone();
 
-    let mut dirs = vec![root.clone()];
+    let mut dirs = Dirs::default();
+    dirs.add(root.clone());
     let mut links = Vec::new();
     let mut written = 0;
     for planned in plan {
@@ -639,15 +657,19 @@ fn build(
     }
     written += links.len();
 
-    // Deepest first, so each directory is synced after the entries in it.
-    for dir in dirs.iter().rev() {
+    // A name is durable only once its directory is, and all of them must be before the rename
+    // makes the snapshot visible under its final name.
+    for dir in &dirs.list {
         sync_dir(dir).map_err(|err| SnapshotError::io("could not sync the snapshot", err))?;
     }
     let target = snapshots.join(commit);
     if let Err(err) = fs::rename(&root, &target) {
         // Another writer got there first; its snapshot is as good as this one.
         if !is_real_dir(&target) {
-            return Err(SnapshotError::io("could not move the snapshot in place", err));
+            return Err(SnapshotError::io(
+                "could not move the snapshot in place",
+                err,
+            ));
         }
     } else {
         temporary.armed = false;
@@ -656,13 +678,31 @@ fn build(
     Ok(written)
 }
 
+/// The directories of a snapshot being written.
+#[derive(Debug, Default)]
+struct Dirs {
+    /// In the order they were created, to sync them.
+    list: Vec<PathBuf>,
+    /// The same, to look them up.
+    known: HashSet<PathBuf>,
+}
+
+impl Dirs {
+    /// Records a directory that is known to be real.
+    fn add(&mut self, path: PathBuf) {
+        if self.known.insert(path.clone()) {
+            self.list.push(path);
+        }
+    }
+}
+
 /// Writes one entry below `root`, creating its parent directories (recorded in `dirs`).
 /// The inner error is a reason to skip the entry; the outer one fails the snapshot.
 fn write_entry(
     root: &Path,
     planned: &Planned<'_>,
-    read: &mut Read<'_>,
-    dirs: &mut Vec<PathBuf>,
+    read: &mut ReadBlob<'_>,
+    dirs: &mut Dirs,
 ) -> Result<Result<(), &'static str>, SnapshotError> {
     let components = &planned.entry.components;
     let fail = |what: &str, err| {
@@ -673,22 +713,20 @@ fn write_entry(
         return Ok(Err("empty path"));
     };
     let mut path = root.to_path_buf();
-    for (depth, parent) in parents.iter().enumerate() {
+    for parent in parents {
         path.push(OsStr::from_bytes(parent));
-        // Earlier entries created most parents; `dirs` is in creation order, so this looks
-        // at the few most recent ones first.
-        if dirs.iter().rev().any(|dir| *dir == path) {
+        if dirs.known.contains(&path) {
             continue;
         }
         match make_dir(&path) {
-            Ok(()) => dirs.push(path.clone()),
+            Ok(()) => dirs.add(path.clone()),
             // Only another spelling of an earlier name can be here, on a filesystem that
             // folds names; it must be a real directory to go on.
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
                 if !is_real_dir(&path) {
                     return Ok(Err("collides with another entry on this filesystem"));
                 }
-                dirs.push(path.clone());
+                dirs.add(path.clone());
             }
             Err(err) => {
                 return match name_problem(&err) {
@@ -697,7 +735,6 @@ fn write_entry(
                 };
             }
         }
-        debug_assert!(depth < parents.len());
     }
     path.push(OsStr::from_bytes(name));
 
@@ -737,11 +774,13 @@ fn write_entry(
 }
 
 /// Streams a blob into a new file, sets its mode regardless of the umask, and syncs it.
-fn write_file(file: File, mode: u32, id: &str, read: &mut Read<'_>) -> io::Result<()> {
+fn write_file(file: File, mode: u32, id: &str, read: &mut ReadBlob<'_>) -> io::Result<()> {
     file.set_permissions(Permissions::from_mode(mode))?;
     let mut writer = BufWriter::new(file);
     read(id, &mut writer)?;
-    let file = writer.into_inner().map_err(io::IntoInnerError::into_error)?;
+    let file = writer
+        .into_inner()
+        .map_err(io::IntoInnerError::into_error)?;
     file.sync_all()
 }
 
@@ -816,8 +855,8 @@ impl Drop for Temporary {
     }
 }
 
-/// Collects a symlink target, keeping no more than one byte beyond the longest accepted, so a
-/// hostile blob cannot fill memory.
+/// Collects a symlink target, keeping no more than the longest accepted and noting whether
+/// more came, so a hostile blob cannot fill memory.
 #[derive(Debug, Default)]
 struct Capped {
     /// The target so far.
@@ -863,18 +902,18 @@ fn sync_dir(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()
 }
 
-/// Runs `create` on a fresh `.tmp-<label>-<random>` path in `dir` until one is free, and
-/// returns that path.
-fn create_unique(
+/// Runs `create` on fresh `.tmp-<label>-<random>` paths in `dir` until one is free, and
+/// returns that path with what `create` returned.
+fn create_unique<T>(
     dir: &Path,
     label: &str,
-    mut create: impl FnMut(&Path) -> io::Result<()>,
-) -> io::Result<PathBuf> {
+    mut create: impl FnMut(&Path) -> io::Result<T>,
+) -> io::Result<(PathBuf, T)> {
     for _ in 0..16 {
         let path = dir.join(format!("{TMP_PREFIX}{label}-{}", random_suffix()));
         match create(&path) {
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
-            result => return result.map(|()| path),
+            result => return result.map(|value| (path, value)),
         }
     }
     Err(io::Error::new(
@@ -905,7 +944,11 @@ fn remove_leftovers(dir: &Path, links_only: bool) -> io::Result<()> {
     let mut removed = false;
     for item in items {
         let item = item?;
-        if !item.file_name().as_bytes().starts_with(TMP_PREFIX.as_bytes()) {
+        if !item
+            .file_name()
+            .as_bytes()
+            .starts_with(TMP_PREFIX.as_bytes())
+        {
             continue;
         }
         let kind = item.file_type()?;
@@ -945,24 +988,21 @@ fn write_order(snapshots: &Path, commits: &[String]) -> io::Result<()> {
         text.push_str(commit);
         text.push('\n');
     }
-    let temporary = create_unique(snapshots, ORDER, |path| {
-        let mut file = OpenOptions::new()
+    let (temporary, mut file) = create_unique(snapshots, ORDER, |path| {
+        OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(MODE_FILE)
-            .open(path)?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()
-    });
-    let temporary = match temporary {
-        Ok(path) => path,
-        Err(err) => return Err(err),
-    };
-    if let Err(err) = fs::rename(&temporary, snapshots.join(ORDER)) {
+            .open(path)
+    })?;
+    let result = file
+        .write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .and_then(|()| fs::rename(&temporary, snapshots.join(ORDER)));
+    if result.is_err() {
         let _ = fs::remove_file(&temporary);
-        return Err(err);
     }
-    sync_dir(snapshots)
+    result.and_then(|()| sync_dir(snapshots))
 }
 
 /// `root` with raw `components` appended.
@@ -994,4 +1034,596 @@ fn skip(entry: &Entry, reason: String) -> Skipped {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    /// A commit id made from `n`.
+    fn commit(n: u32) -> String {
+        format!("{n:040x}")
+    }
+
+    /// An entry at the `/`-separated `path`.
+    fn entry(path: &str, kind: EntryKind, id: &str) -> Entry {
+        raw(
+            &path.split('/').map(str::as_bytes).collect::<Vec<_>>(),
+            kind,
+            id,
+        )
+    }
+
+    /// An entry with the given raw components.
+    fn raw(components: &[&[u8]], kind: EntryKind, id: &str) -> Entry {
+        Entry {
+            components: components.iter().map(|c| c.to_vec()).collect(),
+            kind,
+            id: id.to_owned(),
+        }
+    }
+
+    /// A plain, non-executable file kind.
+    const FILE: EntryKind = EntryKind::File { executable: false };
+
+    /// Blob contents by id, served like the git layer would.
+    struct Blobs(HashMap<String, Vec<u8>>);
+
+    impl Blobs {
+        /// A store holding each `(id, contents)` pair.
+        fn new(pairs: &[(&str, &[u8])]) -> Self {
+            Self(
+                pairs
+                    .iter()
+                    .map(|(id, data)| ((*id).to_owned(), data.to_vec()))
+                    .collect(),
+            )
+        }
+
+        /// Streams blob `id` into `out`.
+        fn read(&self, id: &str, out: &mut dyn Write) -> io::Result<()> {
+            let data = self.0.get(id).ok_or(io::ErrorKind::NotFound)?;
+            out.write_all(data)
+        }
+    }
+
+    /// Every path below `dir`, relative to it, without following symlinks.
+    fn listing(dir: &Path) -> BTreeSet<PathBuf> {
+        let mut found = BTreeSet::new();
+        let mut pending = vec![dir.to_path_buf()];
+        while let Some(next) = pending.pop() {
+            for item in fs::read_dir(&next).unwrap() {
+                let item = item.unwrap();
+                found.insert(item.path().strip_prefix(dir).unwrap().to_path_buf());
+                if item.file_type().unwrap().is_dir() {
+                    pending.push(item.path());
+                }
+            }
+        }
+        found
+    }
+
+    /// The names in `dir/.snapshots`, sorted.
+    fn snapshot_names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir.join(SNAPSHOTS))
+            .unwrap()
+            .map(|item| item.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Names starting with `.tmp-` in `dir` and `dir/.snapshots`.
+    fn leftovers(dir: &Path) -> Vec<PathBuf> {
+        [dir.to_path_buf(), dir.join(SNAPSHOTS)]
+            .iter()
+            .flat_map(|dir| fs::read_dir(dir).unwrap())
+            .map(|item| item.unwrap())
+            .filter(|item| {
+                item.file_name()
+                    .as_bytes()
+                    .starts_with(TMP_PREFIX.as_bytes())
+            })
+            .map(|item| item.path())
+            .collect()
+    }
+
+    /// The permission bits of `path`.
+    fn mode(path: &Path) -> u32 {
+        fs::symlink_metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    /// A tree with files, nested directories, an executable and inside symlinks is written as
+    /// it is; new commits swap `current` and old snapshots beyond `keep` go, never the current
+    /// one, oldest by when they became current.
+    #[test]
+    fn normal_tree() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("feed");
+        let snapshots = SnapshotDir::new(&dir, 2);
+        assert_eq!(snapshots.current(), None);
+
+        let blobs = Blobs::new(&[
+            ("readme", b"hello\n"),
+            ("main", b"fn main() {}\n"),
+            ("module", b"pub fn f() {}\n"),
+            ("script", b"#!/bin/sh\necho hi\n"),
+            ("docs", b"src/lib"),
+            ("up", b"../README"),
+            ("latin1", b"caf\xe9"),
+        ]);
+        let entries = vec![
+            entry("README", FILE, "readme"),
+            entry("src/main.rs", FILE, "main"),
+            entry("src/lib/mod.rs", FILE, "module"),
+            entry("bin/run", EntryKind::File { executable: true }, "script"),
+            entry("docs", EntryKind::Symlink, "docs"),
+            entry("src/up", EntryKind::Symlink, "up"),
+            raw(&[b"caf\xe9", b"menu"], FILE, "latin1"),
+        ];
+        let first = commit(1);
+        let report = snapshots
+            .write(&first, &entries, &mut |id, out| blobs.read(id, out))
+            .unwrap();
+        assert_eq!(report.skipped, []);
+        assert_eq!(report.written, 7);
+        assert_eq!(snapshots.current(), Some(first.clone()));
+
+        let resolved = fs::canonicalize(dir.join(CURRENT)).unwrap();
+        assert_eq!(
+            resolved,
+            fs::canonicalize(dir.join(SNAPSHOTS).join(&first)).unwrap()
+        );
+        assert_eq!(
+            fs::read_link(dir.join(CURRENT)).unwrap(),
+            Path::new(SNAPSHOTS).join(&first)
+        );
+        assert_eq!(fs::read(resolved.join("README")).unwrap(), b"hello\n");
+        assert_eq!(
+            fs::read(resolved.join("src/main.rs")).unwrap(),
+            b"fn main() {}\n"
+        );
+        assert_eq!(mode(&resolved.join("README")), 0o644);
+        assert_eq!(mode(&resolved.join("bin/run")), 0o755);
+        assert_eq!(mode(&resolved.join("src/lib")), 0o755);
+        assert_eq!(
+            fs::read_link(resolved.join("docs")).unwrap(),
+            Path::new("src/lib")
+        );
+        assert_eq!(
+            fs::read(resolved.join("docs/mod.rs")).unwrap(),
+            b"pub fn f() {}\n"
+        );
+        assert_eq!(fs::read(resolved.join("src/up")).unwrap(), b"hello\n");
+        let latin1 = resolved.join(OsStr::from_bytes(b"caf\xe9")).join("menu");
+        assert_eq!(fs::read(latin1).unwrap(), b"caf\xe9");
+
+        // Each later commit carries one file naming it.
+        let reads = std::cell::Cell::new(0);
+        let write = |n: u32| {
+            let entries = [entry("id", FILE, &commit(n))];
+            snapshots
+                .write(&commit(n), &entries, &mut |id, out| {
+                    reads.set(reads.get() + 1);
+                    out.write_all(id.as_bytes())
+                })
+                .unwrap()
+        };
+        write(2);
+        write(3);
+        assert_eq!(
+            snapshot_names(&dir),
+            [commit(2), commit(3), ORDER.to_owned()]
+        );
+        assert_eq!(snapshots.current(), Some(commit(3)));
+
+        // Making 2 current again reuses its snapshot without reading, and makes it newer
+        // than 3, which is the one to go next.
+        reads.set(0);
+        assert_eq!(write(2).written, 1);
+        assert_eq!(reads.get(), 0);
+        assert_eq!(snapshots.current(), Some(commit(2)));
+        write(4);
+        assert_eq!(
+            snapshot_names(&dir),
+            [commit(2), commit(4), ORDER.to_owned()]
+        );
+        let resolved = fs::canonicalize(dir.join(CURRENT)).unwrap();
+        assert_eq!(fs::read(resolved.join("id")).unwrap(), commit(4).as_bytes());
+
+        // `keep` is at least 1: the current snapshot stays.
+        let single = SnapshotDir::new(&dir, 0);
+        let entries = [entry("id", FILE, "x")];
+        single
+            .write(&commit(5), &entries, &mut |_, out| out.write_all(b"5"))
+            .unwrap();
+        assert_eq!(snapshot_names(&dir), [commit(5), ORDER.to_owned()]);
+        assert_eq!(single.current(), Some(commit(5)));
+        assert_eq!(leftovers(&dir), Vec::<PathBuf>::new());
+    }
+
+    /// Every hostile entry is skipped with a reason, the rest is written, and nothing appears
+    /// outside the directory.
+    #[test]
+    fn hostile_entries() {
+        let parent = tempfile::tempdir().unwrap();
+        fs::write(parent.path().join("sentinel"), b"untouched").unwrap();
+        let dir = parent.path().join("feed");
+        let before = listing(parent.path());
+
+        let long_target = vec![b'a'; MAX_TARGET + 1];
+        let blobs = Blobs::new(&[
+            ("data", b"payload"),
+            ("to-etc", b"/etc"),
+            ("to-outside", b"../../outside"),
+            ("one-up-too-many", b"../../x"),
+            ("to-sub", b"sub"),
+            ("to-self", b"."),
+            ("through-self", b"self/.."),
+            ("nul", b"a\0b"),
+            ("empty", b""),
+            ("long", &long_target),
+            ("inside", b"../ok"),
+        ]);
+        let link = EntryKind::Symlink;
+        let hostile: Vec<(Entry, &str)> = vec![
+            (raw(&[b".."], FILE, "data"), "path component is . or .."),
+            (
+                raw(&[b"..", b"x"], FILE, "data"),
+                "path component is . or ..",
+            ),
+            (
+                raw(&[b"a", b"..", b"..", b"x"], FILE, "data"),
+                "path component is . or ..",
+            ),
+            (raw(&[b"."], FILE, "data"), "path component is . or .."),
+            (raw(&[b"x/../../escape"], FILE, "data"), "contains a slash"),
+            (raw(&[b"/etc/passwd"], FILE, "data"), "contains a slash"),
+            (
+                raw(&[b"", b"etc", b"passwd"], FILE, "data"),
+                "empty path component",
+            ),
+            (raw(&[b"a\0b"], FILE, "data"), "contains a nul byte"),
+            (
+                raw(&[&[b'n'; MAX_NAME + 1]], FILE, "data"),
+                "path component too long",
+            ),
+            (raw(&[], FILE, "data"), "empty path"),
+            (entry(".git/config", FILE, "data"), "names .git"),
+            (
+                entry(
+                    ".GIT/hooks/post-checkout",
+                    EntryKind::File { executable: true },
+                    "data",
+                ),
+                "names .git",
+            ),
+            (entry(".git./x", FILE, "data"), "names .git"),
+            (entry(".git /x", FILE, "data"), "names .git"),
+            (entry("GIT~1/x", FILE, "data"), "names .git"),
+            (entry(".g\u{200c}it/x", FILE, "data"), "names .git"),
+            (entry("readme", FILE, "data"), "collides with \"README\""),
+            (entry("a", FILE, "data"), "collides with \"A\""),
+            (entry("ok/x", FILE, "data"), "inside file \"ok\""),
+            (entry("etc", link, "to-etc"), "symlink target is absolute"),
+            (
+                entry("out", link, "to-outside"),
+                "symlink target leaves the snapshot",
+            ),
+            (
+                entry("sub/deep", link, "one-up-too-many"),
+                "symlink target leaves the snapshot",
+            ),
+            (entry("link/x", FILE, "data"), "inside symlink \"link\""),
+            (entry("up/y", FILE, "data"), "inside symlink \"Up\""),
+            (
+                entry("chain", link, "through-self"),
+                "uses .. after another symlink",
+            ),
+            (
+                entry("nul", link, "nul"),
+                "symlink target contains a nul byte",
+            ),
+            (entry("empty", link, "empty"), "symlink target is empty"),
+            (entry("long", link, "long"), "symlink target too long"),
+            (entry("module", EntryKind::Gitlink, "data"), "submodule"),
+        ];
+        let fine = vec![
+            entry("README", FILE, "data"),
+            entry("A/x", FILE, "data"),
+            entry("ok", FILE, "data"),
+            entry("sub/file", FILE, "data"),
+            entry("sub/back", link, "inside"),
+            entry("link", link, "to-sub"),
+            entry("Up", link, "to-sub"),
+            entry("self", link, "to-self"),
+            entry(".gitignore", FILE, "data"),
+            entry("x.git", FILE, "data"),
+        ];
+        let entries: Vec<Entry> = hostile
+            .iter()
+            .map(|(entry, _)| entry.clone())
+            .chain(fine.iter().cloned())
+            .collect();
+
+        let snapshots = SnapshotDir::new(&dir, 3);
+        let report = snapshots
+            .write(&commit(1), &entries, &mut |id, out| blobs.read(id, out))
+            .unwrap();
+        assert_eq!(report.written, fine.len(), "{report:#?}");
+        assert_eq!(report.skipped.len(), hostile.len());
+        for (entry, reason) in &hostile {
+            let path = display(&entry.components);
+            let found = report
+                .skipped
+                .iter()
+                .find(|skipped| skipped.path == path && skipped.reason.contains(reason));
+            assert!(
+                found.is_some(),
+                "{path:?} not skipped for {reason:?}: {report:#?}"
+            );
+        }
+
+        // Nothing appeared next to the directory, and inside it only the fine entries.
+        let after: BTreeSet<PathBuf> = listing(parent.path())
+            .into_iter()
+            .filter(|path| !path.starts_with("feed"))
+            .collect();
+        assert_eq!(after, before);
+        assert_eq!(
+            fs::read(parent.path().join("sentinel")).unwrap(),
+            b"untouched"
+        );
+        let resolved = fs::canonicalize(dir.join(CURRENT)).unwrap();
+        let written: BTreeSet<PathBuf> = listing(&resolved);
+        let expected: BTreeSet<PathBuf> = [
+            "README",
+            "A",
+            "A/x",
+            "ok",
+            "sub",
+            "sub/file",
+            "sub/back",
+            "link",
+            "Up",
+            "self",
+            ".gitignore",
+            "x.git",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        assert_eq!(written, expected);
+        assert_eq!(fs::read(resolved.join("link/file")).unwrap(), b"payload");
+        assert_eq!(fs::read(resolved.join("sub/back")).unwrap(), b"payload");
+    }
+
+    /// The check of `.git` names covers the spellings filesystems treat as `.git`, and only
+    /// those.
+    #[test]
+    fn git_names() {
+        for name in [
+            ".git",
+            ".GIT",
+            ".Git",
+            ".git.",
+            ".git ",
+            ".git. .",
+            "git~1",
+            "\u{feff}.git",
+        ] {
+            assert!(names_git(name.as_bytes()), "{name:?}");
+        }
+        for name in [".gitignore", "git", ".git~1", "x.git", ".gi", "..git"] {
+            assert!(!names_git(name.as_bytes()), "{name:?}");
+        }
+    }
+
+    /// Resolving symlinks through the filesystem catches what following them would do, even
+    /// where each link on its own looks harmless.
+    #[test]
+    fn escapes_through_real_links() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        fs::create_dir(root.join("sub")).unwrap();
+        let link = |name: &str, target: &str| {
+            std::os::unix::fs::symlink(target, root.join(name)).unwrap();
+        };
+        link("self", ".");
+        link("up", "self/..");
+        link("down", "sub");
+        link("sub/back", "../down");
+        link("loop", "loop");
+        link("missing", "nothing/here");
+        let components = |path: &str| -> Vec<Vec<u8>> {
+            path.split('/').map(|c| c.as_bytes().to_vec()).collect()
+        };
+        assert!(escapes(root, &components("up")));
+        assert!(escapes(root, &components("loop")));
+        assert!(!escapes(root, &components("self")));
+        assert!(!escapes(root, &components("down")));
+        assert!(!escapes(root, &components("sub/back")));
+        assert!(!escapes(root, &components("missing")));
+    }
+
+    /// A crash between writing a snapshot and switching to it leaves leftovers that
+    /// `recover()`, and the next write, remove; `current` stays on the last complete
+    /// snapshot.
+    #[test]
+    fn crash_leftovers_are_removed() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("feed");
+        let snapshots = SnapshotDir::new(&dir, 2);
+        let entries = [entry("id", FILE, "x")];
+        snapshots
+            .write(&commit(1), &entries, &mut |_, out| out.write_all(b"1"))
+            .unwrap();
+
+        let leave_leftovers = || {
+            let half = dir
+                .join(SNAPSHOTS)
+                .join(format!(".tmp-{}-0123456789abcdef", commit(2)));
+            fs::create_dir_all(half.join("deep")).unwrap();
+            fs::write(half.join("deep/id"), b"2").unwrap();
+            let next = dir.join(".tmp-current-0123456789abcdef");
+            std::os::unix::fs::symlink(&half, &next).unwrap();
+            fs::write(dir.join(SNAPSHOTS).join(".tmp-order-0123456789abcdef"), b"").unwrap();
+            // Not ours: only temporary symlinks are removed from the root.
+            fs::create_dir_all(dir.join(".tmp-someone-else")).unwrap();
+        };
+        leave_leftovers();
+        assert_eq!(snapshots.current(), Some(commit(1)));
+        snapshots.recover().unwrap();
+        assert_eq!(leftovers(&dir), [dir.join(".tmp-someone-else")]);
+        assert_eq!(snapshots.current(), Some(commit(1)));
+        let resolved = fs::canonicalize(dir.join(CURRENT)).unwrap();
+        assert_eq!(fs::read(resolved.join("id")).unwrap(), b"1");
+        fs::remove_dir(dir.join(".tmp-someone-else")).unwrap();
+
+        leave_leftovers();
+        fs::remove_dir(dir.join(".tmp-someone-else")).unwrap();
+        snapshots
+            .write(&commit(3), &entries, &mut |_, out| out.write_all(b"3"))
+            .unwrap();
+        assert_eq!(leftovers(&dir), Vec::<PathBuf>::new());
+        assert_eq!(snapshots.current(), Some(commit(3)));
+
+        // Nothing to recover in a directory never written to.
+        SnapshotDir::new(parent.path().join("never"), 1)
+            .recover()
+            .unwrap();
+    }
+
+    /// A reader that resolves `current` once and reads two files through the resolved path
+    /// always gets both from the same commit while the writer swaps.
+    #[test]
+    fn readers_never_see_a_mix() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("feed");
+        let snapshots = SnapshotDir::new(&dir, 3);
+        let entries = [entry("a", FILE, "a"), entry("deep/b", FILE, "b")];
+        let write = |n: u32| {
+            let id = commit(n);
+            snapshots
+                .write(&id, &entries, &mut |_, out| out.write_all(id.as_bytes()))
+                .unwrap();
+        };
+        write(0);
+
+        let done = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let dir = dir.clone();
+            let done = Arc::clone(&done);
+            std::thread::spawn(move || {
+                let (mut consistent, mut gone) = (0, 0);
+                while !done.load(Ordering::Relaxed) {
+                    let both = fs::canonicalize(dir.join(CURRENT)).and_then(|resolved| {
+                        let a = fs::read(resolved.join("a"))?;
+                        let b = fs::read(resolved.join("deep/b"))?;
+                        Ok((resolved, a, b))
+                    });
+                    match both {
+                        Ok((resolved, a, b)) => {
+                            let name = resolved.file_name().unwrap().as_bytes();
+                            assert_eq!(a, name);
+                            assert_eq!(b, name);
+                            consistent += 1;
+                        }
+                        // Pruned after `keep` more swaps: resolve again.
+                        Err(err) if err.kind() == io::ErrorKind::NotFound => gone += 1,
+                        Err(err) => panic!("{err}"),
+                    }
+                }
+                (consistent, gone)
+            })
+        };
+        for n in 1..=200 {
+            write(n);
+        }
+        done.store(true, Ordering::Relaxed);
+        let (consistent, _gone) = reader.join().unwrap();
+        assert!(consistent > 0);
+        assert_eq!(snapshots.current(), Some(commit(200)));
+        assert_eq!(snapshot_names(&dir).len(), 3 + 1);
+    }
+
+    /// A blob that cannot be read fails the write, leaves nothing behind and `current` as it
+    /// was.
+    #[test]
+    fn failing_read_changes_nothing() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("feed");
+        let snapshots = SnapshotDir::new(&dir, 2);
+        let entries = [
+            entry("a", FILE, "a"),
+            entry("b/c", FILE, "c"),
+            entry("d", FILE, "d"),
+            entry("l", EntryKind::Symlink, "l"),
+        ];
+        snapshots
+            .write(&commit(1), &entries, &mut |id, out| {
+                out.write_all(if id == "l" { b"a" } else { b"1" })
+            })
+            .unwrap();
+
+        // Fails on the second file, after writing part of it.
+        let mut calls = 0;
+        let err = snapshots
+            .write(&commit(2), &entries, &mut |id, out| {
+                if id == "l" {
+                    return out.write_all(b"a");
+                }
+                calls += 1;
+                out.write_all(b"partial")?;
+                if calls == 2 {
+                    return Err(io::Error::other("connection reset"));
+                }
+                Ok(())
+            })
+            .unwrap_err();
+        assert_eq!(err.to_string(), "could not write \"b/c\": connection reset");
+        assert_eq!(leftovers(&dir), Vec::<PathBuf>::new());
+        assert!(!dir.join(SNAPSHOTS).join(commit(2)).exists());
+        assert_eq!(snapshots.current(), Some(commit(1)));
+
+        // So does a symlink target that cannot be read.
+        let err = snapshots
+            .write(&commit(3), &entries, &mut |id, out| {
+                if id == "l" {
+                    Err(io::Error::other("gone"))
+                } else {
+                    out.write_all(b"3")
+                }
+            })
+            .unwrap_err();
+        assert_eq!(err.to_string(), "could not read symlink \"l\": gone");
+        assert_eq!(leftovers(&dir), Vec::<PathBuf>::new());
+        assert_eq!(snapshots.current(), Some(commit(1)));
+        assert_eq!(snapshot_names(&dir), [commit(1), ORDER.to_owned()]);
+    }
+
+    /// Anything but a full lowercase object id is refused before the disk is touched.
+    #[test]
+    fn invalid_commit_rejected() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("feed");
+        let snapshots = SnapshotDir::new(&dir, 1);
+        let bad = [
+            String::new(),
+            "abc".to_owned(),
+            commit(1).to_uppercase().replace('0', "A"),
+            format!("{}0", commit(1)),
+            format!("../../{}", &commit(1)[6..]),
+            "g".repeat(40),
+            format!("{}/", &commit(1)[1..]),
+        ];
+        for id in &bad {
+            let err = snapshots.write(id, &[], &mut |_, _| Ok(())).unwrap_err();
+            assert_eq!(err.to_string(), "invalid commit id");
+        }
+        assert!(!dir.exists());
+
+        let sha256 = "ab".repeat(32);
+        let report = snapshots.write(&sha256, &[], &mut |_, _| Ok(())).unwrap();
+        assert_eq!(report, Report::default());
+        assert_eq!(snapshots.current(), Some(sha256));
+    }
 }

@@ -1,6 +1,7 @@
 //! What to follow: a [`Source`] and its validation.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -57,6 +58,65 @@ pub struct Source {
     /// `ssh -i /etc/agent/key -o UserKnownHostsFile=/etc/agent/known_hosts`); `None` runs `ssh`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_command: Option<String>,
+    /// Which files to deliver; changes, contents and snapshots all honour it. By default,
+    /// every file.
+    #[serde(default, skip_serializing_if = "Filter::is_empty")]
+    pub filter: Filter,
+    /// Attach the content of every added or modified file up to this many bytes to its
+    /// [`Change`](crate::Change); larger files say why their content was left out. `None`
+    /// attaches no content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contents: Option<u64>,
+    /// Write each new commit's filtered tree to `<checkout>/.snapshots/<commit>/` and point the
+    /// symlink `<checkout>/current` at it before the update is sent. `None` writes nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkout: Option<PathBuf>,
+    /// How many snapshots to keep in `checkout`, the current one included.
+    #[serde(default = "defaults::keep_snapshots")]
+    pub keep_snapshots: usize,
+    /// The largest file a snapshot or a read may hold, in bytes.
+    #[serde(default = "defaults::max_file_size")]
+    pub max_file_size: u64,
+    /// The largest total size of a snapshot's files, in bytes.
+    #[serde(default = "defaults::max_snapshot_size")]
+    pub max_snapshot_size: u64,
+}
+
+/// Which files of the repository a source delivers.
+///
+/// A file is delivered when it lies under one of `directories` (if any), has one of
+/// `extensions` (if any), matches `include` (if any) and does not match `exclude`. Patterns
+/// follow gitignore rules: a pattern without `/` matches a name at any depth, a leading `/`
+/// anchors it at the root, a trailing `/` matches a directory and everything in it, `**`
+/// spans directories, and a later `!pattern` re-includes what an earlier one matched.
+///
+/// ```
+/// let filter: gitfeed::Filter = serde_json::from_str(
+///     r#"{"directories": ["policies"], "extensions": ["rego"], "exclude": ["*_test.rego"]}"#,
+/// ).unwrap();
+/// assert!(!filter.is_empty());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Filter {
+    /// Subtrees to deliver, like `policies` or `config/prod`.
+    pub directories: Vec<String>,
+    /// Patterns a file must match.
+    pub include: Vec<String>,
+    /// Patterns a file must not match.
+    pub exclude: Vec<String>,
+    /// File extensions to deliver, with or without the dot.
+    pub extensions: Vec<String>,
+}
+
+impl Filter {
+    /// True when the filter delivers every file.
+    pub fn is_empty(&self) -> bool {
+        self.directories.is_empty()
+            && self.include.is_empty()
+            && self.exclude.is_empty()
+            && self.extensions.is_empty()
+    }
 }
 
 mod defaults {
@@ -73,6 +133,15 @@ mod defaults {
     }
     pub fn backoff_max() -> Duration {
         Duration::from_secs(300)
+    }
+    pub fn keep_snapshots() -> usize {
+        2
+    }
+    pub fn max_file_size() -> u64 {
+        64 << 20
+    }
+    pub fn max_snapshot_size() -> u64 {
+        1 << 30
     }
 }
 
@@ -99,6 +168,12 @@ impl Source {
             max_failures: None,
             depth: None,
             ssh_command: None,
+            filter: Filter::default(),
+            contents: None,
+            checkout: None,
+            keep_snapshots: defaults::keep_snapshots(),
+            max_file_size: defaults::max_file_size(),
+            max_snapshot_size: defaults::max_snapshot_size(),
         }
     }
 
@@ -106,8 +181,8 @@ impl Source {
     ///
     /// Rejects an empty name or one with control characters, a malformed URL, a scheme other
     /// than those listed on [`Source::url`], a malformed ref name, a zero interval or timeout,
-    /// a zero initial backoff, a backoff cap below the initial backoff, a zero `max_failures`
-    /// and a zero `depth`.
+    /// a zero initial backoff, a backoff cap below the initial backoff, a zero `max_failures`,
+    /// a zero `depth`, an invalid filter pattern and a zero `keep_snapshots`.
     ///
     /// ```
     /// let source = gitfeed::Source::new("p", "ftp://example.org/p.git");
@@ -154,6 +229,19 @@ impl Source {
         }
         if self.depth == Some(0) {
             return fail("depth must be at least 1".into());
+        }
+        if let Err(problem) = git::check_filter(&self.filter) {
+            return fail(problem);
+        }
+        if self.keep_snapshots == 0 {
+            return fail("keep_snapshots must be at least 1".into());
+        }
+        if self
+            .checkout
+            .as_ref()
+            .is_some_and(|dir| dir.as_os_str().is_empty())
+        {
+            return fail("checkout directory is empty".into());
         }
         Ok(())
     }

@@ -139,6 +139,7 @@ fn broken_clone_is_deleted_and_recloned() {
     let first = gitfeed::sync_once(cache.path(), &source)
         .expect("first sync")
         .expect("first update");
+    gitfeed::acknowledge(cache.path(), &source, &first.new).expect("acknowledge");
     let git_dir = std::fs::read_dir(cache.path())
         .expect("cache")
         .map(|entry| entry.expect("entry").path().join("repo.git"))
@@ -160,6 +161,34 @@ fn broken_clone_is_deleted_and_recloned() {
     assert_eq!(update.old.as_deref(), Some(first.new.as_str()));
     assert_eq!(update.new, new);
     feed.stop();
+}
+
+#[test]
+fn unacknowledged_updates_are_sent_again_after_a_restart() {
+    let remote = Remote::new();
+    let cache = crate::util::unique_dir();
+    let source = quick_source("p", &remote.file_url());
+
+    // Sent but never acknowledged: sent again by the next run.
+    let run = Running::start_at(cache.path(), vec![source.clone()], |feed| feed);
+    let first = run.update(PATIENCE);
+    run.stop();
+    let run = Running::start_at(cache.path(), vec![source.clone()], |feed| feed);
+    let again = run.update(PATIENCE);
+    assert_eq!((again.old.as_ref(), &again.new), (None, &first.new));
+    run.handle.acknowledge("p", &again.new).expect("running");
+    run.stop();
+
+    // Acknowledged: the next run is quiet until the remote moves, then starts from it.
+    let run = Running::start_at(cache.path(), vec![source], |feed| feed);
+    run.assert_quiet(Duration::from_millis(400));
+    let new = remote.commit(&[("n.txt", Some("n\n"))], "n");
+    let update = run.update(PATIENCE);
+    assert_eq!(
+        (update.old.as_deref(), update.new.as_str()),
+        (Some(first.new.as_str()), new.as_str())
+    );
+    run.stop();
 }
 
 #[test]

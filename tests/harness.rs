@@ -22,7 +22,8 @@ pub struct Running {
     pub events: Receiver<Event>,
     pub handle: FeedHandle,
     thread: Option<JoinHandle<()>>,
-    cache: tempfile::TempDir,
+    cache: Option<tempfile::TempDir>,
+    cache_path: std::path::PathBuf,
 }
 
 impl Running {
@@ -34,13 +35,24 @@ impl Running {
         Running::start_in(crate::util::unique_dir(), sources, configure)
     }
 
-    /// Runs a feed over an existing cache directory.
+    /// Runs a feed over an existing cache directory, which it removes when dropped.
     pub fn start_in(
         cache: tempfile::TempDir,
         sources: Vec<Source>,
         configure: impl FnOnce(Feed) -> Feed,
     ) -> Running {
-        let feed = configure(Feed::new(cache.path()));
+        let mut running = Running::start_at(cache.path(), sources, configure);
+        running.cache = Some(cache);
+        running
+    }
+
+    /// Runs a feed over the cache directory at `path`, which outlives it.
+    pub fn start_at(
+        path: &std::path::Path,
+        sources: Vec<Source>,
+        configure: impl FnOnce(Feed) -> Feed,
+    ) -> Running {
+        let feed = configure(Feed::new(path));
         for source in sources {
             feed.add(source).expect("valid source");
         }
@@ -51,13 +63,14 @@ impl Running {
             events,
             handle,
             thread: Some(thread),
-            cache,
+            cache: None,
+            cache_path: path.to_owned(),
         }
     }
 
     /// The feed's cache directory.
     pub fn cache_dir(&self) -> &std::path::Path {
-        self.cache.path()
+        &self.cache_path
     }
 
     /// The next event, or a panic naming `what` if none comes within `within`.

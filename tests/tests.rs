@@ -4,5 +4,6 @@ mod util;
 
 mod cli;
 mod feed;
+mod files;
 mod harness;
 mod transports;

@@ -1,10 +1,22 @@
 //! The same scenario over every transport: first sync, add/modify/delete, nothing new, force
 //! push, missing branch. Each update is compared with the git CLI's view of the same commits.
 
-use gitfeed::{ErrorKind, Source, sync_once};
+use gitfeed::{ErrorKind, Source, Update, acknowledge};
 
 use crate::harness::letters;
 use crate::util::{GitDaemon, HttpServer, Remote, Sshd, name_status, unique_dir};
+
+/// One attempt, acknowledging its update as a consumer would once it is applied.
+fn sync_once(
+    cache: &std::path::Path,
+    source: &Source,
+) -> Result<Option<Update>, gitfeed::SyncError> {
+    let update = gitfeed::sync_once(cache, source)?;
+    if let Some(update) = &update {
+        acknowledge(cache, source, &update.new)?;
+    }
+    Ok(update)
+}
 
 /// Runs the scenario against `url`, which serves `remote`.
 fn scenario(remote: &Remote, url: &str, ssh_command: Option<String>) {
@@ -152,7 +164,7 @@ fn default_branch_follows_remote_head() {
     assert_ne!(main, trunk);
     remote.git_bare(&["symbolic-ref", "HEAD", "refs/heads/trunk"]);
     let cache = unique_dir();
-    let update = sync_once(cache.path(), &Source::new("t", remote.file_url()))
+    let update = gitfeed::sync_once(cache.path(), &Source::new("t", remote.file_url()))
         .expect("sync")
         .expect("update");
     assert_eq!(update.reference, "refs/heads/trunk");
@@ -169,7 +181,7 @@ fn malformed_urls_fail_before_any_connection() {
         "ext::sh -c true",
         "git://127.0.0.1",
     ] {
-        let err = sync_once(cache.path(), &Source::new("t", url)).expect_err(url);
+        let err = gitfeed::sync_once(cache.path(), &Source::new("t", url)).expect_err(url);
         assert_eq!(err.kind, ErrorKind::Permanent, "{url}: {err}");
     }
     assert_eq!(

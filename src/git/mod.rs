@@ -6,6 +6,8 @@
 //! these calls on threads of their own and ends them through [`Cancel`].
 
 mod error;
+mod filter;
+mod read;
 mod repack;
 mod transport;
 
@@ -19,8 +21,10 @@ use gix::remote::fetch::refs::update::Mode;
 use gix::remote::fetch::{Shallow, Tags};
 
 pub(crate) use self::error::FetchError;
+pub(crate) use self::filter::Matcher;
+pub(crate) use self::read::{FileKind, ReadFailure, representable};
 pub(crate) use self::transport::Cancel;
-use crate::event::{Change, ChangeKind};
+use crate::event::Change;
 use crate::machine::ErrorKind;
 
 /// Where the fetched tip is kept in the cache's repository. One local ref per repository: a
@@ -221,9 +225,15 @@ impl Repo {
             .is_some_and(|commit| commit.tree().is_ok())
     }
 
-    /// The files that differ between the trees of `old` and `new` (every file of `new` when
-    /// `old` is `None`), sorted by path, and whether `old` is not an ancestor of `new`.
-    pub fn changes(&self, old: Option<&str>, new: &str) -> Result<(Vec<Change>, bool), FetchError> {
+    /// The files `matcher` accepts that differ between the trees of `old` and `new` (every such
+    /// file of `new` when `old` is `None`), sorted by path, and whether `old` is not an ancestor
+    /// of `new`.
+    pub fn changes(
+        &self,
+        old: Option<&str>,
+        new: &str,
+        matcher: &Matcher,
+    ) -> Result<Changes, FetchError> {
         let repo = self.repo.to_thread_local();
         let unreadable = |what: &str, err: gix::Error| {
             FetchError::corrupt(format!("cannot read {what}: {}", error::describe(&err)))
@@ -248,54 +258,26 @@ impl Repo {
                 (tree, forced)
             }
         };
-        let mut options = gix::diff::Options::default();
-        options.track_path().track_rewrites(None);
-        let diff = repo
-            .diff_tree_to_tree(Some(&old_tree), Some(&new_tree), Some(options))
-            .map_err(|err| unreadable("trees to compare", err))?;
-        let mut changes = Vec::new();
-        for change in diff {
-            use gix::object::tree::diff::ChangeDetached as C;
-            let entry = match change {
-                C::Addition {
-                    location,
-                    entry_mode,
-                    id,
-                    ..
-                } if !entry_mode.is_tree() => (location, ChangeKind::Added, Some(id)),
-                C::Deletion {
-                    location,
-                    entry_mode,
-                    ..
-                } if !entry_mode.is_tree() => (location, ChangeKind::Deleted, None),
-                C::Modification {
-                    location,
-                    previous_entry_mode,
-                    entry_mode,
-                    id,
-                    ..
-                } => {
-                    // A file that became a directory is a deletion (its new contents are
-                    // reported as additions on their own), and the other way round.
-                    match (previous_entry_mode.is_tree(), entry_mode.is_tree()) {
-                        (false, false) => (location, ChangeKind::Modified, Some(id)),
-                        (false, true) => (location, ChangeKind::Deleted, None),
-                        (true, false) => (location, ChangeKind::Added, Some(id)),
-                        (true, true) => continue,
-                    }
-                }
-                _ => continue,
-            };
-            let (path, kind, id) = entry;
-            changes.push(Change {
-                path: path.to_str_lossy().into_owned(),
-                kind,
-                id: id.map(|id| id.to_string()),
-            });
-        }
-        changes.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok((changes, forced))
+        let old_tree = old.is_some().then_some(old_tree.id);
+        let diff = read::diff_trees(&repo, old_tree, new_tree.id, matcher)?;
+        let changes = diff.changes;
+        Ok(Changes {
+            changes,
+            forced,
+            skipped: diff.skipped,
+        })
     }
+}
+
+/// What [`Repo::changes`] found.
+#[derive(Debug)]
+pub(crate) struct Changes {
+    /// The changed files, sorted by path.
+    pub changes: Vec<Change>,
+    /// True when `old` is not an ancestor of `new`.
+    pub forced: bool,
+    /// Entries left out because their names cannot be a path (hostile trees).
+    pub skipped: Vec<String>,
 }
 
 /// Negotiates and receives the pack over an established connection, then checks that the
@@ -466,6 +448,11 @@ pub(crate) fn check_url(url: &str) -> Result<(), String> {
 
 fn unsupported(scheme: &str) -> String {
     format!("unsupported url scheme `{scheme}`; use a path, file://, git://, http(s):// or ssh://")
+}
+
+/// Checks that every pattern of `filter` compiles.
+pub(crate) fn check_filter(filter: &crate::source::Filter) -> Result<(), String> {
+    Matcher::new(filter).map(|_| ())
 }
 
 /// Checks a branch or full ref name.

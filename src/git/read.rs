@@ -1,0 +1,300 @@
+//! Reading a commit's files straight from the object database, without a worktree.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use gix::bstr::ByteSlice;
+use gix::objs::tree::EntryKind;
+
+use super::filter::Matcher;
+use super::{FetchError, Repo, parse_id};
+use crate::event::{Change, ChangeKind};
+
+/// Trees nested deeper than this are refused: a hostile tree could otherwise make the listing
+/// run for ever or exhaust memory.
+const MAX_DEPTH: usize = 256;
+
+/// One entry of a commit's tree, as listed by [`Repo::files`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TreeFile {
+    /// Path components, raw bytes exactly as stored in the trees (a hostile tree may hold
+    /// names with `/` or `..`; the snapshot writer checks them).
+    pub components: Vec<Vec<u8>>,
+    /// The components joined with `/`, lossily decoded; what filters and events see.
+    pub path: String,
+    /// What the entry is.
+    pub kind: FileKind,
+    /// Blob (or, for a gitlink, commit) id.
+    pub id: String,
+    /// Size in bytes (0 for gitlinks).
+    pub size: u64,
+}
+
+/// The kinds of non-directory tree entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FileKind {
+    File { executable: bool },
+    Symlink,
+    Gitlink,
+}
+
+/// Why reading failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ReadFailure {
+    /// The commit or path does not exist.
+    NotFound(String),
+    /// A limit was exceeded.
+    TooLarge(String),
+    /// The object database is broken.
+    Corrupt(String),
+    /// Writing the bytes out failed.
+    Io(String),
+}
+
+impl Repo {
+    /// Every file of `commit`'s tree that `matcher` accepts, in tree order (sorted by path).
+    pub fn files(&self, commit: &str, matcher: &Matcher) -> Result<Vec<TreeFile>, ReadFailure> {
+        let repo = self.repo.to_thread_local();
+        let id = parse_id(commit).map_err(|err| ReadFailure::NotFound(err.message))?;
+        let tree = repo
+            .find_commit(id)
+            .map_err(|_| ReadFailure::NotFound(format!("commit {commit} is not in the cache")))?
+            .tree_id()
+            .map_err(|err| ReadFailure::Corrupt(format!("commit {commit}: {err}")))?;
+        let mut out = Vec::new();
+        // Depth-first without recursion, children in tree order, so the result is sorted the
+        // way git sorts paths.
+        let mut stack = vec![(tree.detach(), Vec::<Vec<u8>>::new())];
+        while let Some((tree_id, prefix)) = stack.pop() {
+            if prefix.len() > MAX_DEPTH {
+                return Err(ReadFailure::TooLarge(format!(
+                    "commit {commit} nests trees deeper than {MAX_DEPTH} levels"
+                )));
+            }
+            let tree = repo
+                .find_tree(tree_id)
+                .map_err(|err| ReadFailure::Corrupt(format!("tree {tree_id}: {err}")))?;
+            let decoded = tree
+                .decode()
+                .map_err(|err| ReadFailure::Corrupt(format!("tree {tree_id}: {err}")))?;
+            let mut subtrees = Vec::new();
+            for entry in &decoded.entries {
+                let mut components = prefix.clone();
+                components.push(entry.filename.to_vec());
+                let kind = match entry.mode.kind() {
+                    EntryKind::Tree => {
+                        subtrees.push((entry.oid.to_owned(), components));
+                        continue;
+                    }
+                    EntryKind::Blob => FileKind::File { executable: false },
+                    EntryKind::BlobExecutable => FileKind::File { executable: true },
+                    EntryKind::Link => FileKind::Symlink,
+                    EntryKind::Commit => FileKind::Gitlink,
+                };
+                let path = components
+                    .iter()
+                    .map(|c| c.to_str_lossy())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                if !matcher.accepts(&path) {
+                    continue;
+                }
+                let size = match kind {
+                    FileKind::Gitlink => 0,
+                    _ => repo
+                        .find_header(entry.oid)
+                        .map_err(|err| {
+                            ReadFailure::Corrupt(format!("blob {} at {path}: {err}", entry.oid))
+                        })?
+                        .size(),
+                };
+                out.push(TreeFile {
+                    components,
+                    path,
+                    kind,
+                    id: entry.oid.to_string(),
+                    size,
+                });
+            }
+            // Pushed in reverse so the first subtree is listed first.
+            stack.extend(subtrees.into_iter().rev());
+        }
+        out.sort_by(|a, b| a.components.cmp(&b.components));
+        Ok(out)
+    }
+
+    /// The size of blob `id` without reading it.
+    pub fn blob_size(&self, id: &str) -> Result<u64, ReadFailure> {
+        let repo = self.repo.to_thread_local();
+        let oid = parse_id(id).map_err(|err| ReadFailure::NotFound(err.message))?;
+        repo.find_header(oid)
+            .map(|header| header.size())
+            .map_err(|_| ReadFailure::NotFound(format!("blob {id} is not in the cache")))
+    }
+
+    /// Writes blob `id` to `out` if it is at most `limit` bytes; returns its size. The blob is
+    /// inflated once, into a buffer that is written out as it is.
+    pub fn read_blob(&self, id: &str, limit: u64, out: &mut dyn Write) -> Result<u64, ReadFailure> {
+        let size = self.blob_size(id)?;
+        if size > limit {
+            return Err(ReadFailure::TooLarge(format!(
+                "blob {id} is {size} bytes, over the limit of {limit}"
+            )));
+        }
+        let repo = self.repo.to_thread_local();
+        let oid = parse_id(id).map_err(|err| ReadFailure::NotFound(err.message))?;
+        let blob = repo
+            .find_blob(oid)
+            .map_err(|err| ReadFailure::Corrupt(format!("blob {id}: {err}")))?;
+        out.write_all(&blob.data)
+            .map_err(|err| ReadFailure::Io(format!("cannot write blob {id}: {err}")))?;
+        Ok(size)
+    }
+}
+
+impl std::fmt::Display for ReadFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadFailure::NotFound(message)
+            | ReadFailure::TooLarge(message)
+            | ReadFailure::Corrupt(message)
+            | ReadFailure::Io(message) => f.write_str(message),
+        }
+    }
+}
+
+impl From<ReadFailure> for FetchError {
+    fn from(failure: ReadFailure) -> Self {
+        match failure {
+            ReadFailure::NotFound(message) | ReadFailure::Corrupt(message) => {
+                FetchError::corrupt(message)
+            }
+            ReadFailure::TooLarge(message) => FetchError::permanent(message),
+            ReadFailure::Io(message) => FetchError::local(message),
+        }
+    }
+}
+
+/// True when a tree entry's name can stand as one component of a path the consumer uses:
+/// not empty, not `.` or `..`, no `/` or NUL, and not `.git` in any case.
+pub(crate) fn representable(name: &[u8]) -> bool {
+    !(name.is_empty()
+        || name == b"."
+        || name == b".."
+        || name.contains(&b'/')
+        || name.contains(&0)
+        || name.eq_ignore_ascii_case(b".git"))
+}
+
+/// What [`diff_trees`] found.
+pub(crate) struct TreeDiff {
+    pub changes: Vec<Change>,
+    pub skipped: Vec<String>,
+}
+
+type Listing = BTreeMap<Vec<u8>, (EntryKind, gix::ObjectId)>;
+
+/// The files `matcher` accepts that differ between two trees (every file of `new` when `old`
+/// is `None`), sorted by path. Subtrees with the same id on both sides are not read.
+///
+/// gix's own tree diff mislabels every path after an entry whose name contains `/` (a hostile
+/// tree can hold one), so the comparison is done here, a directory at a time, by name.
+pub(crate) fn diff_trees(
+    repo: &gix::Repository,
+    old: Option<gix::ObjectId>,
+    new: gix::ObjectId,
+    matcher: &Matcher,
+) -> Result<TreeDiff, FetchError> {
+    let mut out = TreeDiff {
+        changes: Vec::new(),
+        skipped: Vec::new(),
+    };
+    let mut stack: Vec<(Option<gix::ObjectId>, Option<gix::ObjectId>, String, usize)> =
+        vec![(old, Some(new), String::new(), 0)];
+    while let Some((old, new, prefix, depth)) = stack.pop() {
+        if depth > MAX_DEPTH {
+            return Err(FetchError::permanent(format!(
+                "trees nest deeper than {MAX_DEPTH} levels under `{prefix}`"
+            )));
+        }
+        let old_entries = listing(repo, old, &prefix, &mut out.skipped)?;
+        let new_entries = listing(repo, new, &prefix, &mut out.skipped)?;
+        let names: std::collections::BTreeSet<&Vec<u8>> =
+            old_entries.keys().chain(new_entries.keys()).collect();
+        for name in names {
+            let path = format!("{prefix}{}", name.to_str_lossy());
+            let before = old_entries.get(name).copied();
+            let after = new_entries.get(name).copied();
+            if before == after {
+                continue;
+            }
+            let tree = |entry: Option<(EntryKind, gix::ObjectId)>| {
+                entry.and_then(|(kind, id)| (kind == EntryKind::Tree).then_some(id))
+            };
+            let file = |entry: Option<(EntryKind, gix::ObjectId)>| {
+                entry.and_then(|(kind, id)| (kind != EntryKind::Tree).then_some(id))
+            };
+            let (old_tree, new_tree) = (tree(before), tree(after));
+            if old_tree.is_some() || new_tree.is_some() {
+                stack.push((old_tree, new_tree, format!("{path}/"), depth + 1));
+            }
+            let kind = match (file(before), file(after)) {
+                (None, None) => continue,
+                (Some(_), None) => ChangeKind::Deleted,
+                (None, Some(_)) => ChangeKind::Added,
+                (Some(_), Some(_)) => ChangeKind::Modified,
+            };
+            if matcher.accepts(&path) {
+                out.changes.push(Change {
+                    path,
+                    kind,
+                    id: file(after).map(|id| id.to_string()),
+                    content: None,
+                    encoding: None,
+                    omitted: None,
+                });
+            }
+        }
+    }
+    out.changes.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+/// The entries of tree `id` (none for `None`) by name, leaving out names that cannot be a path.
+fn listing(
+    repo: &gix::Repository,
+    id: Option<gix::ObjectId>,
+    prefix: &str,
+    skipped: &mut Vec<String>,
+) -> Result<Listing, FetchError> {
+    let mut entries = Listing::new();
+    let Some(id) = id else {
+        return Ok(entries);
+    };
+    let tree = repo
+        .find_tree(id)
+        .map_err(|err| FetchError::corrupt(format!("cannot read tree {id}: {err}")))?;
+    let decoded = tree
+        .decode()
+        .map_err(|err| FetchError::corrupt(format!("cannot read tree {id}: {err}")))?;
+    for entry in &decoded.entries {
+        let name = entry.filename.to_vec();
+        if !representable(&name) {
+            skipped.push(format!(
+                "`{prefix}{}` (not a usable file name)",
+                entry.filename.to_str_lossy()
+            ));
+            continue;
+        }
+        if entries
+            .insert(name, (entry.mode.kind(), entry.oid.to_owned()))
+            .is_some()
+        {
+            skipped.push(format!(
+                "`{prefix}{}` (listed twice)",
+                entry.filename.to_str_lossy()
+            ));
+        }
+    }
+    Ok(entries)
+}

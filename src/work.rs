@@ -1,0 +1,243 @@
+//! The blocking part of an attempt, run on the attempt's own thread: open (or reuse) the
+//! clone, fetch, diff against the commit the consumer last saw, attach contents, write the
+//! snapshot, and keep the cache healthy.
+
+use crate::base64;
+use crate::event::{Change, ChangeKind, Encoding};
+use crate::git::{Cancel, FetchError, FileKind, Matcher, Repo, Target};
+use crate::snapshot::{self, SnapshotDir};
+use crate::source::Source;
+
+/// How one attempt ended.
+pub(crate) struct Attempt {
+    /// The repository handle to keep for the next attempt, if it is still good.
+    pub handle: Option<Repo>,
+    /// The update, if the ref moved past what the consumer saw.
+    pub result: Result<Option<Synced>, FetchError>,
+    /// Things left out that the consumer should hear about.
+    pub warnings: Vec<String>,
+}
+
+/// A fetch that found the ref moved.
+pub(crate) struct Synced {
+    pub reference: String,
+    pub new: String,
+    pub old: Option<String>,
+    pub forced: bool,
+    pub changes: Vec<Change>,
+}
+
+impl Synced {
+    /// True when the filter left nothing to report between two commits. A first update (no
+    /// `old`) is never empty: it tells the consumer where it stands.
+    pub fn is_empty(&self) -> bool {
+        self.old.is_some() && self.changes.is_empty()
+    }
+}
+
+/// The commits the consumer has seen: `sent` is the last one handed over (the next update
+/// starts there), `acknowledged` the last one it confirmed (kept on disk for restarts).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Seen {
+    pub sent: Option<String>,
+    pub acknowledged: Option<String>,
+}
+
+pub(crate) fn sync(
+    handle: Option<Repo>,
+    git_dir: &std::path::Path,
+    source: &Source,
+    target: &Target,
+    seen: &Seen,
+    cancel: &Cancel,
+) -> Attempt {
+    let mut warnings = Vec::new();
+    let repo = match handle {
+        Some(repo) if !repo.needs_reopen() => repo,
+        _ => match Repo::open_or_init(git_dir, target) {
+            Ok(repo) => repo,
+            Err(err) => {
+                return Attempt {
+                    handle: None,
+                    result: Err(err),
+                    warnings,
+                };
+            }
+        },
+    };
+    let result = fetch_and_diff(&repo, source, target, seen, cancel, &mut warnings);
+    let Ok((tip, synced)) = result else {
+        return Attempt {
+            handle: Some(repo),
+            result: result.map(|_| None),
+            warnings,
+        };
+    };
+    let keep: Vec<&str> = [
+        Some(tip.as_str()),
+        seen.sent.as_deref(),
+        seen.acknowledged.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let handle = match repo.maintain(target, &keep, cancel) {
+        Ok(repo) => Some(repo),
+        // The update is good; the next attempt reopens the clone.
+        Err(err) => {
+            log::warn!(
+                "{}: cannot reopen the clone after consolidation: {}",
+                source.name,
+                err.message
+            );
+            None
+        }
+    };
+    Attempt {
+        handle,
+        result: Ok(synced),
+        warnings,
+    }
+}
+
+/// Returns the tip and, when it moved past what the consumer saw, the update.
+fn fetch_and_diff(
+    repo: &Repo,
+    source: &Source,
+    target: &Target,
+    seen: &Seen,
+    cancel: &Cancel,
+    warnings: &mut Vec<String>,
+) -> Result<(String, Option<Synced>), FetchError> {
+    let matcher = Matcher::new(&source.filter).map_err(FetchError::permanent)?;
+    let tip = repo.fetch(target, cancel)?;
+    // The snapshot comes first: once the consumer hears of a commit, `current` shows it.
+    if let Some(dir) = &source.checkout {
+        write_snapshot(repo, source, &matcher, dir, &tip.commit, warnings)?;
+    }
+    let sent = seen.sent.as_deref();
+    if sent == Some(tip.commit.as_str()) {
+        return Ok((tip.commit, None));
+    }
+    // Without the old commit's objects (a reclone after the remote rewrote history) there is
+    // nothing to diff against: deliver the full listing, as on a first update.
+    let old = sent.filter(|old| repo.has_commit(old));
+    let found = repo.changes(old, &tip.commit, &matcher)?;
+    if !found.skipped.is_empty() {
+        warnings.push(format!(
+            "{} left out of the changes: {}",
+            tip.commit,
+            found.skipped.join(", ")
+        ));
+    }
+    let (mut changes, forced) = (found.changes, found.forced);
+    if let Some(limit) = source.contents {
+        attach_contents(repo, &mut changes, limit.min(source.max_file_size));
+    }
+    let synced = Synced {
+        reference: tip.reference,
+        new: tip.commit.clone(),
+        old: old.map(str::to_owned),
+        forced,
+        changes,
+    };
+    Ok((tip.commit, Some(synced)))
+}
+
+/// Attaches each added or modified file's content, or why it was left out.
+fn attach_contents(repo: &Repo, changes: &mut [Change], limit: u64) {
+    for change in changes.iter_mut().filter(|c| c.kind != ChangeKind::Deleted) {
+        let Some(id) = change.id.as_deref() else {
+            continue;
+        };
+        let mut bytes = Vec::new();
+        match repo.read_blob(id, limit, &mut bytes) {
+            Ok(_) => {
+                let (content, encoding) = match String::from_utf8(bytes) {
+                    Ok(text) => (text, Encoding::Utf8),
+                    Err(err) => (base64::encode(err.as_bytes()), Encoding::Base64),
+                };
+                change.content = Some(content);
+                change.encoding = Some(encoding);
+            }
+            Err(failure) => change.omitted = Some(failure.to_string()),
+        }
+    }
+}
+
+/// Writes the filtered tree of `commit` into the checkout directory and makes it current,
+/// unless it already is.
+fn write_snapshot(
+    repo: &Repo,
+    source: &Source,
+    matcher: &Matcher,
+    dir: &std::path::Path,
+    commit: &str,
+    warnings: &mut Vec<String>,
+) -> Result<(), FetchError> {
+    let snapshots = SnapshotDir::new(dir, source.keep_snapshots);
+    if snapshots.current().as_deref() == Some(commit) {
+        return Ok(());
+    }
+    let files = repo.files(commit, matcher)?;
+    let total: u64 = files.iter().map(|file| file.size).sum();
+    if total > source.max_snapshot_size {
+        return Err(FetchError::permanent(format!(
+            "the snapshot of {commit} holds {total} bytes, over max_snapshot_size ({})",
+            source.max_snapshot_size
+        )));
+    }
+    let mut entries = Vec::with_capacity(files.len());
+    for file in files {
+        if file.size > source.max_file_size {
+            return Err(FetchError::permanent(format!(
+                "`{}` in {commit} is {} bytes, over max_file_size ({})",
+                file.path, file.size, source.max_file_size
+            )));
+        }
+        entries.push(snapshot::Entry {
+            components: file.components,
+            kind: match file.kind {
+                FileKind::File { executable } => snapshot::EntryKind::File { executable },
+                FileKind::Symlink => snapshot::EntryKind::Symlink,
+                FileKind::Gitlink => snapshot::EntryKind::Gitlink,
+            },
+            id: file.id,
+        });
+    }
+    let limit = source.max_file_size;
+    let mut read = |id: &str, out: &mut dyn std::io::Write| {
+        repo.read_blob(id, limit, out)
+            .map(|_| ())
+            .map_err(|failure| std::io::Error::other(failure.to_string()))
+    };
+    let report = snapshots
+        .write(commit, &entries, &mut read)
+        .map_err(|err| {
+            FetchError::local(format!("cannot write the snapshot of {commit}: {err}"))
+        })?;
+    if !report.skipped.is_empty() {
+        let listed: Vec<String> = report
+            .skipped
+            .iter()
+            .map(|skipped| format!("`{}` ({})", skipped.path, skipped.reason))
+            .collect();
+        warnings.push(format!(
+            "the snapshot of {commit} left out {} entries: {}",
+            listed.len(),
+            listed.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// What the git layer needs to know about `source` for one attempt.
+pub(crate) fn target(source: &Source) -> Target {
+    Target {
+        url: source.url.clone(),
+        reference: source.full_ref(),
+        depth: source.depth,
+        ssh_command: source.ssh_command.clone(),
+        timeout: source.timeout,
+    }
+}

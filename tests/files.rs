@@ -1,0 +1,444 @@
+//! Filters, contents in updates, and the snapshot directory, including hostile trees.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use gitfeed::{ChangeKind, Encoding, Filter, ReadErrorKind, Reader, SourceState, sync_once};
+
+use crate::harness::{Running, quick_source};
+use crate::util::{Remote, git_command, unique_dir};
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn paths(update: &gitfeed::Update) -> Vec<&str> {
+    update.changes.iter().map(|c| c.path.as_str()).collect()
+}
+
+fn files_remote() -> Remote {
+    let remote = Remote::new();
+    remote.commit(
+        &[
+            ("policies/authz.rego", Some("package authz\n")),
+            ("policies/authz_test.rego", Some("package authz_test\n")),
+            ("policies/keep_test.rego", Some("package keep\n")),
+            ("policies/data/roles.json", Some("{}\n")),
+            ("vendor/lib.rego", Some("package lib\n")),
+            ("docs/index.md", Some("# docs\n")),
+        ],
+        "files",
+    );
+    remote
+}
+
+fn first_update_with(filter: Filter) -> Vec<String> {
+    let remote = files_remote();
+    let cache = unique_dir();
+    let mut source = quick_source("f", &remote.file_url());
+    source.filter = filter;
+    let update = sync_once(cache.path(), &source)
+        .expect("sync")
+        .expect("update");
+    paths(&update).into_iter().map(str::to_owned).collect()
+}
+
+#[test]
+fn filter_by_directory() {
+    let filter = Filter {
+        directories: vec!["policies/data".into(), "docs/".into()],
+        ..Filter::default()
+    };
+    assert_eq!(
+        first_update_with(filter),
+        ["docs/index.md", "policies/data/roles.json"]
+    );
+}
+
+#[test]
+fn filter_by_extension() {
+    let filter = Filter {
+        extensions: vec!["rego".into()],
+        ..Filter::default()
+    };
+    assert_eq!(
+        first_update_with(filter),
+        [
+            "policies/authz.rego",
+            "policies/authz_test.rego",
+            "policies/keep_test.rego",
+            "vendor/lib.rego"
+        ]
+    );
+}
+
+#[test]
+fn filter_by_globs() {
+    let filter = Filter {
+        include: vec!["*.rego".into(), "*.json".into()],
+        exclude: vec![
+            "*_test.rego".into(),
+            "!keep_test.rego".into(),
+            "vendor/".into(),
+        ],
+        ..Filter::default()
+    };
+    assert_eq!(
+        first_update_with(filter),
+        [
+            "policies/authz.rego",
+            "policies/data/roles.json",
+            "policies/keep_test.rego"
+        ]
+    );
+}
+
+#[test]
+fn updates_outside_the_filter_are_not_emitted_but_acknowledged() {
+    let remote = files_remote();
+    let mut source = quick_source("f", &remote.file_url());
+    source.filter = Filter {
+        directories: vec!["policies".into()],
+        ..Filter::default()
+    };
+    source.interval = Duration::from_secs(3600);
+    let cache = unique_dir();
+    let feed = Running::start_at(cache.path(), vec![source.clone()], |feed| feed);
+    let first = feed.update(PATIENCE);
+    feed.handle.acknowledge("f", &first.new).expect("running");
+    let outside = remote.commit(&[("docs/index.md", Some("# changed\n"))], "docs only");
+    feed.handle.trigger("f").expect("running");
+    feed.assert_quiet(Duration::from_millis(500));
+    let inside = remote.commit(
+        &[("policies/authz.rego", Some("package authz2\n"))],
+        "policy",
+    );
+    feed.handle.trigger("f").expect("running");
+    let update = feed.update(PATIENCE);
+    assert_eq!(
+        update.old.as_deref(),
+        Some(outside.as_str()),
+        "the filtered-out commit counts as seen"
+    );
+    assert_eq!(
+        (update.new.as_str(), paths(&update)),
+        (inside.as_str(), vec!["policies/authz.rego"])
+    );
+    feed.stop();
+    // The commit nobody had to apply was acknowledged on the consumer's behalf.
+    let mut later = source;
+    later.filter = Filter::default();
+    remote.commit(&[("docs/index.md", Some("# again\n"))], "docs again");
+    let next = sync_once(cache.path(), &later)
+        .expect("sync")
+        .expect("update");
+    assert_eq!(next.old.as_deref(), Some(outside.as_str()));
+}
+
+#[test]
+fn contents_for_text_binary_and_oversized_files() {
+    let remote = Remote::new();
+    let cache = unique_dir();
+    let mut source = quick_source("c", &remote.file_url());
+    source.contents = Some(64);
+    let first = sync_once(cache.path(), &source)
+        .expect("sync")
+        .expect("update");
+    gitfeed::acknowledge(cache.path(), &source, &first.new).expect("ack");
+
+    let binary: Vec<u8> = vec![0, 159, 146, 150, 255, b'\n'];
+    std::fs::write(remote.work_path().join("blob.bin"), &binary).expect("write binary");
+    remote.commit(
+        &[
+            ("text.txt", Some("héllo\n")),
+            ("big.txt", Some(&"x".repeat(65))),
+            ("README.md", None),
+        ],
+        "contents",
+    );
+    let update = sync_once(cache.path(), &source)
+        .expect("sync")
+        .expect("update");
+    let by_path: BTreeMap<&str, &gitfeed::Change> = update
+        .changes
+        .iter()
+        .map(|c| (c.path.as_str(), c))
+        .collect();
+    let text = by_path["text.txt"];
+    assert_eq!(
+        (text.content.as_deref(), text.encoding),
+        (Some("héllo\n"), Some(Encoding::Utf8))
+    );
+    let bin = by_path["blob.bin"];
+    assert_eq!(bin.encoding, Some(Encoding::Base64));
+    assert_eq!(bin.bytes().as_deref(), Some(&binary[..]));
+    let big = by_path["big.txt"];
+    assert_eq!(big.content, None);
+    assert!(
+        big.omitted
+            .as_deref()
+            .is_some_and(|why| why.contains("65 bytes") && why.contains("64")),
+        "{big:?}"
+    );
+    let deleted = by_path["README.md"];
+    assert_eq!(
+        (
+            deleted.kind,
+            deleted.content.as_ref(),
+            deleted.omitted.as_ref()
+        ),
+        (ChangeKind::Deleted, None, None)
+    );
+    let json = serde_json::to_value(&update).expect("json");
+    assert_eq!(json["changes"].as_array().map(Vec::len), Some(4));
+}
+
+#[test]
+fn reader_lists_and_reads_without_a_worktree() {
+    let remote = files_remote();
+    let cache = unique_dir();
+    let mut source = quick_source("r", &remote.file_url());
+    source.filter = Filter {
+        extensions: vec!["rego".into()],
+        ..Filter::default()
+    };
+    source.max_file_size = 14;
+    let update = sync_once(cache.path(), &source)
+        .expect("sync")
+        .expect("update");
+    let reader = Reader::open(cache.path(), &source).expect("open");
+    let files = reader.files(&update.new).expect("files");
+    assert_eq!(files.len(), 4);
+    assert_eq!(
+        reader.read(&update.new, "vendor/lib.rego").expect("read"),
+        b"package lib\n"
+    );
+    let err = reader
+        .read(&update.new, "policies/authz_test.rego")
+        .expect_err("over the limit");
+    assert_eq!(err.kind(), ReadErrorKind::TooLarge, "{err}");
+    let err = reader
+        .read(&update.new, "docs/index.md")
+        .expect_err("filtered out");
+    assert_eq!(err.kind(), ReadErrorKind::NotFound);
+    let missing = quick_source("never-synced", &remote.file_url());
+    assert_eq!(
+        Reader::open(cache.path(), &missing)
+            .expect_err("no clone")
+            .kind(),
+        ReadErrorKind::NotFound
+    );
+}
+
+#[test]
+fn checkout_swaps_current_to_each_commit() {
+    let remote = files_remote();
+    use std::os::unix::fs::PermissionsExt;
+    let script = remote.work_path().join("run.sh");
+    std::fs::write(&script, "#!/bin/sh\n").expect("write");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let with_script = remote.commit(&[], "script");
+    let dir = unique_dir();
+    let mut source = quick_source("s", &remote.file_url());
+    source.checkout = Some(dir.path().join("out"));
+    source.filter = Filter {
+        exclude: vec!["vendor/".into()],
+        ..Filter::default()
+    };
+    source.interval = Duration::from_secs(3600);
+    let feed = Running::start(vec![source]);
+    let first = feed.update(PATIENCE);
+    assert_eq!(first.new, with_script);
+    let current = std::fs::canonicalize(dir.path().join("out/current")).expect("current resolves");
+    assert!(current.ends_with(format!(".snapshots/{with_script}")));
+    assert_eq!(
+        std::fs::read_to_string(current.join("policies/authz.rego")).expect("read"),
+        "package authz\n"
+    );
+    assert!(
+        !current.join("vendor").exists(),
+        "the filter applies to snapshots"
+    );
+    let mode = std::fs::metadata(current.join("run.sh"))
+        .expect("script")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o111, 0o111, "the executable bit is kept");
+    let link = std::fs::read_link(dir.path().join("out/current")).expect("link");
+    assert!(link.is_relative(), "{link:?}");
+
+    let second = remote.commit(
+        &[("policies/authz.rego", Some("package authz2\n"))],
+        "second",
+    );
+    feed.handle.trigger("s").expect("running");
+    assert_eq!(feed.update(PATIENCE).new, second);
+    let current = std::fs::canonicalize(dir.path().join("out/current")).expect("current resolves");
+    assert_eq!(
+        std::fs::read_to_string(current.join("policies/authz.rego")).expect("read"),
+        "package authz2\n"
+    );
+    feed.stop();
+}
+
+/// Writes a tree object from raw entries, bypassing every check git makes.
+fn raw_tree(bare: &Path, entries: &[(&str, &[u8], String)]) -> String {
+    let mut raw = Vec::new();
+    for (mode, name, id) in entries {
+        raw.extend_from_slice(mode.as_bytes());
+        raw.push(b' ');
+        raw.extend_from_slice(name);
+        raw.push(0);
+        let hex = id.trim();
+        raw.extend(
+            (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex")),
+        );
+    }
+    let mut child = git_command()
+        .current_dir(bare)
+        .args(["hash-object", "-t", "tree", "--literally", "-w", "--stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn git");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&raw)
+        .expect("write tree");
+    let out = child.wait_with_output().expect("git");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
+fn blob(bare: &Path, content: &str) -> String {
+    let mut child = git_command()
+        .current_dir(bare)
+        .args(["hash-object", "-w", "--stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn git");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(content.as_bytes())
+        .expect("write blob");
+    let out = child.wait_with_output().expect("git");
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn hostile_trees_never_write_outside_the_checkout() {
+    let remote = Remote::new();
+    let bare = remote.bare_path();
+    let ok = blob(&bare, "fine\n");
+    let evil = blob(&bare, "evil\n");
+    let outside_target = blob(&bare, "../../../../../../../tmp/escaped");
+    let absolute_target = blob(&bare, "/etc/passwd");
+    let inner = raw_tree(&bare, &[("100644", b"config", evil.clone())]);
+    let tree = raw_tree(
+        &bare,
+        &[
+            ("100644", b"..", evil.clone()),
+            ("40000", b".git", inner.clone()),
+            ("100644", b".GIT", evil.clone()),
+            ("100644", b"README", ok.clone()),
+            ("120000", b"abs", absolute_target),
+            ("120000", b"escape", outside_target),
+            ("100644", b"a/b", evil.clone()),
+            ("100644", b"ok.txt", ok.clone()),
+            ("100644", b"readme", evil.clone()),
+            ("160000", b"sub", remote.head()),
+        ],
+    );
+    let parent = remote.head();
+    let commit = git_command()
+        .current_dir(&bare)
+        .args(["commit-tree", &tree, "-p", &parent, "-m", "hostile"])
+        .output()
+        .expect("commit-tree");
+    let commit = String::from_utf8(commit.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned();
+    crate::util::git_in(&bare, &["update-ref", "refs/heads/main", &commit]);
+
+    let root = unique_dir();
+    let checkout = root.path().join("checkout");
+    let mut source = quick_source("h", &remote.file_url());
+    source.checkout = Some(checkout.clone());
+    let feed = Running::start(vec![source]);
+    // Warnings come before the update they concern.
+    let mut said = String::new();
+    let update = loop {
+        match feed.next(PATIENCE, "warnings, then the update") {
+            gitfeed::Event::State(state) => {
+                assert_eq!(state.state, SourceState::Warning, "{state:?}");
+                said.push_str(&state.error.unwrap_or_default());
+            }
+            gitfeed::Event::Update(update) => break update,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    for name in [
+        "`..`",
+        "`.git/config`",
+        "`.GIT`",
+        "`abs`",
+        "`escape`",
+        "`sub`",
+        "`readme`",
+        "`a/b`",
+    ] {
+        assert!(
+            said.contains(name),
+            "{name} should be reported as skipped: {said}"
+        );
+    }
+    // The update names no path the snapshot refused for its name.
+    let listed: Vec<&str> = paths(&update);
+    for refused in ["..", ".GIT", ".git/config", "a/b"] {
+        assert!(!listed.contains(&refused), "{refused} in {listed:?}");
+    }
+    assert!(listed.contains(&"ok.txt"));
+    assert_eq!(update.new, commit);
+    feed.stop();
+
+    let current = std::fs::canonicalize(checkout.join("current")).expect("current");
+    assert_eq!(
+        std::fs::read_to_string(current.join("ok.txt")).expect("ok.txt"),
+        "fine\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(current.join("README")).expect("README"),
+        "fine\n"
+    );
+    for absent in ["readme", ".git", ".GIT", "abs", "escape", "sub", "a"] {
+        assert!(
+            std::fs::symlink_metadata(current.join(absent)).is_err(),
+            "{absent} must not be written"
+        );
+    }
+    let beside: Vec<_> = std::fs::read_dir(root.path())
+        .expect("root")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(
+        beside,
+        vec![std::ffi::OsString::from("checkout")],
+        "nothing is written beside the checkout"
+    );
+    assert!(!Path::new("/tmp/escaped").exists());
+}
