@@ -74,6 +74,26 @@ impl Entry {
         result
     }
 
+    /// Takes the entry's lock for as long as the returned file is open. Only one process
+    /// writes a cache entry at a time: a second one gets `WouldBlock` instead of corrupting
+    /// the first one's clone (or having its leftovers "repaired" away mid-fetch).
+    pub fn lock(&self) -> io::Result<fs::File> {
+        fs::create_dir_all(&self.dir)?;
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.dir.join("lock"))?;
+        match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(fs::TryLockError::WouldBlock) => Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("{} is in use by another process", self.dir.display()),
+            )),
+            Err(fs::TryLockError::Error(err)) => Err(err),
+        }
+    }
+
     /// Deletes the clone (not the delivery state), so the next attempt clones afresh.
     pub fn delete_clone(&self) -> io::Result<()> {
         match fs::remove_dir_all(self.git_dir()) {
@@ -104,6 +124,10 @@ mod tests {
         assert_eq!(entry.delivered().as_deref(), Some(id));
         fs::write(entry.state_path(), "{garbage").unwrap();
         assert_eq!(entry.delivered(), None);
+        let held = entry.lock().unwrap();
+        assert_eq!(entry.lock().unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        drop(held);
+        entry.lock().unwrap();
         entry.delete_clone().unwrap();
         fs::remove_dir_all(dir).unwrap();
     }

@@ -190,11 +190,11 @@ async fn attempt(
     let (done_tx, done_rx) = async_channel::bounded(1);
     let work = {
         let cancel = Arc::clone(&cancel);
-        let git_dir = entry.git_dir();
+        let entry = entry.clone();
         let seen = seen.clone();
         let source = source.clone();
         move || {
-            let outcome = work::sync(handle, &git_dir, &source, &target, &seen, &cancel);
+            let outcome = work::sync(handle, &entry, &source, &target, &seen, &cancel);
             cancel.release();
             let _ = done_tx.send_blocking(outcome);
         }

@@ -3,6 +3,7 @@
 //! snapshot, and keep the cache healthy.
 
 use crate::base64;
+use crate::cache;
 use crate::event::{Change, ChangeKind, Encoding};
 use crate::git::{Cancel, FetchError, FileKind, Matcher, Repo, Target};
 use crate::snapshot::{self, SnapshotDir};
@@ -45,25 +46,42 @@ pub(crate) struct Seen {
 
 pub(crate) fn sync(
     handle: Option<Repo>,
-    git_dir: &std::path::Path,
+    entry: &cache::Entry,
     source: &Source,
     target: &Target,
     seen: &Seen,
     cancel: &Cancel,
 ) -> Attempt {
     let mut warnings = Vec::new();
+    let _lock = match entry.lock() {
+        Ok(lock) => lock,
+        Err(err) => {
+            return Attempt {
+                handle,
+                result: Err(FetchError::local(format!(
+                    "cannot lock the cache entry: {err}"
+                ))),
+                warnings,
+            };
+        }
+    };
+    let git_dir = &entry.git_dir();
     let repo = match handle {
         Some(repo) if !repo.needs_reopen() => repo,
-        _ => match Repo::open_or_init(git_dir, target) {
-            Ok(repo) => repo,
-            Err(err) => {
-                return Attempt {
-                    handle: None,
-                    result: Err(err),
-                    warnings,
-                };
+        stale => {
+            drop(stale);
+            Repo::repair(git_dir);
+            match Repo::open_or_init(git_dir, target) {
+                Ok(repo) => repo,
+                Err(err) => {
+                    return Attempt {
+                        handle: None,
+                        result: Err(err),
+                        warnings,
+                    };
+                }
             }
-        },
+        }
     };
     let result = fetch_and_diff(&repo, source, target, seen, cancel, &mut warnings);
     let Ok((tip, synced)) = result else {

@@ -313,3 +313,65 @@ fn events_serialize_as_the_contract_says() {
     assert_eq!(json["changes"][0]["kind"], "added");
     feed.stop();
 }
+
+fn clone_dir(cache: &std::path::Path) -> std::path::PathBuf {
+    std::fs::read_dir(cache)
+        .expect("cache")
+        .map(|entry| entry.expect("entry").path())
+        .find(|path| path.join("repo.git").exists())
+        .expect("a cache entry with a clone")
+}
+
+#[test]
+fn leftovers_of_a_killed_fetch_are_removed() {
+    let remote = Remote::new();
+    let cache = crate::util::unique_dir();
+    let source = quick_source("p", &remote.file_url());
+    let first = gitfeed::sync_once(cache.path(), &source)
+        .expect("sync")
+        .expect("update");
+    gitfeed::acknowledge(cache.path(), &source, &first.new).expect("ack");
+    let git_dir = clone_dir(cache.path()).join("repo.git");
+    let leftovers = [
+        git_dir.join("packed-refs.lock"),
+        git_dir.join("refs/gitfeed/tip.lock"),
+        git_dir.join("objects/pack/tmp_pack_a1b2c3"),
+        git_dir.join("objects/pack/.tmpXyZ123"),
+    ];
+    for leftover in &leftovers {
+        std::fs::write(leftover, vec![0u8; 1 << 20]).expect("plant a leftover");
+    }
+    let new = remote.commit(&[("n.txt", Some("n\n"))], "n");
+    let update = gitfeed::sync_once(cache.path(), &source)
+        .expect("sync despite leftovers")
+        .expect("update");
+    assert_eq!(
+        (update.old.as_deref(), update.new.as_str()),
+        (Some(first.new.as_str()), new.as_str())
+    );
+    for leftover in &leftovers {
+        assert!(!leftover.exists(), "{} survived", leftover.display());
+    }
+}
+
+#[test]
+fn one_process_writes_a_cache_entry_at_a_time() {
+    let remote = Remote::new();
+    let cache = crate::util::unique_dir();
+    let source = quick_source("p", &remote.file_url());
+    gitfeed::sync_once(cache.path(), &source)
+        .expect("sync")
+        .expect("update");
+    let entry = clone_dir(cache.path());
+    // Another writer holds the entry's lock. flock(2) locks belong to an open file, so a
+    // second open in this process conflicts just as another process would.
+    let holder = std::fs::OpenOptions::new()
+        .write(true)
+        .open(entry.join("lock"))
+        .expect("open the lock file");
+    holder.try_lock().expect("take the lock");
+    let err = gitfeed::sync_once(cache.path(), &source).expect_err("the entry is busy");
+    assert!(err.message.contains("in use by another process"), "{err}");
+    drop(holder);
+    assert!(gitfeed::sync_once(cache.path(), &source).is_ok());
+}

@@ -127,6 +127,48 @@ impl Repo {
         })
     }
 
+    /// Removes what a process killed mid-write leaves in a clone: stale `*.lock` files (a
+    /// leftover `packed-refs.lock` blocks every later fetch) and temporary pack files (a killed
+    /// clone can leave a partial pack as large as the repository). Only call it while holding
+    /// the cache entry's lock, with no handle open.
+    pub fn repair(git_dir: &Path) {
+        let mut removed = 0usize;
+        let mut stack = vec![git_dir.to_owned()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                let Ok(kind) = entry.file_type() else {
+                    continue;
+                };
+                if kind.is_dir() {
+                    // Loose objects hold no locks; skipping them keeps this cheap.
+                    if !(dir.ends_with("objects") && name.len() == 2) {
+                        stack.push(path);
+                    }
+                    continue;
+                }
+                let in_pack_dir = dir.ends_with("objects/pack");
+                let stale = name.ends_with(".lock")
+                    || (in_pack_dir && (name.starts_with("tmp") || name.starts_with(".tmp")));
+                if stale && std::fs::remove_file(&path).is_ok() {
+                    removed += 1;
+                    log::info!("removed stale {}", path.display());
+                }
+            }
+        }
+        if removed > 0 {
+            log::warn!(
+                "{}: removed {removed} leftovers of an interrupted write",
+                git_dir.display()
+            );
+        }
+    }
+
     /// True when enough packs were added since the handle was opened that it should be
     /// reopened before the next fetch (gix's pack slots are fixed at open).
     pub fn needs_reopen(&self) -> bool {
