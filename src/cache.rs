@@ -30,6 +30,18 @@ impl Entry {
         }
     }
 
+    /// The entry whose directory is `dir`.
+    pub fn at(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// The entry's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Where the bare clone lives.
     pub fn git_dir(&self) -> PathBuf {
         self.dir.join("repo.git")

@@ -18,15 +18,16 @@ use smol::lock::Semaphore;
 use crate::cache;
 use crate::event::{Event, SourceState, StateChange, Update};
 use crate::git::{self, Cancel, FetchError, Repo};
-use crate::machine::{Action, ErrorKind, Health, Machine, Outcome};
+use crate::machine::{Action, ErrorKind, Health, Machine, Outcome, State};
 use crate::source::Source;
+use crate::status::{Status, now_ms};
 use crate::work::{self, Attempt, Seen, Synced};
 
 /// What the feed tells a running source task.
 #[derive(Debug)]
 pub(crate) enum Control {
-    /// Fetch now (a webhook, SIGHUP).
-    Trigger,
+    /// Fetch now (a webhook, SIGHUP), unless the hinted commit is already here.
+    Trigger(Option<String>),
     /// New settings for the same cache entry.
     Change(Box<Source>),
     /// The consumer has applied the update to this commit; the feed has recorded it.
@@ -56,6 +57,14 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
         sent: acknowledged.clone(),
         acknowledged,
     };
+    let mut status = Status {
+        source: source.name.clone(),
+        url: git::redact_url(&source.url),
+        reference: source.reference.clone(),
+        state: "idle".into(),
+        acknowledged: seen.acknowledged.clone(),
+        ..Status::default()
+    };
     let mut rng = fastrand::Rng::new();
     let mut pending: Vec<Control> = Vec::new();
     loop {
@@ -78,6 +87,13 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
                         return; // shut down while waiting for a fetch slot
                     };
                     handle = attempt.handle;
+                    status.last_attempt_ms = Some(now_ms());
+                    if let Some((tip, served_by)) = &attempt.tip {
+                        status.last_success_ms = status.last_attempt_ms;
+                        status.last_error = None;
+                        status.current = Some(tip.clone());
+                        status.served_by = Some(git::redact_url(served_by));
+                    }
                     let outcome = match attempt.result {
                         Ok(synced) => {
                             // Warnings first: the consumer hears what was left out before it
@@ -104,6 +120,7 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
                         }
                         Err(err) => {
                             log::warn!("{}: {}", source.name, err.message);
+                            status.last_error = Some(err.message.clone());
                             if err.kind != ErrorKind::Transient {
                                 handle = None;
                             }
@@ -114,6 +131,8 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
                         }
                     };
                     machine.handle_fetch_done(Instant::now(), outcome, rng.f64());
+                    status.acknowledged.clone_from(&seen.acknowledged);
+                    record_status(&entry, &machine, &mut status);
                     if shared.shutdown.is_closed() {
                         return;
                     }
@@ -125,7 +144,13 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
                 Action::Emit(health) => emit_health(&shared, &source.name, health).await,
             }
             for message in pending.drain(..) {
-                apply(&mut machine, &mut source, &mut seen, message);
+                apply(
+                    &mut machine,
+                    &mut source,
+                    &mut seen,
+                    handle.as_ref(),
+                    message,
+                );
             }
         }
         let wake = async {
@@ -144,8 +169,18 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
         };
         match wake.or(message).or(shutdown).await {
             Wake::Timeout => machine.handle_timeout(Instant::now()),
-            Wake::Control(message) => apply(&mut machine, &mut source, &mut seen, message),
+            Wake::Control(message) => apply(
+                &mut machine,
+                &mut source,
+                &mut seen,
+                handle.as_ref(),
+                message,
+            ),
             Wake::Removed => return,
+        }
+        if status.acknowledged != seen.acknowledged {
+            status.acknowledged.clone_from(&seen.acknowledged);
+            record_status(&entry, &machine, &mut status);
         }
     }
 }
@@ -156,10 +191,22 @@ enum Wake {
     Removed,
 }
 
-fn apply(machine: &mut Machine, source: &mut Source, seen: &mut Seen, message: Control) {
+fn apply(
+    machine: &mut Machine,
+    source: &mut Source,
+    seen: &mut Seen,
+    handle: Option<&Repo>,
+    message: Control,
+) {
     match message {
         Control::Acknowledged(commit) => seen.acknowledged = Some(commit),
-        Control::Trigger => machine.handle_trigger(Instant::now()),
+        Control::Trigger(Some(hint))
+            if seen.sent.as_deref() == Some(hint.as_str())
+                || handle.is_some_and(|repo| repo.has_commit(&hint)) =>
+        {
+            log::debug!("{}: trigger for {hint}, which is already here", source.name);
+        }
+        Control::Trigger(_) => machine.handle_trigger(Instant::now()),
         Control::Change(changed) => {
             *source = *changed;
             machine.handle_policy_changed(Instant::now(), source.policy());
@@ -212,12 +259,15 @@ async fn attempt(
                     "cannot start a fetch thread: {err}"
                 ))),
                 warnings: Vec::new(),
+                tip: None,
             });
         }
     };
     let finished = async { done_rx.recv().await.ok() };
     let deadline = async {
-        Timer::at(started + source.timeout).await;
+        // Each URL (the source's and every mirror's) gets the whole timeout; a URL that hangs
+        // runs into its transport's own limits before the next one is tried.
+        Timer::at(started + attempt_limit(source)).await;
         None
     };
     let stopped = async {
@@ -233,7 +283,7 @@ async fn attempt(
         if let Some(finished) = outcome.as_mut() {
             finished.result = Err(FetchError::transient(format!(
                 "timed out after {} ms",
-                source.timeout.as_millis()
+                attempt_limit(source).as_millis()
             )));
             if shared.shutdown.is_closed() {
                 finished.result = Err(FetchError::transient("the feed is shutting down"));
@@ -253,6 +303,7 @@ async fn attempt(
             "the fetch thread ended without an outcome",
         )),
         warnings: Vec::new(),
+        tip: None,
     }))
 }
 
@@ -292,7 +343,7 @@ fn record_acknowledged(entry: &cache::Entry, name: &str, seen: &mut Seen, commit
 fn into_update(source: &Source, synced: Synced) -> Update {
     Update {
         source: source.name.clone(),
-        url: git::redact_url(&source.url),
+        url: git::redact_url(&synced.url),
         reference: synced.reference,
         old: synced.old,
         new: synced.new,
@@ -336,6 +387,27 @@ async fn emit_health(shared: &Shared, name: &str, health: Health) {
         }
     };
     let _ = shared.events.send(Event::State(change)).await;
+}
+
+/// Writes the source's status snapshot, with the state the machine is in now.
+fn record_status(entry: &cache::Entry, machine: &Machine, status: &mut Status) {
+    let (state, failures) = match machine.state() {
+        State::Idle { .. } => ("idle", 0),
+        State::Fetching { failures, .. } => ("fetching", *failures),
+        State::Backoff { failures, .. } => ("backoff", *failures),
+        // Called once per ended attempt: the one that failed counts on top of those before.
+        State::Failed { .. } => ("failed", status.attempt.saturating_add(1)),
+    };
+    status.state = state.into();
+    status.attempt = failures;
+    if let Err(err) = status.write(entry.dir()) {
+        log::debug!("{}: cannot write its status: {err}", status.source);
+    }
+}
+
+fn attempt_limit(source: &Source) -> Duration {
+    let urls = u32::try_from(1 + source.mirrors.len()).unwrap_or(u32::MAX);
+    source.timeout.saturating_mul(urls)
 }
 
 fn millis(duration: Duration) -> u64 {

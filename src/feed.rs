@@ -61,7 +61,7 @@ pub struct FeedHandle {
 enum Command {
     Add(Box<Source>),
     Remove(String),
-    Trigger(String),
+    Trigger(String, Option<String>),
     Acknowledge(String, String),
 }
 
@@ -190,9 +190,9 @@ impl Feed {
                 Command::Remove(name) => {
                     sources.remove(&name);
                 }
-                Command::Trigger(name) => {
+                Command::Trigger(name, hint) => {
                     if let Some((_, control)) = sources.get(&name) {
-                        let _ = control.try_send(Control::Trigger);
+                        let _ = control.try_send(Control::Trigger(hint));
                     }
                 }
                 Command::Acknowledge(name, commit) => {
@@ -248,7 +248,15 @@ impl FeedHandle {
     /// Fetches the source named `name` now: cuts a backoff short and leaves `failed`.
     pub fn trigger(&self, name: &str) -> Result<(), FeedError> {
         self.commands
-            .try_send(Command::Trigger(name.to_owned()))
+            .try_send(Command::Trigger(name.to_owned(), None))
+            .map_err(|_| FeedError::Stopped)
+    }
+
+    /// Like [`FeedHandle::trigger`], with the commit a webhook announced: when that commit
+    /// is already here (delivered, or in the clone), nothing is fetched.
+    pub fn trigger_with_hint(&self, name: &str, commit: &str) -> Result<(), FeedError> {
+        self.commands
+            .try_send(Command::Trigger(name.to_owned(), Some(commit.to_owned())))
             .map_err(|_| FeedError::Stopped)
     }
 

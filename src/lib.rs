@@ -39,6 +39,7 @@ pub mod machine;
 mod reader;
 mod snapshot;
 mod source;
+mod status;
 mod work;
 
 pub use event::{Change, ChangeKind, Encoding, Event, SourceState, StateChange, Update};
@@ -48,3 +49,4 @@ pub use feed::{
 pub use machine::ErrorKind;
 pub use reader::{File, FileType, ReadError, ReadErrorKind, Reader};
 pub use source::{Filter, Source, SourceError, parse_duration};
+pub use status::{Status, status};

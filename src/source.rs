@@ -31,8 +31,15 @@ pub struct Source {
     /// The remote: a local path, `file://`, `git://`, `http://`, `https://`, `ssh://` or an
     /// scp-like `user@host:path`.
     pub url: String,
-    /// The branch (`main`) or full ref name (`refs/heads/main`) to follow; `None` follows the
-    /// remote's default branch (its `HEAD`).
+    /// More URLs serving the same repository, tried in order within the same attempt when the
+    /// ones before failed transiently. A mirror that is behind never moves the delivered commit
+    /// backwards.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<String>,
+    /// The branch (`main`), full ref name (`refs/heads/main`, `refs/tags/v1`: an annotated tag
+    /// resolves to its commit, and a moved tag is an update) or commit id (40 hex digits:
+    /// pinned, synced once and then no longer polled) to follow; `None` follows the remote's
+    /// default branch (its `HEAD`).
     #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
     pub reference: Option<String>,
     /// Time between the end of one successful poll and the start of the next.
@@ -160,6 +167,7 @@ impl Source {
         Self {
             name: name.into(),
             url: url.into(),
+            mirrors: Vec::new(),
             reference: None,
             interval: defaults::interval(),
             timeout: defaults::timeout(),
@@ -204,8 +212,10 @@ impl Source {
         if self.name.chars().any(char::is_control) {
             return fail("name contains a control character".into());
         }
-        if let Err(problem) = git::check_url(&self.url) {
-            return fail(problem);
+        for url in std::iter::once(&self.url).chain(&self.mirrors) {
+            if let Err(problem) = git::check_url(url) {
+                return fail(problem);
+            }
         }
         if let Some(reference) = &self.reference
             && let Err(problem) = git::check_ref(reference)
@@ -267,6 +277,7 @@ impl Source {
             })
             .take(48)
             .collect();
+        // Mirrors serve the same repository, so they share the clone: not part of the key.
         let identity = format!(
             "{}\0{}\0{}",
             self.url,
@@ -276,9 +287,20 @@ impl Source {
         format!("{readable}-{:016x}", fnv1a(identity.as_bytes()))
     }
 
+    /// The commit this source is pinned to, if its ref is a commit id.
+    pub(crate) fn pinned_commit(&self) -> Option<&str> {
+        self.reference.as_deref().filter(|r| git::is_commit_id(r))
+    }
+
     pub(crate) fn policy(&self) -> Policy {
+        // A pinned commit is synced once; its next poll is so far away it never comes.
+        const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
         Policy {
-            interval: self.interval,
+            interval: if self.pinned_commit().is_some() {
+                NEVER
+            } else {
+                self.interval
+            },
             backoff_initial: self.backoff_initial,
             backoff_max: self.backoff_max,
             max_failures: self.max_failures,

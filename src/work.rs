@@ -5,7 +5,7 @@
 use crate::base64;
 use crate::cache;
 use crate::event::{Change, ChangeKind, Encoding};
-use crate::git::{Cancel, FetchError, FileKind, Matcher, Repo, Target};
+use crate::git::{Cancel, FetchError, FileKind, Matcher, Repo, Target, Tip};
 use crate::snapshot::{self, SnapshotDir};
 use crate::source::Source;
 
@@ -17,10 +17,14 @@ pub(crate) struct Attempt {
     pub result: Result<Option<Synced>, FetchError>,
     /// Things left out that the consumer should hear about.
     pub warnings: Vec<String>,
+    /// After a successful attempt: the commit the consumer now has, and the URL that served it.
+    pub tip: Option<(String, String)>,
 }
 
 /// A fetch that found the ref moved.
 pub(crate) struct Synced {
+    /// The URL that served the update.
+    pub url: String,
     pub reference: String,
     pub new: String,
     pub old: Option<String>,
@@ -62,6 +66,7 @@ pub(crate) fn sync(
                     "cannot lock the cache entry: {err}"
                 ))),
                 warnings,
+                tip: None,
             };
         }
     };
@@ -71,24 +76,28 @@ pub(crate) fn sync(
         stale => {
             drop(stale);
             Repo::repair(git_dir);
-            match Repo::open_or_init(git_dir, target) {
+            match Repo::open_or_init(git_dir, target)
+                .and_then(|repo| repo.validate(seen.acknowledged.as_deref()).map(|()| repo))
+            {
                 Ok(repo) => repo,
                 Err(err) => {
                     return Attempt {
                         handle: None,
                         result: Err(err),
                         warnings,
+                        tip: None,
                     };
                 }
             }
         }
     };
     let result = fetch_and_diff(&repo, source, target, seen, cancel, &mut warnings);
-    let Ok((tip, synced)) = result else {
+    let Ok((tip, served_by, synced)) = result else {
         return Attempt {
             handle: Some(repo),
             result: result.map(|_| None),
             warnings,
+            tip: None,
         };
     };
     let keep: Vec<&str> = [
@@ -115,6 +124,7 @@ pub(crate) fn sync(
         handle,
         result: Ok(synced),
         warnings,
+        tip: Some((tip, served_by)),
     }
 }
 
@@ -126,16 +136,29 @@ fn fetch_and_diff(
     seen: &Seen,
     cancel: &Cancel,
     warnings: &mut Vec<String>,
-) -> Result<(String, Option<Synced>), FetchError> {
+) -> Result<(String, String, Option<Synced>), FetchError> {
     let matcher = Matcher::new(&source.filter).map_err(FetchError::permanent)?;
-    let tip = repo.fetch(target, cancel)?;
+    let (tip, served_by) = fetch_any(repo, source, target, seen, cancel)?;
+    if let Some(sent) = seen.sent.as_deref()
+        && served_by != source.url
+        && sent != tip.commit
+        && repo.is_ancestor(&tip.commit, sent)
+    {
+        // A mirror behind what the consumer already has: nothing new, and never backwards.
+        log::warn!(
+            "{}: mirror {} is behind; keeping {sent}",
+            source.name,
+            crate::git::redact_url(&served_by)
+        );
+        return Ok((sent.to_owned(), served_by, None));
+    }
     // The snapshot comes first: once the consumer hears of a commit, `current` shows it.
     if let Some(dir) = &source.checkout {
         write_snapshot(repo, source, &matcher, dir, &tip.commit, warnings)?;
     }
     let sent = seen.sent.as_deref();
     if sent == Some(tip.commit.as_str()) {
-        return Ok((tip.commit, None));
+        return Ok((tip.commit, served_by, None));
     }
     // Without the old commit's objects (a reclone after the remote rewrote history) there is
     // nothing to diff against: deliver the full listing, as on a first update.
@@ -153,13 +176,64 @@ fn fetch_and_diff(
         attach_contents(repo, &mut changes, limit.min(source.max_file_size));
     }
     let synced = Synced {
+        url: served_by.clone(),
         reference: tip.reference,
         new: tip.commit.clone(),
         old: old.map(str::to_owned),
         forced,
         changes,
     };
-    Ok((tip.commit, Some(synced)))
+    Ok((tip.commit, served_by, Some(synced)))
+}
+
+/// Fetches from the source's URL, then, after a transient failure, from each mirror in turn,
+/// all within the one attempt. Returns the tip and the URL that served it.
+fn fetch_any(
+    repo: &Repo,
+    source: &Source,
+    target: &Target,
+    seen: &Seen,
+    cancel: &Cancel,
+) -> Result<(Tip, String), FetchError> {
+    if let Some(pin) = source.pinned_commit()
+        && repo.has_commit(pin)
+    {
+        // A pinned commit never changes: once it is here, there is nothing to fetch.
+        let tip = Tip {
+            reference: pin.to_owned(),
+            commit: pin.to_owned(),
+        };
+        return Ok((tip, source.url.clone()));
+    }
+    let urls: Vec<&String> = std::iter::once(&source.url)
+        .chain(&source.mirrors)
+        .collect();
+    let mut index = 0;
+    loop {
+        let url = urls[index];
+        let target = Target {
+            url: url.clone(),
+            seen_before: seen.sent.is_some(),
+            ..target.clone()
+        };
+        match repo.fetch(&target, cancel) {
+            Ok(tip) => return Ok((tip, url.clone())),
+            Err(err)
+                if err.kind == crate::machine::ErrorKind::Transient
+                    && index + 1 < urls.len()
+                    && !cancel.is_cancelled() =>
+            {
+                log::warn!(
+                    "{}: {} failed ({}); trying the next mirror",
+                    source.name,
+                    crate::git::redact_url(url),
+                    err.message
+                );
+                index += 1;
+            }
+            Err(err) => return Err(err),
+        }
+    }
 }
 
 /// Attaches each added or modified file's content, or why it was left out.
@@ -257,5 +331,6 @@ pub(crate) fn target(source: &Source) -> Target {
         depth: source.depth,
         ssh_command: source.ssh_command.clone(),
         timeout: source.timeout,
+        seen_before: false,
     }
 }

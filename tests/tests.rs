@@ -3,6 +3,7 @@
 mod util;
 
 mod cli;
+mod durable;
 mod feed;
 mod files;
 mod harness;

@@ -53,6 +53,9 @@ pub(crate) struct Target {
     pub ssh_command: Option<String>,
     /// The attempt's time limit.
     pub timeout: Duration,
+    /// True once the source has delivered a commit: a missing ref was then deleted on the
+    /// remote rather than misconfigured.
+    pub seen_before: bool,
 }
 
 /// The followed ref on the remote after a fetch.
@@ -125,6 +128,57 @@ impl Repo {
             git_dir: git_dir.to_owned(),
             packs_at_open: pack_count(git_dir),
         })
+    }
+
+    /// Checks a freshly opened clone: the tracked ref (if any) resolves to a commit whose tree
+    /// is readable, and so is `acknowledged` if its commit is here at all (a clone rebuilt
+    /// after the remote rewrote history may lack it; the next update is then a full listing).
+    /// Anything else is *corrupt*: the caller deletes the clone and clones afresh.
+    pub fn validate(&self, acknowledged: Option<&str>) -> Result<(), FetchError> {
+        let repo = self.repo.to_thread_local();
+        let broken = |what: String| {
+            FetchError::corrupt(format!(
+                "the cached clone at {} is damaged: {what}",
+                self.git_dir.display()
+            ))
+        };
+        match repo.try_find_reference(TIP_REF) {
+            Ok(None) => {}
+            Ok(Some(mut reference)) => {
+                let commit = reference.peel_to_commit().map_err(|err| {
+                    broken(format!(
+                        "{TIP_REF} does not resolve: {}",
+                        error::describe(&err)
+                    ))
+                })?;
+                commit.tree().map_err(|err| {
+                    broken(format!(
+                        "the tree of {} is unreadable: {}",
+                        commit.id,
+                        error::describe(&err)
+                    ))
+                })?;
+            }
+            Err(err) => {
+                return Err(broken(format!(
+                    "{TIP_REF} is unreadable: {}",
+                    error::describe(&err)
+                )));
+            }
+        }
+        if let Some(id) = acknowledged.and_then(|id| parse_id(id).ok())
+            && repo.has_object(id)
+        {
+            repo.find_commit(id)
+                .and_then(|commit| commit.tree())
+                .map_err(|err| {
+                    broken(format!(
+                        "acknowledged commit {id} is unreadable: {}",
+                        error::describe(&err)
+                    ))
+                })?;
+        }
+        Ok(())
     }
 
     /// Removes what a process killed mid-write leaves in a clone: stale `*.lock` files (a
@@ -258,6 +312,18 @@ impl Repo {
         })
     }
 
+    /// True when commit `ancestor` is reachable from commit `descendant` (or is it).
+    pub fn is_ancestor(&self, ancestor: &str, descendant: &str) -> bool {
+        let repo = self.repo.to_thread_local();
+        let (Ok(a), Ok(d)) = (parse_id(ancestor), parse_id(descendant)) else {
+            return false;
+        };
+        a == d
+            || repo
+                .merge_base(a, d)
+                .is_ok_and(|base| base.is_some_and(|base| base.detach() == a))
+    }
+
     /// True when the commit `id` and everything needed to diff against it are in the cache.
     pub fn has_commit(&self, id: &str) -> bool {
         let repo = self.repo.to_thread_local();
@@ -339,13 +405,13 @@ where
         .map_err(|err| {
             let failure = error::classify(&err, target, cancel);
             if failure.message.contains("None of the refspec") {
-                FetchError::permanent(missing_ref(wanted))
+                missing_ref(wanted, target.seen_before)
             } else {
                 failure
             }
         })?;
     let Some(mapping) = prepare.ref_map().mappings.first() else {
-        return Err(FetchError::permanent(missing_ref(wanted)));
+        return Err(missing_ref(wanted, target.seen_before));
     };
     let remote_name = match (mapping.remote.as_target(), mapping.remote.as_name()) {
         (Some(target), _) => target.to_str_lossy().into_owned(),
@@ -389,9 +455,29 @@ where
     Ok(remote_name)
 }
 
-fn missing_ref(wanted: &str) -> String {
+/// A ref the remote does not have. Never seen before, it is a configuration mistake and
+/// permanent; seen before, it was deleted on the remote and may come back, so it is retried.
+fn missing_ref(wanted: &str, seen_before: bool) -> FetchError {
     let short = wanted.strip_prefix("refs/heads/").unwrap_or(wanted);
-    format!("branch `{short}` not found on remote; check --branch")
+    let what = if wanted.starts_with("refs/heads/") {
+        "branch"
+    } else {
+        "ref"
+    };
+    if seen_before {
+        FetchError::transient(format!(
+            "{what} `{short}` was deleted on the remote; retrying until it returns"
+        ))
+    } else {
+        FetchError::permanent(format!(
+            "{what} `{short}` not found on remote; check --branch"
+        ))
+    }
+}
+
+/// 40 hex digits: a commit id rather than a ref name.
+pub(crate) fn is_commit_id(text: &str) -> bool {
+    text.len() == 40 && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 fn parse_id(id: &str) -> Result<gix::ObjectId, FetchError> {
@@ -499,6 +585,9 @@ pub(crate) fn check_filter(filter: &crate::source::Filter) -> Result<(), String>
 
 /// Checks a branch or full ref name.
 pub(crate) fn check_ref(name: &str) -> Result<(), String> {
+    if is_commit_id(name) {
+        return Ok(());
+    }
     let full = full_ref_name(name);
     gix::validate::reference::name(full.as_bytes().as_bstr())
         .map(|_| ())
@@ -507,7 +596,7 @@ pub(crate) fn check_ref(name: &str) -> Result<(), String> {
 
 /// `main` → `refs/heads/main`; full names are kept as they are.
 pub(crate) fn full_ref_name(name: &str) -> String {
-    if name.starts_with("refs/") {
+    if name.starts_with("refs/") || is_commit_id(name) {
         name.to_owned()
     } else {
         format!("refs/heads/{name}")

@@ -1,0 +1,102 @@
+//! A per-source status snapshot, kept in the cache so that `gitfeed status` can show it for a
+//! running or a stopped feed.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// How a source is doing, as of its last attempt.
+///
+/// ```
+/// let status: gitfeed::Status = serde_json::from_str(
+///     r#"{"source":"p","url":"/srv/p.git","state":"backoff","attempt":2,
+///         "last_error":"connection refused"}"#,
+/// ).unwrap();
+/// assert_eq!(status.attempt, 2);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Status {
+    /// The source's name.
+    pub source: String,
+    /// The source's URL, without credentials.
+    pub url: String,
+    /// The configured ref, if any.
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// `idle`, `fetching`, `backoff` or `failed`.
+    #[serde(default)]
+    pub state: String,
+    /// Consecutive failed attempts.
+    #[serde(default)]
+    pub attempt: u32,
+    /// When the last attempt ended, in milliseconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt_ms: Option<u64>,
+    /// When the last successful attempt ended, in milliseconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_ms: Option<u64>,
+    /// Why the last failed attempt failed, until an attempt succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// The last commit the consumer acknowledged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged: Option<String>,
+    /// The commit the followed ref pointed to at the last successful attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<String>,
+    /// The URL (source or mirror) that answered the last successful attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_by: Option<String>,
+}
+
+impl Status {
+    pub(crate) fn write(&self, entry_dir: &Path) -> io::Result<()> {
+        fs::create_dir_all(entry_dir)?;
+        let temporary = entry_dir.join("status.json.tmp");
+        fs::write(
+            &temporary,
+            serde_json::to_vec(self).map_err(io::Error::other)?,
+        )?;
+        // No fsync: a status lost in a crash is rewritten by the next attempt.
+        fs::rename(&temporary, entry_dir.join("status.json"))
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The status of every source that has run with the cache at `cache_dir`, sorted by name.
+/// Unreadable or missing status files are skipped.
+///
+/// ```no_run
+/// for status in gitfeed::status("/var/cache/gitfeed")? {
+///     println!("{}: {} ({} failures)", status.source, status.state, status.attempt);
+/// }
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn status(cache_dir: impl AsRef<Path>) -> io::Result<Vec<Status>> {
+    let mut all = Vec::new();
+    for entry in fs::read_dir(cache_dir)?.flatten() {
+        let Ok(text) = fs::read(entry.path().join("status.json")) else {
+            continue;
+        };
+        if let Ok(mut status) = serde_json::from_slice::<Status>(&text) {
+            // The acknowledgement file is the authority: it may be newer than the snapshot.
+            if let Some(acknowledged) = crate::cache::Entry::at(&entry.path()).delivered() {
+                status.acknowledged = Some(acknowledged);
+            }
+            all.push(status);
+        }
+    }
+    all.sort_by(|a, b| a.source.cmp(&b.source));
+    Ok(all)
+}

@@ -1,0 +1,412 @@
+//! Durable delivery: ref kinds, mirrors, triggers, status, and a damaged cache.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gitfeed::{ErrorKind, SourceState, acknowledge, sync_once};
+
+use crate::harness::{Running, quick_source};
+use crate::util::{
+    Fault, FaultServer, GitDaemon, HttpServer, Remote, git_in, name_status, refused_url, unique_dir,
+};
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn entry_dir(cache: &Path) -> PathBuf {
+    std::fs::read_dir(cache)
+        .expect("cache")
+        .map(|entry| entry.expect("entry").path())
+        .find(|path| path.join("repo.git").exists())
+        .expect("a cache entry with a clone")
+}
+
+#[test]
+fn annotated_tag_resolves_to_its_commit_and_moves() {
+    let remote = Remote::new();
+    let tagged = remote.head();
+    remote.git(&["tag", "-a", "v1", "-m", "release", &tagged]);
+    remote.git(&["push", "-q", "origin", "v1"]);
+    let cache = unique_dir();
+    let mut source = quick_source("t", &remote.file_url());
+    source.reference = Some("refs/tags/v1".into());
+    let first = sync_once(cache.path(), &source)
+        .expect("sync")
+        .expect("update");
+    assert_eq!(
+        (first.reference.as_str(), first.new.as_str()),
+        ("refs/tags/v1", tagged.as_str())
+    );
+    acknowledge(cache.path(), &source, &first.new).expect("ack");
+
+    let moved = remote.commit(&[("release.txt", Some("2\n"))], "next release");
+    remote.git(&["tag", "-f", "-a", "v1", "-m", "release again", &moved]);
+    remote.git(&["push", "-q", "--force", "origin", "v1"]);
+    let update = sync_once(cache.path(), &source)
+        .expect("sync")
+        .expect("the moved tag is an update");
+    assert_eq!(
+        (update.old.as_deref(), update.new.as_str()),
+        (Some(tagged.as_str()), moved.as_str())
+    );
+    assert_eq!(
+        crate::harness::letters(&update),
+        name_status(&remote.bare_path(), &tagged, &moved)
+    );
+}
+
+#[test]
+fn pinned_commit_is_synced_once_then_never_polled() {
+    let remote = Remote::new();
+    let pinned = remote.head();
+    let server = HttpServer::start(&remote.root());
+    let mut source = quick_source("p", &server.url(remote.name()));
+    source.reference = Some(pinned.clone());
+    let feed = Running::start(vec![source]);
+    let update = feed.update(PATIENCE);
+    assert_eq!(
+        (update.new.as_str(), update.reference.as_str()),
+        (pinned.as_str(), pinned.as_str())
+    );
+    let requests = server.connections();
+    remote.commit(&[("later.txt", Some("x\n"))], "later");
+    feed.assert_quiet(Duration::from_millis(600));
+    assert_eq!(
+        server.connections(),
+        requests,
+        "a pinned source is not polled again"
+    );
+    feed.stop();
+}
+
+#[test]
+fn deleted_branch_is_retried_until_it_returns() {
+    let remote = Remote::new();
+    remote.push_branch("feature", "HEAD");
+    let mut source = quick_source("f", &remote.file_url());
+    source.reference = Some("feature".into());
+    source.backoff_max = Duration::from_millis(50);
+    let feed = Running::start(vec![source]);
+    let first = feed.update(PATIENCE);
+    feed.handle.acknowledge("f", &first.new).expect("running");
+    remote.delete_branch("feature");
+    let state = feed.state(PATIENCE);
+    assert_eq!(state.state, SourceState::Backoff, "{state:?}");
+    assert!(
+        state
+            .error
+            .unwrap_or_default()
+            .contains("branch `feature` was deleted on the remote")
+    );
+    let returned = remote.commit(&[("back.txt", Some("b\n"))], "back");
+    remote.push_branch("feature", "HEAD");
+    let update = loop {
+        match feed.next(PATIENCE, "the branch to return") {
+            gitfeed::Event::Update(update) => break update,
+            gitfeed::Event::State(state) => {
+                assert_eq!(state.state, SourceState::Backoff, "{state:?}")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(
+        (update.old.as_deref(), update.new.as_str()),
+        (Some(first.new.as_str()), returned.as_str())
+    );
+    assert_eq!(feed.state(PATIENCE).state, SourceState::Idle);
+    feed.stop();
+}
+
+#[test]
+fn mirror_serves_when_the_primary_is_down() {
+    let remote = Remote::new();
+    let cache = unique_dir();
+    let mut source = quick_source("m", &refused_url("git"));
+    source.mirrors = vec![remote.file_url()];
+    let update = sync_once(cache.path(), &source)
+        .expect("the mirror serves")
+        .expect("update");
+    assert_eq!(
+        update.url,
+        remote.file_url(),
+        "the update names the URL that served it"
+    );
+    assert_eq!(update.new, remote.head());
+}
+
+#[test]
+fn mirror_serves_when_the_primary_hangs() {
+    let remote = Remote::new();
+    let hung = FaultServer::start(Fault::Silent);
+    let cache = unique_dir();
+    let mut source = quick_source("m", &hung.url("repo.git"));
+    source.timeout = Duration::from_secs(1);
+    source.mirrors = vec![remote.file_url()];
+    let started = std::time::Instant::now();
+    let update = sync_once(cache.path(), &source)
+        .expect("the mirror serves")
+        .expect("update");
+    assert_eq!(update.url, remote.file_url());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn mirror_behind_never_moves_delivery_backwards() {
+    let primary = Remote::new();
+    let daemon = GitDaemon::start(&primary.root());
+    let mirror = Remote::new(); // same initial commit, nothing newer
+    let cache = unique_dir();
+    let mut source = quick_source("m", &daemon.url(primary.name()));
+    source.mirrors = vec![mirror.file_url()];
+    let ahead = primary.commit(&[("new.txt", Some("n\n"))], "ahead of the mirror");
+    let first = sync_once(cache.path(), &source)
+        .expect("sync")
+        .expect("update");
+    assert_eq!(first.new, ahead);
+    acknowledge(cache.path(), &source, &first.new).expect("ack");
+    drop(daemon); // the primary goes down; the mirror is one commit behind
+    assert_eq!(
+        sync_once(cache.path(), &source).expect("the mirror answers"),
+        None
+    );
+    let status_before =
+        std::fs::read_to_string(entry_dir(cache.path()).join("state.json")).expect("state");
+    assert!(
+        status_before.contains(&ahead),
+        "the acknowledged commit stays {ahead}: {status_before}"
+    );
+}
+
+#[test]
+fn trigger_with_a_known_commit_fetches_nothing() {
+    let remote = Remote::new();
+    let server = HttpServer::start(&remote.root());
+    let mut source = quick_source("t", &server.url(remote.name()));
+    source.interval = Duration::from_secs(3600);
+    let feed = Running::start(vec![source]);
+    let first = feed.update(PATIENCE);
+    let requests = server.connections();
+    feed.handle
+        .trigger_with_hint("t", &first.new)
+        .expect("running");
+    feed.assert_quiet(Duration::from_millis(400));
+    assert_eq!(
+        server.connections(),
+        requests,
+        "a known commit needs no fetch"
+    );
+    let new = remote.commit(&[("hook.txt", Some("h\n"))], "pushed");
+    feed.handle.trigger_with_hint("t", &new).expect("running");
+    assert_eq!(feed.update(PATIENCE).new, new);
+    feed.stop();
+}
+
+#[test]
+fn status_reports_each_source() {
+    let remote = Remote::new();
+    let cache = unique_dir();
+    let good = quick_source("good", &remote.file_url());
+    let mut bad = quick_source("bad", &refused_url("git"));
+    bad.max_failures = Some(1);
+    let feed = Running::start_at(cache.path(), vec![good, bad], |feed| feed);
+    let mut seen_update = None;
+    let mut seen_failed = false;
+    while seen_update.is_none() || !seen_failed {
+        match feed.next(PATIENCE, "an update and a failure") {
+            gitfeed::Event::Update(update) => {
+                feed.handle
+                    .acknowledge("good", &update.new)
+                    .expect("running");
+                seen_update = Some(update);
+            }
+            gitfeed::Event::State(state) => seen_failed |= state.state == SourceState::Failed,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    feed.stop();
+    let update = seen_update.expect("update");
+    let all = gitfeed::status(cache.path()).expect("status");
+    assert_eq!(
+        all.iter().map(|s| s.source.as_str()).collect::<Vec<_>>(),
+        ["bad", "good"]
+    );
+    let (bad, good) = (&all[0], &all[1]);
+    assert_eq!((bad.state.as_str(), bad.attempt), ("failed", 1));
+    assert!(
+        bad.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("refused")),
+        "{bad:?}"
+    );
+    assert_eq!(bad.last_success_ms, None);
+    assert_eq!(good.state, "idle");
+    assert_eq!(good.current.as_deref(), Some(update.new.as_str()));
+    assert_eq!(good.acknowledged.as_deref(), Some(update.new.as_str()));
+    assert_eq!(good.served_by.as_deref(), Some(remote.file_url().as_str()));
+    assert!(good.last_success_ms.is_some() && good.last_error.is_none());
+}
+
+/// Syncs once and acknowledges, damages the clone with `damage`, moves the remote, then
+/// checks that the damage ends in a repair (a fresh clone) and a correct update.
+fn survives(damage: impl FnOnce(&Path)) {
+    let remote = Remote::new();
+    let cache = unique_dir();
+    let source = quick_source("d", &remote.file_url());
+    let first = sync_once(cache.path(), &source)
+        .expect("sync")
+        .expect("update");
+    acknowledge(cache.path(), &source, &first.new).expect("ack");
+    damage(&entry_dir(cache.path()).join("repo.git"));
+    let new = remote.commit(
+        &[("after.txt", Some("a\n")), ("README.md", None)],
+        "after the damage",
+    );
+    let update = match sync_once(cache.path(), &source) {
+        Ok(update) => update,
+        Err(err) => {
+            assert_eq!(
+                err.kind,
+                ErrorKind::Corrupt,
+                "damage is reported as such: {err}"
+            );
+            sync_once(cache.path(), &source).expect("the retry clones afresh")
+        }
+    }
+    .expect("an update");
+    assert_eq!(update.new, new);
+    match update.old.as_deref() {
+        Some(old) => {
+            assert_eq!(old, first.new);
+            assert_eq!(
+                crate::harness::letters(&update),
+                name_status(&remote.bare_path(), old, &new)
+            );
+        }
+        // The acknowledged commit's objects were lost with the clone: a full listing.
+        None => {
+            let listed = remote.git_bare(&["ls-tree", "-r", "--name-only", &new]);
+            let expected: Vec<(char, String)> =
+                listed.lines().map(|p| ('A', p.to_owned())).collect();
+            assert_eq!(crate::harness::letters(&update), expected);
+        }
+    }
+}
+
+fn packs(git_dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(git_dir.join("objects/pack"))
+        .expect("pack dir")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "pack"))
+        .collect()
+}
+
+#[test]
+fn truncated_pack() {
+    survives(|git_dir| {
+        for pack in packs(git_dir) {
+            let len = std::fs::metadata(&pack).expect("pack").len();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&pack)
+                .expect("open")
+                .set_len(len / 2)
+                .expect("truncate");
+        }
+    });
+}
+
+#[test]
+fn deleted_pack() {
+    survives(|git_dir| {
+        for pack in packs(git_dir) {
+            std::fs::remove_file(&pack).expect("remove pack");
+            std::fs::remove_file(pack.with_extension("idx")).expect("remove idx");
+        }
+    });
+}
+
+#[test]
+fn deleted_loose_object() {
+    survives(|git_dir| {
+        // Turn the pack into loose objects, then lose one of them.
+        for pack in packs(git_dir) {
+            let moved = git_dir.join("unpacked.pack");
+            std::fs::rename(&pack, &moved).expect("move pack");
+            std::fs::remove_file(pack.with_extension("idx")).expect("remove idx");
+            let out = std::process::Command::new("git")
+                .current_dir(git_dir)
+                .args(["unpack-objects", "-q"])
+                .stdin(std::fs::File::open(&moved).expect("pack"))
+                .status()
+                .expect("git unpack-objects");
+            assert!(out.success());
+            std::fs::remove_file(&moved).expect("remove moved pack");
+        }
+        let tip = git_in(git_dir, &["rev-parse", "refs/gitfeed/tip^{tree}"]);
+        let tip = tip.trim();
+        std::fs::remove_file(git_dir.join("objects").join(&tip[..2]).join(&tip[2..]))
+            .expect("remove a loose tree");
+    });
+}
+
+#[test]
+fn garbage_in_a_ref() {
+    survives(|git_dir| {
+        std::fs::write(git_dir.join("refs/gitfeed/tip"), "not a commit id\n").expect("write");
+    });
+}
+
+#[test]
+fn garbage_in_head() {
+    survives(|git_dir| {
+        std::fs::write(git_dir.join("HEAD"), "ref: ../../../etc\n\0garbage").expect("write");
+    });
+}
+
+#[test]
+fn cache_removed_while_running() {
+    let remote = Remote::new();
+    let cache = unique_dir();
+    let mut source = quick_source("r", &remote.file_url());
+    source.interval = Duration::from_secs(3600);
+    let feed = Running::start_at(cache.path(), vec![source], |feed| feed);
+    let first = feed.update(PATIENCE);
+    feed.handle.acknowledge("r", &first.new).expect("running");
+    let state = entry_dir(cache.path()).join("state.json");
+    crate::util::settle(
+        || usize::from(!std::fs::read_to_string(&state).is_ok_and(|s| s.contains(&first.new))),
+        0,
+        PATIENCE,
+    );
+    // Everything goes: clone, acknowledgement, the cache directory itself.
+    std::fs::remove_dir_all(cache.path()).expect("remove the cache");
+    let new = remote.commit(&[("n.txt", Some("n\n"))], "n");
+    feed.handle.trigger("r").expect("running");
+    let update = loop {
+        match feed.next(PATIENCE, "an update after the cache was removed") {
+            gitfeed::Event::Update(update) => break update,
+            gitfeed::Event::State(state) => {
+                assert_ne!(state.state, SourceState::Failed, "{state:?}")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(update.new, new);
+    // Whatever the feed still knew, the update is consistent with git's view.
+    match update.old.as_deref() {
+        Some(old) => assert_eq!(
+            crate::harness::letters(&update),
+            name_status(&remote.bare_path(), old, &new)
+        ),
+        None => assert!(
+            update
+                .changes
+                .iter()
+                .all(|c| c.kind == gitfeed::ChangeKind::Added)
+        ),
+    }
+    feed.stop();
+}
