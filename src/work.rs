@@ -62,9 +62,7 @@ pub(crate) fn sync(
         Err(err) => {
             return Attempt {
                 handle,
-                result: Err(FetchError::local(format!(
-                    "cannot lock the cache entry: {err}"
-                ))),
+                result: Err(FetchError::io("cannot lock the cache entry", &err)),
                 warnings,
                 tip: None,
             };

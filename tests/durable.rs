@@ -410,3 +410,94 @@ fn cache_removed_while_running() {
     }
     feed.stop();
 }
+
+/// Runs `script` with `sh` in a private mount namespace (so it may mount a small tmpfs) and
+/// returns its stdout and stderr. `$GITFEED` names the binary. Fails loudly when the
+/// namespace cannot be created: these tests must not pass by doing nothing.
+fn in_mount_namespace(script: &str) -> (String, String) {
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "sh", "-c", script])
+        .env("GITFEED", env!("CARGO_BIN_EXE_gitfeed"))
+        .output()
+        .expect("run unshare (util-linux) to get a private mount namespace");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "the namespace script failed:\n{stdout}\n{stderr}"
+    );
+    (stdout, stderr)
+}
+
+#[test]
+fn read_only_cache_is_a_clear_permanent_error() {
+    let remote = Remote::new();
+    let dir = unique_dir();
+    let script = format!(
+        r#"set -u
+mount -t tmpfs -o ro,size=1m tmpfs '{dir}'
+"$GITFEED" watch '{url}' --once --cache-dir '{dir}/cache' 2>'{dir}.err'
+echo "exit=$?"
+umount '{dir}'"#,
+        dir = dir.path().display(),
+        url = remote.file_url(),
+    );
+    let (stdout, _) = in_mount_namespace(&script);
+    assert!(stdout.contains("exit=1"), "{stdout}");
+    let stderr = std::fs::read_to_string(format!("{}.err", dir.path().display())).expect("stderr");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("Read-only file system") && stderr.contains("must be writable"),
+        "{stderr}"
+    );
+    std::fs::remove_file(format!("{}.err", dir.path().display())).expect("clean up");
+}
+
+#[test]
+fn disk_full_during_a_fetch_leaves_nothing_and_recovers() {
+    let remote = Remote::new();
+    // Incompressible content: the pack cannot fit in the small filesystem.
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let noise: String = (0..1_000_000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            char::from(b'!' + (state % 90) as u8)
+        })
+        .collect();
+    let big = remote.commit(&[("big.txt", Some(&noise))], "big");
+    let dir = unique_dir();
+    let script = format!(
+        r#"set -u
+mount -t tmpfs -o size=256k tmpfs '{dir}'
+"$GITFEED" watch '{url}' --once --cache-dir '{dir}/cache' >'{dir}.out1' 2>'{dir}.err1'
+echo "first=$?"
+echo "leftovers=$(find '{dir}/cache' -name 'tmp*' -o -name '.tmp*' -o -name '*.lock' -o -name '*.init' | wc -l)"
+mount -o remount,size=64m '{dir}'
+"$GITFEED" watch '{url}' --once --cache-dir '{dir}/cache' >'{dir}.out2' 2>'{dir}.err2'
+echo "second=$?"
+umount '{dir}'"#,
+        dir = dir.path().display(),
+        url = remote.file_url(),
+    );
+    let (stdout, _) = in_mount_namespace(&script);
+    let read = |name: &str| {
+        let path = format!("{}.{name}", dir.path().display());
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let _ = std::fs::remove_file(&path);
+        text
+    };
+    let (out1, err1, out2, err2) = (read("out1"), read("err1"), read("out2"), read("err2"));
+    assert!(stdout.contains("first=1"), "{stdout}\n{err1}");
+    assert!(out1.is_empty(), "no update from a failed fetch: {out1}");
+    assert!(err1.contains("No space left"), "{err1}");
+    assert!(stdout.contains("leftovers=0"), "{stdout}");
+    assert!(stdout.contains("second=0"), "{stdout}\n{err2}");
+    let update: gitfeed::Event = serde_json::from_str(out2.trim()).expect("one update");
+    let gitfeed::Event::Update(update) = update else {
+        panic!("expected an update: {out2}");
+    };
+    assert_eq!(update.new, big);
+    assert!(update.changes.iter().any(|c| c.path == "big.txt"));
+}

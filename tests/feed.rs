@@ -281,8 +281,18 @@ fn shallow_source_keeps_diffing_against_the_delivered_commit() {
         let mut expected = crate::util::name_status(&remote.bare_path(), &last, &new);
         expected.sort_by(|a, b| a.1.cmp(&b.1));
         assert_eq!(crate::harness::letters(&update), expected, "fetch {i}");
+        feed.handle.acknowledge("p", &new).expect("running");
         last = new;
     }
+    // The clone stays shallow: fetching with a depth never deepens it, and consolidation
+    // drops commits nobody needs any more.
+    let clone = clone_dir(feed.cache_dir()).join("repo.git");
+    let count = crate::util::git_in(&clone, &["rev-list", "--count", "refs/gitfeed/tip"]);
+    let count: usize = count.trim().parse().expect("a count");
+    assert!(
+        count <= 3,
+        "{count} commits of history in a depth-1 clone after 30 updates"
+    );
     feed.stop();
 }
 

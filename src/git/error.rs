@@ -41,6 +41,18 @@ impl FetchError {
     pub fn local(message: impl Into<String>) -> Self {
         Self::transient(message)
     }
+
+    /// A local filesystem failure: permanent when only the operator can fix it (a read-only
+    /// or forbidden cache directory), transient otherwise (a full disk may clear).
+    pub fn io(context: impl std::fmt::Display, err: &io::Error) -> Self {
+        let message = format!("{context}: {err}");
+        match err.kind() {
+            io::ErrorKind::ReadOnlyFilesystem | io::ErrorKind::PermissionDenied => {
+                Self::permanent(format!("{message}; the cache directory must be writable"))
+            }
+            _ => Self::transient(message),
+        }
+    }
 }
 
 /// The whole chain of a gix error on one line, each distinct message once.
@@ -115,8 +127,8 @@ pub(crate) fn classify(err: &gix::Error, target: &Target, cancel: &Cancel) -> Fe
         .iter_errors()
         .find_map(|cause| cause.downcast_ref::<io::Error>().map(io::Error::kind));
     match io_kind {
-        Some(io::ErrorKind::StorageFull | io::ErrorKind::ReadOnlyFilesystem) => {
-            FetchError::local(message)
+        Some(io::ErrorKind::ReadOnlyFilesystem) => {
+            FetchError::permanent(format!("{message}; the cache directory must be writable"))
         }
         _ => FetchError::transient(message),
     }

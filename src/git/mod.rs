@@ -91,7 +91,7 @@ impl Repo {
         if !git_dir.exists() {
             if let Some(parent) = git_dir.parent() {
                 std::fs::create_dir_all(parent).map_err(|err| {
-                    FetchError::local(format!("cannot create {}: {err}", parent.display()))
+                    FetchError::io(format_args!("cannot create {}", parent.display()), &err)
                 })?;
             }
             // Build in a temporary directory and rename it into place, so that a crash never
@@ -99,17 +99,20 @@ impl Repo {
             let staging = git_dir.with_extension("init");
             let _ = std::fs::remove_dir_all(&staging);
             gix::init_bare(&staging).map_err(|err| {
-                FetchError::local(format!(
-                    "cannot create a repository at {}: {}",
-                    staging.display(),
-                    error::describe(&err)
-                ))
+                let context = format!("cannot create a repository at {}", staging.display());
+                match err
+                    .iter_errors()
+                    .find_map(|cause| cause.downcast_ref::<std::io::Error>())
+                {
+                    Some(io) => FetchError::io(context, io),
+                    None => FetchError::local(format!("{context}: {}", error::describe(&err))),
+                }
             })?;
             std::fs::rename(&staging, git_dir).map_err(|err| {
-                FetchError::local(format!(
-                    "cannot move {} into place: {err}",
-                    staging.display()
-                ))
+                FetchError::io(
+                    format_args!("cannot move {} into place", staging.display()),
+                    &err,
+                )
             })?;
         }
         let options = gix::open::Options::isolated()
