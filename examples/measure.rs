@@ -294,6 +294,26 @@ fn long(fetches: usize) {
         fd_count(),
         thread_count()
     );
+    // The bound on disk use: against a fresh bare clone of the same tip.
+    let fresh = cache.path().join("fresh.git");
+    git(
+        cache.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            &remote.file_url(),
+            &fresh.to_string_lossy(),
+        ],
+    );
+    let fresh_size = du(&fresh);
+    let cache_size = du(cache.path()) - fresh_size;
+    println!(
+        "cache {} KiB, fresh clone {} KiB: {:.2}x",
+        cache_size / 1024,
+        fresh_size / 1024,
+        cache_size as f64 / fresh_size as f64
+    );
 }
 
 fn packs(dir: &Path) -> usize {

@@ -1,10 +1,14 @@
 //! The `gitfeed` command: follow a git branch and print its events as NDJSON.
 
+mod pid1;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use gitfeed::{Event, Feed, Source, parse_duration};
+use gitfeed::{Event, Feed, FeedHandle, Source, parse_duration};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
 const USAGE: &str = "\
 Follow a git branch and print what changed, one JSON event per line.
@@ -50,6 +54,9 @@ Exit status: 0 on success; 1 when --once fails (the error is printed on stderr);
 const DEFAULT_CONTENTS_LIMIT: u64 = 1 << 20;
 
 fn main() -> ExitCode {
+    if let Some(status) = pid1::run_as_init() {
+        return status;
+    }
     Logger::install();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let command = match parse(&args) {
@@ -108,10 +115,18 @@ fn watch(cache_dir: PathBuf, source: Source) -> ExitCode {
     let feed = Feed::new(cache_dir);
     let events = feed.events();
     let handle = feed.handle();
+    let name = source.name.clone();
     if let Err(err) = feed.add(source) {
         eprintln!("gitfeed: {err}");
         return ExitCode::from(2);
     }
+    let signals = match SignalActions::start(handle.clone(), name) {
+        Ok(signals) => signals,
+        Err(err) => {
+            eprintln!("gitfeed: cannot handle signals: {err}");
+            return ExitCode::from(1);
+        }
+    };
     let printer = std::thread::spawn(move || {
         while let Ok(event) = events.recv_blocking() {
             if print(&event).is_err() {
@@ -125,8 +140,44 @@ fn watch(cache_dir: PathBuf, source: Source) -> ExitCode {
         }
     });
     feed.run();
+    signals.stop();
     let _ = printer.join();
     ExitCode::SUCCESS
+}
+
+/// While the feed runs: SIGHUP polls the source now, SIGTERM and SIGINT shut the feed down, so
+/// the process ends cleanly (exit status 0) once the attempts in flight are interrupted.
+struct SignalActions {
+    handle: signal_hook::iterator::Handle,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl SignalActions {
+    /// Installs the handlers and starts the thread that acts on them.
+    fn start(feed: FeedHandle, source: String) -> std::io::Result<SignalActions> {
+        let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT])?;
+        let handle = signals.handle();
+        let act = move || {
+            for signal in signals.forever() {
+                if signal == SIGHUP {
+                    // Fails only once the feed has stopped, when there is nothing to poll.
+                    let _ = feed.trigger(&source);
+                } else {
+                    feed.shutdown();
+                }
+            }
+        };
+        let thread = std::thread::Builder::new()
+            .name("gitfeed-signals".into())
+            .spawn(act)?;
+        Ok(SignalActions { handle, thread })
+    }
+
+    /// Ends the thread and unregisters the handlers, so nothing outlives the feed.
+    fn stop(self) {
+        self.handle.close();
+        let _ = self.thread.join();
+    }
 }
 
 /// Writes one event as a line and flushes it, so a consumer reading the pipe sees it at once.
