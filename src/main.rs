@@ -14,11 +14,18 @@ const USAGE: &str = "\
 Follow a git branch and print what changed, one JSON event per line.
 
 Usage: gitfeed watch <URL> [OPTIONS]
+       gitfeed status [--cache-dir <D>]
 
 <URL> is a path, file://, git://, http(s)://, ssh:// or scp-like user@host:path remote.
 
+`status` prints the last known state of every source in the cache, one JSON object per
+line, whether or not a feed is running.
+
 Options:
-  --branch <B>           branch or full ref to follow [default: the remote's HEAD branch]
+  --branch <B>           branch, full ref (refs/tags/v1) or commit id (pinned: synced once)
+                         to follow [default: the remote's HEAD branch]
+  --mirror <URL>         another URL serving the same repository, tried in order when the
+                         ones before fail (repeatable)
   --name <N>             the source's name in events [default: the URL's last path segment]
   --cache-dir <D>        where clones and delivery state live
                          [default: $XDG_CACHE_HOME/gitfeed, or ~/.cache/gitfeed]
@@ -47,8 +54,12 @@ Events go to stdout, one line each; an update counts as acknowledged once its li
 written and flushed. Logs go to stderr, at the level set by RUST_LOG (error, warn, info,
 debug, trace or off; default warn).
 
-Exit status: 0 on success; 1 when --once fails (the error is printed on stderr);
-2 for bad arguments.";
+Signals: SIGHUP makes `watch` poll at once; SIGTERM and SIGINT stop it cleanly (exit 0).
+Started as PID 1 (in a container), gitfeed runs itself as a child and stays as a minimal
+init: it reaps orphaned helper processes and forwards TERM, INT, HUP and QUIT.
+
+Exit status: 0 on success; 1 when --once or status fails (the error is printed on
+stderr); 2 for bad arguments.";
 
 /// The largest file whose content `--contents` attaches, unless `--contents-limit` says.
 const DEFAULT_CONTENTS_LIMIT: u64 = 1 << 20;
@@ -71,6 +82,7 @@ fn main() -> ExitCode {
             println!("{USAGE}");
             ExitCode::SUCCESS
         }
+        Command::Status { cache_dir } => print_status(&cache_dir),
         Command::Watch {
             source,
             cache_dir,
@@ -189,9 +201,34 @@ fn print(event: &Event) -> std::io::Result<()> {
     stdout.flush()
 }
 
+/// Prints every source's status snapshot, one JSON line each.
+fn print_status(cache_dir: &std::path::Path) -> ExitCode {
+    match gitfeed::status(cache_dir) {
+        Ok(all) => {
+            let mut stdout = std::io::stdout().lock();
+            for status in all {
+                let Ok(line) = serde_json::to_string(&status) else {
+                    continue;
+                };
+                if writeln!(stdout, "{line}").is_err() {
+                    return ExitCode::from(1);
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("gitfeed: cannot read {}: {err}", cache_dir.display());
+            ExitCode::from(1)
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Command {
     Help,
+    Status {
+        cache_dir: PathBuf,
+    },
     Watch {
         source: Box<Source>,
         cache_dir: PathBuf,
@@ -205,6 +242,7 @@ fn parse(args: &[String]) -> Result<Command, String> {
         None => return Err("no command given".into()),
         Some("-h" | "--help" | "help") => return Ok(Command::Help),
         Some("watch") => {}
+        Some("status") => return parse_status(args.as_slice()),
         Some(other) => return Err(format!("unknown command `{other}`")),
     }
     let mut url = None;
@@ -246,6 +284,7 @@ fn parse(args: &[String]) -> Result<Command, String> {
             "--max-failures" => source.max_failures = Some(number(value()?)?),
             "--depth" => source.depth = Some(number(value()?)?),
             "--ssh-command" => source.ssh_command = Some(value()?),
+            "--mirror" => source.mirrors.push(value()?),
             "--dir" => source.filter.directories.push(value()?),
             "--include" => source.filter.include.push(value()?),
             "--exclude" => source.filter.exclude.push(value()?),
@@ -271,6 +310,25 @@ fn parse(args: &[String]) -> Result<Command, String> {
         source: Box::new(source),
         cache_dir: cache_dir.unwrap_or_else(default_cache_dir),
         once,
+    })
+}
+
+fn parse_status(args: &[String]) -> Result<Command, String> {
+    let mut cache_dir = None;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.split_once('=') {
+            Some(("--cache-dir", dir)) => cache_dir = Some(PathBuf::from(dir)),
+            _ if arg == "--cache-dir" => {
+                let dir = args.next().ok_or("--cache-dir needs a value")?;
+                cache_dir = Some(PathBuf::from(dir));
+            }
+            _ if arg == "-h" || arg == "--help" => return Ok(Command::Help),
+            _ => return Err(format!("unexpected argument `{arg}` for status")),
+        }
+    }
+    Ok(Command::Status {
+        cache_dir: cache_dir.unwrap_or_else(default_cache_dir),
     })
 }
 

@@ -25,6 +25,9 @@ fn help_documents_every_flag() {
         "--max-failures",
         "--depth",
         "--ssh-command",
+        "--mirror",
+        "gitfeed status",
+        "SIGHUP",
         "--dir",
         "--include",
         "--exclude",
@@ -139,4 +142,67 @@ fn watch_streams_updates_as_lines() {
     assert_eq!(second["old"], first["new"]);
     child.kill().expect("kill");
     child.wait().expect("reap");
+}
+
+#[test]
+fn status_prints_each_source() {
+    let remote = Remote::new();
+    let cache = unique_dir();
+    let out = gitfeed()
+        .args([
+            "watch",
+            &remote.file_url(),
+            "--once",
+            "--name",
+            "s",
+            "--cache-dir",
+        ])
+        .arg(cache.path())
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    // A one-shot sync keeps no status; a short watch does.
+    let mut child = gitfeed()
+        .args([
+            "watch",
+            &remote.file_url(),
+            "--name",
+            "w",
+            "--interval",
+            "1h",
+            "--cache-dir",
+        ])
+        .arg(cache.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let _ = lines.next();
+    let status_out = || {
+        gitfeed()
+            .args(["status", "--cache-dir"])
+            .arg(cache.path())
+            .output()
+            .expect("run status")
+    };
+    // The status is written once the first attempt has ended.
+    crate::util::settle(
+        || usize::from(status_out().stdout.is_empty()),
+        0,
+        std::time::Duration::from_secs(10),
+    );
+    child.kill().expect("kill");
+    child.wait().expect("reap");
+    let out = status_out();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let status: serde_json::Value =
+        serde_json::from_str(text.lines().next().expect("a line")).expect("json");
+    assert_eq!(status["source"], "w");
+    assert_eq!(status["state"], "idle");
+    assert_eq!(status["current"], remote.head().as_str());
+    assert_eq!(status["acknowledged"], remote.head().as_str());
+    let bad = gitfeed().args(["status", "--bogus"]).output().expect("run");
+    assert_eq!(bad.status.code(), Some(2));
 }
