@@ -206,3 +206,60 @@ fn status_prints_each_source() {
     let bad = gitfeed().args(["status", "--bogus"]).output().expect("run");
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[test]
+fn a_hung_local_helper_is_killed_with_its_children_at_the_deadline() {
+    let remote = Remote::new();
+    let cache = unique_dir();
+    let bin = unique_dir();
+    // A git-upload-pack that starts a child of its own and then never answers.
+    let marker = format!("gitfeed-hung-{}", std::process::id());
+    let wrapper = bin.path().join("git-upload-pack");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nsh -c 'sleep 300; : {marker}' &\nexec sh -c 'sleep 300; : {marker}'\n"),
+    )
+    .expect("write wrapper");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let started = std::time::Instant::now();
+    let out = gitfeed()
+        .args([
+            "watch",
+            &remote.file_url(),
+            "--once",
+            "--timeout",
+            "1s",
+            "--cache-dir",
+        ])
+        .arg(cache.path())
+        .env("PATH", path)
+        .output()
+        .expect("run");
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("timed out"),
+        "{out:?}"
+    );
+    assert!(
+        took < std::time::Duration::from_millis(2500),
+        "the attempt took {took:?}"
+    );
+    let survivors: Vec<String> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+        .filter(|cmdline| cmdline.contains(&marker))
+        .collect();
+    assert!(
+        survivors.is_empty(),
+        "helpers outlived the attempt: {survivors:?}"
+    );
+}

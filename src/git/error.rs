@@ -133,3 +133,32 @@ pub(crate) fn classify(err: &gix::Error, target: &Target, cancel: &Cancel) -> Fe
         _ => FetchError::transient(message),
     }
 }
+
+/// Adds what a helper process (`git-upload-pack`, `ssh`) said on stderr to a failure, and
+/// classes failures the helper explains as permanent (authentication, host keys, no such
+/// repository).
+pub(crate) fn with_helper_output(mut err: FetchError, stderr: &str) -> FetchError {
+    let said: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .take(3)
+        .collect();
+    if said.is_empty() {
+        return err;
+    }
+    err.message = format!("{}: {}", err.message, said.join("; "));
+    let lower = stderr.to_lowercase();
+    let permanent = [
+        "permission denied",
+        "host key verification failed",
+        "no matching host key",
+        "does not appear to be a git repository",
+        "not a git repository",
+        "could not resolve hostname",
+    ];
+    if err.kind == ErrorKind::Transient && permanent.iter().any(|marker| lower.contains(marker)) {
+        err.kind = ErrorKind::Permanent;
+    }
+    err
+}

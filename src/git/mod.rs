@@ -279,20 +279,38 @@ impl Repo {
             Some(depth) => Shallow::DepthAtRemote(depth),
             None => Shallow::NoChange,
         };
-        let reference = match transport::git_daemon_stream(&target.url, target.timeout, cancel)? {
-            Some(connection) => receive(
+        let parsed = gix::url::parse(url.as_bytes().as_bstr()).map_err(|err| {
+            FetchError::permanent(format!("invalid url: {}", error::describe_std(&err)))
+        })?;
+        let reference = if let Some(connection) =
+            transport::git_daemon_stream(&target.url, target.timeout, cancel)?
+        {
+            receive(
                 remote.to_connection_with_transport(connection),
                 target,
                 shallow,
                 cancel,
-            ),
-            None => {
-                let connection = remote
-                    .connect(Direction::Fetch)
-                    .map_err(|err| error::classify(&err, target, cancel))?;
-                receive(connection, target, shallow, cancel)
-            }
-        }?;
+            )?
+        } else if let Some((connection, helper)) =
+            transport::spawn_helper(&parsed, &ssh_invocation(target), cancel)?
+        {
+            let result = receive(
+                remote.to_connection_with_transport(connection),
+                target,
+                shallow,
+                cancel,
+            );
+            // Forget the helper's group before it is reaped, so a late cancel cannot signal
+            // a reused process id.
+            cancel.forget_helper();
+            let stderr = helper.finish();
+            result.map_err(|err| error::with_helper_output(err, &stderr))?
+        } else {
+            let connection = remote
+                .connect(Direction::Fetch)
+                .map_err(|err| error::classify(&err, target, cancel))?;
+            receive(connection, target, shallow, cancel)?
+        };
         let commit = repo
             .find_reference(TIP_REF)
             .map_err(|err| {
@@ -510,14 +528,21 @@ fn config_overrides(target: &Target) -> Vec<String> {
         ),
         "protocol.version=2".to_owned(),
     ];
+    overrides.push(format!("core.sshCommand={}", ssh_invocation(target)));
+    overrides
+}
+
+/// The ssh command line for `target`: the user's command (or `ssh`) with no prompts and
+/// deadlines derived from the attempt's timeout. Later `-o` values lose to earlier ones in
+/// ssh, so the user's own options win.
+fn ssh_invocation(target: &Target) -> String {
+    let whole_seconds = target.timeout.as_secs().max(1);
     let ssh = target.ssh_command.as_deref().unwrap_or("ssh");
-    // Later `-o` values lose to earlier ones in ssh, so the user's own options win.
-    overrides.push(format!(
-        "core.sshCommand={ssh} -o BatchMode=yes -o ConnectTimeout={whole_seconds} \
+    format!(
+        "{ssh} -o BatchMode=yes -o ConnectTimeout={whole_seconds} \
          -o ServerAliveInterval={} -o ServerAliveCountMax=2",
         whole_seconds.div_ceil(2).max(1)
-    ));
-    overrides
+    )
 }
 
 /// The slowest transfer rate an HTTP attempt tolerates over [`HTTP_STALL_SECONDS`].

@@ -1,6 +1,9 @@
 //! Connections the driver can end: git:// over a socket gitfeed owns, and the cancel handle.
 
+use std::io::Read;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -9,6 +12,7 @@ use gix::bstr::ByteSlice;
 use gix::protocol::transport::Protocol;
 use gix::protocol::transport::client::git::ConnectMode;
 use gix::protocol::transport::client::git::blocking_io::Connection;
+use rustix::process::Pid;
 
 use super::FetchError;
 
@@ -21,6 +25,7 @@ use super::FetchError;
 pub(crate) struct Cancel {
     interrupted: AtomicBool,
     socket: Mutex<Option<TcpStream>>,
+    group: Mutex<Option<Pid>>,
 }
 
 impl Cancel {
@@ -34,7 +39,8 @@ impl Cancel {
         self.interrupted.load(Ordering::SeqCst)
     }
 
-    /// Interrupts the attempt: sets the flag and shuts down its socket, if any.
+    /// Interrupts the attempt: sets the flag, shuts down its socket and kills its helper
+    /// process group, if any.
     pub fn cancel(&self) {
         self.interrupted.store(true, Ordering::SeqCst);
         if let Ok(socket) = self.socket.lock()
@@ -42,12 +48,34 @@ impl Cancel {
         {
             let _ = socket.shutdown(Shutdown::Both);
         }
+        if let Ok(group) = self.group.lock()
+            && let Some(group) = *group
+        {
+            // The helper is reaped only by its `Spawned` guard, after this lock is released by
+            // `release`, so the group id still names the attempt's helper here.
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
     }
 
-    /// Drops the socket clone, so the attempt's descriptor is freed as soon as gix drops its own.
+    fn watch_group(&self, group: Pid) {
+        if let Ok(mut slot) = self.group.lock() {
+            *slot = Some(group);
+        }
+    }
+
+    /// Drops the socket clone, so the attempt's descriptor is freed as soon as gix drops its
+    /// own.
     pub fn release(&self) {
         if let Ok(mut socket) = self.socket.lock() {
             socket.take();
+        }
+        self.forget_helper();
+    }
+
+    /// Forgets the helper's process group; call before the helper is reaped.
+    pub fn forget_helper(&self) {
+        if let Ok(mut group) = self.group.lock() {
+            group.take();
         }
     }
 
@@ -126,4 +154,128 @@ pub(crate) fn git_daemon_stream(
         ConnectMode::Daemon,
         false,
     )))
+}
+
+/// The protocol spoken over a helper process's pipes.
+pub(crate) type HelperConnection = Connection<ChildStdout, ChildStdin>;
+
+/// A helper process gitfeed started itself (`git-upload-pack` for local remotes, `ssh` for
+/// ssh remotes), in a process group of its own so that it and everything it started can be
+/// killed together, and always reaped.
+pub(crate) struct Spawned {
+    child: Child,
+    group: Pid,
+}
+
+impl Spawned {
+    /// Kills the helper's whole process group and reaps the helper; returns what it wrote on
+    /// stderr, for error messages. Called once the transport is dropped.
+    pub fn finish(mut self) -> String {
+        self.kill();
+        let _ = self.child.wait();
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            // Everything in the group is dead, so the pipe is at its end; a grandchild that
+            // left the group could still hold it, hence the cap.
+            let _ = (&mut pipe).take(64 * 1024).read_to_string(&mut stderr);
+        }
+        stderr.trim().to_owned()
+    }
+
+    fn kill(&self) {
+        // The group id is the helper's pid, which stays reserved until the helper is reaped,
+        // so this cannot hit an unrelated process.
+        let _ = rustix::process::kill_process_group(self.group, rustix::process::Signal::KILL);
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// For a local (`file://` or path) or ssh remote, starts the helper process gitfeed talks the
+/// protocol with, registered with `cancel` so that a deadline kills it (gix's own spawning
+/// offers no way to end a helper that hangs, nor its children). `None` for other schemes.
+pub(crate) fn spawn_helper(
+    url: &gix::Url,
+    ssh_command: &str,
+    cancel: &Cancel,
+) -> Result<Option<(HelperConnection, Spawned)>, FetchError> {
+    use gix::url::Scheme;
+    let path = url.path.to_str_lossy().into_owned();
+    let mut command = match url.scheme {
+        Scheme::File => {
+            let mut command = Command::new("git-upload-pack");
+            command.arg("--strict").arg(&path);
+            command
+        }
+        Scheme::Ssh => {
+            let host = url
+                .host()
+                .ok_or_else(|| FetchError::permanent("ssh url without a host"))?;
+            let destination = match url.user() {
+                Some(user) => format!("{user}@{host}"),
+                None => host.to_owned(),
+            };
+            let mut command = Command::new("sh");
+            // The ssh command is a shell snippet, as git's core.sshCommand is.
+            command
+                .arg("-c")
+                .arg(format!("{ssh_command} \"$@\""))
+                .arg("gitfeed-ssh")
+                .args(["-o", "SendEnv=GIT_PROTOCOL"]);
+            if let Some(port) = url.port {
+                command.args(["-p", &port.to_string()]);
+            }
+            command
+                .arg(destination)
+                .arg(format!("git-upload-pack {}", shell_quote(&path)));
+            command
+        }
+        _ => return Ok(None),
+    };
+    command
+        .env("GIT_PROTOCOL", "version=2")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let program = if url.scheme == Scheme::Ssh {
+        "ssh"
+    } else {
+        "git-upload-pack"
+    };
+    let mut child = command.spawn().map_err(|err| {
+        FetchError::permanent(format!("cannot run `{program}`: {err}; is it installed?"))
+    })?;
+    let group = Pid::from_child(&child);
+    let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        return Err(FetchError::local(format!(
+            "`{program}` started without pipes"
+        )));
+    };
+    let spawned = Spawned { child, group };
+    cancel.watch_group(group);
+    if cancel.is_cancelled() {
+        cancel.forget_helper();
+        return Err(FetchError::transient("cancelled"));
+    }
+    let connection = Connection::new(
+        stdout,
+        stdin,
+        Protocol::V2,
+        url.path.clone(),
+        None::<(String, Option<u16>)>,
+        ConnectMode::Process,
+        false,
+    );
+    Ok(Some((connection, spawned)))
+}
+
+/// Quotes `text` as one word for a POSIX shell (the remote side of ssh runs one).
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
 }
