@@ -230,6 +230,7 @@ impl FeedHandle {
     /// timing takes effect at once, and it leaves `failed`); otherwise it starts afresh in a
     /// new cache entry. Nothing touches the network before validation passes.
     pub fn add(&self, source: Source) -> Result<(), SourceError> {
+        let source = source.normalized();
         source.validate()?;
         let name = source.name.clone();
         self.commands
@@ -312,6 +313,7 @@ pub fn sync_once(
     cache_dir: impl AsRef<Path>,
     source: &Source,
 ) -> Result<Option<Update>, SyncError> {
+    let source = &source.normalized();
     source.validate().map_err(|err| SyncError {
         kind: ErrorKind::Permanent,
         message: err.to_string(),
@@ -343,7 +345,7 @@ pub fn acknowledge(
             message: format!("`{commit}` is not a commit id"),
         });
     }
-    crate::cache::Entry::new(cache_dir.as_ref(), &source.cache_key())
+    crate::cache::Entry::new(cache_dir.as_ref(), &source.normalized().cache_key())
         .set_delivered(commit)
         .map_err(|err| SyncError {
             kind: ErrorKind::Transient,

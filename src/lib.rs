@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+mod auth;
 mod base64;
 mod cache;
 mod driver;
@@ -42,6 +43,7 @@ mod source;
 mod status;
 mod work;
 
+pub use auth::Auth;
 pub use event::{Change, ChangeKind, Encoding, Event, SourceState, StateChange, Update};
 pub use feed::{
     DEFAULT_CONCURRENT_FETCHES, Feed, FeedError, FeedHandle, SyncError, acknowledge, sync_once,

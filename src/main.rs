@@ -36,6 +36,17 @@ Options:
   --max-failures <N>     give up after N consecutive failures [default: never]
   --depth <N>            shallow clone with N commits of history [default: full history]
   --ssh-command <CMD>    ssh program and options, as git's core.sshCommand [default: ssh]
+  --ssh-key <F>          private key for ssh remotes (and no other identity)
+  --known-hosts <F>      known_hosts file for ssh remotes, checked strictly
+                         [default: ssh's own files, still strictly]
+  --token-file <F>       HTTPS bearer token, read from F on every attempt (rotation-safe)
+  --token-env <V>        HTTPS bearer token from environment variable V
+  --username <U>         HTTPS basic-auth user, with --password-file or --password-env
+  --password-file <F>    HTTPS basic-auth password, read from F on every attempt
+  --password-env <V>     HTTPS basic-auth password from environment variable V
+  --ca-file <F>          PEM file of CA certificates to trust for HTTPS
+  --insecure-skip-tls-verify
+                         do not check HTTPS certificates (logged loudly on every attempt)
   --dir <D>              deliver only files under directory D (repeatable)
   --include <GLOB>       deliver only files matching GLOB, gitignore syntax (repeatable)
   --exclude <GLOB>       leave out files matching GLOB, gitignore syntax (repeatable)
@@ -285,6 +296,17 @@ fn parse(args: &[String]) -> Result<Command, String> {
             "--depth" => source.depth = Some(number(value()?)?),
             "--ssh-command" => source.ssh_command = Some(value()?),
             "--mirror" => source.mirrors.push(value()?),
+            "--ssh-key" => source.ssh_key = Some(PathBuf::from(value()?)),
+            "--known-hosts" => source.known_hosts = Some(PathBuf::from(value()?)),
+            "--token-file" => auth(&mut source).token_file = Some(PathBuf::from(value()?)),
+            "--token-env" => auth(&mut source).token_env = Some(value()?),
+            "--username" => auth(&mut source).username = Some(value()?),
+            "--password-file" => auth(&mut source).password_file = Some(PathBuf::from(value()?)),
+            "--password-env" => auth(&mut source).password_env = Some(value()?),
+            "--ca-file" => source.ca_file = Some(PathBuf::from(value()?)),
+            "--insecure-skip-tls-verify" if inline.is_none() => {
+                source.insecure_skip_tls_verify = true
+            }
             "--dir" => source.filter.directories.push(value()?),
             "--include" => source.filter.include.push(value()?),
             "--exclude" => source.filter.exclude.push(value()?),
@@ -311,6 +333,10 @@ fn parse(args: &[String]) -> Result<Command, String> {
         cache_dir: cache_dir.unwrap_or_else(default_cache_dir),
         once,
     })
+}
+
+fn auth(source: &mut Source) -> &mut gitfeed::Auth {
+    source.auth.get_or_insert_with(gitfeed::Auth::default)
 }
 
 fn parse_status(args: &[String]) -> Result<Command, String> {

@@ -110,6 +110,7 @@ impl From<ReadFailure> for ReadError {
 impl Reader {
     /// Opens `source`'s clone in `cache_dir`; fails with `NotFound` when there is none yet.
     pub fn open(cache_dir: impl AsRef<Path>, source: &Source) -> Result<Self, ReadError> {
+        let source = &source.normalized();
         let invalid = |message: String| ReadError {
             kind: ReadErrorKind::NotFound,
             message,

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::auth::Auth;
 use crate::git;
 use crate::machine::Policy;
 
@@ -65,6 +66,24 @@ pub struct Source {
     /// `ssh -i /etc/agent/key -o UserKnownHostsFile=/etc/agent/known_hosts`); `None` runs `ssh`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_command: Option<String>,
+    /// The private key ssh authenticates with (`-i`, and no other identities).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_key: Option<PathBuf>,
+    /// The known_hosts file that ssh checks the server's host key against, strictly: an
+    /// unknown or changed host key is a permanent error. `None` uses ssh's own files, still
+    /// strictly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known_hosts: Option<PathBuf>,
+    /// Credentials for HTTPS remotes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<Auth>,
+    /// A PEM file of CA certificates to trust for HTTPS instead of the system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Do not check HTTPS certificates. Never on by accident: only this explicit setting turns
+    /// checking off, and every attempt logs a warning while it is set.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_skip_tls_verify: bool,
     /// Which files to deliver; changes, contents and snapshots all honour it. By default,
     /// every file.
     #[serde(default, skip_serializing_if = "Filter::is_empty")]
@@ -176,6 +195,11 @@ impl Source {
             max_failures: None,
             depth: None,
             ssh_command: None,
+            ssh_key: None,
+            known_hosts: None,
+            auth: None,
+            ca_file: None,
+            insecure_skip_tls_verify: false,
             filter: Filter::default(),
             contents: None,
             checkout: None,
@@ -240,6 +264,11 @@ impl Source {
         if self.depth == Some(0) {
             return fail("depth must be at least 1".into());
         }
+        if let Some(auth) = &self.auth
+            && let Err(problem) = auth.check()
+        {
+            return fail(problem);
+        }
         if let Err(problem) = git::check_filter(&self.filter) {
             return fail(problem);
         }
@@ -285,6 +314,24 @@ impl Source {
             self.depth.unwrap_or(0)
         );
         format!("{readable}-{:016x}", fnv1a(identity.as_bytes()))
+    }
+
+    /// Moves a password in the URL's userinfo into `auth`, so that it never appears in an
+    /// event, a log line or the cache. Sources are added through this.
+    pub(crate) fn normalized(&self) -> Source {
+        let mut source = self.clone();
+        source.take_url_secret();
+        source
+    }
+
+    pub(crate) fn take_url_secret(&mut self) {
+        if let Some((user, secret)) = crate::auth::take_url_password(&mut self.url) {
+            let auth = self.auth.get_or_insert_with(Auth::default);
+            if auth.username.is_none() {
+                auth.username = Some(user);
+            }
+            auth.inline_password = Some(secret);
+        }
     }
 
     /// The commit this source is pinned to, if its ref is a commit id.

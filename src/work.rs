@@ -2,6 +2,7 @@
 //! clone, fetch, diff against the commit the consumer last saw, attach contents, write the
 //! snapshot, and keep the cache healthy.
 
+use crate::auth::Auth;
 use crate::base64;
 use crate::cache;
 use crate::event::{Change, ChangeKind, Encoding};
@@ -203,6 +204,18 @@ fn fetch_any(
         };
         return Ok((tip, source.url.clone()));
     }
+    // Read the secret now: a rotated token file takes effect at the next attempt.
+    let http_auth = match &source.auth {
+        Some(auth) => Some(auth.header().map_err(|problem| {
+            let message = format!("credentials: {problem}");
+            if auth.rotates() {
+                FetchError::transient(message)
+            } else {
+                FetchError::permanent(message)
+            }
+        })?),
+        None => None,
+    };
     let urls: Vec<&String> = std::iter::once(&source.url)
         .chain(&source.mirrors)
         .collect();
@@ -212,9 +225,19 @@ fn fetch_any(
         let target = Target {
             url: url.clone(),
             seen_before: seen.sent.is_some(),
+            http_auth: http_auth.clone(),
             ..target.clone()
         };
         match repo.fetch(&target, cancel) {
+            // A refused secret read from a file may be rotated: keep trying.
+            Err(mut err)
+                if err.kind == crate::machine::ErrorKind::Permanent
+                    && err.message.starts_with("authentication refused")
+                    && source.auth.as_ref().is_some_and(Auth::rotates) =>
+            {
+                err.kind = crate::machine::ErrorKind::Transient;
+                return Err(err);
+            }
             Ok(tip) => return Ok((tip, url.clone())),
             Err(err)
                 if err.kind == crate::machine::ErrorKind::Transient
@@ -330,5 +353,10 @@ pub(crate) fn target(source: &Source) -> Target {
         ssh_command: source.ssh_command.clone(),
         timeout: source.timeout,
         seen_before: false,
+        http_auth: None,
+        ca_file: source.ca_file.clone(),
+        insecure: source.insecure_skip_tls_verify,
+        ssh_key: source.ssh_key.clone(),
+        known_hosts: source.known_hosts.clone(),
     }
 }

@@ -26,6 +26,15 @@ fn help_documents_every_flag() {
         "--depth",
         "--ssh-command",
         "--mirror",
+        "--ssh-key",
+        "--known-hosts",
+        "--token-file",
+        "--token-env",
+        "--username",
+        "--password-file",
+        "--password-env",
+        "--ca-file",
+        "--insecure-skip-tls-verify",
         "gitfeed status",
         "SIGHUP",
         "--dir",
@@ -186,9 +195,11 @@ fn status_prints_each_source() {
             .output()
             .expect("run status")
     };
-    // The status is written once the first attempt has ended.
+    // The status is written once the first attempt has ended, the acknowledgement once the
+    // update's line was flushed.
+    let acknowledged = format!("\"acknowledged\":\"{}\"", remote.head());
     crate::util::settle(
-        || usize::from(status_out().stdout.is_empty()),
+        || usize::from(!String::from_utf8_lossy(&status_out().stdout).contains(&acknowledged)),
         0,
         std::time::Duration::from_secs(10),
     );

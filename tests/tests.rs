@@ -7,4 +7,5 @@ mod durable;
 mod feed;
 mod files;
 mod harness;
+mod secrets;
 mod transports;

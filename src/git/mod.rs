@@ -56,6 +56,16 @@ pub(crate) struct Target {
     /// True once the source has delivered a commit: a missing ref was then deleted on the
     /// remote rather than misconfigured.
     pub seen_before: bool,
+    /// The `Authorization` header line for HTTPS remotes, read for this attempt.
+    pub http_auth: Option<crate::auth::Secret>,
+    /// CA certificates to trust for HTTPS.
+    pub ca_file: Option<PathBuf>,
+    /// Skip HTTPS certificate checks (explicitly configured).
+    pub insecure: bool,
+    /// The ssh private key to use.
+    pub ssh_key: Option<PathBuf>,
+    /// The known_hosts file to check host keys against.
+    pub known_hosts: Option<PathBuf>,
 }
 
 /// The followed ref on the remote after a fetch.
@@ -304,11 +314,26 @@ impl Repo {
             // a reused process id.
             cancel.forget_helper();
             let stderr = helper.finish();
-            result.map_err(|err| error::with_helper_output(err, &stderr))?
+            result.map_err(|err| {
+                let err = error::with_helper_output(err, &stderr);
+                if stderr.contains("Host key verification failed") {
+                    let host = parsed.host().unwrap_or_default();
+                    let port = parsed.port.unwrap_or(22);
+                    FetchError::permanent(format!(
+                        "the host key of {host}:{port} is unknown or has changed; check known_hosts ({})",
+                        err.message
+                    ))
+                } else {
+                    err
+                }
+            })?
         } else {
-            let connection = remote
+            let mut connection = remote
                 .connect(Direction::Fetch)
                 .map_err(|err| error::classify(&err, target, cancel))?;
+            if let Some(options) = http_options(&repo, &url, target) {
+                connection = connection.with_transport_options(options);
+            }
             receive(connection, target, shallow, cancel)?
         };
         let commit = repo
@@ -532,17 +557,48 @@ fn config_overrides(target: &Target) -> Vec<String> {
     overrides
 }
 
+/// gix's HTTP options for `url`, with this attempt's credentials and TLS settings added in
+/// memory only: nothing of it is written to the repository's configuration.
+fn http_options(repo: &gix::Repository, url: &str, target: &Target) -> Option<Box<dyn std::any::Any>> {
+    use gix::protocol::transport::client::blocking_io::http::Options;
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return None;
+    }
+    let base = repo.transport_options(url, None).ok().flatten()?;
+    let mut options = base.downcast::<Options>().ok()?;
+    if let Some(header) = &target.http_auth {
+        options.extra_headers.push(header.0.clone());
+    }
+    if let Some(ca) = &target.ca_file {
+        options.ssl_ca_info = Some(ca.clone());
+    }
+    if target.insecure {
+        log::warn!("{}: TLS certificate checking is OFF (insecure_skip_tls_verify)", redact_url(url));
+        options.ssl_verify = false;
+    }
+    Some(options)
+}
+
 /// The ssh command line for `target`: the user's command (or `ssh`) with no prompts and
 /// deadlines derived from the attempt's timeout. Later `-o` values lose to earlier ones in
 /// ssh, so the user's own options win.
 fn ssh_invocation(target: &Target) -> String {
     let whole_seconds = target.timeout.as_secs().max(1);
     let ssh = target.ssh_command.as_deref().unwrap_or("ssh");
-    format!(
-        "{ssh} -o BatchMode=yes -o ConnectTimeout={whole_seconds} \
+    let mut command = format!(
+        "{ssh} -o BatchMode=yes -o StrictHostKeyChecking=yes -o ConnectTimeout={whole_seconds} \
          -o ServerAliveInterval={} -o ServerAliveCountMax=2",
         whole_seconds.div_ceil(2).max(1)
-    )
+    );
+    if let Some(key) = &target.ssh_key {
+        let key = transport::shell_quote(&key.to_string_lossy());
+        command.push_str(&format!(" -i {key} -o IdentitiesOnly=yes"));
+    }
+    if let Some(known_hosts) = &target.known_hosts {
+        let known_hosts = transport::shell_quote(&known_hosts.to_string_lossy());
+        command.push_str(&format!(" -o UserKnownHostsFile={known_hosts} -o GlobalKnownHostsFile=/dev/null"));
+    }
+    command
 }
 
 /// The slowest transfer rate an HTTP attempt tolerates over [`HTTP_STALL_SECONDS`].

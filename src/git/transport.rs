@@ -276,6 +276,6 @@ pub(crate) fn spawn_helper(
 }
 
 /// Quotes `text` as one word for a POSIX shell (the remote side of ssh runs one).
-fn shell_quote(text: &str) -> String {
+pub(crate) fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
 }

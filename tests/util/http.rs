@@ -75,6 +75,8 @@ impl HttpServer {
             log,
             log_path,
             requests: Mutex::new(Vec::new()),
+            accepted_auth: Mutex::new(Vec::new()),
+            seen_auth: Mutex::new(Vec::new()),
         });
         let acceptor = Acceptor::start(backend.clone(), Fault::None);
         HttpServer {
@@ -123,6 +125,26 @@ impl HttpServer {
         self.acceptor.connections()
     }
 
+    /// From now on, answer 401 unless the request carries one of these `Authorization`
+    /// header values (`Basic …` or `Bearer …`); an empty list turns the check off.
+    pub fn require_auth(&self, accepted: &[&str]) {
+        *self
+            .backend
+            .accepted_auth
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) =
+            accepted.iter().map(|value| value.to_string()).collect();
+    }
+
+    /// Every `Authorization` header value received so far.
+    pub fn seen_auth(&self) -> Vec<String> {
+        self.backend
+            .seen_auth
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// Requests answered so far (requests of faulty connections that were
     /// never answered are missing), oldest first.
     pub fn requests(&self) -> Vec<RequestLog> {
@@ -147,6 +169,10 @@ struct Backend {
     log: File,
     log_path: PathBuf,
     requests: Mutex<Vec<RequestLog>>,
+    /// The `Authorization` header values accepted; empty accepts every request.
+    accepted_auth: Mutex<Vec<String>>,
+    /// Every `Authorization` header value received, for secret-leak checks.
+    seen_auth: Mutex<Vec<String>>,
 }
 
 impl Backend {
@@ -249,6 +275,14 @@ impl Backend {
     }
 }
 
+/// A 401 answer that asks for basic authentication.
+fn stream_write_401(mut stream: &TcpStream) -> io::Result<()> {
+    stream.write_all(
+        b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"gitfeed-test\"\r\n\
+          Content-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+}
+
 impl Service for Backend {
     fn serve(&self, _ctx: &Ctx, stream: TcpStream) {
         let peer = stream
@@ -257,6 +291,24 @@ impl Service for Backend {
             .unwrap_or_else(|_| "127.0.0.1".into());
         match read_request(&stream) {
             Ok(Some(request)) => {
+                let given = request.header("authorization").map(str::to_string);
+                if let Some(value) = &given {
+                    self.seen_auth
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(value.clone());
+                }
+                let accepted = self
+                    .accepted_auth
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                if !accepted.is_empty() && !given.is_some_and(|value| accepted.contains(&value)) {
+                    let _ = stream_write_401(&stream);
+                    self.record(&request, 401);
+                    finish(stream);
+                    return;
+                }
                 // On error part of the response may be out already, so the
                 // connection is just closed: the client sees a truncated
                 // answer, as from a crashing server.
