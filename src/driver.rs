@@ -274,20 +274,39 @@ async fn attempt(
         let _ = shared.shutdown.recv().await;
         None
     };
-    let mut outcome = finished.or(deadline).or(stopped).await;
+    let pack_dir = entry.git_dir().join("objects/pack");
+    let oversized = async {
+        // gix has no limit on what a remote sends: watch the pack being received.
+        loop {
+            Timer::after(PACK_WATCH_INTERVAL).await;
+            if receiving_bytes(&pack_dir) > source.max_pack_size {
+                return None;
+            }
+        }
+    };
+    let mut outcome = finished.or(deadline).or(stopped).or(oversized).await;
     if outcome.is_none() {
+        let too_large = receiving_bytes(&pack_dir) > source.max_pack_size;
         cancel.cancel();
-        // The thread ends promptly now: its socket is shut down or the transport's own
-        // low-speed limit trips. Wait for it, so the attempt really gives everything back.
+        // The thread ends promptly now: its socket is shut down, its helper killed, or the
+        // transport's own low-speed limit trips. Wait for it, so the attempt really gives
+        // everything back.
         outcome = done_rx.recv().await.ok();
         if let Some(finished) = outcome.as_mut() {
-            finished.result = Err(FetchError::transient(format!(
-                "timed out after {} ms",
-                attempt_limit(source).as_millis()
-            )));
-            if shared.shutdown.is_closed() {
-                finished.result = Err(FetchError::transient("the feed is shutting down"));
-            }
+            finished.result = Err(if shared.shutdown.is_closed() {
+                FetchError::transient("the feed is shutting down")
+            } else if too_large {
+                FetchError::permanent(format!(
+                    "the remote sent more than max_pack_size ({} bytes); raise it if the \
+                     repository really is that large",
+                    source.max_pack_size
+                ))
+            } else {
+                FetchError::transient(format!(
+                    "timed out after {} ms",
+                    attempt_limit(source).as_millis()
+                ))
+            });
         }
     }
     // The thread sent its outcome as its last act; joining returns at once.
@@ -403,6 +422,27 @@ fn record_status(entry: &cache::Entry, machine: &Machine, status: &mut Status) {
     if let Err(err) = status.write(entry.dir()) {
         log::debug!("{}: cannot write its status: {err}", status.source);
     }
+}
+
+/// How often the pack being received is measured against `max_pack_size`.
+const PACK_WATCH_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Bytes in the temporary files of packs being received.
+fn receiving_bytes(pack_dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(pack_dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|entry| {
+                    let name = entry.file_name();
+                    let name = name.to_string_lossy();
+                    name.starts_with(".tmp") || name.starts_with("tmp")
+                })
+                .filter_map(|entry| entry.metadata().ok())
+                .map(|metadata| metadata.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 fn attempt_limit(source: &Source) -> Duration {

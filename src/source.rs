@@ -106,6 +106,10 @@ pub struct Source {
     /// The largest total size of a snapshot's files, in bytes.
     #[serde(default = "defaults::max_snapshot_size")]
     pub max_snapshot_size: u64,
+    /// The largest pack a remote may send in one attempt, in bytes; a remote sending more is
+    /// cut off and the source fails with the reason.
+    #[serde(default = "defaults::max_pack_size")]
+    pub max_pack_size: u64,
 }
 
 /// Which files of the repository a source delivers.
@@ -169,6 +173,9 @@ mod defaults {
     pub fn max_snapshot_size() -> u64 {
         1 << 30
     }
+    pub fn max_pack_size() -> u64 {
+        4 << 30
+    }
 }
 
 impl Source {
@@ -206,6 +213,7 @@ impl Source {
             keep_snapshots: defaults::keep_snapshots(),
             max_file_size: defaults::max_file_size(),
             max_snapshot_size: defaults::max_snapshot_size(),
+            max_pack_size: defaults::max_pack_size(),
         }
     }
 

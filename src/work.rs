@@ -358,5 +358,6 @@ pub(crate) fn target(source: &Source) -> Target {
         insecure: source.insecure_skip_tls_verify,
         ssh_key: source.ssh_key.clone(),
         known_hosts: source.known_hosts.clone(),
+        max_pack_size: source.max_pack_size,
     }
 }

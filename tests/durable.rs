@@ -501,3 +501,38 @@ umount '{dir}'"#,
     assert_eq!(update.new, big);
     assert!(update.changes.iter().any(|c| c.path == "big.txt"));
 }
+
+#[test]
+fn a_pack_over_the_limit_is_refused_and_removed() {
+    let remote = Remote::new();
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let noise: String = (0..2_000_000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            char::from(b'!' + (state % 90) as u8)
+        })
+        .collect();
+    remote.commit(&[("big.txt", Some(&noise))], "big");
+    let daemon = GitDaemon::start(&remote.root());
+    let cache = unique_dir();
+    let mut source = quick_source("p", &daemon.url(remote.name()));
+    source.max_pack_size = 256 * 1024;
+    let err = sync_once(cache.path(), &source).expect_err("too large");
+    assert_eq!(err.kind, ErrorKind::Permanent, "{err}");
+    assert!(err.message.contains("max_pack_size"), "{err}");
+    let leftover: u64 = std::fs::read_dir(entry_dir(cache.path()).join("repo.git/objects/pack"))
+        .expect("pack dir")
+        .flatten()
+        .filter_map(|entry| entry.metadata().ok())
+        .map(|metadata| metadata.len())
+        .sum();
+    assert!(leftover < 64 * 1024, "{leftover} bytes of pack left behind");
+    source.max_pack_size = 64 << 20;
+    assert!(
+        sync_once(cache.path(), &source)
+            .expect("within the limit")
+            .is_some()
+    );
+}

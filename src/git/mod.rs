@@ -66,6 +66,8 @@ pub(crate) struct Target {
     pub ssh_key: Option<PathBuf>,
     /// The known_hosts file to check host keys against.
     pub known_hosts: Option<PathBuf>,
+    /// The largest pack accepted, in bytes.
+    pub max_pack_size: u64,
 }
 
 /// The followed ref on the remote after a fetch.
@@ -485,6 +487,26 @@ where
             if let Some(keep) = &write_pack_bundle.keep_path {
                 let _ = std::fs::remove_file(keep);
             }
+            // The driver cuts off a pack that grows past the limit while it arrives; one that
+            // arrived faster than it looks is caught here and its files removed at once.
+            let size = write_pack_bundle
+                .data_path
+                .as_ref()
+                .and_then(|path| std::fs::metadata(path).ok())
+                .map_or(0, |metadata| metadata.len());
+            if size > target.max_pack_size {
+                for path in [&write_pack_bundle.data_path, &write_pack_bundle.index_path]
+                    .into_iter()
+                    .flatten()
+                {
+                    let _ = std::fs::remove_file(path);
+                }
+                return Err(FetchError::permanent(format!(
+                    "the remote sent a {size}-byte pack, more than max_pack_size ({} bytes); \
+                     raise it if the repository really is that large",
+                    target.max_pack_size
+                )));
+            }
             &update_refs.updates
         }
     };
@@ -559,7 +581,11 @@ fn config_overrides(target: &Target) -> Vec<String> {
 
 /// gix's HTTP options for `url`, with this attempt's credentials and TLS settings added in
 /// memory only: nothing of it is written to the repository's configuration.
-fn http_options(repo: &gix::Repository, url: &str, target: &Target) -> Option<Box<dyn std::any::Any>> {
+fn http_options(
+    repo: &gix::Repository,
+    url: &str,
+    target: &Target,
+) -> Option<Box<dyn std::any::Any>> {
     use gix::protocol::transport::client::blocking_io::http::Options;
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         return None;
@@ -573,7 +599,10 @@ fn http_options(repo: &gix::Repository, url: &str, target: &Target) -> Option<Bo
         options.ssl_ca_info = Some(ca.clone());
     }
     if target.insecure {
-        log::warn!("{}: TLS certificate checking is OFF (insecure_skip_tls_verify)", redact_url(url));
+        log::warn!(
+            "{}: TLS certificate checking is OFF (insecure_skip_tls_verify)",
+            redact_url(url)
+        );
         options.ssl_verify = false;
     }
     Some(options)
@@ -596,7 +625,9 @@ fn ssh_invocation(target: &Target) -> String {
     }
     if let Some(known_hosts) = &target.known_hosts {
         let known_hosts = transport::shell_quote(&known_hosts.to_string_lossy());
-        command.push_str(&format!(" -o UserKnownHostsFile={known_hosts} -o GlobalKnownHostsFile=/dev/null"));
+        command.push_str(&format!(
+            " -o UserKnownHostsFile={known_hosts} -o GlobalKnownHostsFile=/dev/null"
+        ));
     }
     command
 }
