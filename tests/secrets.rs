@@ -89,7 +89,10 @@ fn wrong_password_is_refused_clearly() {
     std::env::var("GITFEED_TEST_NEVER_SET").expect_err("not set");
     let mut source = quick_source("s", &server.url(remote.name()));
     let secrets = unique_dir();
-    source.auth = Some(Auth::password_file("agent", write_secret(&secrets, "wrong")));
+    source.auth = Some(Auth::password_file(
+        "agent",
+        write_secret(&secrets, "wrong"),
+    ));
     let cache = unique_dir();
     let err = sync_once(cache.path(), &source).expect_err("refused");
     assert!(
