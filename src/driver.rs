@@ -67,6 +67,7 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
     };
     let mut rng = fastrand::Rng::new();
     let mut pending: Vec<Control> = Vec::new();
+    let mut last_warning: Option<String> = None;
     loop {
         while let Some(action) = machine.poll_action() {
             match action {
@@ -91,7 +92,7 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
                     if let Some((tip, served_by)) = &attempt.tip {
                         status.last_success_ms = status.last_attempt_ms;
                         status.last_error = None;
-                        status.current = Some(tip.clone());
+                        status.current = Some(tip.clone()).filter(|tip| !tip.is_empty());
                         status.served_by = Some(git::redact_url(served_by));
                     }
                     let outcome = match attempt.result {
@@ -99,7 +100,12 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
                             // Warnings first: the consumer hears what was left out before it
                             // applies the update.
                             for warning in attempt.warnings {
-                                emit_warning(&shared, &source.name, warning).await;
+                                // The same refusal every poll (an unsigned tip that stays) is
+                                // news once.
+                                if last_warning.as_ref() != Some(&warning) {
+                                    last_warning = Some(warning.clone());
+                                    emit_warning(&shared, &source.name, warning).await;
+                                }
                             }
                             if let Some(synced) = synced {
                                 seen.sent = Some(synced.new.clone());

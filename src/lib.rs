@@ -41,6 +41,7 @@ mod reader;
 mod snapshot;
 mod source;
 mod status;
+mod verify;
 mod work;
 
 pub use auth::Auth;
@@ -50,5 +51,5 @@ pub use feed::{
 };
 pub use machine::ErrorKind;
 pub use reader::{File, FileType, ReadError, ReadErrorKind, Reader};
-pub use source::{Filter, Source, SourceError, parse_duration};
+pub use source::{Filter, Source, SourceError, Verify, parse_duration};
 pub use status::{Status, status};

@@ -44,6 +44,9 @@ Options:
   --username <U>         HTTPS basic-auth user, with --password-file or --password-env
   --password-file <F>    HTTPS basic-auth password, read from F on every attempt
   --password-env <V>     HTTPS basic-auth password from environment variable V
+  --allowed-signers <F>  deliver only commits SSH-signed by a key in F (git's
+                         gpg.ssh.allowedSignersFile format)
+  --verify-all-commits   with --allowed-signers, check every new commit, not only the tip
   --ca-file <F>          PEM file of CA certificates to trust for HTTPS
   --insecure-skip-tls-verify
                          do not check HTTPS certificates (logged loudly on every attempt)
@@ -261,6 +264,7 @@ fn parse(args: &[String]) -> Result<Command, String> {
     let mut branch = None;
     let mut cache_dir = None;
     let mut once = false;
+    let mut verify_all = false;
     let mut source = Source::new("", "");
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -304,6 +308,12 @@ fn parse(args: &[String]) -> Result<Command, String> {
             "--password-file" => auth(&mut source).password_file = Some(PathBuf::from(value()?)),
             "--password-env" => auth(&mut source).password_env = Some(value()?),
             "--ca-file" => source.ca_file = Some(PathBuf::from(value()?)),
+            "--allowed-signers" => {
+                let file = PathBuf::from(value()?);
+                let all_commits = source.verify.as_ref().is_some_and(|v| v.all_commits);
+                source.verify = Some(verify(file, all_commits));
+            }
+            "--verify-all-commits" if inline.is_none() => verify_all = true,
             "--insecure-skip-tls-verify" if inline.is_none() => {
                 source.insecure_skip_tls_verify = true
             }
@@ -325,6 +335,13 @@ fn parse(args: &[String]) -> Result<Command, String> {
         }
     }
     let url = url.ok_or("watch needs a URL")?;
+    if verify_all {
+        let verify = source
+            .verify
+            .as_mut()
+            .ok_or("--verify-all-commits needs --allowed-signers")?;
+        verify.all_commits = true;
+    }
     source.name = name.unwrap_or_else(|| default_name(&url));
     source.url = url;
     source.reference = branch;
@@ -333,6 +350,13 @@ fn parse(args: &[String]) -> Result<Command, String> {
         cache_dir: cache_dir.unwrap_or_else(default_cache_dir),
         once,
     })
+}
+
+fn verify(allowed_signers: PathBuf, all_commits: bool) -> gitfeed::Verify {
+    gitfeed::Verify {
+        allowed_signers,
+        all_commits,
+    }
 }
 
 fn auth(source: &mut Source) -> &mut gitfeed::Auth {

@@ -74,6 +74,9 @@ pub struct Source {
     /// strictly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub known_hosts: Option<PathBuf>,
+    /// Deliver only commits with a valid SSH signature by an allowed signer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Verify>,
     /// Credentials for HTTPS remotes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<Auth>,
@@ -110,6 +113,26 @@ pub struct Source {
     /// cut off and the source fails with the reason.
     #[serde(default = "defaults::max_pack_size")]
     pub max_pack_size: u64,
+}
+
+/// Which commits a source may deliver: those signed with SSH (namespace `git`) by a key in an
+/// allowed-signers file, in the format of git's `gpg.ssh.allowedSignersFile`. An unsigned or
+/// badly signed commit is not delivered: the source stays on its last good commit and a
+/// `warning` names the commit and the reason.
+///
+/// ```
+/// let verify: gitfeed::Verify =
+///     serde_json::from_str(r#"{"allowed_signers": "/etc/agent/allowed_signers"}"#).unwrap();
+/// assert!(!verify.all_commits);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Verify {
+    /// The allowed-signers file, read on every attempt.
+    pub allowed_signers: PathBuf,
+    /// Check every commit between the last delivered one and the tip, not only the tip.
+    #[serde(default)]
+    pub all_commits: bool,
 }
 
 /// Which files of the repository a source delivers.
@@ -204,6 +227,7 @@ impl Source {
             ssh_command: None,
             ssh_key: None,
             known_hosts: None,
+            verify: None,
             auth: None,
             ca_file: None,
             insecure_skip_tls_verify: false,

@@ -4,6 +4,7 @@
 
 use crate::auth::Auth;
 use crate::base64;
+use crate::verify::{AllowedSigners, Verdict};
 use crate::cache;
 use crate::event::{Change, ChangeKind, Encoding};
 use crate::git::{Cancel, FetchError, FileKind, Matcher, Repo, Target, Tip};
@@ -58,7 +59,7 @@ pub(crate) fn sync(
     cancel: &Cancel,
 ) -> Attempt {
     let mut warnings = Vec::new();
-    let _lock = match entry.lock() {
+    let _lock = match lock_entry(entry, target.timeout.min(LOCK_PATIENCE), cancel) {
         Ok(lock) => lock,
         Err(err) => {
             return Attempt {
@@ -127,6 +128,33 @@ pub(crate) fn sync(
     }
 }
 
+/// How long an attempt waits for its cache entry's lock at most.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Takes the entry's lock, waiting up to `patience`: a lock is held briefly by anything that
+/// forks between opening the file and running a program (the descriptor is closed on exec),
+/// and for a whole attempt by another gitfeed process.
+fn lock_entry(
+    entry: &cache::Entry,
+    patience: std::time::Duration,
+    cancel: &Cancel,
+) -> std::io::Result<std::fs::File> {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        match entry.lock() {
+            Err(err)
+                if err.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline
+                    && !cancel.is_cancelled() =>
+            {
+                // A worker thread of its own: waiting here blocks nothing else.
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Returns the tip and, when it moved past what the consumer saw, the update.
 fn fetch_and_diff(
     repo: &Repo,
@@ -150,6 +178,13 @@ fn fetch_and_diff(
             crate::git::redact_url(&served_by)
         );
         return Ok((sent.to_owned(), served_by, None));
+    }
+    if let Some(verify) = &source.verify
+        && let Some(refusal) = refuse_unsigned(repo, verify, seen.sent.as_deref(), &tip.commit)?
+    {
+        // The source stays on its last good commit.
+        warnings.push(refusal);
+        return Ok((seen.sent.clone().unwrap_or_default(), served_by, None));
     }
     // The snapshot comes first: once the consumer hears of a commit, `current` shows it.
     if let Some(dir) = &source.checkout {
@@ -255,6 +290,35 @@ fn fetch_any(
             Err(err) => return Err(err),
         }
     }
+}
+
+/// The most new commits checked when every commit is verified.
+const MAX_COMMITS_TO_VERIFY: usize = 10_000;
+
+/// Checks the signature of the tip (or every new commit); returns why delivery is refused.
+fn refuse_unsigned(
+    repo: &Repo,
+    verify: &crate::source::Verify,
+    sent: Option<&str>,
+    tip: &str,
+) -> Result<Option<String>, FetchError> {
+    // Read on every attempt, so an edited file takes effect without a restart.
+    let signers = AllowedSigners::load(&verify.allowed_signers).map_err(FetchError::permanent)?;
+    let commits = if verify.all_commits && sent.is_some() {
+        repo.commits_since(sent, tip, MAX_COMMITS_TO_VERIFY)?
+    } else {
+        vec![tip.to_owned()]
+    };
+    let now = crate::status::now_ms() / 1000;
+    for id in commits {
+        match crate::verify::verify_commit(&repo.raw_commit(&id)?, &signers, now) {
+            Verdict::Trusted { principal, .. } => log::debug!("{id} is signed by {principal}"),
+            Verdict::Untrusted(reason) => {
+                return Ok(Some(format!("commit {id} was not delivered: {reason}")));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Attaches each added or modified file's content, or why it was left out.

@@ -34,6 +34,8 @@ fn help_documents_every_flag() {
         "--password-file",
         "--password-env",
         "--ca-file",
+        "--allowed-signers",
+        "--verify-all-commits",
         "--insecure-skip-tls-verify",
         "gitfeed status",
         "SIGHUP",

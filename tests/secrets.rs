@@ -254,3 +254,156 @@ fn ssh_key_with_a_passphrase_fails_without_waiting() {
         "{err}"
     );
 }
+
+/// A signing key and an allowed-signers file naming it, plus a second key nobody allowed.
+struct Signers {
+    dir: tempfile::TempDir,
+}
+
+impl Signers {
+    fn new() -> Signers {
+        let dir = unique_dir();
+        for name in ["trusted", "stranger"] {
+            let status = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(dir.path().join(name))
+                .status()
+                .expect("ssh-keygen");
+            assert!(status.success());
+        }
+        let public = std::fs::read_to_string(dir.path().join("trusted.pub")).expect("public key");
+        let key: Vec<&str> = public.split_whitespace().take(2).collect();
+        std::fs::write(
+            dir.path().join("allowed_signers"),
+            format!("release@example.org namespaces=\"git\" {}\n", key.join(" ")),
+        )
+        .expect("allowed signers");
+        Signers { dir }
+    }
+
+    fn verify(&self, all_commits: bool) -> gitfeed::Verify {
+        serde_json::from_value(serde_json::json!({
+            "allowed_signers": self.dir.path().join("allowed_signers"),
+            "all_commits": all_commits,
+        }))
+        .expect("verify settings")
+    }
+
+    /// Commits on the remote's main, signed with `key` (`None`: unsigned); returns the id.
+    fn commit(&self, remote: &Remote, file: &str, key: Option<&str>) -> String {
+        std::fs::write(remote.work_path().join(file), file).expect("write");
+        remote.git(&["add", "-A"]);
+        let mut args = vec!["-c", "gpg.format=ssh"];
+        let signing;
+        if let Some(key) = key {
+            signing = format!("user.signingkey={}", self.dir.path().join(key).display());
+            args.extend(["-c", &signing, "commit", "-q", "-S", "-m", file]);
+        } else {
+            args.extend(["commit", "-q", "-m", file]);
+        }
+        remote.git(&args);
+        remote.git(&["push", "-q", "origin", "HEAD:refs/heads/main"]);
+        remote.head()
+    }
+}
+
+#[test]
+fn only_commits_signed_by_an_allowed_signer_are_delivered() {
+    let remote = Remote::new();
+    let signers = Signers::new();
+    let good = signers.commit(&remote, "a.txt", Some("trusted"));
+    let mut source = quick_source("v", &remote.file_url());
+    source.verify = Some(signers.verify(false));
+    source.interval = Duration::from_secs(3600);
+    let feed = Running::start(vec![source]);
+    assert_eq!(feed.update(PATIENCE).new, good);
+
+    for (file, key, reason) in [
+        ("b.txt", Some("stranger"), "not in the allowed signers file"),
+        ("c.txt", None, "commit is not signed"),
+    ] {
+        let refused = signers.commit(&remote, file, key);
+        feed.handle.trigger("v").expect("running");
+        let state = feed.state(PATIENCE);
+        assert_eq!(state.state, SourceState::Warning, "{state:?}");
+        let said = state.error.unwrap_or_default();
+        assert!(said.contains(&refused) && said.contains(reason), "{said}");
+        feed.assert_quiet(Duration::from_millis(300));
+    }
+    // A good commit on top is delivered, starting from the last good one.
+    let fixed = signers.commit(&remote, "d.txt", Some("trusted"));
+    feed.handle.trigger("v").expect("running");
+    let update = feed.update(PATIENCE);
+    assert_eq!(
+        (update.old.as_deref(), update.new.as_str()),
+        (Some(good.as_str()), fixed.as_str())
+    );
+    feed.stop();
+}
+
+#[test]
+fn all_commits_mode_refuses_an_unsigned_commit_in_between() {
+    let remote = Remote::new();
+    let signers = Signers::new();
+    let good = signers.commit(&remote, "a.txt", Some("trusted"));
+    let cache = unique_dir();
+    let mut source = quick_source("v", &remote.file_url());
+    source.verify = Some(signers.verify(true));
+    let first = sync_once(cache.path(), &source)
+        .expect("sync")
+        .expect("update");
+    assert_eq!(first.new, good);
+    gitfeed::acknowledge(cache.path(), &source, &good).expect("ack");
+    let sneaked = signers.commit(&remote, "b.txt", None);
+    signers.commit(&remote, "c.txt", Some("trusted"));
+    assert_eq!(
+        sync_once(cache.path(), &source).expect("nothing trusted to deliver"),
+        None
+    );
+    // Verifying only the tip would have let it through.
+    source.verify = Some(signers.verify(false));
+    let update = sync_once(cache.path(), &source)
+        .expect("sync")
+        .expect("update");
+    assert!(
+        update.changes.iter().any(|c| c.path == "b.txt"),
+        "{sneaked} is included"
+    );
+}
+
+#[test]
+fn tampered_commit_is_refused() {
+    let remote = Remote::new();
+    let signers = Signers::new();
+    let signed = signers.commit(&remote, "a.txt", Some("trusted"));
+    // Rewrite the signed commit's message, keeping its signature: the payload changes.
+    let raw = remote.git_bare(&["cat-file", "commit", &signed]);
+    let tampered_text = raw.replace("a.txt", "a.txt (tampered)");
+    let mut child = Command::new("git")
+        .current_dir(remote.bare_path())
+        .args(["hash-object", "-t", "commit", "-w", "--stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("git");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(tampered_text.as_bytes())
+        .expect("write");
+    let tampered = String::from_utf8(child.wait_with_output().expect("git").stdout).expect("utf-8");
+    let tampered = tampered.trim();
+    crate::util::git_in(
+        &remote.bare_path(),
+        &["update-ref", "refs/heads/main", tampered],
+    );
+    let mut source = quick_source("v", &remote.file_url());
+    source.verify = Some(signers.verify(false));
+    let cache = unique_dir();
+    assert_eq!(
+        sync_once(cache.path(), &source).expect("nothing to deliver"),
+        None
+    );
+}

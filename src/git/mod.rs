@@ -360,6 +360,41 @@ impl Repo {
         })
     }
 
+    /// The raw bytes of commit `id`, as stored (what `git cat-file commit` prints).
+    pub fn raw_commit(&self, id: &str) -> Result<Vec<u8>, FetchError> {
+        let repo = self.repo.to_thread_local();
+        let oid = parse_id(id)?;
+        repo.find_commit(oid)
+            .map(|commit| commit.data.clone())
+            .map_err(|err| FetchError::corrupt(format!("cannot read commit {id}: {}", error::describe(&err))))
+    }
+
+    /// The commits reachable from `new` but not from `old`, newest first, at most `limit`
+    /// (history missing in a shallow clone ends the walk there).
+    pub fn commits_since(&self, old: Option<&str>, new: &str, limit: usize) -> Result<Vec<String>, FetchError> {
+        let repo = self.repo.to_thread_local();
+        let new = parse_id(new)?;
+        let hidden: Vec<gix::ObjectId> = old.and_then(|old| parse_id(old).ok()).into_iter().collect();
+        let walk = repo
+            .rev_walk([new])
+            .with_hidden(hidden)
+            .all()
+            .map_err(|err| FetchError::corrupt(format!("cannot walk history: {}", error::describe(&err))))?;
+        let mut out = Vec::new();
+        for info in walk {
+            let Ok(info) = info else {
+                break;
+            };
+            out.push(info.id.to_string());
+            if out.len() == limit {
+                return Err(FetchError::permanent(format!(
+                    "more than {limit} new commits to verify; deliver a nearer tip or verify only the tip"
+                )));
+            }
+        }
+        Ok(out)
+    }
+
     /// True when commit `ancestor` is reachable from commit `descendant` (or is it).
     pub fn is_ancestor(&self, ancestor: &str, descendant: &str) -> bool {
         let repo = self.repo.to_thread_local();
