@@ -204,7 +204,10 @@ fn poll(rounds: usize) {
     ] {
         let cache = util::unique_dir();
         let source = source("p", &url, Duration::from_secs(10));
-        gitfeed::sync_once(cache.path(), &source).expect("first sync");
+        let first = gitfeed::sync_once(cache.path(), &source)
+            .expect("first sync")
+            .expect("first update");
+        gitfeed::acknowledge(cache.path(), &source, &first.new).expect("acknowledge");
         let ours: Vec<Duration> = (0..rounds)
             .map(|_| {
                 let started = Instant::now();
