@@ -4,12 +4,12 @@
 
 use crate::auth::Auth;
 use crate::base64;
-use crate::verify::{AllowedSigners, Verdict};
 use crate::cache;
 use crate::event::{Change, ChangeKind, Encoding};
 use crate::git::{Cancel, FetchError, FileKind, Matcher, Repo, Target, Tip};
 use crate::snapshot::{self, SnapshotDir};
 use crate::source::Source;
+use crate::verify::{AllowedSigners, Verdict};
 
 /// How one attempt ended.
 pub(crate) struct Attempt {

@@ -351,6 +351,19 @@ fn leftovers_of_a_killed_fetch_are_removed() {
     for leftover in &leftovers {
         std::fs::write(leftover, vec![0u8; 1 << 20]).expect("plant a leftover");
     }
+    // A consolidation killed midway, and a fetch killed between moving its pack into place
+    // and updating the ref.
+    let staging = git_dir.join("objects/pack/.tmp-consolidate-1-2");
+    std::fs::create_dir_all(&staging).expect("staging dir");
+    std::fs::write(staging.join("pack-x.pack"), vec![0u8; 1 << 20]).expect("staged pack");
+    let pack = std::fs::read_dir(git_dir.join("objects/pack"))
+        .expect("pack dir")
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "pack"))
+        .expect("a pack");
+    let keep = pack.with_extension("keep");
+    std::fs::write(&keep, "").expect("keep file");
     let new = remote.commit(&[("n.txt", Some("n\n"))], "n");
     let update = gitfeed::sync_once(cache.path(), &source)
         .expect("sync despite leftovers")
@@ -359,7 +372,7 @@ fn leftovers_of_a_killed_fetch_are_removed() {
         (update.old.as_deref(), update.new.as_str()),
         (Some(first.new.as_str()), new.as_str())
     );
-    for leftover in &leftovers {
+    for leftover in leftovers.iter().chain([&staging, &keep]) {
         assert!(!leftover.exists(), "{} survived", leftover.display());
     }
 }

@@ -18,21 +18,21 @@ impl FetchError {
     pub fn transient(message: impl Into<String>) -> Self {
         Self {
             kind: ErrorKind::Transient,
-            message: message.into(),
+            message: one_line(message.into()),
         }
     }
 
     pub fn permanent(message: impl Into<String>) -> Self {
         Self {
             kind: ErrorKind::Permanent,
-            message: message.into(),
+            message: one_line(message.into()),
         }
     }
 
     pub fn corrupt(message: impl Into<String>) -> Self {
         Self {
             kind: ErrorKind::Corrupt,
-            message: message.into(),
+            message: one_line(message.into()),
         }
     }
 
@@ -53,6 +53,20 @@ impl FetchError {
             _ => Self::transient(message),
         }
     }
+}
+
+/// `text` on one clean line: a remote's words (an `ERR` packet, a helper's stderr) may carry
+/// newlines and terminal escapes, which must not reach a log line or an event as they are.
+fn one_line(text: String) -> String {
+    if !text.chars().any(char::is_control) {
+        return text;
+    }
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The whole chain of a gix error on one line, each distinct message once.
@@ -147,7 +161,7 @@ pub(crate) fn with_helper_output(mut err: FetchError, stderr: &str) -> FetchErro
     if said.is_empty() {
         return err;
     }
-    err.message = format!("{}: {}", err.message, said.join("; "));
+    err.message = one_line(format!("{}: {}", err.message, said.join("; ")));
     let lower = stderr.to_lowercase();
     let permanent = [
         "permission denied",

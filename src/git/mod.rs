@@ -214,16 +214,29 @@ impl Repo {
                 let Ok(kind) = entry.file_type() else {
                     continue;
                 };
+                let in_pack_dir = dir.ends_with("objects/pack");
                 if kind.is_dir() {
-                    // Loose objects hold no locks; skipping them keeps this cheap.
-                    if !(dir.ends_with("objects") && name.len() == 2) {
+                    // A consolidation killed midway leaves its staging directory, which can
+                    // hold a whole copy of the repository.
+                    if in_pack_dir && name.starts_with(".tmp") {
+                        if std::fs::remove_dir_all(&path).is_ok() {
+                            removed += 1;
+                            log::info!("removed stale {}", path.display());
+                        }
+                    } else if !(dir.ends_with("objects") && name.len() == 2) {
+                        // Loose objects hold no locks; skipping them keeps this cheap.
                         stack.push(path);
                     }
                     continue;
                 }
-                let in_pack_dir = dir.ends_with("objects/pack");
+                // A `.keep` file is written by a fetch while its pack is moved into place and
+                // removed once the ref points at it; one that survives a kill would shield its
+                // pack from consolidation for ever. gitfeed never keeps packs on purpose.
                 let stale = name.ends_with(".lock")
-                    || (in_pack_dir && (name.starts_with("tmp") || name.starts_with(".tmp")));
+                    || (in_pack_dir
+                        && (name.starts_with("tmp")
+                            || name.starts_with(".tmp")
+                            || name.ends_with(".keep")));
                 if stale && std::fs::remove_file(&path).is_ok() {
                     removed += 1;
                     log::info!("removed stale {}", path.display());
@@ -295,7 +308,7 @@ impl Repo {
             FetchError::permanent(format!("invalid url: {}", error::describe_std(&err)))
         })?;
         let reference = if let Some(connection) =
-            transport::git_daemon_stream(&target.url, target.timeout, cancel)?
+            transport::git_daemon_stream(&target.url, target.timeout, target.max_pack_size, cancel)?
         {
             receive(
                 remote.to_connection_with_transport(connection),
@@ -303,9 +316,12 @@ impl Repo {
                 shallow,
                 cancel,
             )?
-        } else if let Some((connection, helper)) =
-            transport::spawn_helper(&parsed, &ssh_invocation(target), cancel)?
-        {
+        } else if let Some((connection, helper)) = transport::spawn_helper(
+            &parsed,
+            &ssh_invocation(target),
+            target.max_pack_size,
+            cancel,
+        )? {
             let result = receive(
                 remote.to_connection_with_transport(connection),
                 target,
@@ -348,6 +364,10 @@ impl Repo {
             })?
             .peel_to_commit()
             .map_err(|err| {
+                // Never keep a tip that is not a commit: the next attempt starts clean.
+                if let Ok(tip) = repo.find_reference(TIP_REF) {
+                    let _ = tip.delete();
+                }
                 FetchError::permanent(format!(
                     "`{reference}` on the remote does not point to a commit: {}",
                     error::describe(&err)
@@ -366,20 +386,33 @@ impl Repo {
         let oid = parse_id(id)?;
         repo.find_commit(oid)
             .map(|commit| commit.data.clone())
-            .map_err(|err| FetchError::corrupt(format!("cannot read commit {id}: {}", error::describe(&err))))
+            .map_err(|err| {
+                FetchError::corrupt(format!(
+                    "cannot read commit {id}: {}",
+                    error::describe(&err)
+                ))
+            })
     }
 
     /// The commits reachable from `new` but not from `old`, newest first, at most `limit`
     /// (history missing in a shallow clone ends the walk there).
-    pub fn commits_since(&self, old: Option<&str>, new: &str, limit: usize) -> Result<Vec<String>, FetchError> {
+    pub fn commits_since(
+        &self,
+        old: Option<&str>,
+        new: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, FetchError> {
         let repo = self.repo.to_thread_local();
         let new = parse_id(new)?;
-        let hidden: Vec<gix::ObjectId> = old.and_then(|old| parse_id(old).ok()).into_iter().collect();
+        let hidden: Vec<gix::ObjectId> =
+            old.and_then(|old| parse_id(old).ok()).into_iter().collect();
         let walk = repo
             .rev_walk([new])
             .with_hidden(hidden)
             .all()
-            .map_err(|err| FetchError::corrupt(format!("cannot walk history: {}", error::describe(&err))))?;
+            .map_err(|err| {
+                FetchError::corrupt(format!("cannot walk history: {}", error::describe(&err)))
+            })?;
         let mut out = Vec::new();
         for info in walk {
             let Ok(info) = info else {
@@ -496,10 +529,18 @@ where
     let Some(mapping) = prepare.ref_map().mappings.first() else {
         return Err(missing_ref(wanted, target.seen_before));
     };
+    // The name comes from the remote: only a valid ref name is passed on to the consumer.
+    let valid = |name: &gix::bstr::BStr| gix::validate::reference::name(name).is_ok();
     let remote_name = match (mapping.remote.as_target(), mapping.remote.as_name()) {
-        (Some(target), _) => target.to_str_lossy().into_owned(),
-        (None, Some(name)) => name.to_str_lossy().into_owned(),
+        (Some(target), _) if valid(target) => target.to_str_lossy().into_owned(),
+        (None, Some(name)) if valid(name) => name.to_str_lossy().into_owned(),
         (None, None) => wanted.to_owned(),
+        (_, name) => {
+            return Err(FetchError::permanent(format!(
+                "the remote names `{wanted}` with an invalid ref name ({:?})",
+                name.map(|name| name.to_str_lossy())
+            )));
+        }
     };
     if mapping.remote.as_id().is_none() {
         return Err(FetchError::permanent(format!(
@@ -717,6 +758,15 @@ pub(crate) fn check_url(url: &str) -> Result<(), String> {
     }
     if parsed.scheme != Scheme::File && parsed.host().is_none_or(str::is_empty) {
         return Err(format!("malformed url `{url}`: no host"));
+    }
+    // ssh and git-upload-pack read an argument that starts with `-` as an option.
+    if parsed.scheme != Scheme::File
+        && (parsed.host_argument_safe().is_none()
+            || (parsed.user().is_some() && parsed.user_argument_safe().is_none()))
+    {
+        return Err(format!(
+            "malformed url `{url}`: a host or user may not start with `-`"
+        ));
     }
     if parsed.path.is_empty() || parsed.path == "/" {
         return Err(format!("malformed url `{url}`: no repository path"));

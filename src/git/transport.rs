@@ -4,8 +4,8 @@ use std::io::Read;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gix::bstr::ByteSlice;
@@ -98,8 +98,9 @@ impl Cancel {
 pub(crate) fn git_daemon_stream(
     url: &str,
     timeout: Duration,
+    max_pack_size: u64,
     cancel: &Cancel,
-) -> Result<Option<Connection<TcpStream, TcpStream>>, FetchError> {
+) -> Result<Option<DaemonConnection>, FetchError> {
     let Ok(parsed) = gix::url::parse(url.as_bytes().as_bstr()) else {
         return Ok(None);
     };
@@ -145,8 +146,9 @@ pub(crate) fn git_daemon_stream(
             ))
         })?;
     cancel.watch(watched);
+    let (reader, writer) = bounded(stream, writer, max_pack_size);
     Ok(Some(Connection::new(
-        stream,
+        reader,
         writer,
         Protocol::V2,
         parsed.path.clone(),
@@ -157,7 +159,10 @@ pub(crate) fn git_daemon_stream(
 }
 
 /// The protocol spoken over a helper process's pipes.
-pub(crate) type HelperConnection = Connection<ChildStdout, ChildStdin>;
+pub(crate) type HelperConnection = Connection<Bounded<ChildStdout>, Watched<ChildStdin>>;
+
+/// The protocol spoken over a git:// socket.
+pub(crate) type DaemonConnection = Connection<Bounded<TcpStream>, Watched<TcpStream>>;
 
 /// A helper process gitfeed started itself (`git-upload-pack` for local remotes, `ssh` for
 /// ssh remotes), in a process group of its own so that it and everything it started can be
@@ -202,6 +207,7 @@ impl Drop for Spawned {
 pub(crate) fn spawn_helper(
     url: &gix::Url,
     ssh_command: &str,
+    max_pack_size: u64,
     cancel: &Cancel,
 ) -> Result<Option<(HelperConnection, Spawned)>, FetchError> {
     use gix::url::Scheme;
@@ -213,11 +219,18 @@ pub(crate) fn spawn_helper(
             command
         }
         Scheme::Ssh => {
-            let host = url
-                .host()
-                .ok_or_else(|| FetchError::permanent("ssh url without a host"))?;
+            // A host or user that looks like an option would be read by ssh as one
+            // (`-oProxyCommand=…` runs a command): refused, and `--` ends ssh's options anyway.
+            let host = url.host_argument_safe().ok_or_else(|| {
+                FetchError::permanent("the ssh host is missing or looks like an option")
+            })?;
             let destination = match url.user() {
-                Some(user) => format!("{user}@{host}"),
+                Some(_) => {
+                    let user = url.user_argument_safe().ok_or_else(|| {
+                        FetchError::permanent("the ssh user looks like an option")
+                    })?;
+                    format!("{user}@{host}")
+                }
                 None => host.to_owned(),
             };
             let mut command = Command::new("sh");
@@ -231,6 +244,7 @@ pub(crate) fn spawn_helper(
                 command.args(["-p", &port.to_string()]);
             }
             command
+                .arg("--")
                 .arg(destination)
                 .arg(format!("git-upload-pack {}", shell_quote(&path)));
             command
@@ -263,6 +277,7 @@ pub(crate) fn spawn_helper(
         cancel.forget_helper();
         return Err(FetchError::transient("cancelled"));
     }
+    let (stdout, stdin) = bounded(stdout, stdin, max_pack_size);
     let connection = Connection::new(
         stdout,
         stdin,
@@ -278,4 +293,100 @@ pub(crate) fn spawn_helper(
 /// Quotes `text` as one word for a POSIX shell (the remote side of ssh runs one).
 pub(crate) fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// The most a remote may send before the client asks for a pack: capabilities and the ref
+/// advertisement. gix holds all of it in memory, so a remote that never stops advertising
+/// would otherwise exhaust it.
+const MAX_ADVERTISEMENT: u64 = 32 << 20;
+
+/// What a connection has received, and what it may still receive.
+#[derive(Debug)]
+struct Budget {
+    received: AtomicU64,
+    /// Set once the client asked for a pack: from then on the pack limit applies.
+    asked_for_pack: AtomicBool,
+    max_pack_size: u64,
+}
+
+/// The reading half of a connection, which fails once the remote sends more than it may.
+#[derive(Debug)]
+pub(crate) struct Bounded<R> {
+    inner: R,
+    budget: Arc<Budget>,
+}
+
+/// The writing half of a connection, which notices when the client asks for a pack.
+#[derive(Debug)]
+pub(crate) struct Watched<W> {
+    inner: W,
+    budget: Arc<Budget>,
+}
+
+fn bounded<R, W>(reader: R, writer: W, max_pack_size: u64) -> (Bounded<R>, Watched<W>) {
+    let budget = Arc::new(Budget {
+        received: AtomicU64::new(0),
+        asked_for_pack: AtomicBool::new(false),
+        max_pack_size,
+    });
+    (
+        Bounded {
+            inner: reader,
+            budget: Arc::clone(&budget),
+        },
+        Watched {
+            inner: writer,
+            budget,
+        },
+    )
+}
+
+impl<R: std::io::Read> std::io::Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.inner.read(buf)?;
+        let total = self
+            .budget
+            .received
+            .fetch_add(read as u64, Ordering::Relaxed)
+            + read as u64;
+        let (limit, what) = if self.budget.asked_for_pack.load(Ordering::Relaxed) {
+            // The pack plus the negotiation around it.
+            (
+                self.budget.max_pack_size.saturating_add(MAX_ADVERTISEMENT),
+                "max_pack_size",
+            )
+        } else {
+            (MAX_ADVERTISEMENT, "the advertisement limit")
+        };
+        if total > limit {
+            return Err(std::io::Error::other(format!(
+                "the remote sent more than {what} ({limit} bytes)"
+            )));
+        }
+        Ok(read)
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for Watched<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // `command=fetch` (protocol 2) or `want ` (older protocols) is where the client asks
+        // for the pack; the advertisement is over.
+        if !self.budget.asked_for_pack.load(Ordering::Relaxed)
+            && (contains(buf, b"command=fetch") || contains(buf, b"want "))
+        {
+            self.budget.asked_for_pack.store(true, Ordering::Relaxed);
+            self.budget.received.store(0, Ordering::Relaxed);
+        }
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
 }
