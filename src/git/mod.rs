@@ -345,13 +345,26 @@ impl Repo {
                     err
                 }
             })?
-        } else {
-            let mut connection = remote
-                .connect(Direction::Fetch)
-                .map_err(|err| error::classify(&err, target, cancel))?;
+        } else if matches!(
+            parsed.scheme,
+            gix::url::Scheme::Http | gix::url::Scheme::Https
+        ) {
+            let transport =
+                gix::protocol::transport::client::blocking_io::http::Transport::new_http(
+                    transport::BoundedHttp::new(target.max_pack_size),
+                    parsed.clone(),
+                    gix::protocol::transport::Protocol::V2,
+                    false,
+                );
+            let mut connection = remote.to_connection_with_transport(transport);
             if let Some(options) = http_options(&repo, &url, target) {
                 connection = connection.with_transport_options(options);
             }
+            receive(connection, target, shallow, cancel)?
+        } else {
+            let connection = remote
+                .connect(Direction::Fetch)
+                .map_err(|err| error::classify(&err, target, cancel))?;
             receive(connection, target, shallow, cancel)?
         };
         let commit = repo

@@ -10,6 +10,10 @@ use std::time::Duration;
 
 use gix::bstr::ByteSlice;
 use gix::protocol::transport::Protocol;
+use gix::protocol::transport::client::blocking_io::http::curl::Curl;
+use gix::protocol::transport::client::blocking_io::http::{
+    GetResponse, Http, PostBodyDataKind, PostResponse,
+};
 use gix::protocol::transport::client::git::ConnectMode;
 use gix::protocol::transport::client::git::blocking_io::Connection;
 use rustix::process::Pid;
@@ -389,4 +393,118 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack
         .windows(needle.len())
         .any(|window| window == needle)
+}
+
+impl<R: std::io::BufRead> std::io::BufRead for Bounded<R> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        self.over_budget()?;
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.budget
+            .received
+            .fetch_add(amount as u64, Ordering::Relaxed);
+        self.inner.consume(amount);
+    }
+}
+
+impl<R> Bounded<R> {
+    fn over_budget(&self) -> std::io::Result<()> {
+        let total = self.budget.received.load(Ordering::Relaxed);
+        let (limit, what) = self.budget.limit();
+        if total > limit {
+            return Err(std::io::Error::other(format!(
+                "the remote sent more than {what} ({limit} bytes)"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Budget {
+    fn limit(&self) -> (u64, &'static str) {
+        if self.asked_for_pack.load(Ordering::Relaxed) {
+            // The pack plus the negotiation around it.
+            (
+                self.max_pack_size.saturating_add(MAX_ADVERTISEMENT),
+                "max_pack_size",
+            )
+        } else {
+            (MAX_ADVERTISEMENT, "the advertisement limit")
+        }
+    }
+}
+
+/// gix's curl backend with every response bounded like the other transports: gix holds a
+/// ref advertisement in memory, and curl's low-speed limit cannot stop a remote that sends
+/// one fast and for ever.
+pub(crate) struct BoundedHttp {
+    inner: Curl,
+    budget: Arc<Budget>,
+}
+
+impl BoundedHttp {
+    pub fn new(max_pack_size: u64) -> Self {
+        Self {
+            inner: Curl::default(),
+            budget: Arc::new(Budget {
+                received: AtomicU64::new(0),
+                asked_for_pack: AtomicBool::new(false),
+                max_pack_size,
+            }),
+        }
+    }
+
+    fn bounded<B>(&self, body: B) -> Bounded<B> {
+        Bounded {
+            inner: body,
+            budget: Arc::clone(&self.budget),
+        }
+    }
+}
+
+impl Http for BoundedHttp {
+    type Headers = <Curl as Http>::Headers;
+    type ResponseBody = Bounded<<Curl as Http>::ResponseBody>;
+    type PostBody = Watched<<Curl as Http>::PostBody>;
+
+    fn get(
+        &mut self,
+        url: &str,
+        base_url: &str,
+        headers: impl IntoIterator<Item = impl AsRef<str>>,
+    ) -> gix::Result<GetResponse<Self::Headers, Self::ResponseBody>> {
+        let response = self.inner.get(url, base_url, headers)?;
+        Ok(GetResponse {
+            headers: response.headers,
+            body: self.bounded(response.body),
+        })
+    }
+
+    fn post(
+        &mut self,
+        url: &str,
+        base_url: &str,
+        headers: impl IntoIterator<Item = impl AsRef<str>>,
+        body: PostBodyDataKind,
+    ) -> gix::Result<PostResponse<Self::Headers, Self::ResponseBody, Self::PostBody>> {
+        let response = self.inner.post(url, base_url, headers, body)?;
+        Ok(PostResponse {
+            post_body: Watched {
+                inner: response.post_body,
+                budget: Arc::clone(&self.budget),
+            },
+            headers: response.headers,
+            body: self.bounded(response.body),
+        })
+    }
+
+    fn configure(&mut self, config: &dyn std::any::Any) -> gix::Result {
+        self.inner.configure(config)
+    }
+
+    fn redirected_base_url(&self) -> Option<String> {
+        self.inner.redirected_base_url()
+    }
 }
