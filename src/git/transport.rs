@@ -304,10 +304,26 @@ pub(crate) fn shell_quote(text: &str) -> String {
 /// would otherwise exhaust it.
 const MAX_ADVERTISEMENT: u64 = 32 << 20;
 
+/// How often a read may find the connection closed before the exchange is given up: gix
+/// reads the end more than once while it winds down, but not without limit.
+const MAX_ENDS_SEEN: u64 = 64;
+
+/// The most bytes one attempt sends to the remote.
+const MAX_SENT: u64 = 16 << 20;
+
+/// The most HTTP requests one attempt makes; a real negotiation needs a handful.
+const MAX_HTTP_REQUESTS: u64 = 16;
+
 /// What a connection has received, and what it may still receive.
 #[derive(Debug)]
 struct Budget {
     received: AtomicU64,
+    /// Reads that found the connection closed, and HTTP requests made: a remote that closes or
+    /// answers nothing can make gix's negotiation go round and round.
+    ends_seen: AtomicU64,
+    requests: AtomicU64,
+    /// Bytes sent: wants and haves for one ref stay far below [`MAX_SENT`].
+    sent: AtomicU64,
     /// Set once the client asked for a pack: from then on the pack limit applies.
     asked_for_pack: AtomicBool,
     max_pack_size: u64,
@@ -330,6 +346,9 @@ pub(crate) struct Watched<W> {
 fn bounded<R, W>(reader: R, writer: W, max_pack_size: u64) -> (Bounded<R>, Watched<W>) {
     let budget = Arc::new(Budget {
         received: AtomicU64::new(0),
+        ends_seen: AtomicU64::new(0),
+        requests: AtomicU64::new(0),
+        sent: AtomicU64::new(0),
         asked_for_pack: AtomicBool::new(false),
         max_pack_size,
     });
@@ -348,6 +367,15 @@ fn bounded<R, W>(reader: R, writer: W, max_pack_size: u64) -> (Bounded<R>, Watch
 impl<R: std::io::Read> std::io::Read for Bounded<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let read = self.inner.read(buf)?;
+        if read == 0 && !buf.is_empty() {
+            let ends = self.budget.ends_seen.fetch_add(1, Ordering::Relaxed) + 1;
+            if ends > MAX_ENDS_SEEN {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the remote closed the connection in the middle of the exchange",
+                ));
+            }
+        }
         let total = self
             .budget
             .received
@@ -380,6 +408,16 @@ impl<W: std::io::Write> std::io::Write for Watched<W> {
         {
             self.budget.asked_for_pack.store(true, Ordering::Relaxed);
             self.budget.received.store(0, Ordering::Relaxed);
+        }
+        let sent = self
+            .budget
+            .sent
+            .fetch_add(buf.len() as u64, Ordering::Relaxed)
+            + buf.len() as u64;
+        if sent > MAX_SENT {
+            return Err(std::io::Error::other(
+                "the negotiation with the remote does not end; giving up",
+            ));
         }
         self.inner.write(buf)
     }
@@ -450,6 +488,9 @@ impl BoundedHttp {
             inner: Curl::default(),
             budget: Arc::new(Budget {
                 received: AtomicU64::new(0),
+                ends_seen: AtomicU64::new(0),
+                requests: AtomicU64::new(0),
+                sent: AtomicU64::new(0),
                 asked_for_pack: AtomicBool::new(false),
                 max_pack_size,
             }),
@@ -489,6 +530,12 @@ impl Http for BoundedHttp {
         headers: impl IntoIterator<Item = impl AsRef<str>>,
         body: PostBodyDataKind,
     ) -> gix::Result<PostResponse<Self::Headers, Self::ResponseBody, Self::PostBody>> {
+        let requests = self.budget.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        if requests > MAX_HTTP_REQUESTS {
+            return Err(gix::Error::from_error(std::io::Error::other(format!(
+                "the remote needed more than {MAX_HTTP_REQUESTS} requests; giving up"
+            ))));
+        }
         let response = self.inner.post(url, base_url, headers, body)?;
         Ok(PostResponse {
             post_body: Watched {
