@@ -79,11 +79,45 @@ pub(crate) fn describe(err: &gix::Error) -> String {
             parts.push(text.to_owned());
         }
     }
-    if parts.is_empty() {
+    let text = if parts.is_empty() {
         err.to_string()
     } else {
         parts.join(": ")
+    };
+    readable_bytes(&text)
+}
+
+/// gix shows some unparsable input as a list of byte values (`[114, 101, 102]`); shown as the
+/// text it is, the message says what the remote sent.
+fn readable_bytes(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find('[') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let bytes = after.find(']').and_then(|close| {
+            let list = &after[..close];
+            let values: Option<Vec<u8>> = list
+                .split(',')
+                .map(|v| v.trim().parse::<u8>().ok())
+                .collect();
+            values
+                .filter(|values| values.len() >= 3)
+                .map(|values| (values, close))
+        });
+        match bytes {
+            Some((values, close)) => {
+                out.push_str(&format!("{:?}", String::from_utf8_lossy(&values)));
+                rest = &after[close + 1..];
+            }
+            None => {
+                out.push('[');
+                rest = after;
+            }
+        }
     }
+    out.push_str(rest);
+    out
 }
 
 /// The chain of a standard error on one line.
@@ -175,4 +209,15 @@ pub(crate) fn with_helper_output(mut err: FetchError, stderr: &str) -> FetchErro
         err.kind = ErrorKind::Permanent;
     }
     err
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn byte_lists_become_text() {
+        assert_eq!(
+            super::readable_bytes("[114, 101, 102] could not be parsed [1] [a, b]"),
+            "\"ref\" could not be parsed [1] [a, b]"
+        );
+    }
 }

@@ -796,7 +796,6 @@ fn remote_error_text_is_one_clean_line() {
 
 /// A ref line that does not parse is reported readably, not as a list of byte values.
 #[test]
-#[ignore = "bug: a malformed ref line is reported as `[114, 101, 102, …] could not be parsed`"]
 fn malformed_ref_lines_are_reported_readably() {
     let (id, _) = honest_pack();
     expect_failures(&[
