@@ -108,16 +108,21 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
                                 }
                             }
                             if let Some(synced) = synced {
+                                let caught_up = seen.acknowledged == synced.old;
                                 seen.sent = Some(synced.new.clone());
                                 if synced.is_empty() {
-                                    // Nothing the consumer wants moved: nothing to apply, so
-                                    // nothing to acknowledge either.
-                                    record_acknowledged(
-                                        &entry,
-                                        &source.name,
-                                        &mut seen,
-                                        &synced.new,
-                                    );
+                                    // Nothing the consumer wants moved: nothing to apply. It
+                                    // is acknowledged on the consumer's behalf only when the
+                                    // consumer has acknowledged everything before it, or an
+                                    // update still unacknowledged would be lost on restart.
+                                    if caught_up {
+                                        record_acknowledged(
+                                            &entry,
+                                            &source.name,
+                                            &mut seen,
+                                            &synced.new,
+                                        );
+                                    }
                                 } else {
                                     deliver(&shared, &source, synced).await;
                                 }

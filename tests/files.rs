@@ -442,3 +442,31 @@ fn hostile_trees_never_write_outside_the_checkout() {
     );
     assert!(!Path::new("/tmp/escaped").exists());
 }
+
+#[test]
+fn a_filtered_out_commit_never_acknowledges_an_update_still_pending() {
+    let remote = files_remote();
+    let mut source = quick_source("f", &remote.file_url());
+    source.filter = Filter {
+        directories: vec!["policies".into()],
+        ..Filter::default()
+    };
+    source.interval = Duration::from_secs(3600);
+    let cache = unique_dir();
+    let feed = Running::start_at(cache.path(), vec![source.clone()], |feed| feed);
+    let first = feed.update(PATIENCE);
+    // Not acknowledged: the consumer has not applied it yet. Then a commit outside the filter.
+    let outside = remote.commit(&[("docs/index.md", Some("# later\n"))], "docs only");
+    feed.handle.trigger("f").expect("running");
+    feed.assert_quiet(Duration::from_millis(400));
+    feed.stop();
+    // After a restart the unacknowledged update is delivered again, now up to the new tip.
+    let feed = Running::start_at(cache.path(), vec![source], |feed| feed);
+    let again = feed.update(PATIENCE);
+    assert_eq!(
+        (again.old.as_ref(), again.new.as_str()),
+        (None, outside.as_str())
+    );
+    assert_eq!(paths(&again), paths(&first));
+    feed.stop();
+}
