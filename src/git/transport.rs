@@ -266,16 +266,18 @@ pub(crate) fn spawn_helper(
     } else {
         "git-upload-pack"
     };
-    let mut child = command.spawn().map_err(|err| {
+    let child = command.spawn().map_err(|err| {
         FetchError::permanent(format!("cannot run `{program}`: {err}; is it installed?"))
     })?;
     let group = Pid::from_child(&child);
-    let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+    // From here on the guard kills and reaps the helper on every path out.
+    let mut spawned = Spawned { child, group };
+    let (Some(stdin), Some(stdout)) = (spawned.child.stdin.take(), spawned.child.stdout.take())
+    else {
         return Err(FetchError::local(format!(
             "`{program}` started without pipes"
         )));
     };
-    let spawned = Spawned { child, group };
     cancel.watch_group(group);
     if cancel.is_cancelled() {
         cancel.forget_helper();
