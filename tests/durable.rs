@@ -5,20 +5,12 @@ use std::time::Duration;
 
 use gitfeed::{ErrorKind, SourceState, acknowledge, sync_once};
 
-use crate::harness::{Running, quick_source};
+use crate::harness::{Running, entry_dir, incompressible, quick_source};
 use crate::util::{
     Fault, FaultServer, GitDaemon, HttpServer, Remote, git_in, name_status, refused_url, unique_dir,
 };
 
 const PATIENCE: Duration = Duration::from_secs(20);
-
-fn entry_dir(cache: &Path) -> PathBuf {
-    std::fs::read_dir(cache)
-        .expect("cache")
-        .map(|entry| entry.expect("entry").path())
-        .find(|path| path.join("repo.git").exists())
-        .expect("a cache entry with a clone")
-}
 
 #[test]
 fn annotated_tag_resolves_to_its_commit_and_moves() {
@@ -457,15 +449,7 @@ umount '{dir}'"#,
 fn disk_full_during_a_fetch_leaves_nothing_and_recovers() {
     let remote = Remote::new();
     // Incompressible content: the pack cannot fit in the small filesystem.
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    let noise: String = (0..1_000_000)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            char::from(b'!' + (state % 90) as u8)
-        })
-        .collect();
+    let noise = incompressible(1_000_000, 0x9e37_79b9_7f4a_7c15);
     let big = remote.commit(&[("big.txt", Some(&noise))], "big");
     let dir = unique_dir();
     let script = format!(
@@ -505,15 +489,7 @@ umount '{dir}'"#,
 #[test]
 fn a_pack_over_the_limit_is_refused_and_removed() {
     let remote = Remote::new();
-    let mut state = 0x2545_f491_4f6c_dd1d_u64;
-    let noise: String = (0..2_000_000)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            char::from(b'!' + (state % 90) as u8)
-        })
-        .collect();
+    let noise = incompressible(2_000_000, 0x2545_f491_4f6c_dd1d);
     remote.commit(&[("big.txt", Some(&noise))], "big");
     let daemon = GitDaemon::start(&remote.root());
     let cache = unique_dir();

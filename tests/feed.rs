@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use gitfeed::{Event, SourceState};
 
-use crate::harness::{Running, quick_source};
+use crate::harness::{Running, entry_dir, quick_source};
 use crate::util::{Fault, FaultServer, HttpServer, Remote, refused_url};
 
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -286,7 +286,7 @@ fn shallow_source_keeps_diffing_against_the_delivered_commit() {
     }
     // The clone stays shallow: fetching with a depth never deepens it, and consolidation
     // drops commits nobody needs any more.
-    let clone = clone_dir(feed.cache_dir()).join("repo.git");
+    let clone = entry_dir(feed.cache_dir()).join("repo.git");
     let count = crate::util::git_in(&clone, &["rev-list", "--count", "refs/gitfeed/tip"]);
     let count: usize = count.trim().parse().expect("a count");
     assert!(
@@ -324,14 +324,6 @@ fn events_serialize_as_the_contract_says() {
     feed.stop();
 }
 
-fn clone_dir(cache: &std::path::Path) -> std::path::PathBuf {
-    std::fs::read_dir(cache)
-        .expect("cache")
-        .map(|entry| entry.expect("entry").path())
-        .find(|path| path.join("repo.git").exists())
-        .expect("a cache entry with a clone")
-}
-
 #[test]
 fn leftovers_of_a_killed_fetch_are_removed() {
     let remote = Remote::new();
@@ -341,7 +333,7 @@ fn leftovers_of_a_killed_fetch_are_removed() {
         .expect("sync")
         .expect("update");
     gitfeed::acknowledge(cache.path(), &source, &first.new).expect("ack");
-    let git_dir = clone_dir(cache.path()).join("repo.git");
+    let git_dir = entry_dir(cache.path()).join("repo.git");
     let leftovers = [
         git_dir.join("packed-refs.lock"),
         git_dir.join("refs/gitfeed/tip.lock"),
@@ -385,7 +377,7 @@ fn one_process_writes_a_cache_entry_at_a_time() {
     gitfeed::sync_once(cache.path(), &source)
         .expect("sync")
         .expect("update");
-    let entry = clone_dir(cache.path());
+    let entry = entry_dir(cache.path());
     // Another writer holds the entry's lock. flock(2) locks belong to an open file, so a
     // second open in this process conflicts just as another process would.
     let holder = std::fs::OpenOptions::new()

@@ -150,3 +150,25 @@ pub fn letters(update: &Update) -> Vec<(char, String)> {
     pairs.sort_by(|a, b| a.1.cmp(&b.1));
     pairs
 }
+
+/// The cache entry directory that holds a clone (tests use one source per cache).
+pub fn entry_dir(cache: &std::path::Path) -> std::path::PathBuf {
+    std::fs::read_dir(cache)
+        .expect("cache")
+        .map(|entry| entry.expect("entry").path())
+        .find(|path| path.join("repo.git").exists())
+        .expect("a cache entry with a clone")
+}
+
+/// `len` printable characters that do not compress: a pack of them is as large as they are.
+pub fn incompressible(len: usize, seed: u64) -> String {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            char::from(b'!' + (state % 90) as u8)
+        })
+        .collect()
+}
