@@ -346,14 +346,7 @@ pub(crate) struct Watched<W> {
 }
 
 fn bounded<R, W>(reader: R, writer: W, max_pack_size: u64) -> (Bounded<R>, Watched<W>) {
-    let budget = Arc::new(Budget {
-        received: AtomicU64::new(0),
-        ends_seen: AtomicU64::new(0),
-        requests: AtomicU64::new(0),
-        sent: AtomicU64::new(0),
-        asked_for_pack: AtomicBool::new(false),
-        max_pack_size,
-    });
+    let budget = Budget::new(max_pack_size);
     (
         Bounded {
             inner: reader,
@@ -378,25 +371,10 @@ impl<R: std::io::Read> std::io::Read for Bounded<R> {
                 ));
             }
         }
-        let total = self
-            .budget
+        self.budget
             .received
-            .fetch_add(read as u64, Ordering::Relaxed)
-            + read as u64;
-        let (limit, what) = if self.budget.asked_for_pack.load(Ordering::Relaxed) {
-            // The pack plus the negotiation around it.
-            (
-                self.budget.max_pack_size.saturating_add(MAX_ADVERTISEMENT),
-                "max_pack_size",
-            )
-        } else {
-            (MAX_ADVERTISEMENT, "the advertisement limit")
-        };
-        if total > limit {
-            return Err(std::io::Error::other(format!(
-                "the remote sent more than {what} ({limit} bytes)"
-            )));
-        }
+            .fetch_add(read as u64, Ordering::Relaxed);
+        self.over_budget()?;
         Ok(read)
     }
 }
@@ -463,6 +441,17 @@ impl<R> Bounded<R> {
 }
 
 impl Budget {
+    fn new(max_pack_size: u64) -> Arc<Self> {
+        Arc::new(Self {
+            received: AtomicU64::new(0),
+            ends_seen: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            asked_for_pack: AtomicBool::new(false),
+            max_pack_size,
+        })
+    }
+
     fn limit(&self) -> (u64, &'static str) {
         if self.asked_for_pack.load(Ordering::Relaxed) {
             // The pack plus the negotiation around it.
@@ -488,14 +477,7 @@ impl BoundedHttp {
     pub fn new(max_pack_size: u64) -> Self {
         Self {
             inner: Curl::default(),
-            budget: Arc::new(Budget {
-                received: AtomicU64::new(0),
-                ends_seen: AtomicU64::new(0),
-                requests: AtomicU64::new(0),
-                sent: AtomicU64::new(0),
-                asked_for_pack: AtomicBool::new(false),
-                max_pack_size,
-            }),
+            budget: Budget::new(max_pack_size),
         }
     }
 
