@@ -68,6 +68,8 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
     let mut rng = fastrand::Rng::new();
     let mut pending: Vec<Control> = Vec::new();
     let mut last_warning: Option<String> = None;
+    // When the timer that started the coming attempt was due, for the schedule's debug log.
+    let mut due: Option<Instant> = None;
     loop {
         while let Some(action) = machine.poll_action() {
             match action {
@@ -83,7 +85,7 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
                 }
                 Action::Fetch => {
                     let Some(attempt) =
-                        attempt(&shared, &source, &entry, handle.take(), &seen).await
+                        attempt(&shared, &source, &entry, handle.take(), &seen, due.take()).await
                     else {
                         return; // shut down while waiting for a fetch slot
                     };
@@ -164,8 +166,9 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
                 );
             }
         }
+        let timeout = machine.poll_timeout();
         let wake = async {
-            match machine.poll_timeout() {
+            match timeout {
                 Some(at) => {
                     Timer::at(at).await;
                     Wake::Timeout
@@ -179,7 +182,10 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
             Wake::Removed
         };
         match wake.or(message).or(shutdown).await {
-            Wake::Timeout => machine.handle_timeout(Instant::now()),
+            Wake::Timeout => {
+                due = timeout;
+                machine.handle_timeout(Instant::now());
+            }
             Wake::Control(message) => apply(
                 &mut machine,
                 &mut source,
@@ -235,6 +241,7 @@ async fn attempt(
     entry: &cache::Entry,
     handle: Option<Repo>,
     seen: &Seen,
+    due: Option<Instant>,
 ) -> Option<Attempt> {
     let slot = async { Some(shared.fetch_slots.acquire().await) };
     let closed = async {
@@ -242,6 +249,16 @@ async fn attempt(
         None
     };
     let _slot = slot.or(closed).await?;
+    if let Some(due) = due {
+        // How far behind its schedule the feed runs: the timer's lateness includes the
+        // executor's, and the rest is the wait for a fetch slot.
+        log::debug!(
+            target: "gitfeed::schedule",
+            "{}: attempt started late_us={} after its timer was due",
+            source.name,
+            Instant::now().saturating_duration_since(due).as_micros()
+        );
+    }
 
     let target = work::target(source);
     let cancel = Arc::new(Cancel::default());
@@ -465,24 +482,32 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// One attempt outside any feed: fetch and diff against the acknowledged commit.
-pub(crate) async fn once(shared: &Shared, source: &Source) -> Result<Option<Update>, FetchError> {
+/// One attempt outside any feed: fetch and diff against the acknowledged commit. `handle` is
+/// the clone kept from the previous attempt, if any, and is left holding what this one keeps.
+pub(crate) async fn once(
+    shared: &Shared,
+    source: &Source,
+    handle: &mut Option<Repo>,
+) -> Result<Option<Update>, FetchError> {
     let entry = cache::Entry::new(&shared.cache_dir, &source.cache_key());
     let acknowledged = entry.delivered();
     let seen = Seen {
         sent: acknowledged.clone(),
         acknowledged,
     };
-    let attempt = attempt(shared, source, &entry, None, &seen)
+    let attempt = attempt(shared, source, &entry, handle.take(), &seen, None)
         .await
         .ok_or_else(|| FetchError::transient("the feed is shutting down"))?;
     for warning in &attempt.warnings {
         log::warn!("{}: {warning}", source.name);
     }
-    if let Err(err) = &attempt.result
-        && err.kind == ErrorKind::Corrupt
-    {
-        let _ = entry.delete_clone();
+    if let Err(err) = &attempt.result {
+        // As in a feed: a failure gives the handle back, and a corrupt clone is deleted.
+        if err.kind == ErrorKind::Corrupt {
+            let _ = entry.delete_clone();
+        }
+    } else {
+        *handle = attempt.handle;
     }
     let Some(synced) = attempt.result? else {
         return Ok(None);

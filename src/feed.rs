@@ -301,6 +301,9 @@ impl std::error::Error for SyncError {}
 /// nothing moved). Call [`acknowledge`] once the update is applied; until then, the next
 /// call returns the same update again.
 ///
+/// Each call opens the cached clone afresh; to poll one source again and again, keep a
+/// [`Follower`].
+///
 /// ```no_run
 /// let source = gitfeed::Source::new("p", "https://example.org/p.git");
 /// if let Some(update) = gitfeed::sync_once("/var/cache/gitfeed", &source)? {
@@ -313,23 +316,73 @@ pub fn sync_once(
     cache_dir: impl AsRef<Path>,
     source: &Source,
 ) -> Result<Option<Update>, SyncError> {
-    let source = &source.normalized();
-    source.validate().map_err(|err| SyncError {
-        kind: ErrorKind::Permanent,
-        message: err.to_string(),
-    })?;
-    let (_events, _) = async_channel::bounded(1);
-    let (_stop, shutdown) = async_channel::bounded(1);
-    let shared = Shared {
-        cache_dir: cache_dir.as_ref().to_owned(),
-        events: _events,
-        fetch_slots: Semaphore::new(1),
-        shutdown,
-    };
-    smol::block_on(driver::once(&shared, source)).map_err(|err| SyncError {
-        kind: err.kind,
-        message: err.message,
-    })
+    Follower::new(cache_dir, source)?.poll()
+}
+
+/// Follows one source on the caller's thread, without a feed or an executor: each
+/// [`poll`](Follower::poll) is one attempt, as [`sync_once`] runs it, but the cached clone
+/// stays open between polls (it is reopened after a failure).
+///
+/// ```no_run
+/// let source = gitfeed::Source::new("p", "https://example.org/p.git");
+/// let mut follower = gitfeed::Follower::new("/var/cache/gitfeed", &source)?;
+/// loop {
+///     if let Some(update) = follower.poll()? {
+///         println!("{} files changed", update.changes.len());
+///         follower.acknowledge(&update.new)?;
+///     }
+///     std::thread::sleep(std::time::Duration::from_secs(30));
+/// }
+/// # Ok::<(), gitfeed::SyncError>(())
+/// ```
+#[derive(Debug)]
+pub struct Follower {
+    shared: Shared,
+    source: Source,
+    handle: Option<crate::git::Repo>,
+    // Never closed while the follower lives: `shared.shutdown` only closes with it.
+    _running: Sender<()>,
+}
+
+impl Follower {
+    /// Checks `source` and prepares to follow it in `cache_dir`; nothing is fetched yet.
+    pub fn new(cache_dir: impl AsRef<Path>, source: &Source) -> Result<Self, SyncError> {
+        let source = source.normalized();
+        source.validate().map_err(|err| SyncError {
+            kind: ErrorKind::Permanent,
+            message: err.to_string(),
+        })?;
+        let (events, _) = async_channel::bounded(1);
+        let (running, shutdown) = async_channel::bounded(1);
+        Ok(Self {
+            shared: Shared {
+                cache_dir: cache_dir.as_ref().to_owned(),
+                events,
+                fetch_slots: Semaphore::new(1),
+                shutdown,
+            },
+            source,
+            handle: None,
+            _running: running,
+        })
+    }
+
+    /// Fetches, within the source's timeout, and returns the update since the commit last
+    /// acknowledged (`None` when nothing moved). Until [`acknowledge`](Follower::acknowledge)
+    /// is called, the next poll returns the same update again.
+    pub fn poll(&mut self) -> Result<Option<Update>, SyncError> {
+        smol::block_on(driver::once(&self.shared, &self.source, &mut self.handle)).map_err(
+            |err| SyncError {
+                kind: err.kind,
+                message: err.message,
+            },
+        )
+    }
+
+    /// Records that the consumer has applied the update to `commit`.
+    pub fn acknowledge(&self, commit: &str) -> Result<(), SyncError> {
+        acknowledge(&self.shared.cache_dir, &self.source, commit)
+    }
 }
 
 /// Records, outside any feed, that the consumer has applied `source`'s update to `commit`;

@@ -14,6 +14,7 @@ mod transport;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use gix::bstr::ByteSlice;
 use gix::remote::Direction;
@@ -84,7 +85,15 @@ pub(crate) struct Repo {
     repo: gix::ThreadSafeRepository,
     git_dir: PathBuf,
     packs_at_open: usize,
+    /// Set once the remote advertised more than [`MANY_REFS`] refs: from then on, this handle
+    /// asks git:// and HTTP remotes for protocol v2, whose advertisement lists only the
+    /// wanted ref. Until then it asks for v1, which answers a no-change poll in one exchange
+    /// (one HTTP request instead of two).
+    many_refs: AtomicBool,
 }
+
+/// How many advertised refs make the one-exchange protocol v1 cost more than it saves.
+const MANY_REFS: usize = 64;
 
 impl std::fmt::Debug for Repo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -142,6 +151,7 @@ impl Repo {
             repo: repo.into_sync(),
             git_dir: git_dir.to_owned(),
             packs_at_open: pack_count(git_dir),
+            many_refs: AtomicBool::new(false),
         })
     }
 
@@ -307,14 +317,33 @@ impl Repo {
         let parsed = gix::url::parse(url.as_bytes().as_bstr()).map_err(|err| {
             FetchError::permanent(format!("invalid url: {}", error::describe_std(&err)))
         })?;
-        let reference = if let Some(connection) =
-            transport::git_daemon_stream(&target.url, target.timeout, target.max_pack_size, cancel)?
+        let ours = tip_id(&repo);
+        let protocol = if self.many_refs.load(Ordering::Relaxed) {
+            gix::protocol::transport::Protocol::V2
+        } else {
+            gix::protocol::transport::Protocol::V1
+        };
+        let fetched = Fetched {
+            ours,
+            many_refs: &self.many_refs,
+        };
+        let reference = if let Some(reference) = unchanged_local_ref(&repo, &parsed, target) {
+            reference
+        } else if let Some(connection) =
+            transport::git_daemon_stream(
+                &target.url,
+                target.timeout,
+                target.max_pack_size,
+                protocol,
+                cancel,
+            )?
         {
             receive(
                 remote.to_connection_with_transport(connection),
                 target,
                 shallow,
                 cancel,
+                &fetched,
             )?
         } else if let Some((connection, helper)) = transport::spawn_helper(
             &parsed,
@@ -327,6 +356,7 @@ impl Repo {
                 target,
                 shallow,
                 cancel,
+                &fetched,
             );
             // Forget the helper's group before it is reaped, so a late cancel cannot signal
             // a reused process id.
@@ -353,19 +383,19 @@ impl Repo {
                 gix::protocol::transport::client::blocking_io::http::Transport::new_http(
                     transport::BoundedHttp::new(target.max_pack_size),
                     parsed.clone(),
-                    gix::protocol::transport::Protocol::V2,
+                    protocol,
                     false,
                 );
             let mut connection = remote.to_connection_with_transport(transport);
             if let Some(options) = http_options(&repo, &url, target) {
                 connection = connection.with_transport_options(options);
             }
-            receive(connection, target, shallow, cancel)?
+            receive(connection, target, shallow, cancel, &fetched)?
         } else {
             let connection = remote
                 .connect(Direction::Fetch)
                 .map_err(|err| error::classify(&err, target, cancel))?;
-            receive(connection, target, shallow, cancel)?
+            receive(connection, target, shallow, cancel, &fetched)?
         };
         let commit = repo
             .find_reference(TIP_REF)
@@ -517,6 +547,14 @@ pub(crate) struct Changes {
     pub skipped: Vec<String>,
 }
 
+/// What [`receive`] knows of the clone it fetches into.
+struct Fetched<'a> {
+    /// Where the tracked ref points now, if anywhere.
+    ours: Option<gix::ObjectId>,
+    /// Set when the remote advertises many refs; see [`Repo::many_refs`].
+    many_refs: &'a AtomicBool,
+}
+
 /// Negotiates and receives the pack over an established connection, then checks that the
 /// tracked ref was really updated: gix reports `Ok` even when an update was rejected.
 fn receive<T>(
@@ -524,6 +562,7 @@ fn receive<T>(
     target: &Target,
     shallow: Shallow,
     cancel: &Cancel,
+    fetched: &Fetched<'_>,
 ) -> Result<String, FetchError>
 where
     T: gix::protocol::transport::client::blocking_io::Transport,
@@ -539,6 +578,9 @@ where
                 failure
             }
         })?;
+    if prepare.ref_map().remote_refs.len() > MANY_REFS {
+        fetched.many_refs.store(true, Ordering::Relaxed);
+    }
     let Some(mapping) = prepare.ref_map().mappings.first() else {
         return Err(missing_ref(wanted, target.seen_before));
     };
@@ -555,10 +597,15 @@ where
             )));
         }
     };
-    if mapping.remote.as_id().is_none() {
+    let Some(theirs) = mapping.remote.as_id() else {
         return Err(FetchError::permanent(format!(
             "`{remote_name}` on the remote has no commits yet"
         )));
+    };
+    if Some(theirs) == fetched.ours.as_deref() {
+        // Nothing moved: end the conversation here instead of negotiating and updating the
+        // ref to where it already points.
+        return Ok(remote_name);
     }
     let outcome = prepare
         .with_shallow(shallow)
@@ -610,6 +657,45 @@ where
         }
     }
     Ok(remote_name)
+}
+
+/// For a remote on this machine (a path or `file://`), the name of the wanted ref when it
+/// still points where the clone's copy does, read from the remote's ref store without running
+/// `git-upload-pack`: a no-change poll of a local remote then costs a few file reads. `None`
+/// whenever that cannot be told for sure (a pinned commit, a remote that does not open, a
+/// ref that moved or is missing); the caller then fetches as usual and reports any error.
+fn unchanged_local_ref(
+    repo: &gix::Repository,
+    url: &gix::Url,
+    target: &Target,
+) -> Option<String> {
+    if url.scheme != gix::url::Scheme::File {
+        return None;
+    }
+    let wanted = target.reference.as_deref().unwrap_or("HEAD");
+    if is_commit_id(wanted) {
+        return None;
+    }
+    let ours = tip_id(repo)?;
+    let path = gix::path::from_bstr(url.path.as_bstr()).ok()?;
+    let remote = gix::open_opts(path, gix::open::Options::isolated()).ok()?;
+    let mut reference = remote.find_reference(wanted).ok()?;
+    // HEAD is reported by the branch it names, as a fetch would.
+    let name = match reference.target().try_name() {
+        Some(name) => name.as_bstr().to_str().ok()?.to_owned(),
+        None => reference.name().as_bstr().to_str().ok()?.to_owned(),
+    };
+    if name != wanted && !(wanted == "HEAD" && name.starts_with("refs/")) {
+        return None;
+    }
+    let theirs = reference.follow_to_object().ok()?.detach();
+    (theirs == ours).then_some(name)
+}
+
+/// Where the clone's copy of the tracked ref points, unpeeled (a tag object for an annotated
+/// tag), as the remote advertises it.
+fn tip_id(repo: &gix::Repository) -> Option<gix::ObjectId> {
+    Some(repo.find_reference(TIP_REF).ok()?.target().try_id()?.to_owned())
 }
 
 /// A ref the remote does not have. Never seen before, it is a configuration mistake and

@@ -103,6 +103,7 @@ pub(crate) fn git_daemon_stream(
     url: &str,
     timeout: Duration,
     max_pack_size: u64,
+    protocol: Protocol,
     cancel: &Cancel,
 ) -> Result<Option<DaemonConnection>, FetchError> {
     let Ok(parsed) = gix::url::parse(url.as_bytes().as_bstr()) else {
@@ -154,7 +155,7 @@ pub(crate) fn git_daemon_stream(
     Ok(Some(Connection::new(
         reader,
         writer,
-        Protocol::V2,
+        protocol,
         parsed.path.clone(),
         Some((host, parsed.port)),
         ConnectMode::Daemon,

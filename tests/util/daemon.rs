@@ -99,6 +99,11 @@ impl GitDaemon {
         }
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The port the daemon listens on.
     pub fn port(&self) -> u16 {
         self.port

@@ -575,10 +575,26 @@ fn relay_cgi_response(mut cgi: impl BufRead, stream: &TcpStream) -> io::Result<u
         .next()
         .and_then(|code| code.parse().ok())
         .ok_or_else(|| invalid("malformed CGI Status"))?;
-    let head = format!("HTTP/1.1 {status}\r\n{headers}Connection: close\r\n\r\n");
+    // Chunked, so the body streams as the CGI writes it and every client (libgit2 among
+    // them) sees where it ends without relying on the connection closing.
+    let head = format!(
+        "HTTP/1.1 {status}\r\n{headers}Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
     let mut out = stream;
     out.write_all(head.as_bytes())?;
-    io::copy(&mut cgi, &mut out)?;
+    let mut buffer = vec![0; 64 * 1024];
+    loop {
+        let n = match cgi.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        };
+        out.write_all(format!("{n:x}\r\n").as_bytes())?;
+        out.write_all(&buffer[..n])?;
+        out.write_all(b"\r\n")?;
+    }
+    out.write_all(b"0\r\n\r\n")?;
     out.flush()?;
     Ok(code)
 }

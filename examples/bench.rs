@@ -1,0 +1,965 @@
+//! gitfeed against the git command line and libgit2 (through pygit2), side by side in one run,
+//! on repositories generated here and served on loopback by `git daemon`, smart HTTP through
+//! `git http-backend` (the integration tests' server) and `file://`.
+//!
+//! ```text
+//! benches/run                      # everything, at the policy and the large size
+//! benches/run --sizes tiny         # a quick check that the benchmark still works
+//! cargo run --release --example bench -- --only poll,clone --sizes policy
+//! ```
+//!
+//! `benches/run` builds this in release mode and installs pygit2 in a virtual environment;
+//! without `GITFEED_BENCH_PYTHON` (a Python with pygit2) the libgit2 columns are left out.
+//!
+//! Sections (`--only`, comma-separated):
+//! - `poll`: a no-change poll; gitfeed's [`Follower`] (clone kept open), `git fetch` run as a
+//!   process on an equivalent bare clone, pygit2's `Remote.fetch` on one.
+//! - `update`: one new commit: fetch plus the list of changed files.
+//! - `clone`: an initial clone, full and depth 1; gitfeed's includes listing every file of the
+//!   first update.
+//! - `footprint`: an idle `gitfeed watch` with one source and a feed with 1,000 sources;
+//!   resident memory, threads, descriptors and CPU while idle; the binary's size.
+//! - `scale`: 1,000 sources polling every 10 s on one executor: how late each poll starts,
+//!   how the start times spread, and the server's CPU per no-change poll.
+
+#[path = "../tests/util/mod.rs"]
+mod util;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use gitfeed::{Event, Feed, Follower, Source};
+
+use util::{GitDaemon, HttpServer};
+
+struct Options {
+    sizes: Vec<Size>,
+    only: Vec<String>,
+    sources: usize,
+    python: Option<String>,
+}
+
+#[derive(Clone, Copy)]
+struct Size {
+    name: &'static str,
+    files: usize,
+    commits: usize,
+    /// Files changed by each commit after the first.
+    touched: usize,
+    poll_rounds: usize,
+    update_rounds: usize,
+    clone_rounds: usize,
+}
+
+const SIZES: [Size; 3] = [
+    Size {
+        name: "tiny",
+        files: 30,
+        commits: 10,
+        touched: 2,
+        poll_rounds: 3,
+        update_rounds: 2,
+        clone_rounds: 1,
+    },
+    Size {
+        name: "policy",
+        files: 300,
+        commits: 200,
+        touched: 3,
+        poll_rounds: 51,
+        update_rounds: 21,
+        clone_rounds: 11,
+    },
+    Size {
+        name: "large",
+        files: 20_000,
+        commits: 2_000,
+        touched: 10,
+        poll_rounds: 31,
+        update_rounds: 11,
+        clone_rounds: 5,
+    },
+];
+
+fn main() {
+    if let Some(sources) = std::env::var("GITFEED_BENCH_FEED")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        run_feed_child(sources);
+    }
+    let options = parse_args();
+    // smol's global reactor lives as long as the process: start it before measuring.
+    smol::block_on(smol::Timer::after(Duration::from_millis(1)));
+    println!("# gitfeed benchmark");
+    println!();
+    println!("{}", machine_line());
+    if let Some(python) = &options.python {
+        println!("libgit2 through pygit2, run by {python}");
+    } else {
+        println!("GITFEED_BENCH_PYTHON is not set: no libgit2 columns");
+    }
+    let wants = |section: &str| options.only.is_empty() || options.only.iter().any(|s| s == section);
+    for size in &options.sizes {
+        let repos = Repos::generate(*size);
+        let servers = Servers::start(&repos);
+        println!();
+        println!(
+            "## {} repository: {} files, {} commits, pack {} KiB",
+            size.name,
+            size.files,
+            size.commits,
+            pack_bytes(&repos.bare()) / 1024
+        );
+        if wants("poll") {
+            poll(&options, size, &repos, &servers);
+        }
+        if wants("update") {
+            update(&options, size, &repos, &servers);
+        }
+        if wants("clone") {
+            clone(&options, size, &servers);
+        }
+    }
+    if wants("footprint") || wants("scale") {
+        let size = options.sizes.first().copied().unwrap_or(SIZES[1]);
+        let repos = Repos::generate(size);
+        repos.add_branches(options.sources);
+        let daemon = GitDaemon::start(&repos.root);
+        if wants("footprint") {
+            footprint(&options, &repos, &daemon);
+        }
+        if wants("scale") {
+            scale(&options, &repos, &daemon);
+        }
+    }
+}
+
+fn parse_args() -> Options {
+    let mut options = Options {
+        sizes: vec![SIZES[1], SIZES[2]],
+        only: Vec::new(),
+        sources: 1000,
+        python: std::env::var("GITFEED_BENCH_PYTHON")
+            .ok()
+            .filter(|p| !p.is_empty()),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().unwrap_or_else(|| usage(&format!("{arg} needs a value")));
+        match arg.as_str() {
+            "--sizes" => {
+                options.sizes = value()
+                    .split(',')
+                    .map(|name| {
+                        *SIZES
+                            .iter()
+                            .find(|size| size.name == name)
+                            .unwrap_or_else(|| usage(&format!("unknown size {name}")))
+                    })
+                    .collect();
+            }
+            "--only" => options.only = value().split(',').map(str::to_owned).collect(),
+            "--sources" => {
+                options.sources = value()
+                    .parse()
+                    .unwrap_or_else(|_| usage("--sources needs a number"))
+            }
+            _ => usage(&format!("unknown argument {arg}")),
+        }
+    }
+    options
+}
+
+fn usage(problem: &str) -> ! {
+    eprintln!("{problem}");
+    eprintln!(
+        "usage: bench [--sizes tiny,policy,large] [--only poll,update,clone,footprint,scale] \
+         [--sources N]"
+    );
+    std::process::exit(2)
+}
+
+fn machine_line() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split(':').nth(1))
+                .map(|model| model.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let git = command_output(Command::new("git").arg("--version"));
+    format!(
+        "machine: {cpu}, {cores} cores; {}; gitfeed built {}",
+        git.trim(),
+        if cfg!(debug_assertions) {
+            "in debug mode (figures are not representative)"
+        } else {
+            "in release mode"
+        }
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Repositories and servers
+
+/// A generated bare repository `repo.git` under `root`, served from there.
+struct Repos {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    size: Size,
+    next: Mutex<usize>,
+}
+
+const REF: &str = "refs/heads/main";
+
+impl Repos {
+    /// Writes the history with `git fast-import` and packs it as a server would.
+    fn generate(size: Size) -> Repos {
+        let dir = util::unique_dir();
+        let root = dir.path().join("srv");
+        let bare = root.join("repo.git");
+        std::fs::create_dir_all(&bare).expect("create the repository directory");
+        git(&bare, &["init", "-q", "--bare", "-b", "main"]);
+        let repos = Repos {
+            _dir: dir,
+            root,
+            size,
+            next: Mutex::new(0),
+        };
+        let mut stream = Vec::new();
+        for commit in 0..size.commits {
+            let files: Vec<usize> = if commit == 0 {
+                (0..size.files).collect()
+            } else {
+                (0..size.touched)
+                    .map(|k| (commit * 7919 + k * 104_729) % size.files)
+                    .collect()
+            };
+            // Within one stream, each commit follows the one before on the same branch.
+            repos.commit_record(&mut stream, commit, &files, false);
+        }
+        repos.fast_import(&stream);
+        git(&bare, &["repack", "-adq"]);
+        *repos.next.lock().unwrap() = size.commits;
+        repos
+    }
+
+    fn bare(&self) -> PathBuf {
+        self.root.join("repo.git")
+    }
+
+    fn path_of(&self, file: usize) -> String {
+        let dirs = (self.size.files / 40).max(1);
+        format!("policies/d{:03}/s{}/rule{file}.rego", file % dirs, file % 3)
+    }
+
+    fn commit_record(&self, out: &mut Vec<u8>, commit: usize, files: &[usize], from_disk: bool) {
+        let message = format!("commit {commit}\n");
+        let _ = write!(
+            out,
+            "commit {REF}\ncommitter Bench <bench@example.org> {} +0000\ndata {}\n{message}",
+            1_700_000_000 + commit,
+            message.len()
+        );
+        if from_disk {
+            let _ = writeln!(out, "from {REF}^0");
+        }
+        for &file in files {
+            let mut text = String::new();
+            for line in 0..8 {
+                text.push_str(&format!(
+                    "allow[{line}] if input.rule == {file} and input.version == {commit}\n"
+                ));
+            }
+            let _ = write!(
+                out,
+                "M 100644 inline {}\ndata {}\n{text}\n",
+                self.path_of(file),
+                text.len()
+            );
+        }
+        out.push(b'\n');
+    }
+
+    fn fast_import(&self, stream: &[u8]) {
+        let mut child = Command::new("git")
+            .args(["fast-import", "--quiet", "--force"])
+            .current_dir(self.bare())
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("run git fast-import");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stream)
+            .expect("feed git fast-import");
+        assert!(child.wait().expect("git fast-import").success());
+    }
+
+    /// Commits a change to a few files on `main`; returns the new commit id.
+    fn new_commit(&self) -> String {
+        let mut next = self.next.lock().unwrap();
+        let commit = *next;
+        *next += 1;
+        let files: Vec<usize> = (0..self.size.touched)
+            .map(|k| (commit * 7919 + k * 104_729) % self.size.files)
+            .collect();
+        let mut stream = Vec::new();
+        self.commit_record(&mut stream, commit, &files, true);
+        self.fast_import(&stream);
+        command_output(
+            Command::new("git")
+                .args(["rev-parse", REF])
+                .current_dir(self.bare()),
+        )
+        .trim()
+        .to_owned()
+    }
+
+    /// Branches `b0`…`b{n-1}` at `main`, one per source of the scale runs.
+    fn add_branches(&self, n: usize) {
+        let mut stream = Vec::new();
+        for i in 0..n {
+            let _ = write!(stream, "reset refs/heads/b{i}\nfrom {REF}^0\n\n");
+        }
+        self.fast_import(&stream);
+    }
+}
+
+struct Servers {
+    daemon: GitDaemon,
+    http: HttpServer,
+    file: String,
+}
+
+impl Servers {
+    fn start(repos: &Repos) -> Servers {
+        Servers {
+            daemon: GitDaemon::start(&repos.root),
+            http: HttpServer::start(&repos.root),
+            file: format!("file://{}", repos.bare().display()),
+        }
+    }
+
+    fn urls(&self) -> [(&'static str, String); 3] {
+        [
+            ("file", self.file.clone()),
+            ("git", self.daemon.url("repo.git")),
+            ("http", self.http.url("repo.git")),
+        ]
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients
+
+fn source(url: &str) -> Source {
+    let mut source = Source::new("bench", url);
+    source.reference = Some("main".into());
+    source.timeout = Duration::from_secs(120);
+    source.max_pack_size = 1 << 32;
+    source
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let status = Command::new("git")
+        .current_dir(dir)
+        .args(["-c", "protocol.version=2"])
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run git");
+    assert!(status.success(), "git {args:?} in {}", dir.display());
+}
+
+fn command_output(command: &mut Command) -> String {
+    let output = command.output().expect("run a command");
+    assert!(output.status.success(), "{command:?}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn timed(run: impl FnOnce()) -> Duration {
+    let started = Instant::now();
+    run();
+    started.elapsed()
+}
+
+/// Runs the pygit2 side; `None` without a Python to run it.
+fn pygit2(options: &Options, args: &[&str]) -> Option<serde_json::Value> {
+    let python = options.python.as_ref()?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/pygit2_bench.py");
+    let output = Command::new(python)
+        .arg(script)
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run the pygit2 benchmark");
+    assert!(output.status.success(), "pygit2 {args:?}");
+    Some(serde_json::from_slice(&output.stdout).expect("JSON from the pygit2 benchmark"))
+}
+
+fn pygit2_ms(value: &serde_json::Value, key: &str) -> Option<Duration> {
+    value
+        .get(key)?
+        .as_f64()
+        .map(|ms| Duration::from_secs_f64(ms / 1e3))
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort_unstable();
+    samples[samples.len() / 2]
+}
+
+fn ms(duration: Duration) -> String {
+    let ms = duration.as_secs_f64() * 1e3;
+    if ms < 10.0 {
+        format!("{ms:.2} ms")
+    } else if ms < 1000.0 {
+        format!("{ms:.1} ms")
+    } else {
+        format!("{:.2} s", ms / 1e3)
+    }
+}
+
+fn ratio(ours: Duration, theirs: Option<Duration>) -> String {
+    match theirs {
+        Some(theirs) => format!("{:.2}×", ours.as_secs_f64() / theirs.as_secs_f64()),
+        None => "–".into(),
+    }
+}
+
+fn cell(value: Option<Duration>) -> String {
+    value.map_or_else(|| "–".into(), ms)
+}
+
+fn table_header(columns: &[&str]) {
+    println!();
+    println!("| {} |", columns.join(" | "));
+    println!("|{}", "---|".repeat(columns.len()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sections
+
+fn poll(options: &Options, size: &Size, _repos: &Repos, servers: &Servers) {
+    println!();
+    println!(
+        "### No-change poll (median of {} rounds)",
+        size.poll_rounds
+    );
+    table_header(&[
+        "transport",
+        "gitfeed",
+        "git fetch (process)",
+        "pygit2",
+        "gitfeed / git",
+        "gitfeed / pygit2",
+    ]);
+    for (label, url) in servers.urls() {
+        let work = util::unique_dir();
+        let mut follower = Follower::new(work.path().join("cache"), &source(&url)).expect("valid");
+        let first = follower.poll().expect("first poll").expect("an update");
+        follower.acknowledge(&first.new).expect("acknowledge");
+        let ours = median(
+            (0..size.poll_rounds)
+                .map(|_| {
+                    timed(|| {
+                        let update = follower.poll().expect("poll");
+                        assert!(update.is_none(), "nothing moved");
+                    })
+                })
+                .collect(),
+        );
+        let clone = work.path().join("cli.git");
+        git(
+            work.path(),
+            &["clone", "-q", "--bare", &url, &clone.to_string_lossy()],
+        );
+        let theirs = median(
+            (0..size.poll_rounds)
+                .map(|_| {
+                    timed(|| {
+                        git(
+                            &clone,
+                            &["fetch", "-q", "origin", "+refs/heads/main:refs/remotes/origin/main"],
+                        )
+                    })
+                })
+                .collect(),
+        );
+        let pygit2_dir = work.path().join("pygit2.git");
+        let libgit2 = pygit2(
+            options,
+            &[
+                "poll",
+                &url,
+                &pygit2_dir.to_string_lossy(),
+                &size.poll_rounds.to_string(),
+            ],
+        )
+        .and_then(|value| pygit2_ms(&value, "median_ms"));
+        println!(
+            "| {label} | {} | {} | {} | {} | {} |",
+            ms(ours),
+            ms(theirs),
+            cell(libgit2),
+            ratio(ours, Some(theirs)),
+            ratio(ours, libgit2)
+        );
+    }
+}
+
+fn update(options: &Options, size: &Size, repos: &Repos, servers: &Servers) {
+    println!();
+    println!(
+        "### One new commit: fetch and list the changed files (median of {} rounds, {} files changed each)",
+        size.update_rounds, size.touched
+    );
+    table_header(&[
+        "transport",
+        "gitfeed",
+        "git fetch + git diff (processes)",
+        "pygit2",
+        "gitfeed / git",
+        "gitfeed / pygit2",
+    ]);
+    for (label, url) in servers.urls() {
+        let work = util::unique_dir();
+        let mut follower = Follower::new(work.path().join("cache"), &source(&url)).expect("valid");
+        let first = follower.poll().expect("first poll").expect("an update");
+        follower.acknowledge(&first.new).expect("acknowledge");
+        let clone = work.path().join("cli.git");
+        git(
+            work.path(),
+            &["clone", "-q", "--bare", &url, &clone.to_string_lossy()],
+        );
+        git(&clone, &["fetch", "-q", "origin", "+refs/heads/main:refs/remotes/origin/main"]);
+        let pygit2_dir = work.path().join("pygit2.git");
+        let pygit2_dir = pygit2_dir.to_string_lossy();
+        pygit2(options, &["poll", &url, &pygit2_dir, "0"]);
+        let (mut ours, mut theirs, mut libgit2) = (Vec::new(), Vec::new(), Vec::new());
+        let mut old = first.new;
+        for _ in 0..size.update_rounds {
+            let new = repos.new_commit();
+            ours.push(timed(|| {
+                let update = follower.poll().expect("poll").expect("an update");
+                assert_eq!(update.new, new);
+                assert_eq!(update.changes.len(), size.touched.min(size.files));
+                follower.acknowledge(&update.new).expect("acknowledge");
+            }));
+            theirs.push(timed(|| {
+                git(&clone, &["fetch", "-q", "origin", "+refs/heads/main:refs/remotes/origin/main"]);
+                let listed = command_output(
+                    Command::new("git")
+                        .args(["diff", "--name-only", "--no-renames", &old, &new])
+                        .current_dir(&clone),
+                );
+                assert_eq!(listed.lines().count(), size.touched.min(size.files));
+            }));
+            if let Some(value) = pygit2(options, &["update", &pygit2_dir, &url, &old]) {
+                assert_eq!(value["new"].as_str(), Some(new.as_str()));
+                libgit2.extend(pygit2_ms(&value, "ms"));
+            }
+            old = new;
+        }
+        let ours = median(ours);
+        let theirs = median(theirs);
+        let libgit2 = (!libgit2.is_empty()).then(|| median(libgit2));
+        println!(
+            "| {label} | {} | {} | {} | {} | {} |",
+            ms(ours),
+            ms(theirs),
+            cell(libgit2),
+            ratio(ours, Some(theirs)),
+            ratio(ours, libgit2)
+        );
+    }
+}
+
+fn clone(options: &Options, size: &Size, servers: &Servers) {
+    for depth in [None, Some(1)] {
+        println!();
+        println!(
+            "### Initial clone, {} (median of {} rounds)",
+            if depth.is_some() { "depth 1" } else { "full history" },
+            size.clone_rounds
+        );
+        table_header(&[
+            "transport",
+            "gitfeed",
+            "git clone --bare",
+            "pygit2",
+            "gitfeed / git",
+            "gitfeed / pygit2",
+        ]);
+        for (label, url) in servers.urls() {
+            let (mut ours, mut theirs, mut libgit2) = (Vec::new(), Vec::new(), Vec::new());
+            let mut libgit2_error = None;
+            for _ in 0..size.clone_rounds {
+                let work = util::unique_dir();
+                let mut source = source(&url);
+                source.depth = depth;
+                ours.push(timed(|| {
+                    let update = gitfeed::sync_once(work.path().join("cache"), &source)
+                        .expect("clone")
+                        .expect("an update");
+                    assert_eq!(update.changes.len(), size.files);
+                }));
+                let target = work.path().join("cli.git");
+                let mut args = vec!["clone", "-q", "--bare"];
+                if depth.is_some() {
+                    args.extend(["--depth", "1"]);
+                }
+                let target_arg = target.to_string_lossy();
+                args.extend([url.as_str(), &target_arg]);
+                theirs.push(timed(|| git(work.path(), &args)));
+                let pygit2_dir = work.path().join("pygit2.git");
+                let depth_arg = depth.unwrap_or(0).to_string();
+                if let Some(value) =
+                    pygit2(options, &["clone", &url, &pygit2_dir.to_string_lossy(), &depth_arg])
+                {
+                    match pygit2_ms(&value, "ms") {
+                        Some(took) => libgit2.push(took),
+                        None => libgit2_error = value["error"].as_str().map(str::to_owned),
+                    }
+                }
+            }
+            let ours = median(ours);
+            let theirs = median(theirs);
+            let libgit2 = (!libgit2.is_empty()).then(|| median(libgit2));
+            println!(
+                "| {label} | {} | {} | {} | {} | {} |",
+                ms(ours),
+                ms(theirs),
+                libgit2_error.map_or_else(|| cell(libgit2), |err| format!("fails: {err}")),
+                ratio(ours, Some(theirs)),
+                ratio(ours, libgit2)
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Footprint and scale
+
+/// What `/proc` says about a process.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    rss_kib: u64,
+    threads: usize,
+    fds: usize,
+    /// User plus system CPU, in clock ticks.
+    cpu_ticks: u64,
+}
+
+fn sample(pid: u32) -> Sample {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.split_whitespace().nth(1))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0)
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<u64> = after
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let cpu_ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
+    Sample {
+        rss_kib: field("VmRSS:"),
+        threads: field("Threads:") as usize,
+        fds: std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count()),
+        cpu_ticks,
+    }
+}
+
+/// The CPU a process and the children it reaped used, in milliseconds.
+fn cpu_with_children_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<u64> = after
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let ticks: u64 = fields[11..15].iter().sum();
+    ticks as f64 * 1000.0 / clock_ticks_per_second() as f64
+}
+
+fn clock_ticks_per_second() -> u64 {
+    command_output(Command::new("getconf").arg("CLK_TCK"))
+        .trim()
+        .parse()
+        .unwrap_or(100)
+}
+
+const IDLE: Duration = Duration::from_secs(20);
+
+fn footprint(options: &Options, repos: &Repos, daemon: &GitDaemon) {
+    println!();
+    println!("## Footprint");
+    println!();
+    let binary = sibling_binary("gitfeed");
+    match std::fs::metadata(&binary) {
+        Ok(meta) => println!(
+            "gitfeed binary ({}): {} bytes ({:.2} MiB)",
+            binary.display(),
+            meta.len(),
+            meta.len() as f64 / (1 << 20) as f64
+        ),
+        Err(err) => println!("gitfeed binary not found at {}: {err}", binary.display()),
+    }
+    table_header(&[
+        "process",
+        "sources",
+        "RSS",
+        "threads",
+        "descriptors",
+        &format!("CPU over {} s idle", IDLE.as_secs()),
+    ]);
+    let work = util::unique_dir();
+    let url = daemon.url("repo.git");
+    // The command-line tool with one source.
+    let mut watch = Command::new(&binary)
+        .args(["watch", &url, "--branch", "main", "--interval", "10s"])
+        .arg("--cache-dir")
+        .arg(work.path().join("watch"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start gitfeed watch");
+    let mut lines = BufReader::new(watch.stdout.take().expect("stdout")).lines();
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert!(first.contains("\"update\""), "first line: {first}");
+    idle_row("gitfeed watch", 1, watch.id());
+    let _ = watch.kill();
+    let _ = watch.wait();
+    // The library: a feed of many sources in a process of its own.
+    let mut feed = Command::new(std::env::current_exe().expect("own path"))
+        .env("GITFEED_BENCH_FEED", format!("{}", options.sources))
+        .env("GITFEED_BENCH_URL", &url)
+        .env("GITFEED_BENCH_CACHE", work.path().join("feed"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start a feed");
+    let mut lines = BufReader::new(feed.stdout.take().expect("stdout")).lines();
+    let ready = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert_eq!(ready, "ready");
+    idle_row("Feed (library)", options.sources, feed.id());
+    let _ = feed.kill();
+    let _ = feed.wait();
+    let _ = repos;
+}
+
+fn idle_row(label: &str, sources: usize, pid: u32) {
+    // Let the first round of work settle, then watch it idle.
+    std::thread::sleep(Duration::from_secs(2));
+    let before = sample(pid);
+    std::thread::sleep(IDLE);
+    let after = sample(pid);
+    println!(
+        "| {label} | {sources} | {:.1} MiB | {} | {} | {} ms |",
+        after.rss_kib as f64 / 1024.0,
+        after.threads,
+        after.fds,
+        (after.cpu_ticks - before.cpu_ticks) * 1000 / clock_ticks_per_second()
+    );
+}
+
+/// A binary built next to this example (`target/<profile>/<name>`).
+fn sibling_binary(name: &str) -> PathBuf {
+    let me = std::env::current_exe().expect("own path");
+    let profile_dir = me
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/examples/bench");
+    profile_dir.join(name)
+}
+
+/// Runs as the feed process of the footprint section: follows branches `b0`… of the URL in
+/// `GITFEED_BENCH_URL`, prints `ready` once every source delivered its first update, then idles.
+/// Everything runs on one `LocalExecutor` on the main thread.
+fn run_feed_child(sources: usize) -> ! {
+    let url = std::env::var("GITFEED_BENCH_URL").expect("GITFEED_BENCH_URL");
+    let cache = std::env::var("GITFEED_BENCH_CACHE").expect("GITFEED_BENCH_CACHE");
+    let feed = Feed::new(cache);
+    let events = feed.events();
+    for source in scale_sources(&url, sources) {
+        feed.add(source).expect("valid");
+    }
+    let executor = smol::LocalExecutor::new();
+    executor
+        .spawn(async move {
+            let mut delivered = 0;
+            while let Ok(event) = events.recv().await {
+                if let Event::Update(_) = event {
+                    delivered += 1;
+                    if delivered == sources {
+                        println!("ready");
+                    }
+                }
+            }
+        })
+        .detach();
+    smol::block_on(executor.run(feed.run_on(&executor)));
+    std::process::exit(0)
+}
+
+fn scale_sources(url: &str, count: usize) -> impl Iterator<Item = Source> + '_ {
+    (0..count).map(move |i| {
+        let mut source = source(url);
+        source.name = format!("s{i}");
+        source.reference = Some(format!("b{i}"));
+        source.interval = SCALE_INTERVAL;
+        source
+    })
+}
+
+const SCALE_INTERVAL: Duration = Duration::from_secs(10);
+const SCALE_WINDOW: Duration = Duration::from_secs(40);
+
+/// Collects the schedule's debug records: (when logged, how late the attempt started).
+struct ScheduleLog {
+    records: Mutex<Vec<(Instant, Duration)>>,
+}
+
+impl log::Log for ScheduleLog {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.target() == "gitfeed::schedule" || metadata.level() <= log::Level::Warn
+    }
+
+    fn log(&self, record: &log::Record) {
+        if record.target() != "gitfeed::schedule" {
+            if record.level() <= log::Level::Warn {
+                eprintln!("{}: {}", record.level(), record.args());
+            }
+            return;
+        }
+        let text = record.args().to_string();
+        let late = text
+            .split_once("late_us=")
+            .and_then(|(_, rest)| rest.split(' ').next())
+            .and_then(|us| us.parse().ok())
+            .map(Duration::from_micros);
+        if let Some(late) = late {
+            self.records
+                .lock()
+                .unwrap()
+                .push((Instant::now(), late));
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn scale(options: &Options, _repos: &Repos, daemon: &GitDaemon) {
+    static LOG: ScheduleLog = ScheduleLog {
+        records: Mutex::new(Vec::new()),
+    };
+    let _ = log::set_logger(&LOG);
+    log::set_max_level(log::LevelFilter::Debug);
+    println!();
+    println!(
+        "## {} sources, one `LocalExecutor`, every {} s, git:// on loopback",
+        options.sources,
+        SCALE_INTERVAL.as_secs()
+    );
+    println!();
+    println!(
+        "Lateness is from the moment a source's timer was due to the start of its attempt \
+         (after it got a fetch slot), over {} s after every source delivered its first update. \
+         Server CPU is `git daemon` and the `upload-pack` processes it ran, per attempt.",
+        SCALE_WINDOW.as_secs()
+    );
+    table_header(&[
+        "concurrent fetches",
+        "first updates of all sources",
+        "attempts",
+        "late p50",
+        "late p99",
+        "late max",
+        "starts per second min/max",
+        "server CPU per poll",
+    ]);
+    let url = daemon.url("repo.git");
+    let daemon_pid = daemon.pid();
+    for concurrency in [1, 4, 16] {
+        let work = util::unique_dir();
+        let feed = Feed::new(work.path()).concurrent_fetches(concurrency);
+        let events = feed.events();
+        let handle = feed.handle();
+        for source in scale_sources(&url, options.sources) {
+            feed.add(source).expect("valid");
+        }
+        let started = Instant::now();
+        let runner = std::thread::spawn(move || feed.run());
+        let mut delivered = 0;
+        while delivered < options.sources {
+            if let Ok(Event::Update(_)) = events.recv_blocking() {
+                delivered += 1;
+            }
+        }
+        let first_round = started.elapsed();
+        LOG.records.lock().unwrap().clear();
+        let server_before = cpu_with_children_ms(daemon_pid);
+        let window_start = Instant::now();
+        std::thread::sleep(SCALE_WINDOW);
+        let records = std::mem::take(&mut *LOG.records.lock().unwrap());
+        let server_ms = cpu_with_children_ms(daemon_pid) - server_before;
+        handle.shutdown();
+        runner.join().expect("feed thread");
+        let mut late: Vec<Duration> = records.iter().map(|(_, late)| *late).collect();
+        late.sort_unstable();
+        let mut per_second = vec![0usize; SCALE_WINDOW.as_secs() as usize];
+        for (at, _) in &records {
+            let second = at.saturating_duration_since(window_start).as_secs() as usize;
+            if let Some(count) = per_second.get_mut(second) {
+                *count += 1;
+            }
+        }
+        println!(
+            "| {concurrency} | {} | {} | {} | {} | {} | {}/{} | {:.2} ms |",
+            ms(first_round),
+            records.len(),
+            ms(percentile(&late, 0.5)),
+            ms(percentile(&late, 0.99)),
+            ms(late.last().copied().unwrap_or_default()),
+            per_second.iter().min().unwrap_or(&0),
+            per_second.iter().max().unwrap_or(&0),
+            server_ms / records.len().max(1) as f64
+        );
+    }
+}
+
+fn pack_bytes(bare: &Path) -> u64 {
+    std::fs::read_dir(bare.join("objects/pack"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|entry| entry.path().extension().is_some_and(|e| e == "pack"))
+                .filter_map(|entry| entry.metadata().ok())
+                .map(|meta| meta.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
