@@ -102,7 +102,8 @@ fn main() {
     } else {
         println!("GITFEED_BENCH_PYTHON is not set: no libgit2 columns");
     }
-    let wants = |section: &str| options.only.is_empty() || options.only.iter().any(|s| s == section);
+    let wants =
+        |section: &str| options.only.is_empty() || options.only.iter().any(|s| s == section);
     for size in &options.sizes {
         let repos = Repos::generate(*size);
         let servers = Servers::start(&repos);
@@ -149,7 +150,10 @@ fn parse_args() -> Options {
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        let mut value = || args.next().unwrap_or_else(|| usage(&format!("{arg} needs a value")));
+        let mut value = || {
+            args.next()
+                .unwrap_or_else(|| usage(&format!("{arg} needs a value")))
+        };
         match arg.as_str() {
             "--sizes" => {
                 options.sizes = value()
@@ -451,10 +455,7 @@ fn table_header(columns: &[&str]) {
 
 fn poll(options: &Options, size: &Size, _repos: &Repos, servers: &Servers) {
     println!();
-    println!(
-        "### No-change poll (median of {} rounds)",
-        size.poll_rounds
-    );
+    println!("### No-change poll (median of {} rounds)", size.poll_rounds);
     table_header(&[
         "transport",
         "gitfeed",
@@ -489,7 +490,12 @@ fn poll(options: &Options, size: &Size, _repos: &Repos, servers: &Servers) {
                     timed(|| {
                         git(
                             &clone,
-                            &["fetch", "-q", "origin", "+refs/heads/main:refs/remotes/origin/main"],
+                            &[
+                                "fetch",
+                                "-q",
+                                "origin",
+                                "+refs/heads/main:refs/remotes/origin/main",
+                            ],
                         )
                     })
                 })
@@ -541,7 +547,15 @@ fn update(options: &Options, size: &Size, repos: &Repos, servers: &Servers) {
             work.path(),
             &["clone", "-q", "--bare", &url, &clone.to_string_lossy()],
         );
-        git(&clone, &["fetch", "-q", "origin", "+refs/heads/main:refs/remotes/origin/main"]);
+        git(
+            &clone,
+            &[
+                "fetch",
+                "-q",
+                "origin",
+                "+refs/heads/main:refs/remotes/origin/main",
+            ],
+        );
         let pygit2_dir = work.path().join("pygit2.git");
         let pygit2_dir = pygit2_dir.to_string_lossy();
         pygit2(options, &["poll", &url, &pygit2_dir, "0"]);
@@ -556,7 +570,15 @@ fn update(options: &Options, size: &Size, repos: &Repos, servers: &Servers) {
                 follower.acknowledge(&update.new).expect("acknowledge");
             }));
             theirs.push(timed(|| {
-                git(&clone, &["fetch", "-q", "origin", "+refs/heads/main:refs/remotes/origin/main"]);
+                git(
+                    &clone,
+                    &[
+                        "fetch",
+                        "-q",
+                        "origin",
+                        "+refs/heads/main:refs/remotes/origin/main",
+                    ],
+                );
                 let listed = command_output(
                     Command::new("git")
                         .args(["diff", "--name-only", "--no-renames", &old, &new])
@@ -589,7 +611,11 @@ fn clone(options: &Options, size: &Size, servers: &Servers) {
         println!();
         println!(
             "### Initial clone, {} (median of {} rounds)",
-            if depth.is_some() { "depth 1" } else { "full history" },
+            if depth.is_some() {
+                "depth 1"
+            } else {
+                "full history"
+            },
             size.clone_rounds
         );
         table_header(&[
@@ -623,9 +649,10 @@ fn clone(options: &Options, size: &Size, servers: &Servers) {
                 theirs.push(timed(|| git(work.path(), &args)));
                 let pygit2_dir = work.path().join("pygit2.git");
                 let depth_arg = depth.unwrap_or(0).to_string();
-                if let Some(value) =
-                    pygit2(options, &["clone", &url, &pygit2_dir.to_string_lossy(), &depth_arg])
-                {
+                if let Some(value) = pygit2(
+                    options,
+                    &["clone", &url, &pygit2_dir.to_string_lossy(), &depth_arg],
+                ) {
                     match pygit2_ms(&value, "ms") {
                         Some(took) => libgit2.push(took),
                         None => libgit2_error = value["error"].as_str().map(str::to_owned),
@@ -855,10 +882,7 @@ impl log::Log for ScheduleLog {
             .and_then(|us| us.parse().ok())
             .map(Duration::from_micros);
         if let Some(late) = late {
-            self.records
-                .lock()
-                .unwrap()
-                .push((Instant::now(), late));
+            self.records.lock().unwrap().push((Instant::now(), late));
         }
     }
 

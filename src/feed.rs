@@ -371,12 +371,12 @@ impl Follower {
     /// acknowledged (`None` when nothing moved). Until [`acknowledge`](Follower::acknowledge)
     /// is called, the next poll returns the same update again.
     pub fn poll(&mut self) -> Result<Option<Update>, SyncError> {
-        smol::block_on(driver::once(&self.shared, &self.source, &mut self.handle)).map_err(
-            |err| SyncError {
+        smol::block_on(driver::once(&self.shared, &self.source, &mut self.handle)).map_err(|err| {
+            SyncError {
                 kind: err.kind,
                 message: err.message,
-            },
-        )
+            }
+        })
     }
 
     /// Records that the consumer has applied the update to `commit`.

@@ -47,7 +47,8 @@ mod work;
 pub use auth::Auth;
 pub use event::{Change, ChangeKind, Encoding, Event, SourceState, StateChange, Update};
 pub use feed::{
-    DEFAULT_CONCURRENT_FETCHES, Feed, FeedError, FeedHandle, Follower, SyncError, acknowledge, sync_once,
+    DEFAULT_CONCURRENT_FETCHES, Feed, FeedError, FeedHandle, Follower, SyncError, acknowledge,
+    sync_once,
 };
 pub use machine::ErrorKind;
 pub use reader::{File, FileType, ReadError, ReadErrorKind, Reader};

@@ -1,7 +1,7 @@
 //! The same scenario over every transport: first sync, add/modify/delete, nothing new, force
 //! push, missing branch. Each update is compared with the git CLI's view of the same commits.
 
-use gitfeed::{ErrorKind, Source, Update, acknowledge};
+use gitfeed::{ErrorKind, Follower, Source, Update, acknowledge};
 
 use crate::harness::letters;
 use crate::util::{GitDaemon, HttpServer, Remote, Sshd, name_status, unique_dir};
@@ -124,13 +124,75 @@ fn smart_http() {
     let remote = Remote::new();
     let server = HttpServer::start(&remote.root());
     scenario(&remote, &server.url(remote.name()), None);
-    let requests = server.requests();
-    assert!(
-        requests
-            .iter()
-            .any(|r| r.git_protocol.as_deref() == Some("version=2")),
-        "the fetches should speak protocol v2: {requests:?}"
+}
+
+/// Polls `follower` once, acknowledging any update; returns the commit delivered and the HTTP
+/// requests that poll made.
+fn requests_of_one_poll(
+    server: &HttpServer,
+    follower: &mut Follower,
+) -> (Option<String>, Vec<crate::util::RequestLog>) {
+    let (connections, before) = (server.connections(), server.requests().len());
+    let update = follower.poll().expect("poll");
+    if let Some(update) = &update {
+        follower.acknowledge(&update.new).expect("acknowledge");
+    }
+    // The server logs a request once it has relayed the answer, which the client may have
+    // read already: wait for one entry per connection the poll made.
+    let made = server.connections() - connections;
+    crate::util::settle(
+        || before + made - server.requests().len().min(before + made),
+        0,
+        std::time::Duration::from_secs(5),
     );
+    (update.map(|u| u.new), server.requests().split_off(before))
+}
+
+#[test]
+fn http_no_change_poll_is_one_request() {
+    let remote = Remote::new();
+    let server = HttpServer::start(&remote.root());
+    let cache = unique_dir();
+    let source = Source::new("one", &server.url(remote.name()));
+    let mut follower = Follower::new(cache.path(), &source).expect("valid");
+    requests_of_one_poll(&server, &mut follower);
+    let (delivered, poll) = requests_of_one_poll(&server, &mut follower);
+    assert_eq!(delivered, None);
+    assert_eq!(poll.len(), 1, "{poll:?}");
+    assert_eq!(
+        (poll[0].method.as_str(), poll[0].git_protocol.as_deref()),
+        ("GET", None)
+    );
+    // A new commit still arrives, in one more request for the pack.
+    let new = remote.commit(&[("b.txt", Some("b\n"))], "b");
+    let (delivered, fetch) = requests_of_one_poll(&server, &mut follower);
+    assert_eq!(delivered, Some(new));
+    assert_eq!(fetch.len(), 2, "{fetch:?}");
+}
+
+#[test]
+fn http_remote_with_many_refs_is_polled_with_protocol_v2() {
+    let remote = Remote::new();
+    let head = remote.head();
+    for i in 0..100 {
+        remote.git_bare(&["update-ref", &format!("refs/heads/topic{i}"), &head]);
+    }
+    let server = HttpServer::start(&remote.root());
+    let cache = unique_dir();
+    let source = Source::new("many", &server.url(remote.name()));
+    let mut follower = Follower::new(cache.path(), &source).expect("valid");
+    // The first attempt sees the long advertisement; every later one asks for v2, which
+    // lists only the wanted ref.
+    requests_of_one_poll(&server, &mut follower);
+    for _ in 0..2 {
+        let (_, poll) = requests_of_one_poll(&server, &mut follower);
+        assert!(!poll.is_empty());
+        assert!(
+            poll.iter()
+                .all(|r| r.git_protocol.as_deref() == Some("version=2")),
+            "{poll:?}"
+        );
+    }
 }
 
 #[test]

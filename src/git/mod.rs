@@ -13,8 +13,8 @@ mod transport;
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use gix::bstr::ByteSlice;
 use gix::remote::Direction;
@@ -329,15 +329,13 @@ impl Repo {
         };
         let reference = if let Some(reference) = unchanged_local_ref(&repo, &parsed, target) {
             reference
-        } else if let Some(connection) =
-            transport::git_daemon_stream(
-                &target.url,
-                target.timeout,
-                target.max_pack_size,
-                protocol,
-                cancel,
-            )?
-        {
+        } else if let Some(connection) = transport::git_daemon_stream(
+            &target.url,
+            target.timeout,
+            target.max_pack_size,
+            protocol,
+            cancel,
+        )? {
             receive(
                 remote.to_connection_with_transport(connection),
                 target,
@@ -664,11 +662,7 @@ where
 /// `git-upload-pack`: a no-change poll of a local remote then costs a few file reads. `None`
 /// whenever that cannot be told for sure (a pinned commit, a remote that does not open, a
 /// ref that moved or is missing); the caller then fetches as usual and reports any error.
-fn unchanged_local_ref(
-    repo: &gix::Repository,
-    url: &gix::Url,
-    target: &Target,
-) -> Option<String> {
+fn unchanged_local_ref(repo: &gix::Repository, url: &gix::Url, target: &Target) -> Option<String> {
     if url.scheme != gix::url::Scheme::File {
         return None;
     }
@@ -695,7 +689,13 @@ fn unchanged_local_ref(
 /// Where the clone's copy of the tracked ref points, unpeeled (a tag object for an annotated
 /// tag), as the remote advertises it.
 fn tip_id(repo: &gix::Repository) -> Option<gix::ObjectId> {
-    Some(repo.find_reference(TIP_REF).ok()?.target().try_id()?.to_owned())
+    Some(
+        repo.find_reference(TIP_REF)
+            .ok()?
+            .target()
+            .try_id()?
+            .to_owned(),
+    )
 }
 
 /// A ref the remote does not have. Never seen before, it is a configuration mistake and
