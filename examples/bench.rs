@@ -104,7 +104,8 @@ fn main() {
     }
     let wants =
         |section: &str| options.only.is_empty() || options.only.iter().any(|s| s == section);
-    for size in &options.sizes {
+    let per_size = ["poll", "update", "clone"].iter().any(|s| wants(s));
+    for size in options.sizes.iter().filter(|_| per_size) {
         let repos = Repos::generate(*size);
         let servers = Servers::start(&repos);
         println!();
@@ -714,16 +715,25 @@ fn sample(pid: u32) -> Sample {
     }
 }
 
-/// The CPU a process and the children it reaped used, in milliseconds.
-fn cpu_with_children_ms(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<u64> = after
+/// CPU time the whole machine spent busy, in clock ticks (all cores, from `/proc/stat`).
+fn machine_busy_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
         .split_whitespace()
+        .skip(1)
         .map(|f| f.parse().unwrap_or(0))
         .collect();
-    let ticks: u64 = fields[11..15].iter().sum();
-    ticks as f64 * 1000.0 / clock_ticks_per_second() as f64
+    // user nice system idle iowait irq softirq steal: all but idle and iowait.
+    fields
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum()
 }
 
 fn clock_ticks_per_second() -> u64 {
@@ -824,6 +834,8 @@ fn run_feed_child(sources: usize) -> ! {
     let cache = std::env::var("GITFEED_BENCH_CACHE").expect("GITFEED_BENCH_CACHE");
     let feed = Feed::new(cache);
     let events = feed.events();
+    // A feed runs while a handle to it exists.
+    let _handle = feed.handle();
     for source in scale_sources(&url, sources) {
         feed.add(source).expect("valid");
     }
@@ -912,7 +924,8 @@ fn scale(options: &Options, _repos: &Repos, daemon: &GitDaemon) {
     println!(
         "Lateness is from the moment a source's timer was due to the start of its attempt \
          (after it got a fetch slot), over {} s after every source delivered its first update. \
-         Server CPU is `git daemon` and the `upload-pack` processes it ran, per attempt.",
+         Server CPU per poll is the machine's busy time less this process's, over the window, \
+         divided by the attempts: `git daemon` and the `upload-pack` it runs for each poll.",
         SCALE_WINDOW.as_secs()
     );
     table_header(&[
@@ -926,7 +939,6 @@ fn scale(options: &Options, _repos: &Repos, daemon: &GitDaemon) {
         "server CPU per poll",
     ]);
     let url = daemon.url("repo.git");
-    let daemon_pid = daemon.pid();
     for concurrency in [1, 4, 16] {
         let work = util::unique_dir();
         let feed = Feed::new(work.path()).concurrent_fetches(concurrency);
@@ -945,11 +957,14 @@ fn scale(options: &Options, _repos: &Repos, daemon: &GitDaemon) {
         }
         let first_round = started.elapsed();
         LOG.records.lock().unwrap().clear();
-        let server_before = cpu_with_children_ms(daemon_pid);
+        let busy_before = machine_busy_ticks();
+        let own_before = sample(std::process::id()).cpu_ticks;
         let window_start = Instant::now();
         std::thread::sleep(SCALE_WINDOW);
         let records = std::mem::take(&mut *LOG.records.lock().unwrap());
-        let server_ms = cpu_with_children_ms(daemon_pid) - server_before;
+        let server_ticks = (machine_busy_ticks() - busy_before)
+            .saturating_sub(sample(std::process::id()).cpu_ticks - own_before);
+        let server_ms = server_ticks as f64 * 1000.0 / clock_ticks_per_second() as f64;
         handle.shutdown();
         runner.join().expect("feed thread");
         let mut late: Vec<Duration> = records.iter().map(|(_, late)| *late).collect();

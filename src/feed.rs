@@ -154,6 +154,7 @@ impl Feed {
             cache_dir,
             events: events_tx,
             fetch_slots: Semaphore::new(concurrent_fetches),
+            kept_handles: Default::default(),
             shutdown: shutdown_rx,
         });
         let mut sources: HashMap<String, (String, Sender<Control>)> = HashMap::new();
@@ -359,6 +360,7 @@ impl Follower {
                 cache_dir: cache_dir.as_ref().to_owned(),
                 events,
                 fetch_slots: Semaphore::new(1),
+                kept_handles: Default::default(),
                 shutdown,
             },
             source,

@@ -26,7 +26,9 @@ pub enum ErrorKind {
 /// Timing settings of one source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
-    /// Time from the end of a successful fetch to the start of the next one.
+    /// Time from the end of a successful fetch to the start of the next one, at most: each
+    /// poll comes up to a fifth early, at random, so that sources started together drift
+    /// apart instead of polling their servers in step.
     pub interval: Duration,
     /// Backoff before the first retry; each further consecutive failure doubles it.
     pub backoff_initial: Duration,
@@ -258,8 +260,8 @@ impl Machine {
     /// The attempt started by the last [`Action::Fetch`] ended with `outcome`.
     ///
     /// `jitter` is a random value in `[0, 1)` supplied by the owner (values outside are
-    /// clamped), used only when the outcome leads to a backoff. Ignored unless an attempt is
-    /// running.
+    /// clamped): it takes up to a fifth off the interval before the next poll, or up to half
+    /// off a backoff. Ignored unless an attempt is running.
     pub fn handle_fetch_done(&mut self, now: Instant, outcome: Outcome, jitter: f64) {
         let State::Fetching { failures, .. } = self.state else {
             return;
@@ -276,7 +278,10 @@ impl Machine {
                     Some(_) => self.start(now, 0, None),
                     None => {
                         self.state = State::Idle {
-                            next_poll: deadline(now, self.policy.interval),
+                            next_poll: deadline(
+                                now,
+                                jittered(self.policy.interval, jitter, POLL_SPREAD),
+                            ),
                         }
                     }
                 }
@@ -302,7 +307,7 @@ impl Machine {
             return;
         }
 
-        let retry_in = jittered(backoff_base(&self.policy, failures), jitter);
+        let retry_in = jittered(backoff_base(&self.policy, failures), jitter, BACKOFF_SPREAD);
         self.actions.push_back(Action::Emit(Health::Backoff {
             attempt: failures,
             error: error.clone(),
@@ -401,20 +406,26 @@ enum Pending {
     Changed,
 }
 
-/// Takes up to half off `base` ("equal jitter"), so that sources failing together spread their
-/// retries while each still waits at least half the base delay.
-fn jittered(base: Duration, jitter: f64) -> Duration {
+/// Jitter takes up to half off a backoff ("equal jitter"): sources failing together spread
+/// their retries while each still waits at least half the base delay.
+const BACKOFF_SPREAD: u32 = 2;
+
+/// Jitter takes up to a fifth off the poll interval.
+const POLL_SPREAD: u32 = 5;
+
+/// Takes up to `base / spread` off `base`, in proportion to `jitter`.
+fn jittered(base: Duration, jitter: f64, spread: u32) -> Duration {
     // NaN survives `clamp`; treat it like no jitter.
     let jitter = if jitter.is_nan() {
         0.0
     } else {
         jitter.clamp(0.0, 1.0)
     };
-    let half = base / 2;
-    // Float rounding may land slightly above `half`; capping keeps the result at least the
-    // rounded-up half of `base`, which is never zero for a nonzero `base`.
+    let most = base / spread.max(2);
+    // Float rounding may land slightly above `most`; capping keeps the result at least
+    // `base - most`, which is never zero for a nonzero `base`.
     let cut =
-        Duration::try_from_secs_f64(half.as_secs_f64() * jitter).map_or(half, |cut| cut.min(half));
+        Duration::try_from_secs_f64(most.as_secs_f64() * jitter).map_or(most, |cut| cut.min(most));
     base - cut
 }
 
@@ -518,10 +529,23 @@ mod tests {
     }
 
     #[test]
+    fn polls_come_up_to_a_fifth_early() {
+        let t0 = Instant::now();
+        for (jitter, early) in [(0.5, secs(6)), (0.999_999, secs(12)), (1.0, secs(12))] {
+            let mut machine = fetching(policy(), t0);
+            machine.handle_fetch_done(t0, Outcome::Success, jitter);
+            let next = machine.poll_timeout().expect("idle");
+            let expected = t0 + secs(60) - early;
+            let off = next.max(expected) - next.min(expected);
+            assert!(off < Duration::from_millis(1), "jitter {jitter}: {next:?}");
+        }
+    }
+
+    #[test]
     fn success_polls_again_after_interval() {
         let t0 = Instant::now();
         let mut machine = fetching(policy(), t0);
-        machine.handle_fetch_done(t0 + secs(2), Outcome::Success, 0.5);
+        machine.handle_fetch_done(t0 + secs(2), Outcome::Success, 0.0);
         assert_eq!(drain(&mut machine), vec![]);
         assert_eq!(
             machine.state(),
@@ -643,23 +667,26 @@ mod tests {
     #[test]
     fn jitter_takes_at_most_half() {
         let base = secs(4);
-        assert_eq!(jittered(base, 0.0), base);
-        let most = jittered(base, 0.999);
+        assert_eq!(jittered(base, 0.0, BACKOFF_SPREAD), base);
+        let most = jittered(base, 0.999, BACKOFF_SPREAD);
         assert!(most >= secs(2) && most <= ms(2_003), "{most:?}");
-        assert_eq!(jittered(base, 1.0), secs(2));
-        assert_eq!(jittered(base, 7.0), secs(2));
-        assert_eq!(jittered(base, -3.0), base);
-        assert_eq!(jittered(base, f64::NAN), base);
+        assert_eq!(jittered(base, 1.0, BACKOFF_SPREAD), secs(2));
+        assert_eq!(jittered(base, 7.0, BACKOFF_SPREAD), secs(2));
+        assert_eq!(jittered(base, -3.0, BACKOFF_SPREAD), base);
+        assert_eq!(jittered(base, f64::NAN, BACKOFF_SPREAD), base);
         assert_eq!(
-            jittered(Duration::from_nanos(1), 1.0),
+            jittered(Duration::from_nanos(1), 1.0, BACKOFF_SPREAD),
             Duration::from_nanos(1)
         );
         assert_eq!(
-            jittered(Duration::from_nanos(3), 1.0),
+            jittered(Duration::from_nanos(3), 1.0, BACKOFF_SPREAD),
             Duration::from_nanos(2)
         );
-        assert_eq!(jittered(Duration::ZERO, 0.5), Duration::ZERO);
-        assert!(jittered(Duration::MAX, 1.0) >= Duration::MAX / 2);
+        assert_eq!(
+            jittered(Duration::ZERO, 0.5, BACKOFF_SPREAD),
+            Duration::ZERO
+        );
+        assert!(jittered(Duration::MAX, 1.0, BACKOFF_SPREAD) >= Duration::MAX / 2);
     }
 
     #[test]

@@ -35,7 +35,7 @@ const TIP_REF: &str = "refs/gitfeed/tip";
 /// Slots for pack indices in the object store. gix fixes the number when a repository is
 /// opened; a kept handle fails once fetches have added more packs than that. Consolidation
 /// keeps the pack count far lower, and [`Repo::needs_reopen`] is the backstop.
-const PACK_SLOTS: usize = 256;
+const PACK_SLOTS: usize = 32;
 
 /// Packs are consolidated into one once a fetch leaves more than this many. gix has no gc, so
 /// without it every fetch that brings objects adds a pack for good.
