@@ -12,11 +12,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender};
-use smol::Timer;
 use smol::future::FutureExt;
 use smol::lock::Semaphore;
 
 use crate::cache;
+use crate::clock;
 use crate::event::{Event, SourceState, StateChange, Update};
 use crate::git::{self, Cancel, FetchError, Repo};
 use crate::machine::{Action, ErrorKind, Health, Machine, Outcome, State};
@@ -176,7 +176,7 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
         let wake = async {
             match timeout {
                 Some(at) => {
-                    Timer::at(at).await;
+                    clock::sleep_until(at).await;
                     Wake::Timeout
                 }
                 None => smol::future::pending().await,
@@ -339,7 +339,7 @@ async fn attempt(
     let deadline = async {
         // Each URL (the source's and every mirror's) gets the whole timeout; a URL that hangs
         // runs into its transport's own limits before the next one is tried.
-        Timer::at(started + attempt_limit(source)).await;
+        clock::sleep_until(started + attempt_limit(source)).await;
         None
     };
     let stopped = async {
@@ -350,7 +350,7 @@ async fn attempt(
     let oversized = async {
         // gix has no limit on what a remote sends: watch the pack being received.
         loop {
-            Timer::after(PACK_WATCH_INTERVAL).await;
+            clock::sleep_until(Instant::now() + PACK_WATCH_INTERVAL).await;
             if receiving_bytes(&pack_dir) > source.max_pack_size {
                 return None;
             }

@@ -128,15 +128,17 @@ impl Feed {
     }
 
     /// Runs the feed on a `LocalExecutor` of its own on the calling thread, until
-    /// [`FeedHandle::shutdown`].
+    /// [`FeedHandle::shutdown`]. While no attempt runs, the feed holds that thread alone: its
+    /// timers need no reactor thread, and each attempt's thread ends with the attempt.
     pub fn run(self) {
         let executor = LocalExecutor::new();
-        smol::block_on(executor.run(self.run_on(&executor)));
+        crate::clock::block_on(executor.run(self.run_on(&executor)));
     }
 
     /// Runs the feed's source tasks on `executor`; the future completes after
     /// [`FeedHandle::shutdown`], once every attempt has been interrupted and every fetch thread
-    /// has ended.
+    /// has ended. Driven by anything but [`Feed::run`], the feed's timers are smol's, whose
+    /// reactor keeps a thread of its own.
     pub async fn run_on(self, executor: &LocalExecutor<'_>) {
         let Feed {
             cache_dir,
@@ -373,12 +375,12 @@ impl Follower {
     /// acknowledged (`None` when nothing moved). Until [`acknowledge`](Follower::acknowledge)
     /// is called, the next poll returns the same update again.
     pub fn poll(&mut self) -> Result<Option<Update>, SyncError> {
-        smol::block_on(driver::once(&self.shared, &self.source, &mut self.handle)).map_err(|err| {
-            SyncError {
+        crate::clock::block_on(driver::once(&self.shared, &self.source, &mut self.handle)).map_err(
+            |err| SyncError {
                 kind: err.kind,
                 message: err.message,
-            }
-        })
+            },
+        )
     }
 
     /// Records that the consumer has applied the update to `commit`.

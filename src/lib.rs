@@ -32,6 +32,7 @@
 mod auth;
 mod base64;
 mod cache;
+mod clock;
 mod driver;
 mod event;
 mod feed;

@@ -1,0 +1,191 @@
+//! Timers, and a run loop that keeps an idle feed down to the one thread it runs on.
+//!
+//! smol's timers live in async-io's reactor, which starts a thread of its own on first use and
+//! keeps it for the life of the process. A feed needs nothing from a reactor but timers: on
+//! its own loop ([`block_on`]), its timers go into a queue that the loop checks before it
+//! parks the thread until the earliest deadline or a wakeup. On any other executor (a
+//! caller's, through `Feed::run_on`), [`sleep_until`] falls back to smol's timer.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::{self, Thread};
+use std::time::Instant;
+
+/// The timers of one [`block_on`] loop, by deadline.
+#[derive(Default)]
+struct Queue {
+    next_id: u64,
+    timers: BTreeMap<(Instant, u64), Waker>,
+}
+
+type Shared = Rc<RefCell<Queue>>;
+
+thread_local! {
+    /// The queue of the [`block_on`] running on this thread, if any.
+    static CURRENT: RefCell<Option<Shared>> = const { RefCell::new(None) };
+}
+
+/// Wakes the thread parked in [`block_on`].
+struct Unpark(Thread);
+
+impl Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Puts the previous loop's queue back when a (nested) [`block_on`] ends, even by a panic.
+struct Restore(Option<Shared>);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        let previous = self.0.take();
+        CURRENT.with(|current| *current.borrow_mut() = previous);
+    }
+}
+
+/// Runs `future` to completion on this thread. Between wakeups the thread parks until the
+/// earliest [`sleep_until`] deadline of the futures it runs; no other thread is involved.
+pub(crate) fn block_on<T>(future: impl Future<Output = T>) -> T {
+    let queue: Shared = Rc::default();
+    let previous = CURRENT.with(|current| current.borrow_mut().replace(Rc::clone(&queue)));
+    let _restore = Restore(previous);
+    let waker = Waker::from(Arc::new(Unpark(thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = pin!(future);
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        // A wakeup during the poll, or a timer woken here, has already unparked the thread:
+        // parking then returns at once.
+        match fire_due(&queue, Instant::now()) {
+            Some(next) => thread::park_timeout(next.saturating_duration_since(Instant::now())),
+            None => thread::park(),
+        }
+    }
+}
+
+/// Wakes every timer due at `now` and returns the earliest deadline still ahead.
+fn fire_due(queue: &Shared, now: Instant) -> Option<Instant> {
+    let (due, next) = {
+        let mut queue = queue.borrow_mut();
+        let later = queue.timers.split_off(&(now, u64::MAX));
+        let due = std::mem::replace(&mut queue.timers, later);
+        (due, queue.timers.keys().next().map(|(at, _)| *at))
+    };
+    // Woken outside the borrow: a waker may do anything, including touch the queue.
+    for waker in due.into_values() {
+        waker.wake();
+    }
+    next
+}
+
+/// Completes at `at`: on a [`block_on`] loop through its queue, elsewhere through smol.
+pub(crate) async fn sleep_until(at: Instant) {
+    match CURRENT.with(|current| current.borrow().clone()) {
+        Some(queue) => {
+            Sleep {
+                at,
+                queue,
+                key: None,
+            }
+            .await
+        }
+        None => {
+            smol::Timer::at(at).await;
+        }
+    }
+}
+
+/// A timer in a [`block_on`] loop's queue; leaves the queue when dropped.
+struct Sleep {
+    at: Instant,
+    queue: Shared,
+    key: Option<(Instant, u64)>,
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if Instant::now() >= this.at {
+            return Poll::Ready(());
+        }
+        let mut queue = this.queue.borrow_mut();
+        let key = *this.key.get_or_insert_with(|| {
+            queue.next_id += 1;
+            (this.at, queue.next_id)
+        });
+        queue.timers.insert(key, cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            self.queue.borrow_mut().timers.remove(&key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timers_fire_in_order_without_a_reactor_thread() {
+        let start = Instant::now();
+        let order = RefCell::new(Vec::new());
+        block_on(async {
+            let late = async {
+                sleep_until(start + Duration::from_millis(30)).await;
+                order.borrow_mut().push(30);
+            };
+            let early = async {
+                sleep_until(start + Duration::from_millis(10)).await;
+                order.borrow_mut().push(10);
+            };
+            smol::future::zip(late, early).await;
+        });
+        assert_eq!(order.into_inner(), vec![10, 30]);
+        assert!(start.elapsed() >= Duration::from_millis(30));
+    }
+
+    #[test]
+    fn a_dropped_timer_leaves_the_queue() {
+        block_on(async {
+            let queue = CURRENT
+                .with(|current| current.borrow().clone())
+                .expect("in a loop");
+            let far = sleep_until(Instant::now() + Duration::from_secs(3600));
+            let near = sleep_until(Instant::now() + Duration::from_millis(1));
+            // The near timer wins; the far one is dropped with the race.
+            smol::future::or(far, near).await;
+            assert!(queue.borrow().timers.is_empty());
+        });
+    }
+
+    #[test]
+    fn a_wakeup_from_another_thread_ends_the_park() {
+        let (tx, rx) = async_channel::bounded(1);
+        let sender = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(20));
+            tx.send_blocking(7).expect("receiver alive");
+        });
+        assert_eq!(block_on(rx.recv()), Ok(7));
+        sender.join().expect("sender");
+    }
+}
