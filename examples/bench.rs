@@ -853,7 +853,7 @@ fn run_feed_child(sources: usize) -> ! {
             }
         })
         .detach();
-    smol::block_on(executor.run(feed.run_on(&executor)));
+    gitfeed::block_on(executor.run(feed.run_on(&executor)));
     std::process::exit(0)
 }
 

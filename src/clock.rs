@@ -53,9 +53,30 @@ impl Drop for Restore {
     }
 }
 
-/// Runs `future` to completion on this thread. Between wakeups the thread parks until the
-/// earliest [`sleep_until`] deadline of the futures it runs; no other thread is involved.
-pub(crate) fn block_on<T>(future: impl Future<Output = T>) -> T {
+/// Runs `future` to completion on the calling thread, with no other thread involved: between
+/// wakeups the thread parks until the earliest deadline of the feed timers it runs.
+///
+/// [`Feed::run`](crate::Feed::run) uses it. To run a feed next to tasks of your own on one
+/// thread, drive the executor with it, and the feed needs no reactor thread either:
+///
+/// ```no_run
+/// let feed = gitfeed::Feed::new("/var/cache/gitfeed");
+/// let events = feed.events();
+/// let _handle = feed.handle();
+/// let executor = smol::LocalExecutor::new();
+/// executor
+///     .spawn(async move {
+///         while let Ok(event) = events.recv().await {
+///             println!("{event:?}");
+///         }
+///     })
+///     .detach();
+/// gitfeed::block_on(executor.run(feed.run_on(&executor)));
+/// ```
+///
+/// Futures that need smol's reactor (its timers, `Async` IO) still work under it: the reactor
+/// then starts its own thread, as it would anywhere.
+pub fn block_on<T>(future: impl Future<Output = T>) -> T {
     let queue: Shared = Rc::default();
     let previous = CURRENT.with(|current| current.borrow_mut().replace(Rc::clone(&queue)));
     let _restore = Restore(previous);

@@ -137,8 +137,9 @@ impl Feed {
 
     /// Runs the feed's source tasks on `executor`; the future completes after
     /// [`FeedHandle::shutdown`], once every attempt has been interrupted and every fetch thread
-    /// has ended. Driven by anything but [`Feed::run`], the feed's timers are smol's, whose
-    /// reactor keeps a thread of its own.
+    /// has ended. Driven by [`block_on`](crate::block_on), the feed holds no thread but the
+    /// calling one while idle; driven by another runtime, its timers are smol's, whose reactor
+    /// keeps a thread of its own.
     pub async fn run_on(self, executor: &LocalExecutor<'_>) {
         let Feed {
             cache_dir,

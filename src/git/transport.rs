@@ -151,7 +151,8 @@ pub(crate) fn git_daemon_stream(
             ))
         })?;
     cancel.watch(watched);
-    let (reader, writer) = bounded(stream, writer, max_pack_size);
+    let reader = std::io::BufReader::with_capacity(READ_BUFFER, QuickAck(stream));
+    let (reader, writer) = bounded(reader, writer, max_pack_size);
     Ok(Some(Connection::new(
         reader,
         writer,
@@ -167,7 +168,29 @@ pub(crate) fn git_daemon_stream(
 pub(crate) type HelperConnection = Connection<Bounded<ChildStdout>, Watched<ChildStdin>>;
 
 /// The protocol spoken over a git:// socket.
-pub(crate) type DaemonConnection = Connection<Bounded<TcpStream>, Watched<TcpStream>>;
+pub(crate) type DaemonConnection =
+    Connection<Bounded<std::io::BufReader<QuickAck>>, Watched<TcpStream>>;
+
+/// How much of a git:// answer is read from the socket at once.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// A git:// socket that acknowledges what it receives at once. `git upload-pack` writes each
+/// `ACK` line of a negotiation on its own, with Nagle's algorithm on: once a few are in
+/// flight it holds the next until they are acknowledged, and a receiver that delays its
+/// acknowledgements (40 ms on Linux) stalls every fetch that brings something new by that much.
+/// Linux leaves quick-ack mode on its own, so it is asked for again after every read.
+pub(crate) struct QuickAck(TcpStream);
+
+impl std::io::Read for QuickAck {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.0.read(buf)?;
+        if read > 0 {
+            // Only a latency hint: a socket that refuses it still works.
+            let _ = rustix::net::sockopt::set_tcp_quickack(&self.0, true);
+        }
+        Ok(read)
+    }
+}
 
 /// A helper process gitfeed started itself (`git-upload-pack` for local remotes, `ssh` for
 /// ssh remotes), in a process group of its own so that it and everything it started can be
