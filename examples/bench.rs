@@ -391,6 +391,11 @@ fn command_output(command: &mut Command) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// Writes back what earlier steps left dirty, so that no client pays for another's writes.
+fn settle_disk() {
+    let _ = Command::new("sync").status();
+}
+
 fn timed(run: impl FnOnce()) -> Duration {
     let started = Instant::now();
     run();
@@ -562,34 +567,42 @@ fn update(options: &Options, size: &Size, repos: &Repos, servers: &Servers) {
         pygit2(options, &["poll", &url, &pygit2_dir, "0"]);
         let (mut ours, mut theirs, mut libgit2) = (Vec::new(), Vec::new(), Vec::new());
         let mut old = first.new;
-        for _ in 0..size.update_rounds {
+        for round in 0..size.update_rounds {
             let new = repos.new_commit();
-            ours.push(timed(|| {
-                let update = follower.poll().expect("poll").expect("an update");
-                assert_eq!(update.new, new);
-                assert_eq!(update.changes.len(), size.touched.min(size.files));
-                follower.acknowledge(&update.new).expect("acknowledge");
-            }));
-            theirs.push(timed(|| {
-                git(
-                    &clone,
-                    &[
-                        "fetch",
-                        "-q",
-                        "origin",
-                        "+refs/heads/main:refs/remotes/origin/main",
-                    ],
-                );
-                let listed = command_output(
-                    Command::new("git")
-                        .args(["diff", "--name-only", "--no-renames", &old, &new])
-                        .current_dir(&clone),
-                );
-                assert_eq!(listed.lines().count(), size.touched.min(size.files));
-            }));
-            if let Some(value) = pygit2(options, &["update", &pygit2_dir, &url, &old]) {
-                assert_eq!(value["new"].as_str(), Some(new.as_str()));
-                libgit2.extend(pygit2_ms(&value, "ms"));
+            // Each client goes first in turn, so none always runs after another's work.
+            for step in 0..3 {
+                settle_disk();
+                match (round + step) % 3 {
+                    0 => ours.push(timed(|| {
+                        let update = follower.poll().expect("poll").expect("an update");
+                        assert_eq!(update.new, new);
+                        assert_eq!(update.changes.len(), size.touched.min(size.files));
+                        follower.acknowledge(&update.new).expect("acknowledge");
+                    })),
+                    1 => theirs.push(timed(|| {
+                        git(
+                            &clone,
+                            &[
+                                "fetch",
+                                "-q",
+                                "origin",
+                                "+refs/heads/main:refs/remotes/origin/main",
+                            ],
+                        );
+                        let listed = command_output(
+                            Command::new("git")
+                                .args(["diff", "--name-only", "--no-renames", &old, &new])
+                                .current_dir(&clone),
+                        );
+                        assert_eq!(listed.lines().count(), size.touched.min(size.files));
+                    })),
+                    _ => {
+                        if let Some(value) = pygit2(options, &["update", &pygit2_dir, &url, &old]) {
+                            assert_eq!(value["new"].as_str(), Some(new.as_str()));
+                            libgit2.extend(pygit2_ms(&value, "ms"));
+                        }
+                    }
+                }
             }
             old = new;
         }
@@ -630,36 +643,49 @@ fn clone(options: &Options, size: &Size, servers: &Servers) {
         for (label, url) in servers.urls() {
             let (mut ours, mut theirs, mut libgit2) = (Vec::new(), Vec::new(), Vec::new());
             let mut libgit2_error = None;
-            for _ in 0..size.clone_rounds {
+            // Removed after the rounds: deleting a clone makes the file system busy for a
+            // while, which would land on whichever client runs next.
+            let mut done = Vec::new();
+            for round in 0..size.clone_rounds {
                 let work = util::unique_dir();
                 let mut source = source(&url);
                 source.depth = depth;
-                ours.push(timed(|| {
-                    let update = gitfeed::sync_once(work.path().join("cache"), &source)
-                        .expect("clone")
-                        .expect("an update");
-                    assert_eq!(update.changes.len(), size.files);
-                }));
                 let target = work.path().join("cli.git");
+                let target_arg = target.to_string_lossy();
                 let mut args = vec!["clone", "-q", "--bare"];
                 if depth.is_some() {
                     args.extend(["--depth", "1"]);
                 }
-                let target_arg = target.to_string_lossy();
                 args.extend([url.as_str(), &target_arg]);
-                theirs.push(timed(|| git(work.path(), &args)));
                 let pygit2_dir = work.path().join("pygit2.git");
                 let depth_arg = depth.unwrap_or(0).to_string();
-                if let Some(value) = pygit2(
-                    options,
-                    &["clone", &url, &pygit2_dir.to_string_lossy(), &depth_arg],
-                ) {
-                    match pygit2_ms(&value, "ms") {
-                        Some(took) => libgit2.push(took),
-                        None => libgit2_error = value["error"].as_str().map(str::to_owned),
+                // Each client goes first in turn, so none always runs after another's work.
+                for step in 0..3 {
+                    settle_disk();
+                    match (round + step) % 3 {
+                        0 => ours.push(timed(|| {
+                            let update = gitfeed::sync_once(work.path().join("cache"), &source)
+                                .expect("clone")
+                                .expect("an update");
+                            assert_eq!(update.changes.len(), size.files);
+                        })),
+                        1 => theirs.push(timed(|| git(work.path(), &args))),
+                        _ => {
+                            let args = ["clone", &url, &pygit2_dir.to_string_lossy(), &depth_arg];
+                            if let Some(value) = pygit2(options, &args) {
+                                match pygit2_ms(&value, "ms") {
+                                    Some(took) => libgit2.push(took),
+                                    None => {
+                                        libgit2_error = value["error"].as_str().map(str::to_owned)
+                                    }
+                                }
+                            }
+                        }
                     }
                 }
+                done.push(work);
             }
+            drop(done);
             let ours = median(ours);
             let theirs = median(theirs);
             let libgit2 = (!libgit2.is_empty()).then(|| median(libgit2));

@@ -285,6 +285,9 @@ fn stream_write_401(mut stream: &TcpStream) -> io::Result<()> {
 
 impl Service for Backend {
     fn serve(&self, _ctx: &Ctx, stream: TcpStream) {
+        // As web servers do (nginx's `tcp_nodelay on`): small answers go out at once instead
+        // of waiting for the client to acknowledge the previous segment.
+        let _ = stream.set_nodelay(true);
         let peer = stream
             .peer_addr()
             .map(|addr| addr.ip().to_string())
@@ -590,9 +593,12 @@ fn relay_cgi_response(mut cgi: impl BufRead, stream: &TcpStream) -> io::Result<u
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(err) => return Err(err),
         };
-        out.write_all(format!("{n:x}\r\n").as_bytes())?;
-        out.write_all(&buffer[..n])?;
-        out.write_all(b"\r\n")?;
+        // One write per chunk: with TCP_NODELAY (below) each becomes a segment of its own
+        // instead of three, as from a web server that buffers its output.
+        let mut chunk = format!("{n:x}\r\n").into_bytes();
+        chunk.extend_from_slice(&buffer[..n]);
+        chunk.extend_from_slice(b"\r\n");
+        out.write_all(&chunk)?;
     }
     out.write_all(b"0\r\n\r\n")?;
     out.flush()?;
