@@ -40,6 +40,37 @@ struct Options {
     only: Vec<String>,
     sources: usize,
     python: Option<String>,
+    /// Short idle and scale windows: checks that the sections run, measures little.
+    quick: bool,
+}
+
+impl Options {
+    /// How long a process is watched idling.
+    fn idle(&self) -> Duration {
+        if self.quick {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_secs(20)
+        }
+    }
+
+    /// The poll interval of the scale runs.
+    fn scale_interval(&self) -> Duration {
+        if self.quick {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(10)
+        }
+    }
+
+    /// How long the scale runs are watched once every source has its first update.
+    fn scale_window(&self) -> Duration {
+        if self.quick {
+            Duration::from_secs(4)
+        } else {
+            Duration::from_secs(40)
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -148,6 +179,7 @@ fn parse_args() -> Options {
         python: std::env::var("GITFEED_BENCH_PYTHON")
             .ok()
             .filter(|p| !p.is_empty()),
+        quick: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -167,6 +199,7 @@ fn parse_args() -> Options {
                     })
                     .collect();
             }
+            "--quick" => options.quick = true,
             "--only" => options.only = value().split(',').map(str::to_owned).collect(),
             "--sources" => {
                 options.sources = value()
@@ -183,7 +216,7 @@ fn usage(problem: &str) -> ! {
     eprintln!("{problem}");
     eprintln!(
         "usage: bench [--sizes tiny,policy,large] [--only poll,update,clone,footprint,scale] \
-         [--sources N]"
+         [--sources N] [--quick]"
     );
     std::process::exit(2)
 }
@@ -769,8 +802,6 @@ fn clock_ticks_per_second() -> u64 {
         .unwrap_or(100)
 }
 
-const IDLE: Duration = Duration::from_secs(20);
-
 fn footprint(options: &Options, repos: &Repos, daemon: &GitDaemon) {
     println!();
     println!("## Footprint");
@@ -791,7 +822,7 @@ fn footprint(options: &Options, repos: &Repos, daemon: &GitDaemon) {
         "RSS",
         "threads",
         "descriptors",
-        &format!("CPU over {} s idle", IDLE.as_secs()),
+        &format!("CPU over {} s idle", options.idle().as_secs()),
     ]);
     let work = util::unique_dir();
     let url = daemon.url("repo.git");
@@ -807,7 +838,7 @@ fn footprint(options: &Options, repos: &Repos, daemon: &GitDaemon) {
     let mut lines = BufReader::new(watch.stdout.take().expect("stdout")).lines();
     let first = lines.next().and_then(Result::ok).unwrap_or_default();
     assert!(first.contains("\"update\""), "first line: {first}");
-    idle_row("gitfeed watch", 1, watch.id());
+    idle_row("gitfeed watch", 1, watch.id(), options.idle());
     let _ = watch.kill();
     let _ = watch.wait();
     // The library: a feed of many sources in a process of its own.
@@ -821,17 +852,17 @@ fn footprint(options: &Options, repos: &Repos, daemon: &GitDaemon) {
     let mut lines = BufReader::new(feed.stdout.take().expect("stdout")).lines();
     let ready = lines.next().and_then(Result::ok).unwrap_or_default();
     assert_eq!(ready, "ready");
-    idle_row("Feed (library)", options.sources, feed.id());
+    idle_row("Feed (library)", options.sources, feed.id(), options.idle());
     let _ = feed.kill();
     let _ = feed.wait();
     let _ = repos;
 }
 
-fn idle_row(label: &str, sources: usize, pid: u32) {
+fn idle_row(label: &str, sources: usize, pid: u32, idle: Duration) {
     // Let the first round of work settle, then watch it idle.
     std::thread::sleep(Duration::from_secs(2));
     let before = sample(pid);
-    std::thread::sleep(IDLE);
+    std::thread::sleep(idle);
     let after = sample(pid);
     println!(
         "| {label} | {sources} | {:.1} MiB | {} | {} | {} ms |",
@@ -862,7 +893,7 @@ fn run_feed_child(sources: usize) -> ! {
     let events = feed.events();
     // A feed runs while a handle to it exists.
     let _handle = feed.handle();
-    for source in scale_sources(&url, sources) {
+    for source in scale_sources(&url, sources, Duration::from_secs(10)) {
         feed.add(source).expect("valid");
     }
     let executor = smol::LocalExecutor::new();
@@ -883,18 +914,15 @@ fn run_feed_child(sources: usize) -> ! {
     std::process::exit(0)
 }
 
-fn scale_sources(url: &str, count: usize) -> impl Iterator<Item = Source> + '_ {
+fn scale_sources(url: &str, count: usize, interval: Duration) -> impl Iterator<Item = Source> + '_ {
     (0..count).map(move |i| {
         let mut source = source(url);
         source.name = format!("s{i}");
         source.reference = Some(format!("b{i}"));
-        source.interval = SCALE_INTERVAL;
+        source.interval = interval;
         source
     })
 }
-
-const SCALE_INTERVAL: Duration = Duration::from_secs(10);
-const SCALE_WINDOW: Duration = Duration::from_secs(40);
 
 /// Collects the schedule's debug records: (when logged, how late the attempt started).
 struct ScheduleLog {
@@ -944,7 +972,7 @@ fn scale(options: &Options, _repos: &Repos, daemon: &GitDaemon) {
     println!(
         "## {} sources, one `LocalExecutor`, every {} s, git:// on loopback",
         options.sources,
-        SCALE_INTERVAL.as_secs()
+        options.scale_interval().as_secs()
     );
     println!();
     println!(
@@ -952,7 +980,7 @@ fn scale(options: &Options, _repos: &Repos, daemon: &GitDaemon) {
          (after it got a fetch slot), over {} s after every source delivered its first update. \
          Server CPU per poll is the machine's busy time less this process's, over the window, \
          divided by the attempts: `git daemon` and the `upload-pack` it runs for each poll.",
-        SCALE_WINDOW.as_secs()
+        options.scale_window().as_secs()
     );
     table_header(&[
         "concurrent fetches",
@@ -965,12 +993,13 @@ fn scale(options: &Options, _repos: &Repos, daemon: &GitDaemon) {
         "server CPU per poll",
     ]);
     let url = daemon.url("repo.git");
-    for concurrency in [1, 4, 16] {
+    let concurrency_runs: &[usize] = if options.quick { &[4] } else { &[1, 4, 16] };
+    for &concurrency in concurrency_runs {
         let work = util::unique_dir();
         let feed = Feed::new(work.path()).concurrent_fetches(concurrency);
         let events = feed.events();
         let handle = feed.handle();
-        for source in scale_sources(&url, options.sources) {
+        for source in scale_sources(&url, options.sources, options.scale_interval()) {
             feed.add(source).expect("valid");
         }
         let started = Instant::now();
@@ -986,7 +1015,7 @@ fn scale(options: &Options, _repos: &Repos, daemon: &GitDaemon) {
         let busy_before = machine_busy_ticks();
         let own_before = sample(std::process::id()).cpu_ticks;
         let window_start = Instant::now();
-        std::thread::sleep(SCALE_WINDOW);
+        std::thread::sleep(options.scale_window());
         let records = std::mem::take(&mut *LOG.records.lock().unwrap());
         let server_ticks = (machine_busy_ticks() - busy_before)
             .saturating_sub(sample(std::process::id()).cpu_ticks - own_before);
@@ -995,7 +1024,7 @@ fn scale(options: &Options, _repos: &Repos, daemon: &GitDaemon) {
         runner.join().expect("feed thread");
         let mut late: Vec<Duration> = records.iter().map(|(_, late)| *late).collect();
         late.sort_unstable();
-        let mut per_second = vec![0usize; SCALE_WINDOW.as_secs() as usize];
+        let mut per_second = vec![0usize; options.scale_window().as_secs() as usize];
         for (at, _) in &records {
             let second = at.saturating_duration_since(window_start).as_secs() as usize;
             if let Some(count) = per_second.get_mut(second) {

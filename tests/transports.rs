@@ -153,7 +153,7 @@ fn http_no_change_poll_is_one_request() {
     let remote = Remote::new();
     let server = HttpServer::start(&remote.root());
     let cache = unique_dir();
-    let source = Source::new("one", &server.url(remote.name()));
+    let source = Source::new("one", server.url(remote.name()));
     let mut follower = Follower::new(cache.path(), &source).expect("valid");
     requests_of_one_poll(&server, &mut follower);
     let (delivered, poll) = requests_of_one_poll(&server, &mut follower);
@@ -179,7 +179,7 @@ fn http_remote_with_many_refs_is_polled_with_protocol_v2() {
     }
     let server = HttpServer::start(&remote.root());
     let cache = unique_dir();
-    let source = Source::new("many", &server.url(remote.name()));
+    let source = Source::new("many", server.url(remote.name()));
     let mut follower = Follower::new(cache.path(), &source).expect("valid");
     // The first attempt sees the long advertisement; every later one asks for v2, which
     // lists only the wanted ref.
