@@ -841,20 +841,25 @@ fn footprint(options: &Options, repos: &Repos, daemon: &GitDaemon) {
     idle_row("gitfeed watch", 1, watch.id(), options.idle());
     let _ = watch.kill();
     let _ = watch.wait();
-    // The library: a feed of many sources in a process of its own.
-    let mut feed = Command::new(std::env::current_exe().expect("own path"))
-        .env("GITFEED_BENCH_FEED", format!("{}", options.sources))
-        .env("GITFEED_BENCH_URL", &url)
-        .env("GITFEED_BENCH_CACHE", work.path().join("feed"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start a feed");
-    let mut lines = BufReader::new(feed.stdout.take().expect("stdout")).lines();
-    let ready = lines.next().and_then(Result::ok).unwrap_or_default();
-    assert_eq!(ready, "ready");
-    idle_row("Feed (library)", options.sources, feed.id(), options.idle());
-    let _ = feed.kill();
-    let _ = feed.wait();
+    // The library: a feed in a process of its own, with one source and with many.
+    for sources in [1, options.sources] {
+        let mut feed = Command::new(std::env::current_exe().expect("own path"))
+            .env("GITFEED_BENCH_FEED", sources.to_string())
+            .env("GITFEED_BENCH_URL", &url)
+            .env(
+                "GITFEED_BENCH_CACHE",
+                work.path().join(format!("feed-{sources}")),
+            )
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start a feed");
+        let mut lines = BufReader::new(feed.stdout.take().expect("stdout")).lines();
+        let ready = lines.next().and_then(Result::ok).unwrap_or_default();
+        assert_eq!(ready, "ready");
+        idle_row("Feed (library)", sources, feed.id(), options.idle());
+        let _ = feed.kill();
+        let _ = feed.wait();
+    }
     let _ = repos;
 }
 

@@ -29,7 +29,8 @@ Options:
   --name <N>             the source's name in events [default: the URL's last path segment]
   --cache-dir <D>        where clones and delivery state live
                          [default: $XDG_CACHE_HOME/gitfeed, or ~/.cache/gitfeed]
-  --interval <T>         time between polls [default: 30s]
+  --interval <T>         time between polls, at most (each comes up to a fifth early)
+                         [default: 30s]
   --timeout <T>          the longest one attempt may take [default: 60s]
   --backoff-initial <T>  delay after the first failure, doubling after each [default: 1s]
   --backoff-max <T>      the longest delay between failed attempts [default: 5m]

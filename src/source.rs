@@ -43,7 +43,8 @@ pub struct Source {
     /// default branch (its `HEAD`).
     #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
     pub reference: Option<String>,
-    /// Time between the end of one successful poll and the start of the next.
+    /// Time between the end of one successful poll and the start of the next, at most: each
+    /// poll comes up to a fifth early, at random, so sources started together drift apart.
     #[serde(default = "defaults::interval", with = "duration_serde")]
     pub interval: Duration,
     /// The longest one attempt (connect, negotiate, receive, diff) may take.
