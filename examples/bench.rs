@@ -418,6 +418,19 @@ fn git(dir: &Path, args: &[&str]) {
     assert!(status.success(), "git {args:?} in {}", dir.display());
 }
 
+/// `git fetch` of `main` into a bare clone, as git-sync runs it.
+fn git_fetch(clone: &Path) {
+    git(
+        clone,
+        &[
+            "fetch",
+            "-q",
+            "origin",
+            "+refs/heads/main:refs/remotes/origin/main",
+        ],
+    );
+}
+
 fn command_output(command: &mut Command) -> String {
     let output = command.output().expect("run a command");
     assert!(output.status.success(), "{command:?}");
@@ -492,22 +505,49 @@ fn table_header(columns: &[&str]) {
 // ---------------------------------------------------------------------------------------------
 // Sections
 
-fn poll(options: &Options, size: &Size, _repos: &Repos, servers: &Servers) {
-    println!();
-    println!("### No-change poll (median of {} rounds)", size.poll_rounds);
+fn comparison_header(theirs: &str) {
     table_header(&[
         "transport",
         "gitfeed",
-        "git fetch (process)",
+        theirs,
         "pygit2",
         "gitfeed / git",
         "gitfeed / pygit2",
     ]);
+}
+
+/// A table row: medians, with the pygit2 cell given (it may say why there is no figure).
+fn comparison_row(
+    label: &str,
+    ours: Duration,
+    theirs: Duration,
+    libgit2_cell: String,
+    libgit2: Option<Duration>,
+) {
+    println!(
+        "| {label} | {} | {} | {libgit2_cell} | {} | {} |",
+        ms(ours),
+        ms(theirs),
+        ratio(ours, Some(theirs)),
+        ratio(ours, libgit2)
+    );
+}
+
+/// A follower of `url` in `work`, past its first update, which it acknowledged.
+fn synced_follower(work: &Path, url: &str) -> (Follower, String) {
+    let mut follower = Follower::new(work.join("cache"), &source(url)).expect("valid");
+    let first = follower.poll().expect("first poll").expect("an update");
+    follower.acknowledge(&first.new).expect("acknowledge");
+    (follower, first.new)
+}
+
+fn poll(options: &Options, size: &Size, _repos: &Repos, servers: &Servers) {
+    println!();
+    println!("### No-change poll (median of {} rounds)", size.poll_rounds);
+    comparison_header("git fetch (process)");
     for (label, url) in servers.urls() {
         let work = util::unique_dir();
-        let mut follower = Follower::new(work.path().join("cache"), &source(&url)).expect("valid");
-        let first = follower.poll().expect("first poll").expect("an update");
-        follower.acknowledge(&first.new).expect("acknowledge");
+        let (mut follower, _) = synced_follower(work.path(), &url);
         let ours = median(
             (0..size.poll_rounds)
                 .map(|_| {
@@ -525,19 +565,7 @@ fn poll(options: &Options, size: &Size, _repos: &Repos, servers: &Servers) {
         );
         let theirs = median(
             (0..size.poll_rounds)
-                .map(|_| {
-                    timed(|| {
-                        git(
-                            &clone,
-                            &[
-                                "fetch",
-                                "-q",
-                                "origin",
-                                "+refs/heads/main:refs/remotes/origin/main",
-                            ],
-                        )
-                    })
-                })
+                .map(|_| timed(|| git_fetch(&clone)))
                 .collect(),
         );
         let pygit2_dir = work.path().join("pygit2.git");
@@ -551,14 +579,7 @@ fn poll(options: &Options, size: &Size, _repos: &Repos, servers: &Servers) {
             ],
         )
         .and_then(|value| pygit2_ms(&value, "median_ms"));
-        println!(
-            "| {label} | {} | {} | {} | {} | {} |",
-            ms(ours),
-            ms(theirs),
-            cell(libgit2),
-            ratio(ours, Some(theirs)),
-            ratio(ours, libgit2)
-        );
+        comparison_row(label, ours, theirs, cell(libgit2), libgit2);
     }
 }
 
@@ -568,38 +589,21 @@ fn update(options: &Options, size: &Size, repos: &Repos, servers: &Servers) {
         "### One new commit: fetch and list the changed files (median of {} rounds, {} files changed each)",
         size.update_rounds, size.touched
     );
-    table_header(&[
-        "transport",
-        "gitfeed",
-        "git fetch + git diff (processes)",
-        "pygit2",
-        "gitfeed / git",
-        "gitfeed / pygit2",
-    ]);
+    comparison_header("git fetch + git diff (processes)");
     for (label, url) in servers.urls() {
         let work = util::unique_dir();
-        let mut follower = Follower::new(work.path().join("cache"), &source(&url)).expect("valid");
-        let first = follower.poll().expect("first poll").expect("an update");
-        follower.acknowledge(&first.new).expect("acknowledge");
+        let (mut follower, first) = synced_follower(work.path(), &url);
         let clone = work.path().join("cli.git");
         git(
             work.path(),
             &["clone", "-q", "--bare", &url, &clone.to_string_lossy()],
         );
-        git(
-            &clone,
-            &[
-                "fetch",
-                "-q",
-                "origin",
-                "+refs/heads/main:refs/remotes/origin/main",
-            ],
-        );
+        git_fetch(&clone);
         let pygit2_dir = work.path().join("pygit2.git");
         let pygit2_dir = pygit2_dir.to_string_lossy();
         pygit2(options, &["poll", &url, &pygit2_dir, "0"]);
         let (mut ours, mut theirs, mut libgit2) = (Vec::new(), Vec::new(), Vec::new());
-        let mut old = first.new;
+        let mut old = first;
         for round in 0..size.update_rounds {
             let new = repos.new_commit();
             // Each client goes first in turn, so none always runs after another's work.
@@ -613,15 +617,7 @@ fn update(options: &Options, size: &Size, repos: &Repos, servers: &Servers) {
                         follower.acknowledge(&update.new).expect("acknowledge");
                     })),
                     1 => theirs.push(timed(|| {
-                        git(
-                            &clone,
-                            &[
-                                "fetch",
-                                "-q",
-                                "origin",
-                                "+refs/heads/main:refs/remotes/origin/main",
-                            ],
-                        );
+                        git_fetch(&clone);
                         let listed = command_output(
                             Command::new("git")
                                 .args(["diff", "--name-only", "--no-renames", &old, &new])
@@ -642,14 +638,7 @@ fn update(options: &Options, size: &Size, repos: &Repos, servers: &Servers) {
         let ours = median(ours);
         let theirs = median(theirs);
         let libgit2 = (!libgit2.is_empty()).then(|| median(libgit2));
-        println!(
-            "| {label} | {} | {} | {} | {} | {} |",
-            ms(ours),
-            ms(theirs),
-            cell(libgit2),
-            ratio(ours, Some(theirs)),
-            ratio(ours, libgit2)
-        );
+        comparison_row(label, ours, theirs, cell(libgit2), libgit2);
     }
 }
 
@@ -665,14 +654,7 @@ fn clone(options: &Options, size: &Size, servers: &Servers) {
             },
             size.clone_rounds
         );
-        table_header(&[
-            "transport",
-            "gitfeed",
-            "git clone --bare",
-            "pygit2",
-            "gitfeed / git",
-            "gitfeed / pygit2",
-        ]);
+        comparison_header("git clone --bare");
         for (label, url) in servers.urls() {
             let (mut ours, mut theirs, mut libgit2) = (Vec::new(), Vec::new(), Vec::new());
             let mut libgit2_error = None;
@@ -722,14 +704,9 @@ fn clone(options: &Options, size: &Size, servers: &Servers) {
             let ours = median(ours);
             let theirs = median(theirs);
             let libgit2 = (!libgit2.is_empty()).then(|| median(libgit2));
-            println!(
-                "| {label} | {} | {} | {} | {} | {} |",
-                ms(ours),
-                ms(theirs),
-                libgit2_error.map_or_else(|| cell(libgit2), |err| format!("fails: {err}")),
-                ratio(ours, Some(theirs)),
-                ratio(ours, libgit2)
-            );
+            let libgit2_cell =
+                libgit2_error.map_or_else(|| cell(libgit2), |err| format!("fails: {err}"));
+            comparison_row(label, ours, theirs, libgit2_cell, libgit2);
         }
     }
 }
