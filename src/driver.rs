@@ -138,7 +138,12 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
                             Outcome::Success
                         }
                         Err(err) => {
-                            log::warn!("{}: {}", source.name, err.message);
+                            if shared.shutdown.is_closed() {
+                                // Interrupted on purpose: the feed is stopping.
+                                log::debug!("{}: {}", source.name, err.message);
+                            } else {
+                                log::warn!("{}: {}", source.name, err.message);
+                            }
                             status.last_error = Some(err.message.clone());
                             if err.kind != ErrorKind::Transient {
                                 handle.take();

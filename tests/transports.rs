@@ -106,6 +106,31 @@ fn local_path() {
     scenario(&remote, &remote.bare_path().to_string_lossy(), None);
 }
 
+/// The README's first command: a working copy followed by its path (`gitfeed watch .`).
+#[test]
+fn working_copy_path() {
+    let remote = Remote::new();
+    let url = format!("{}/.", remote.work_path().display());
+    let cache = unique_dir();
+    let source = Source::new("w", url);
+    let first = sync_once(cache.path(), &source)
+        .expect("first sync")
+        .expect("a first update");
+    assert_eq!(first.new, remote.head());
+    assert_eq!(first.reference, "refs/heads/main");
+    assert_eq!(
+        sync_once(cache.path(), &source).expect("no-change poll"),
+        None
+    );
+    // A commit in the working copy.
+    let new = remote.commit(&[("w.txt", Some("w\n"))], "w");
+    let update = sync_once(cache.path(), &source)
+        .expect("poll")
+        .expect("an update");
+    assert_eq!(update.new, new);
+    assert_eq!(letters(&update), vec![('A', "w.txt".to_owned())]);
+}
+
 #[test]
 fn file_url() {
     let remote = Remote::new();

@@ -242,8 +242,10 @@ pub(crate) fn spawn_helper(
     let path = url.path.to_str_lossy().into_owned();
     let mut command = match url.scheme {
         Scheme::File => {
+            // Not `--strict`: like git itself, a path may name a working copy, whose
+            // repository is its `.git` (`gitfeed watch .`).
             let mut command = Command::new("git-upload-pack");
-            command.arg("--strict").arg(&path);
+            command.arg(&path);
             command
         }
         Scheme::Ssh => {
