@@ -101,6 +101,27 @@ fn once_prints_the_update_then_nothing() {
     assert!(out.stdout.is_empty(), "nothing new: nothing printed");
 }
 
+/// The README's first command, `gitfeed watch .`, run in a working copy (with `--once`).
+#[test]
+fn watch_dot_follows_the_working_copy() {
+    let remote = Remote::new();
+    let cache = unique_dir();
+    let out = gitfeed()
+        .current_dir(remote.work_path())
+        .args(["watch", ".", "--once", "--cache-dir"])
+        .arg(cache.path())
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    let event: gitfeed::Event = serde_json::from_str(stdout.trim()).expect("an event");
+    assert!(matches!(event, gitfeed::Event::Update(ref u) if u.new == remote.head()));
+}
+
 #[test]
 fn once_fails_with_one_line() {
     let remote = Remote::new();
