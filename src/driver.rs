@@ -7,7 +7,7 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -76,6 +76,8 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
     let mut last_warning: Option<String> = None;
     // When the timer that started the coming attempt was due, for the schedule's debug log.
     let mut due: Option<Instant> = None;
+    // Outlives reopened clones: see `Target::many_refs`.
+    let many_refs = Arc::new(AtomicBool::new(false));
     loop {
         while let Some(action) = machine.poll_action() {
             match action {
@@ -90,8 +92,16 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
                     }
                 }
                 Action::Fetch => {
-                    let Some(attempt) =
-                        attempt(&shared, &source, &entry, handle.take(), &seen, due.take()).await
+                    let Some(attempt) = attempt(
+                        &shared,
+                        &source,
+                        &entry,
+                        handle.take(),
+                        &seen,
+                        due.take(),
+                        &many_refs,
+                    )
+                    .await
                     else {
                         return; // shut down while waiting for a fetch slot
                     };
@@ -291,6 +301,7 @@ async fn attempt(
     handle: Option<Repo>,
     seen: &Seen,
     due: Option<Instant>,
+    many_refs: &Arc<AtomicBool>,
 ) -> Option<Attempt> {
     let slot = async { Some(shared.fetch_slots.acquire().await) };
     let closed = async {
@@ -309,7 +320,8 @@ async fn attempt(
         );
     }
 
-    let target = work::target(source);
+    let mut target = work::target(source);
+    target.many_refs = Arc::clone(many_refs);
     let cancel = Arc::new(Cancel::default());
     let (done_tx, done_rx) = async_channel::bounded(1);
     let work = {
@@ -537,6 +549,7 @@ pub(crate) async fn once(
     shared: &Shared,
     source: &Source,
     handle: &mut Option<Repo>,
+    many_refs: &Arc<AtomicBool>,
 ) -> Result<Option<Update>, FetchError> {
     let entry = cache::Entry::new(&shared.cache_dir, &source.cache_key());
     let acknowledged = entry.delivered();
@@ -544,9 +557,17 @@ pub(crate) async fn once(
         sent: acknowledged.clone(),
         acknowledged,
     };
-    let attempt = attempt(shared, source, &entry, handle.take(), &seen, None)
-        .await
-        .ok_or_else(|| FetchError::transient("the feed is shutting down"))?;
+    let attempt = attempt(
+        shared,
+        source,
+        &entry,
+        handle.take(),
+        &seen,
+        None,
+        many_refs,
+    )
+    .await
+    .ok_or_else(|| FetchError::transient("the feed is shutting down"))?;
     for warning in &attempt.warnings {
         log::warn!("{}: {warning}", source.name);
     }

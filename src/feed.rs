@@ -344,6 +344,7 @@ pub struct Follower {
     shared: Shared,
     source: Source,
     handle: Option<crate::git::Repo>,
+    many_refs: std::sync::Arc<std::sync::atomic::AtomicBool>,
     // Never closed while the follower lives: `shared.shutdown` only closes with it.
     _running: Sender<()>,
 }
@@ -368,6 +369,7 @@ impl Follower {
             },
             source,
             handle: None,
+            many_refs: Default::default(),
             _running: running,
         })
     }
@@ -376,12 +378,16 @@ impl Follower {
     /// acknowledged (`None` when nothing moved). Until [`acknowledge`](Follower::acknowledge)
     /// is called, the next poll returns the same update again.
     pub fn poll(&mut self) -> Result<Option<Update>, SyncError> {
-        crate::clock::block_on(driver::once(&self.shared, &self.source, &mut self.handle)).map_err(
-            |err| SyncError {
-                kind: err.kind,
-                message: err.message,
-            },
-        )
+        crate::clock::block_on(driver::once(
+            &self.shared,
+            &self.source,
+            &mut self.handle,
+            &self.many_refs,
+        ))
+        .map_err(|err| SyncError {
+            kind: err.kind,
+            message: err.message,
+        })
     }
 
     /// Records that the consumer has applied the update to `commit`.

@@ -4,7 +4,7 @@
 use gitfeed::{ErrorKind, Follower, Source, Update, acknowledge};
 
 use crate::harness::letters;
-use crate::util::{GitDaemon, HttpServer, Remote, Sshd, name_status, unique_dir};
+use crate::util::{Fault, GitDaemon, HttpServer, Remote, Sshd, name_status, unique_dir};
 
 /// One attempt, acknowledging its update as a consumer would once it is applied.
 fn sync_once(
@@ -209,15 +209,22 @@ fn http_remote_with_many_refs_is_polled_with_protocol_v2() {
     // The first attempt sees the long advertisement; every later one asks for v2, which
     // lists only the wanted ref.
     requests_of_one_poll(&server, &mut follower);
-    for _ in 0..2 {
-        let (_, poll) = requests_of_one_poll(&server, &mut follower);
+    let assert_v2 = |follower: &mut Follower| {
+        let (_, poll) = requests_of_one_poll(&server, follower);
         assert!(!poll.is_empty());
         assert!(
             poll.iter()
                 .all(|r| r.git_protocol.as_deref() == Some("version=2")),
             "{poll:?}"
         );
-    }
+    };
+    assert_v2(&mut follower);
+    assert_v2(&mut follower);
+    // A failed attempt gives up the open clone; the source still remembers the long
+    // advertisement when it reopens.
+    server.set_fault_for(Fault::Status500, 1);
+    assert!(follower.poll().is_err());
+    assert_v2(&mut follower);
 }
 
 #[test]

@@ -13,6 +13,7 @@ mod transport;
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -69,6 +70,11 @@ pub(crate) struct Target {
     pub known_hosts: Option<PathBuf>,
     /// The largest pack accepted, in bytes.
     pub max_pack_size: u64,
+    /// Set once the remote advertised more than [`MANY_REFS`] refs, and kept by the source
+    /// across attempts and reopened clones: from then on git:// and HTTP remotes are asked for
+    /// protocol v2, whose advertisement lists only the wanted ref. Until then they are asked
+    /// for v1, which answers a no-change poll in one exchange (one HTTP request instead of two).
+    pub many_refs: Arc<AtomicBool>,
 }
 
 /// The followed ref on the remote after a fetch.
@@ -85,11 +91,6 @@ pub(crate) struct Repo {
     repo: gix::ThreadSafeRepository,
     git_dir: PathBuf,
     packs_at_open: usize,
-    /// Set once the remote advertised more than [`MANY_REFS`] refs: from then on, this handle
-    /// asks git:// and HTTP remotes for protocol v2, whose advertisement lists only the
-    /// wanted ref. Until then it asks for v1, which answers a no-change poll in one exchange
-    /// (one HTTP request instead of two).
-    many_refs: AtomicBool,
 }
 
 /// How many advertised refs make the one-exchange protocol v1 cost more than it saves.
@@ -151,7 +152,6 @@ impl Repo {
             repo: repo.into_sync(),
             git_dir: git_dir.to_owned(),
             packs_at_open: pack_count(git_dir),
-            many_refs: AtomicBool::new(false),
         })
     }
 
@@ -318,14 +318,10 @@ impl Repo {
             FetchError::permanent(format!("invalid url: {}", error::describe_std(&err)))
         })?;
         let ours = tip_id(&repo);
-        let protocol = if self.many_refs.load(Ordering::Relaxed) {
+        let protocol = if target.many_refs.load(Ordering::Relaxed) {
             gix::protocol::transport::Protocol::V2
         } else {
             gix::protocol::transport::Protocol::V1
-        };
-        let fetched = Fetched {
-            ours,
-            many_refs: &self.many_refs,
         };
         let reference = if let Some(reference) = unchanged_local_ref(&repo, &parsed, target) {
             reference
@@ -341,7 +337,7 @@ impl Repo {
                 target,
                 shallow,
                 cancel,
-                &fetched,
+                ours,
             )?
         } else if let Some((connection, helper)) = transport::spawn_helper(
             &parsed,
@@ -354,7 +350,7 @@ impl Repo {
                 target,
                 shallow,
                 cancel,
-                &fetched,
+                ours,
             );
             // Forget the helper's group before it is reaped, so a late cancel cannot signal
             // a reused process id.
@@ -388,12 +384,12 @@ impl Repo {
             if let Some(options) = http_options(&repo, &url, target) {
                 connection = connection.with_transport_options(options);
             }
-            receive(connection, target, shallow, cancel, &fetched)?
+            receive(connection, target, shallow, cancel, ours)?
         } else {
             let connection = remote
                 .connect(Direction::Fetch)
                 .map_err(|err| error::classify(&err, target, cancel))?;
-            receive(connection, target, shallow, cancel, &fetched)?
+            receive(connection, target, shallow, cancel, ours)?
         };
         let commit = repo
             .find_reference(TIP_REF)
@@ -545,14 +541,6 @@ pub(crate) struct Changes {
     pub skipped: Vec<String>,
 }
 
-/// What [`receive`] knows of the clone it fetches into.
-struct Fetched<'a> {
-    /// Where the tracked ref points now, if anywhere.
-    ours: Option<gix::ObjectId>,
-    /// Set when the remote advertises many refs; see [`Repo::many_refs`].
-    many_refs: &'a AtomicBool,
-}
-
 /// Negotiates and receives the pack over an established connection, then checks that the
 /// tracked ref was really updated: gix reports `Ok` even when an update was rejected.
 fn receive<T>(
@@ -560,7 +548,7 @@ fn receive<T>(
     target: &Target,
     shallow: Shallow,
     cancel: &Cancel,
-    fetched: &Fetched<'_>,
+    ours: Option<gix::ObjectId>,
 ) -> Result<String, FetchError>
 where
     T: gix::protocol::transport::client::blocking_io::Transport,
@@ -577,7 +565,7 @@ where
             }
         })?;
     if prepare.ref_map().remote_refs.len() > MANY_REFS {
-        fetched.many_refs.store(true, Ordering::Relaxed);
+        target.many_refs.store(true, Ordering::Relaxed);
     }
     let Some(mapping) = prepare.ref_map().mappings.first() else {
         return Err(missing_ref(wanted, target.seen_before));
@@ -600,7 +588,7 @@ where
             "`{remote_name}` on the remote has no commits yet"
         )));
     };
-    if Some(theirs) == fetched.ours.as_deref() {
+    if Some(theirs) == ours.as_deref() {
         // Nothing moved: end the conversation here instead of negotiating and updating the
         // ref to where it already points.
         return Ok(remote_name);
