@@ -206,7 +206,12 @@ mod tests {
             thread::sleep(Duration::from_millis(20));
             tx.send_blocking(7).expect("receiver alive");
         });
-        assert_eq!(block_on(rx.recv()), Ok(7));
+        // Without the wakeup the loop would sleep until the guard's deadline and fail.
+        let guard = async {
+            sleep_until(Instant::now() + Duration::from_secs(10)).await;
+            Err(async_channel::RecvError)
+        };
+        assert_eq!(block_on(smol::future::or(rx.recv(), guard)), Ok(7));
         sender.join().expect("sender");
     }
 }

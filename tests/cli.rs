@@ -1,7 +1,7 @@
 //! The `gitfeed` command line.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, Lines};
+use std::process::{Child, ChildStdout, Command, Stdio};
 
 use crate::util::{Remote, unique_dir};
 
@@ -144,26 +144,37 @@ fn once_fails_with_one_line() {
     assert!(stderr.contains("branch `nope` not found"), "{stderr}");
 }
 
-#[test]
-fn watch_streams_updates_as_lines() {
-    let remote = Remote::new();
-    let cache = unique_dir();
+/// `gitfeed watch` of `url` as source `name`, polling every `interval`, and its stdout lines.
+fn spawn_watch(
+    url: &str,
+    name: &str,
+    interval: &str,
+    cache: &std::path::Path,
+) -> (Child, Lines<BufReader<ChildStdout>>) {
     let mut child = gitfeed()
         .args([
             "watch",
-            &remote.file_url(),
-            "--interval",
-            "100ms",
+            url,
             "--name",
-            "w",
+            name,
+            "--interval",
+            interval,
             "--cache-dir",
         ])
-        .arg(cache.path())
+        .arg(cache)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    (child, lines)
+}
+
+#[test]
+fn watch_streams_updates_as_lines() {
+    let remote = Remote::new();
+    let cache = unique_dir();
+    let (mut child, mut lines) = spawn_watch(&remote.file_url(), "w", "100ms", cache.path());
     let first: serde_json::Value =
         serde_json::from_str(&lines.next().expect("a line").expect("read")).expect("json");
     assert_eq!(first["source"], "w");
@@ -194,22 +205,7 @@ fn status_prints_each_source() {
         .expect("run");
     assert!(out.status.success());
     // A one-shot sync keeps no status; a short watch does.
-    let mut child = gitfeed()
-        .args([
-            "watch",
-            &remote.file_url(),
-            "--name",
-            "w",
-            "--interval",
-            "1h",
-            "--cache-dir",
-        ])
-        .arg(cache.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let (mut child, mut lines) = spawn_watch(&remote.file_url(), "w", "1h", cache.path());
     let _ = lines.next();
     let status_out = || {
         gitfeed()

@@ -6,7 +6,9 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use gitfeed::{ChangeKind, Encoding, Filter, ReadErrorKind, Reader, SourceState, sync_once};
+use gitfeed::{
+    ChangeKind, Encoding, Filter, ReadErrorKind, Reader, Source, SourceState, sync_once,
+};
 
 use crate::harness::{Running, quick_source};
 use crate::util::{Remote, git_command, unique_dir};
@@ -94,15 +96,21 @@ fn filter_by_globs() {
     );
 }
 
-#[test]
-fn updates_outside_the_filter_are_not_emitted_but_acknowledged() {
-    let remote = files_remote();
+/// Source `f` following only `policies/` of `remote`, polled when triggered.
+fn policies_only(remote: &Remote) -> Source {
     let mut source = quick_source("f", &remote.file_url());
     source.filter = Filter {
         directories: vec!["policies".into()],
         ..Filter::default()
     };
     source.interval = Duration::from_secs(3600);
+    source
+}
+
+#[test]
+fn updates_outside_the_filter_are_not_emitted_but_acknowledged() {
+    let remote = files_remote();
+    let source = policies_only(&remote);
     let cache = unique_dir();
     let feed = Running::start_at(cache.path(), vec![source.clone()], |feed| feed);
     let first = feed.update(PATIENCE);
@@ -446,12 +454,7 @@ fn hostile_trees_never_write_outside_the_checkout() {
 #[test]
 fn a_filtered_out_commit_never_acknowledges_an_update_still_pending() {
     let remote = files_remote();
-    let mut source = quick_source("f", &remote.file_url());
-    source.filter = Filter {
-        directories: vec!["policies".into()],
-        ..Filter::default()
-    };
-    source.interval = Duration::from_secs(3600);
+    let source = policies_only(&remote);
     let cache = unique_dir();
     let feed = Running::start_at(cache.path(), vec![source.clone()], |feed| feed);
     let first = feed.update(PATIENCE);

@@ -855,19 +855,26 @@ fn endless_refs(protocol: Protocol) -> impl Fn() -> Box<dyn Script> {
     }
 }
 
+/// An endless ref advertisement, in protocols v0 and v2, against `transport`, within
+/// `timeout` if given; the promises broken.
+fn endless_refs_over(transport: Transport, label: &str, timeout: Option<Duration>) -> Vec<String> {
+    let mut broken = Vec::new();
+    for protocol in [Protocol::V0, Protocol::V2] {
+        let mut endless = case(&format!("{label}, {protocol:?}"), endless_refs(protocol));
+        if let Some(timeout) = timeout {
+            endless = endless.timeout(timeout);
+        }
+        broken.extend(attempt(&endless, transport).violations(true));
+    }
+    broken
+}
+
 /// A ref advertisement that never ends, streamed as fast as gitfeed reads it (up to 128 MiB/s)
 /// for up to ten seconds: the socket is shut down at the deadline.
 #[test]
 fn endless_ref_advertisement_over_git() {
     let _serial = serial();
-    let mut broken = Vec::new();
-    for protocol in [Protocol::V0, Protocol::V2] {
-        let endless = case(
-            &format!("endless refs, {protocol:?}"),
-            endless_refs(protocol),
-        );
-        broken.extend(attempt(&endless, Transport::Git).violations(true));
-    }
+    let broken = endless_refs_over(Transport::Git, "endless refs", None);
     assert!(broken.is_empty(), "broken promises:\n{}", broken.join("\n"));
 }
 
@@ -877,15 +884,11 @@ fn endless_ref_advertisement_over_git() {
 #[test]
 fn endless_ref_advertisement_with_a_longer_timeout() {
     let _serial = serial();
-    let mut broken = Vec::new();
-    for protocol in [Protocol::V0, Protocol::V2] {
-        let endless = case(
-            &format!("endless refs for 8 s, {protocol:?}"),
-            endless_refs(protocol),
-        )
-        .timeout(Duration::from_secs(8));
-        broken.extend(attempt(&endless, Transport::Git).violations(true));
-    }
+    let broken = endless_refs_over(
+        Transport::Git,
+        "endless refs for 8 s",
+        Some(Duration::from_secs(8)),
+    );
     assert!(broken.is_empty(), "broken promises:\n{}", broken.join("\n"));
 }
 
@@ -894,14 +897,7 @@ fn endless_ref_advertisement_with_a_longer_timeout() {
 #[test]
 fn endless_ref_advertisement_over_http() {
     let _serial = serial();
-    let mut broken = Vec::new();
-    for protocol in [Protocol::V0, Protocol::V2] {
-        let endless = case(
-            &format!("endless refs, {protocol:?}"),
-            endless_refs(protocol),
-        );
-        broken.extend(attempt(&endless, Transport::Http).violations(true));
-    }
+    let broken = endless_refs_over(Transport::Http, "endless refs", None);
     assert!(broken.is_empty(), "broken promises:\n{}", broken.join("\n"));
 }
 
