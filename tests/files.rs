@@ -305,31 +305,20 @@ fn raw_tree(bare: &Path, entries: &[(&str, &[u8], String)]) -> String {
                 .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex")),
         );
     }
-    let mut child = git_command()
-        .current_dir(bare)
-        .args(["hash-object", "-t", "tree", "--literally", "-w", "--stdin"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn git");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(&raw)
-        .expect("write tree");
-    let out = child.wait_with_output().expect("git");
-    assert!(out.status.success());
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_owned()
+    hash_object(bare, &["-t", "tree", "--literally"], &raw)
 }
 
 fn blob(bare: &Path, content: &str) -> String {
+    hash_object(bare, &[], content.as_bytes())
+}
+
+/// `git hash-object -w` of `bytes`, with `options`; the new object's id.
+fn hash_object(bare: &Path, options: &[&str], bytes: &[u8]) -> String {
     let mut child = git_command()
         .current_dir(bare)
-        .args(["hash-object", "-w", "--stdin"])
+        .arg("hash-object")
+        .args(options)
+        .args(["-w", "--stdin"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -338,9 +327,10 @@ fn blob(bare: &Path, content: &str) -> String {
         .stdin
         .take()
         .expect("stdin")
-        .write_all(content.as_bytes())
-        .expect("write blob");
+        .write_all(bytes)
+        .expect("write the object");
     let out = child.wait_with_output().expect("git");
+    assert!(out.status.success(), "git hash-object {options:?}");
     String::from_utf8(out.stdout)
         .expect("utf-8")
         .trim()
