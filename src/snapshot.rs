@@ -3,6 +3,7 @@
 //! ```text
 //! DIR/current                              relative symlink -> .snapshots/<commit>
 //! DIR/.snapshots/<commit>/                 one complete snapshot per commit
+//! DIR/.snapshots/<commit>.manifest         what gitfeed wrote there, recorded once it was complete
 //! DIR/.snapshots/order                     commits in the order they became current
 //! DIR/.snapshots/.tmp-<commit>-<random>/   being written, never pointed to
 //! DIR/.snapshots/.tmp-old-<commit>-<random>/  being removed
@@ -11,17 +12,32 @@
 //!
 //! # Guarantees
 //!
-//! A snapshot is written into a temporary directory, every file and directory in it is synced,
-//! and only then is it renamed to `.snapshots/<commit>`. A directory with that name therefore
-//! only ever holds a complete tree, which is what "complete" means here: no marker file is
-//! needed, so the snapshot holds exactly the commit's files and nothing else. `current` is
-//! switched by renaming a new symlink over it, which readers see either before or after, never
-//! in between. A crash at any point leaves `current` pointing at the last complete snapshot;
-//! what the interrupted write left behind starts with `.tmp-` and is removed by
-//! [`SnapshotDir::recover`], which every write calls first.
+//! A snapshot is written into a temporary directory, made durable, and only then renamed to
+//! `.snapshots/<commit>`, and its manifest put beside it. The manifest names the directory it
+//! describes (inode and creation time) and every regular file in it, so a directory gitfeed did
+//! not finish writing itself, such as one someone else created under the next commit's name,
+//! is never trusted: it is removed and the snapshot written again. The snapshot itself holds
+//! exactly the commit's files and nothing else. `current` is switched by renaming a new
+//! symlink over it, which readers see either before or after, never in between. A crash at any
+//! point leaves `current` pointing at the last complete snapshot; what the interrupted write
+//! left behind starts with `.tmp-` and is removed by [`SnapshotDir::recover`], which every
+//! write calls first.
 //!
-//! Old snapshots are removed by first renaming them to a `.tmp-` name, so a removal cut short
-//! never leaves a half-deleted tree under a commit's name that a later write would reuse.
+//! Old snapshots are removed by first removing their manifest and renaming them to a `.tmp-`
+//! name, so a removal cut short never leaves a half-deleted tree under a commit's name that a
+//! later write would reuse.
+//!
+//! # What a snapshot costs
+//!
+//! A new snapshot shares every regular file that did not change (same path, blob and mode)
+//! with the current snapshot through a hard link, and writes only the others, so an update
+//! costs what changed plus one directory entry per file. Files are therefore read-only (0444,
+//! or 0555 when executable): a shared file edited through one snapshot would change the
+//! others. Before a file is shared, its inode, size and modification time are checked against
+//! the manifest; a file changed in place is written afresh instead.
+//!
+//! Durability takes one `syncfs` of the snapshot's filesystem on Linux rather than one `fsync`
+//! per file and directory (elsewhere every file and directory written is synced).
 //!
 //! # Reading a snapshot
 //!
@@ -74,7 +90,7 @@ use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::hash::{BuildHasher, Hasher};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
@@ -93,10 +109,20 @@ const MAX_NAME: usize = 255;
 const MAX_TARGET: usize = 4095;
 /// How many symlinks resolving one target may go through; Linux gives up after as many.
 const MAX_HOPS: usize = 40;
-/// Permissions of executable files and of directories.
-const MODE_EXECUTABLE: u32 = 0o755;
-/// Permissions of other files.
-const MODE_FILE: u32 = 0o644;
+/// The suffix of a snapshot's manifest, after the commit.
+const MANIFEST: &str = ".manifest";
+/// The first word of every manifest, with its format's version.
+const MANIFEST_MAGIC: &[u8] = b"gitfeed-snapshot-manifest-1";
+/// Permissions of directories in a snapshot.
+const MODE_DIR: u32 = 0o755;
+/// Permissions of executable files: read-only, since they may be shared with other snapshots.
+const MODE_EXECUTABLE: u32 = 0o555;
+/// Permissions of other files in a snapshot.
+const MODE_FILE: u32 = 0o444;
+/// Permissions of the files gitfeed keeps beside the snapshots (order, manifests).
+const MODE_OWN: u32 = 0o644;
+/// Whether one `syncfs` makes a snapshot durable, instead of one `fsync` per file and directory.
+const SYNCFS: bool = cfg!(target_os = "linux");
 
 /// One entry of the tree to write, as the git layer delivers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,6 +165,8 @@ pub(crate) struct SnapshotDir {
 pub(crate) struct Report {
     /// Files and symlinks in the snapshot (directories are not counted).
     pub written: usize,
+    /// Of those, files shared with the snapshot before it instead of being written.
+    pub shared: usize,
     /// Entries left out, in the byte order of their components.
     pub skipped: Vec<Skipped>,
 }
@@ -200,12 +228,14 @@ impl SnapshotDir {
     /// given id into the writer (so large blobs are never held in memory); for a symlink it
     /// writes the link target bytes.
     ///
-    /// If `.snapshots/<commit>` already exists it is complete (see the module docs) and is made
-    /// current again without reading any file; symlink targets are still read to check them,
-    /// so the report lists what the checks skip (not what only writing would find, such as two
-    /// names this filesystem takes for one). Removing snapshots beyond `keep` comes after
-    /// the switch and is best effort: the new snapshot is current by then, so a failure there
-    /// is not the write's, and whatever was left is removed by the next write.
+    /// If gitfeed finished `.snapshots/<commit>` earlier (its manifest says so, see the module
+    /// docs) it is made current again without reading any file; symlink targets are still read
+    /// to check them, so the report lists what the checks skip (not what only writing would
+    /// find, such as two names this filesystem takes for one). Anything else under that name
+    /// is removed first. Files that the current snapshot holds unchanged are shared with it,
+    /// not read. Removing snapshots beyond `keep` comes after the switch and is best effort:
+    /// the new snapshot is current by then, so a failure there is not the write's, and
+    /// whatever was left is removed by the next write.
     pub fn write(
         &self,
         commit: &str,
@@ -234,21 +264,32 @@ impl SnapshotDir {
 
         let mut skipped = Vec::new();
         let plan = plan(entries, read, &mut skipped)?;
-        let target = snapshots.join(commit);
-        let written = if is_real_dir(&target) {
-            plan.len()
-        } else {
-            // Not a directory, so not a snapshot; nothing else is ever put here.
-            let _ = fs::remove_file(&target);
-            build(&snapshots, commit, &plan, read, &mut skipped)?
-        };
-        self.switch(commit)
-            .map_err(|err| SnapshotError::io("could not switch current", err))?;
+        let pointed = self.current();
+        // A snapshot `current` already points to stays usable even without a manifest (one
+        // written before manifests existed): removing it would leave `current` dangling.
+        let (written, shared) =
+            if self.manifest(commit).is_some() || pointed.as_deref() == Some(commit) {
+                (plan.len(), 0)
+            } else {
+                self.discard(commit)
+                    .map_err(|err| SnapshotError::io("could not remove a stale snapshot", err))?;
+                let previous = pointed.and_then(|pointed| {
+                    let manifest = self.manifest(&pointed)?;
+                    Some((snapshots.join(pointed), manifest))
+                });
+                let previous = previous
+                    .as_ref()
+                    .map(|(dir, manifest)| (dir.as_path(), manifest));
+                build(&snapshots, commit, &plan, read, previous, &mut skipped)?
+            };
+        crash_point()?;
+        self.switch(commit)?;
         let _ = self.prune(commit);
 
         skipped.sort_by_key(|(rank, _)| *rank);
         Ok(Report {
             written,
+            shared,
             skipped: skipped.into_iter().map(|(_, skip)| skip).collect(),
         })
     }
@@ -280,16 +321,61 @@ impl SnapshotDir {
     }
 
     /// Points `current` at the snapshot of `commit`, atomically.
-    fn switch(&self, commit: &str) -> io::Result<()> {
+    fn switch(&self, commit: &str) -> Result<(), SnapshotError> {
+        let fail = |err| SnapshotError::io("could not switch current", err);
         let target = Path::new(SNAPSHOTS).join(commit);
         let (link, ()) = create_unique(&self.root, "current", |path| {
             std::os::unix::fs::symlink(&target, path)
-        })?;
+        })
+        .map_err(fail)?;
+        crash_point()?;
         if let Err(err) = fs::rename(&link, self.root.join(CURRENT)) {
             let _ = fs::remove_file(&link);
-            return Err(err);
+            return Err(fail(err));
         }
-        sync_dir(&self.root)
+        crash_point()?;
+        sync_dir(&self.root).map_err(fail)
+    }
+
+    /// The manifest of `.snapshots/<commit>`, if gitfeed finished writing that directory: the
+    /// manifest is readable and names the directory that is there now.
+    fn manifest(&self, commit: &str) -> Option<Manifest> {
+        let snapshots = self.snapshots();
+        let text = fs::read(snapshots.join(format!("{commit}{MANIFEST}"))).ok()?;
+        let manifest = Manifest::parse(&text)?;
+        let metadata = fs::symlink_metadata(snapshots.join(commit)).ok()?;
+        (metadata.is_dir() && Identity::of(&metadata) == manifest.dir).then_some(manifest)
+    }
+
+    /// Removes whatever is at `.snapshots/<commit>` and its manifest, so a snapshot can be
+    /// written there. Nothing gitfeed finished is ever removed here: only a directory without
+    /// a manifest naming it (someone else's, or one a crash left between its rename and its
+    /// manifest's), or anything that is not a directory.
+    fn discard(&self, commit: &str) -> io::Result<()> {
+        let snapshots = self.snapshots();
+        let manifest = snapshots.join(format!("{commit}{MANIFEST}"));
+        let target = snapshots.join(commit);
+        let mut changed = remove_if_present(&manifest)?;
+        if let Ok(metadata) = fs::symlink_metadata(&target) {
+            log::warn!(
+                "{} was not written by gitfeed, or not finished; writing it again",
+                target.display()
+            );
+            if metadata.is_dir() {
+                let label = format!("old-{commit}");
+                let (away, ()) =
+                    create_unique(&snapshots, &label, |path| fs::rename(&target, path))?;
+                fs::remove_dir_all(away)?;
+            } else {
+                fs::remove_file(&target)?;
+            }
+            changed = true;
+        }
+        if changed {
+            sync_dir(&snapshots)
+        } else {
+            Ok(())
+        }
     }
 
     /// Records `current` as the latest snapshot and removes the oldest beyond `keep`.
@@ -305,13 +391,18 @@ impl SnapshotDir {
         order.push(current.to_owned());
 
         let mut present = Vec::new();
+        let mut manifests = Vec::new();
         for item in fs::read_dir(&snapshots)? {
             let item = item?;
-            if let Some(name) = item.file_name().to_str()
-                && is_commit(name)
-                && item.file_type()?.is_dir()
+            let Some(name) = item.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if is_commit(&name) && item.file_type()?.is_dir() {
+                present.push(name);
+            } else if let Some(commit) = name.strip_suffix(MANIFEST)
+                && is_commit(commit)
             {
-                present.push(name.to_owned());
+                manifests.push(commit.to_owned());
             }
         }
         present.sort();
@@ -328,11 +419,21 @@ impl SnapshotDir {
         // Whatever `current` really points to stays, even if the order file disagrees.
         let pointed = self.current();
         let mut doomed = Vec::new();
+        // A manifest goes before its snapshot, so nothing half-removed is ever trusted; so do
+        // those left without a snapshot.
+        for commit in &manifests {
+            let doomed = old.contains(commit) || !present.contains(commit);
+            if doomed && commit != current && pointed.as_deref() != Some(commit) {
+                remove_if_present(&snapshots.join(format!("{commit}{MANIFEST}")))?;
+                crash_point_io()?;
+            }
+        }
         for commit in old {
             if commit != current && pointed.as_deref() != Some(commit) {
                 let from = snapshots.join(commit);
                 let label = format!("old-{commit}");
                 let (to, ()) = create_unique(&snapshots, &label, |path| fs::rename(&from, path))?;
+                crash_point_io()?;
                 doomed.push(to);
             }
         }
@@ -341,6 +442,7 @@ impl SnapshotDir {
         }
         for path in doomed {
             fs::remove_dir_all(path)?;
+            crash_point_io()?;
         }
         Ok(())
     }
@@ -607,30 +709,42 @@ fn check_target(
     Ok(())
 }
 
-/// Writes the plan into a new temporary directory, syncs it and renames it to
-/// `snapshots/<commit>`. Returns how many entries were written.
+/// Writes the plan into a new temporary directory, makes it durable, renames it to
+/// `snapshots/<commit>` and puts its manifest beside it. Files `previous` (a finished snapshot
+/// and its manifest) holds unchanged are linked from it instead of being read and written.
+/// Returns how many entries are in the snapshot, and how many of them were shared.
 fn build(
     snapshots: &Path,
     commit: &str,
     plan: &[Planned<'_>],
     read: &mut ReadBlob<'_>,
+    previous: Option<(&Path, &Manifest)>,
     skipped: &mut Vec<(usize, Skipped)>,
-) -> Result<usize, SnapshotError> {
+) -> Result<(usize, usize), SnapshotError> {
     let (path, ()) = create_unique(snapshots, commit, make_dir)
         .map_err(|err| SnapshotError::io("could not create a temporary directory", err))?;
     let mut temporary = Temporary { path, armed: true };
     let root = temporary.path.clone();
+    crash_point()?;
 
     let mut dirs = Dirs::default();
     dirs.add(root.clone());
     let mut links = Vec::new();
-    let mut written = 0;
+    let mut files = Vec::new();
+    let mut shared = 0;
     for planned in plan {
-        match write_entry(&root, planned, read, &mut dirs)? {
-            Ok(()) if planned.target.is_some() => links.push(planned),
-            Ok(()) => written += 1,
+        match write_entry(&root, planned, read, previous, &mut dirs)? {
+            Ok(Written::Symlink) => links.push(planned),
+            Ok(Written::File {
+                record,
+                shared: was,
+            }) => {
+                shared += usize::from(was);
+                files.push((planned, record));
+            }
             Err(reason) => skipped.push((planned.rank, skip(planned.entry, reason.into()))),
         }
+        crash_point()?;
     }
 
     // Every symlink again, through the real filesystem. Removing one can change where
@@ -655,27 +769,56 @@ fn build(
             break;
         }
     }
-    written += links.len();
+    let written = files.len() + links.len();
+
+    let fail = |err| SnapshotError::io("could not sync the snapshot", err);
+    let identity = fs::symlink_metadata(&root)
+        .map(|metadata| Identity::of(&metadata))
+        .map_err(fail)?;
+    let manifest = Manifest::encode(identity, &files);
+    let (manifest_path, mut manifest_file) = create_unique(snapshots, "manifest", |path| {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(MODE_OWN)
+            .open(path)
+    })
+    .map_err(fail)?;
+    let mut manifest_temporary = Temporary {
+        path: manifest_path,
+        armed: true,
+    };
+    manifest_file.write_all(&manifest).map_err(fail)?;
+    crash_point()?;
 
     // A name is durable only once its directory is, and all of them must be before the rename
     // makes the snapshot visible under its final name.
-    for dir in &dirs.list {
-        sync_dir(dir).map_err(|err| SnapshotError::io("could not sync the snapshot", err))?;
-    }
-    let target = snapshots.join(commit);
-    if let Err(err) = fs::rename(&root, &target) {
-        // Another writer got there first; its snapshot is as good as this one.
-        if !is_real_dir(&target) {
-            return Err(SnapshotError::io(
-                "could not move the snapshot in place",
-                err,
-            ));
-        }
+    if SYNCFS {
+        rustix::fs::syncfs(&manifest_file)
+            .map_err(|err| fail(io::Error::from_raw_os_error(err.raw_os_error())))?;
     } else {
-        temporary.armed = false;
+        manifest_file.sync_all().map_err(fail)?;
+        for dir in &dirs.list {
+            sync_dir(dir).map_err(fail)?;
+        }
     }
-    sync_dir(snapshots).map_err(|err| SnapshotError::io("could not sync the snapshot", err))?;
-    Ok(written)
+    drop(manifest_file);
+    crash_point()?;
+
+    let target = snapshots.join(commit);
+    fs::rename(&root, &target)
+        .map_err(|err| SnapshotError::io("could not move the snapshot in place", err))?;
+    temporary.armed = false;
+    crash_point()?;
+    fs::rename(
+        &manifest_temporary.path,
+        snapshots.join(format!("{commit}{MANIFEST}")),
+    )
+    .map_err(|err| SnapshotError::io("could not record the snapshot", err))?;
+    manifest_temporary.armed = false;
+    crash_point()?;
+    sync_dir(snapshots).map_err(fail)?;
+    Ok((written, shared))
 }
 
 /// The directories of a snapshot being written.
@@ -696,14 +839,30 @@ impl Dirs {
     }
 }
 
-/// Writes one entry below `root`, creating its parent directories (recorded in `dirs`).
+/// What [`write_entry`] put in the snapshot.
+#[derive(Debug)]
+enum Written {
+    /// A regular file, as the manifest records it.
+    File {
+        /// What the manifest says of it.
+        record: Record,
+        /// Whether it is a link to the previous snapshot's file.
+        shared: bool,
+    },
+    /// A symlink.
+    Symlink,
+}
+
+/// Writes one entry below `root`, creating its parent directories (recorded in `dirs`), or
+/// links it from `previous` when that holds the same file unchanged.
 /// The inner error is a reason to skip the entry; the outer one fails the snapshot.
 fn write_entry(
     root: &Path,
     planned: &Planned<'_>,
     read: &mut ReadBlob<'_>,
+    previous: Option<(&Path, &Manifest)>,
     dirs: &mut Dirs,
-) -> Result<Result<(), &'static str>, SnapshotError> {
+) -> Result<Result<Written, &'static str>, SnapshotError> {
     let components = &planned.entry.components;
     let fail = |what: &str, err| {
         let path = display(components);
@@ -740,10 +899,33 @@ fn write_entry(
 
     let result = match (&planned.entry.kind, &planned.target) {
         (EntryKind::Symlink, Some(target)) => {
-            std::os::unix::fs::symlink(OsStr::from_bytes(target), &path)
+            std::os::unix::fs::symlink(OsStr::from_bytes(target), &path).map(|()| Written::Symlink)
         }
-        (EntryKind::File { executable }, _) => {
-            let mode = if *executable {
+        (&EntryKind::File { executable }, _) => {
+            let id = &planned.entry.id;
+            if let Some((dir, manifest)) = previous
+                && let Some(record) = manifest.files.get(&components.join(&b'/'))
+                && record.executable == executable
+                && record.id == *id
+            {
+                match share(&join(dir, components), &path, record) {
+                    Ok(true) => {
+                        return Ok(Ok(Written::File {
+                            record: record.clone(),
+                            shared: true,
+                        }));
+                    }
+                    // Changed, gone, or too many links: written afresh below.
+                    Ok(false) => {}
+                    Err(err) => {
+                        return match name_problem(&err) {
+                            Some(reason) => Ok(Err(reason)),
+                            None => Err(fail("link", err)),
+                        };
+                    }
+                }
+            }
+            let mode = if executable {
                 MODE_EXECUTABLE
             } else {
                 MODE_FILE
@@ -755,8 +937,13 @@ fn write_entry(
                 .open(&path)
             {
                 Ok(file) => {
-                    return write_file(file, mode, &planned.entry.id, read)
-                        .map(Ok)
+                    return write_file(file, mode, id, read)
+                        .map(|metadata| {
+                            Ok(Written::File {
+                                record: Record::new(executable, id, &metadata),
+                                shared: false,
+                            })
+                        })
                         .map_err(|err| fail("write", err));
                 }
                 Err(err) => Err(err),
@@ -765,7 +952,7 @@ fn write_entry(
         _ => return Ok(Err("nothing to write")),
     };
     match result {
-        Ok(()) => Ok(Ok(())),
+        Ok(written) => Ok(Ok(written)),
         Err(err) => match name_problem(&err) {
             Some(reason) => Ok(Err(reason)),
             None => Err(fail("create", err)),
@@ -773,15 +960,43 @@ fn write_entry(
     }
 }
 
-/// Streams a blob into a new file, sets its mode regardless of the umask, and syncs it.
-fn write_file(file: File, mode: u32, id: &str, read: &mut ReadBlob<'_>) -> io::Result<()> {
+/// Links `from` (in the previous snapshot) to `to`, and keeps the link only if it is the file
+/// `record` describes, unchanged. `Ok(false)`: nothing is at `to`, write it afresh. An error
+/// about `to` itself (its name) is returned.
+///
+/// The check is made on the new link, not on `from`: a path through a directory someone
+/// swapped for a symlink could lead anywhere, but the inode it reached is what is checked.
+fn share(from: &Path, to: &Path, record: &Record) -> io::Result<bool> {
+    match fs::hard_link(from, to) {
+        Ok(()) => {}
+        Err(err) if name_problem(&err).is_some() => return Err(err),
+        Err(_) => return Ok(false),
+    }
+    let same = fs::symlink_metadata(to).is_ok_and(|metadata| record.describes(&metadata));
+    if !same {
+        fs::remove_file(to)?;
+    }
+    Ok(same)
+}
+
+/// Streams a blob into a new file and sets its mode regardless of the umask; syncs it unless
+/// the whole snapshot is synced at once. Returns the file's metadata once written.
+fn write_file(
+    file: File,
+    mode: u32,
+    id: &str,
+    read: &mut ReadBlob<'_>,
+) -> io::Result<fs::Metadata> {
     file.set_permissions(Permissions::from_mode(mode))?;
     let mut writer = BufWriter::new(file);
     read(id, &mut writer)?;
     let file = writer
         .into_inner()
         .map_err(io::IntoInnerError::into_error)?;
-    file.sync_all()
+    if !SYNCFS {
+        file.sync_all()?;
+    }
+    file.metadata()
 }
 
 /// The reason to skip an entry whose name the filesystem refused, if the error is about the
@@ -849,10 +1064,205 @@ struct Temporary {
 
 impl Drop for Temporary {
     fn drop(&mut self) {
-        if self.armed {
-            let _ = fs::remove_dir_all(&self.path);
+        // A crash leaves everything where it is; see `crash_point`.
+        if self.armed && !crashed() {
+            let _ = fs::remove_dir_all(&self.path).or_else(|_| fs::remove_file(&self.path));
         }
     }
+}
+
+/// Which directory a manifest describes: its inode, and its creation time where the
+/// filesystem records one, so a later directory that happens to get the same inode does not
+/// pass for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Identity {
+    /// The inode number.
+    ino: u64,
+    /// Nanoseconds since the epoch, or 0 where the filesystem keeps no creation time.
+    created: u128,
+}
+
+impl Identity {
+    /// The identity of the directory `metadata` describes.
+    fn of(metadata: &fs::Metadata) -> Self {
+        let created = metadata
+            .created()
+            .ok()
+            .and_then(|time| time.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map_or(0, |since| since.as_nanos());
+        Self {
+            ino: metadata.ino(),
+            created,
+        }
+    }
+}
+
+/// One regular file of a finished snapshot, as its manifest records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Record {
+    /// Whether git records it as executable.
+    executable: bool,
+    /// Its blob id.
+    id: String,
+    /// Its inode number.
+    ino: u64,
+    /// Its size in bytes.
+    size: u64,
+    /// Its modification time, seconds and nanoseconds.
+    modified: (i64, i64),
+}
+
+impl Record {
+    /// The record of a file with blob `id` that has `metadata`.
+    fn new(executable: bool, id: &str, metadata: &fs::Metadata) -> Self {
+        Self {
+            executable,
+            id: id.to_owned(),
+            ino: metadata.ino(),
+            size: metadata.size(),
+            modified: (metadata.mtime(), metadata.mtime_nsec()),
+        }
+    }
+
+    /// Whether `metadata` is of this very file, unchanged: same inode, size, modification
+    /// time and read-only mode.
+    fn describes(&self, metadata: &fs::Metadata) -> bool {
+        let mode = if self.executable {
+            MODE_EXECUTABLE
+        } else {
+            MODE_FILE
+        };
+        metadata.file_type().is_file()
+            && metadata.ino() == self.ino
+            && metadata.size() == self.size
+            && (metadata.mtime(), metadata.mtime_nsec()) == self.modified
+            && metadata.mode() & 0o7777 == mode
+    }
+}
+
+/// What gitfeed wrote into one snapshot, kept beside it once the snapshot is complete.
+///
+/// The format is a first line `gitfeed-snapshot-manifest-1 <ino> <created>`, then one record
+/// per regular file, each ended by a nul byte: `<x or -> <blob id> <ino> <size> <mtime
+/// seconds> <mtime nanoseconds> <path>`, the path's components joined with `/` (a written
+/// path holds neither `/` within a component nor a nul byte).
+#[derive(Debug)]
+struct Manifest {
+    /// The directory it describes.
+    dir: Identity,
+    /// The regular files, by path.
+    files: HashMap<Vec<u8>, Record>,
+}
+
+impl Manifest {
+    /// The bytes of the manifest of a snapshot directory `dir` holding `files`.
+    fn encode(dir: Identity, files: &[(&Planned<'_>, Record)]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + files.len() * 128);
+        out.extend_from_slice(MANIFEST_MAGIC);
+        out.extend_from_slice(format!(" {} {}\n", dir.ino, dir.created).as_bytes());
+        for (planned, record) in files {
+            let executable = if record.executable { 'x' } else { '-' };
+            let (seconds, nanoseconds) = record.modified;
+            out.extend_from_slice(
+                format!(
+                    "{executable} {} {} {} {seconds} {nanoseconds} ",
+                    record.id, record.ino, record.size
+                )
+                .as_bytes(),
+            );
+            out.extend_from_slice(&planned.entry.components.join(&b'/'));
+            out.push(0);
+        }
+        out
+    }
+
+    /// The manifest in `bytes`, if it is one.
+    fn parse(bytes: &[u8]) -> Option<Self> {
+        let newline = bytes.iter().position(|&b| b == b'\n')?;
+        let mut header = std::str::from_utf8(&bytes[..newline]).ok()?.split(' ');
+        if header.next()?.as_bytes() != MANIFEST_MAGIC {
+            return None;
+        }
+        let dir = Identity {
+            ino: header.next()?.parse().ok()?,
+            created: header.next()?.parse().ok()?,
+        };
+        let mut files = HashMap::new();
+        let body = &bytes[newline + 1..];
+        if !body.is_empty() && !body.ends_with(&[0]) {
+            return None; // cut short
+        }
+        for line in body.split(|&b| b == 0).filter(|line| !line.is_empty()) {
+            let mut fields = line.splitn(7, |&b| b == b' ');
+            let mut text = || std::str::from_utf8(fields.next()?).ok();
+            let executable = match text()? {
+                "x" => true,
+                "-" => false,
+                _ => return None,
+            };
+            let id = text()?.to_owned();
+            let ino = text()?.parse().ok()?;
+            let size = text()?.parse().ok()?;
+            let modified = (text()?.parse().ok()?, text()?.parse().ok()?);
+            let path = fields.next()?.to_vec();
+            let record = Record {
+                executable,
+                id,
+                ino,
+                size,
+                modified,
+            };
+            files.insert(path, record);
+        }
+        Some(Self { dir, files })
+    }
+}
+
+/// Removes the file at `path` if there is one; whether there was.
+fn remove_if_present(path: &Path) -> io::Result<bool> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// The crash point at which the test running on this thread makes a write stop, counting
+    /// down; 0 when none is armed.
+    static CRASH_IN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Whether this thread's write stopped at a crash point.
+    static CRASHED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A point between two steps of a write where tests make it stop as if the process died:
+/// nothing after it runs and nothing is cleaned up. A no-op outside tests.
+fn crash_point() -> Result<(), SnapshotError> {
+    crash_point_io().map_err(|err| SnapshotError::io("crashed", err))
+}
+
+/// [`crash_point`] for the steps that return `io::Error`.
+fn crash_point_io() -> io::Result<()> {
+    #[cfg(test)]
+    {
+        let left = CRASH_IN.get();
+        if CRASHED.get() || left == 1 {
+            CRASHED.set(true);
+            CRASH_IN.set(0);
+            return Err(io::Error::other("simulated crash"));
+        }
+        CRASH_IN.set(left.saturating_sub(1));
+    }
+    Ok(())
+}
+
+/// Whether this thread's write stopped at a crash point (never, outside tests).
+fn crashed() -> bool {
+    #[cfg(test)]
+    return CRASHED.get();
+    #[cfg(not(test))]
+    false
 }
 
 /// Collects a symlink target, keeping no more than the longest accepted and noting whether
@@ -893,8 +1303,8 @@ fn is_real_dir(path: &Path) -> bool {
 
 /// Creates a directory with the permissions snapshots have, whatever the umask.
 fn make_dir(path: &Path) -> io::Result<()> {
-    DirBuilder::new().mode(MODE_EXECUTABLE).create(path)?;
-    fs::set_permissions(path, Permissions::from_mode(MODE_EXECUTABLE))
+    DirBuilder::new().mode(MODE_DIR).create(path)?;
+    fs::set_permissions(path, Permissions::from_mode(MODE_DIR))
 }
 
 /// Makes a directory's entries durable.
@@ -992,7 +1402,7 @@ fn write_order(snapshots: &Path, commits: &[String]) -> io::Result<()> {
         OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(MODE_FILE)
+            .mode(MODE_OWN)
             .open(path)
     })?;
     let result = file
@@ -1034,7 +1444,7 @@ fn skip(entry: &Entry, reason: String) -> Skipped {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeSet;
+    use std::collections::{BTreeMap, BTreeSet};
     use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
 
@@ -1111,6 +1521,18 @@ mod tests {
         names
     }
 
+    /// What `.snapshots` holds when `commits` are the snapshots kept: each with its manifest,
+    /// and the order file; sorted.
+    fn kept(commits: &[String]) -> Vec<String> {
+        let mut names: Vec<String> = commits
+            .iter()
+            .flat_map(|commit| [commit.clone(), format!("{commit}{MANIFEST}")])
+            .chain([ORDER.to_owned()])
+            .collect();
+        names.sort();
+        names
+    }
+
     /// Names starting with `.tmp-` in `dir` and `dir/.snapshots`.
     fn leftovers(dir: &Path) -> Vec<PathBuf> {
         [dir.to_path_buf(), dir.join(SNAPSHOTS)]
@@ -1181,8 +1603,8 @@ mod tests {
             fs::read(resolved.join("src/main.rs")).unwrap(),
             b"fn main() {}\n"
         );
-        assert_eq!(mode(&resolved.join("README")), 0o644);
-        assert_eq!(mode(&resolved.join("bin/run")), 0o755);
+        assert_eq!(mode(&resolved.join("README")), 0o444);
+        assert_eq!(mode(&resolved.join("bin/run")), 0o555);
         assert_eq!(mode(&resolved.join("src/lib")), 0o755);
         assert_eq!(
             fs::read_link(resolved.join("docs")).unwrap(),
@@ -1209,10 +1631,7 @@ mod tests {
         };
         write(2);
         write(3);
-        assert_eq!(
-            snapshot_names(&dir),
-            [commit(2), commit(3), ORDER.to_owned()]
-        );
+        assert_eq!(snapshot_names(&dir), kept(&[commit(2), commit(3)]));
         assert_eq!(snapshots.current(), Some(commit(3)));
 
         // Making 2 current again reuses its snapshot without reading, and makes it newer
@@ -1222,10 +1641,7 @@ mod tests {
         assert_eq!(reads.get(), 0);
         assert_eq!(snapshots.current(), Some(commit(2)));
         write(4);
-        assert_eq!(
-            snapshot_names(&dir),
-            [commit(2), commit(4), ORDER.to_owned()]
-        );
+        assert_eq!(snapshot_names(&dir), kept(&[commit(2), commit(4)]));
         let resolved = fs::canonicalize(dir.join(CURRENT)).unwrap();
         assert_eq!(fs::read(resolved.join("id")).unwrap(), commit(4).as_bytes());
 
@@ -1235,7 +1651,7 @@ mod tests {
         single
             .write(&commit(5), &entries, &mut |_, out| out.write_all(b"5"))
             .unwrap();
-        assert_eq!(snapshot_names(&dir), [commit(5), ORDER.to_owned()]);
+        assert_eq!(snapshot_names(&dir), kept(&[commit(5)]));
         assert_eq!(single.current(), Some(commit(5)));
         assert_eq!(leftovers(&dir), Vec::<PathBuf>::new());
     }
@@ -1493,18 +1909,27 @@ mod tests {
     }
 
     /// A reader that resolves `current` once and reads two files through the resolved path
-    /// always gets both from the same commit while the writer swaps.
+    /// always gets both from the same commit while the writer swaps, and a file every commit
+    /// shares stays as it was.
     #[test]
     fn readers_never_see_a_mix() {
         let parent = tempfile::tempdir().unwrap();
         let dir = parent.path().join("feed");
         let snapshots = SnapshotDir::new(&dir, 3);
-        let entries = [entry("a", FILE, "a"), entry("deep/b", FILE, "b")];
         let write = |n: u32| {
             let id = commit(n);
-            snapshots
-                .write(&id, &entries, &mut |_, out| out.write_all(id.as_bytes()))
+            // Blob ids as git would have them: new content, new id.
+            let entries = [
+                entry("a", FILE, &format!("{id}-a")),
+                entry("deep/b", FILE, &format!("{id}-b")),
+                entry("deep/shared", FILE, "shared"),
+            ];
+            let report = snapshots
+                .write(&id, &entries, &mut |blob, out| {
+                    out.write_all(blob.get(..40).unwrap_or(blob).as_bytes())
+                })
                 .unwrap();
+            assert_eq!(report.shared, usize::from(n > 0));
         };
         write(0);
 
@@ -1518,13 +1943,15 @@ mod tests {
                     let both = fs::canonicalize(dir.join(CURRENT)).and_then(|resolved| {
                         let a = fs::read(resolved.join("a"))?;
                         let b = fs::read(resolved.join("deep/b"))?;
-                        Ok((resolved, a, b))
+                        let shared = fs::read(resolved.join("deep/shared"))?;
+                        Ok((resolved, a, b, shared))
                     });
                     match both {
-                        Ok((resolved, a, b)) => {
+                        Ok((resolved, a, b, shared)) => {
                             let name = resolved.file_name().unwrap().as_bytes();
                             assert_eq!(a, name);
                             assert_eq!(b, name);
+                            assert_eq!(shared, b"shared");
                             consistent += 1;
                         }
                         // Pruned after `keep` more swaps: resolve again.
@@ -1542,7 +1969,7 @@ mod tests {
         let (consistent, _gone) = reader.join().unwrap();
         assert!(consistent > 0);
         assert_eq!(snapshots.current(), Some(commit(200)));
-        assert_eq!(snapshot_names(&dir).len(), 3 + 1);
+        assert_eq!(snapshot_names(&dir).len(), 3 * 2 + 1);
     }
 
     /// A blob that cannot be read fails the write, leaves nothing behind and `current` as it
@@ -1564,10 +1991,17 @@ mod tests {
             })
             .unwrap();
 
-        // Fails on the second file, after writing part of it.
+        // Fails on the second file, after writing part of it. Every file changes, so none is
+        // shared.
+        let changed = [
+            entry("a", FILE, "a2"),
+            entry("b/c", FILE, "c2"),
+            entry("d", FILE, "d2"),
+            entry("l", EntryKind::Symlink, "l"),
+        ];
         let mut calls = 0;
         let err = snapshots
-            .write(&commit(2), &entries, &mut |id, out| {
+            .write(&commit(2), &changed, &mut |id, out| {
                 if id == "l" {
                     return out.write_all(b"a");
                 }
@@ -1597,7 +2031,384 @@ mod tests {
         assert_eq!(err.to_string(), "could not read symlink \"l\": gone");
         assert_eq!(leftovers(&dir), Vec::<PathBuf>::new());
         assert_eq!(snapshots.current(), Some(commit(1)));
-        assert_eq!(snapshot_names(&dir), [commit(1), ORDER.to_owned()]);
+        assert_eq!(snapshot_names(&dir), kept(&[commit(1)]));
+    }
+
+    /// The files `root` holds, by path, with their contents (a symlink's as `-> target`).
+    fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
+        listing(root)
+            .into_iter()
+            .filter_map(|path| {
+                let full = root.join(&path);
+                let metadata = fs::symlink_metadata(&full).unwrap();
+                let name = path.to_string_lossy().into_owned();
+                if metadata.file_type().is_symlink() {
+                    let target = fs::read_link(&full).unwrap();
+                    Some((name, format!("-> {}", target.display()).into_bytes()))
+                } else if metadata.is_file() {
+                    Some((name, fs::read(&full).unwrap()))
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// The tree `current` resolves to.
+    fn current_tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+        tree(&fs::canonicalize(dir.join(CURRENT)).unwrap())
+    }
+
+    /// The expected tree from `(path, contents)` pairs.
+    fn expect(pairs: &[(&str, &str)]) -> BTreeMap<String, Vec<u8>> {
+        pairs
+            .iter()
+            .map(|(path, contents)| ((*path).to_owned(), contents.as_bytes().to_vec()))
+            .collect()
+    }
+
+    /// A blob store where every id's contents is the id itself, except symlinks (`l…`),
+    /// whose target follows the `:`.
+    fn by_id(id: &str, out: &mut dyn Write) -> io::Result<()> {
+        out.write_all(
+            id.split_once(':')
+                .map_or(id, |(_, target)| target)
+                .as_bytes(),
+        )
+    }
+
+    /// The inode of `path` in the snapshot of `commit`.
+    fn inode(dir: &Path, commit: &str, path: &str) -> u64 {
+        fs::symlink_metadata(dir.join(SNAPSHOTS).join(commit).join(path))
+            .unwrap()
+            .ino()
+    }
+
+    /// A new snapshot links the files that did not change from the current one without
+    /// reading them, writes the others, and every file is read-only.
+    #[test]
+    fn unchanged_files_are_shared_read_only() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("feed");
+        let snapshots = SnapshotDir::new(&dir, 2);
+        let exe = EntryKind::File { executable: true };
+        let first = [
+            entry("a", FILE, "a1"),
+            entry("dir/b", FILE, "b1"),
+            entry("dir/deeper/c", FILE, "c1"),
+            entry("run", exe, "x1"),
+            entry("link", EntryKind::Symlink, "l:dir/b"),
+        ];
+        let report = snapshots.write(&commit(1), &first, &mut by_id).unwrap();
+        assert_eq!((report.written, report.shared), (5, 0));
+
+        let second = [
+            entry("a", FILE, "a2"),
+            entry("dir/b", FILE, "b1"),
+            entry("dir/deeper/c", FILE, "c1"),
+            entry("run", exe, "x1"),
+            entry("link", EntryKind::Symlink, "l:dir/b"),
+            entry("new", FILE, "n1"),
+        ];
+        let mut read = Vec::new();
+        let report = snapshots
+            .write(&commit(2), &second, &mut |id, out| {
+                read.push(id.to_owned());
+                by_id(id, out)
+            })
+            .unwrap();
+        assert_eq!((report.written, report.shared), (6, 3));
+        read.sort();
+        assert_eq!(read, ["a2", "l:dir/b", "n1"], "only changed files are read");
+        assert_eq!(
+            current_tree(&dir),
+            expect(&[
+                ("a", "a2"),
+                ("dir/b", "b1"),
+                ("dir/deeper/c", "c1"),
+                ("link", "-> dir/b"),
+                ("new", "n1"),
+                ("run", "x1"),
+            ])
+        );
+        for path in ["dir/b", "dir/deeper/c", "run"] {
+            assert_eq!(inode(&dir, &commit(1), path), inode(&dir, &commit(2), path));
+        }
+        assert_ne!(inode(&dir, &commit(1), "a"), inode(&dir, &commit(2), "a"));
+        let old = dir.join(SNAPSHOTS).join(commit(1));
+        assert_eq!(fs::read(old.join("a")).unwrap(), b"a1");
+        let new = dir.join(SNAPSHOTS).join(commit(2));
+        assert_eq!(mode(&new.join("a")), 0o444);
+        assert_eq!(mode(&new.join("dir/b")), 0o444);
+        assert_eq!(mode(&new.join("run")), 0o555);
+        assert_eq!(mode(&new.join("dir")), 0o755);
+        assert!(
+            OpenOptions::new()
+                .write(true)
+                .open(new.join("dir/b"))
+                .is_err()
+                || is_root()
+        );
+        assert_eq!(snapshot_names(&dir), kept(&[commit(1), commit(2)]));
+    }
+
+    /// Whether the tests run as root, who may write read-only files.
+    fn is_root() -> bool {
+        rustix::process::geteuid().is_root()
+    }
+
+    /// A file whose mode alone changes, or whose content alone changes, becomes a file of its
+    /// own; the snapshot before keeps its file as it was.
+    #[test]
+    fn mode_or_content_changed_in_place() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("feed");
+        let snapshots = SnapshotDir::new(&dir, 3);
+        let exe = EntryKind::File { executable: true };
+        snapshots
+            .write(&commit(1), &[entry("f", FILE, "f1")], &mut by_id)
+            .unwrap();
+        let report = snapshots
+            .write(&commit(2), &[entry("f", exe, "f1")], &mut by_id)
+            .unwrap();
+        assert_eq!(report.shared, 0);
+        let report = snapshots
+            .write(&commit(3), &[entry("f", exe, "f2")], &mut by_id)
+            .unwrap();
+        assert_eq!(report.shared, 0);
+        let snapshot = |n| dir.join(SNAPSHOTS).join(commit(n)).join("f");
+        assert_eq!(mode(&snapshot(1)), 0o444);
+        assert_eq!(mode(&snapshot(2)), 0o555);
+        assert_eq!(mode(&snapshot(3)), 0o555);
+        assert_eq!(fs::read(snapshot(1)).unwrap(), b"f1");
+        assert_eq!(fs::read(snapshot(2)).unwrap(), b"f1");
+        assert_eq!(fs::read(snapshot(3)).unwrap(), b"f2");
+        let inodes: HashSet<u64> = (1..=3).map(|n| inode(&dir, &commit(n), "f")).collect();
+        assert_eq!(inodes.len(), 3);
+    }
+
+    /// A file that becomes a symlink and then the same file again is written each time, and
+    /// every snapshot keeps its own kind of entry.
+    #[test]
+    fn file_becomes_symlink_and_back() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("feed");
+        let snapshots = SnapshotDir::new(&dir, 3);
+        let file = [entry("p", FILE, "p1"), entry("q", FILE, "q1")];
+        let link = [
+            entry("p", EntryKind::Symlink, "l:q"),
+            entry("q", FILE, "q1"),
+        ];
+        snapshots.write(&commit(1), &file, &mut by_id).unwrap();
+        let report = snapshots.write(&commit(2), &link, &mut by_id).unwrap();
+        assert_eq!(report.shared, 1);
+        assert_eq!(current_tree(&dir), expect(&[("p", "-> q"), ("q", "q1")]));
+        let report = snapshots.write(&commit(3), &file, &mut by_id).unwrap();
+        assert_eq!(
+            report.shared, 1,
+            "only q: p was a symlink in the snapshot before"
+        );
+        assert_eq!(current_tree(&dir), expect(&[("p", "p1"), ("q", "q1")]));
+        let first = tree(&dir.join(SNAPSHOTS).join(commit(1)));
+        assert_eq!(first, expect(&[("p", "p1"), ("q", "q1")]));
+        let second = tree(&dir.join(SNAPSHOTS).join(commit(2)));
+        assert_eq!(second, expect(&[("p", "-> q"), ("q", "q1")]));
+    }
+
+    /// A file of the current snapshot that was changed in place, replaced, or reached through
+    /// a directory swapped for a symlink is not shared: the new snapshot gets the blob's
+    /// contents.
+    #[test]
+    fn changed_files_are_not_shared() {
+        let parent = tempfile::tempdir().unwrap();
+        let outside = parent.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("c"), b"c1").unwrap();
+        let dir = parent.path().join("feed");
+        let snapshots = SnapshotDir::new(&dir, 2);
+        let entries = [
+            entry("a", FILE, "a1"),
+            entry("b", FILE, "b1"),
+            entry("d/c", FILE, "c1"),
+            entry("e", FILE, "e1"),
+            entry("g", FILE, "g1"),
+        ];
+        snapshots.write(&commit(1), &entries, &mut by_id).unwrap();
+        let old = dir.join(SNAPSHOTS).join(commit(1));
+        let edit = |name: &str, contents: &[u8]| {
+            fs::set_permissions(old.join(name), Permissions::from_mode(0o644)).unwrap();
+            fs::write(old.join(name), contents).unwrap();
+            fs::set_permissions(old.join(name), Permissions::from_mode(0o444)).unwrap();
+        };
+        // In place, to another size.
+        edit("a", b"changed");
+        // In place, same size, later: only the modification time tells. (Within one tick
+        // of the filesystem's clock it cannot tell; the test says when.)
+        edit("g", b"G1");
+        let later = SystemTime::now() + std::time::Duration::from_secs(10);
+        File::options()
+            .write(true)
+            .open(old.join("g"))
+            .and_then(|file| file.set_modified(later))
+            .unwrap();
+        // Replaced by another file, made while the old one still exists so it cannot take
+        // its inode.
+        fs::write(old.join("b.new"), b"B1").unwrap();
+        fs::set_permissions(old.join("b.new"), Permissions::from_mode(0o444)).unwrap();
+        fs::rename(old.join("b.new"), old.join("b")).unwrap();
+        // A directory swapped for a symlink to a look-alike outside.
+        fs::rename(old.join("d"), old.join("d-moved")).unwrap();
+        std::os::unix::fs::symlink(&outside, old.join("d")).unwrap();
+
+        let report = snapshots.write(&commit(2), &entries, &mut by_id).unwrap();
+        assert_eq!(report.shared, 1, "only e is unchanged");
+        assert_eq!(
+            current_tree(&dir),
+            expect(&[
+                ("a", "a1"),
+                ("b", "b1"),
+                ("d/c", "c1"),
+                ("e", "e1"),
+                ("g", "g1")
+            ])
+        );
+        assert_ne!(
+            inode(&dir, &commit(2), "d/c"),
+            fs::metadata(outside.join("c")).unwrap().ino()
+        );
+    }
+
+    /// A directory gitfeed did not finish, under the name of the commit being written, is
+    /// never used: the snapshot is written in its place. So is a manifest that names another
+    /// directory, or a file or symlink under that name.
+    #[test]
+    fn foreign_directory_with_the_next_commits_name() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("feed");
+        let snapshots = SnapshotDir::new(&dir, 3);
+        let entries = [entry("a", FILE, "a1"), entry("d/b", FILE, "b1")];
+        snapshots.write(&commit(1), &entries, &mut by_id).unwrap();
+        let expected = expect(&[("a", "a1"), ("d/b", "b1")]);
+
+        let names = dir.join(SNAPSHOTS);
+        // Empty, and with someone else's files.
+        fs::create_dir(names.join(commit(2))).unwrap();
+        snapshots.write(&commit(2), &entries, &mut by_id).unwrap();
+        assert_eq!(current_tree(&dir), expected);
+        fs::create_dir_all(names.join(commit(3)).join("d")).unwrap();
+        fs::write(names.join(commit(3)).join("planted"), b"x").unwrap();
+        snapshots.write(&commit(3), &entries, &mut by_id).unwrap();
+        assert_eq!(current_tree(&dir), expected);
+
+        // A manifest copied from a finished snapshot names that one, not this directory.
+        fs::create_dir(names.join(commit(4))).unwrap();
+        fs::copy(
+            names.join(format!("{}{MANIFEST}", commit(3))),
+            names.join(format!("{}{MANIFEST}", commit(4))),
+        )
+        .unwrap();
+        snapshots.write(&commit(4), &entries, &mut by_id).unwrap();
+        assert_eq!(current_tree(&dir), expected);
+
+        // A symlink to a complete-looking tree elsewhere.
+        let elsewhere = parent.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, names.join(commit(5))).unwrap();
+        snapshots.write(&commit(5), &entries, &mut by_id).unwrap();
+        assert_eq!(current_tree(&dir), expected);
+        assert!(is_real_dir(&names.join(commit(5))));
+        assert!(elsewhere.exists());
+        assert_eq!(
+            snapshot_names(&dir),
+            kept(&[commit(3), commit(4), commit(5)])
+        );
+        assert_eq!(leftovers(&dir), Vec::<PathBuf>::new());
+
+        // A finished snapshot is made current again as it is.
+        let report = snapshots.write(&commit(4), &entries, &mut by_id).unwrap();
+        assert_eq!(snapshots.current(), Some(commit(4)));
+        assert_eq!(report.written, 2);
+    }
+
+    /// A write that stops at any point between two of its steps, as if the process died,
+    /// leaves `current` on a complete snapshot, and the next write of the same commit
+    /// finishes it and leaves nothing behind.
+    #[test]
+    fn a_crash_between_any_two_steps() {
+        let exe = EntryKind::File { executable: true };
+        let commits = [
+            vec![entry("a", FILE, "a1"), entry("d/b", FILE, "b1")],
+            vec![
+                entry("a", FILE, "a1"),
+                entry("d/b", FILE, "b2"),
+                entry("run", exe, "x1"),
+            ],
+            vec![
+                entry("a", FILE, "a3"),
+                entry("d/b", FILE, "b2"),
+                entry("d/e/f", FILE, "f1"),
+                entry("run", exe, "x1"),
+                entry("link", EntryKind::Symlink, "l:d/b"),
+            ],
+        ];
+        let trees = [
+            expect(&[("a", "a1"), ("d/b", "b1")]),
+            expect(&[("a", "a1"), ("d/b", "b2"), ("run", "x1")]),
+            expect(&[
+                ("a", "a3"),
+                ("d/b", "b2"),
+                ("d/e/f", "f1"),
+                ("link", "-> d/b"),
+                ("run", "x1"),
+            ]),
+        ];
+        let mut finished = false;
+        for step in 1..200 {
+            let parent = tempfile::tempdir().unwrap();
+            let dir = parent.path().join("feed");
+            let snapshots = SnapshotDir::new(&dir, 2);
+            snapshots
+                .write(&commit(0), &commits[0], &mut by_id)
+                .unwrap();
+            snapshots
+                .write(&commit(1), &commits[1], &mut by_id)
+                .unwrap();
+
+            CRASH_IN.set(step);
+            let result = snapshots.write(&commit(2), &commits[2], &mut by_id);
+            let crashed = CRASHED.replace(false);
+            CRASH_IN.set(0);
+
+            let current = snapshots.current().expect("current survives");
+            let index = [commit(1), commit(2)]
+                .iter()
+                .position(|id| *id == current)
+                .expect("current is the old or the new commit");
+            assert_eq!(current_tree(&dir), trees[index + 1], "step {step}");
+            if !crashed {
+                result.unwrap();
+                assert!(step > 10, "the write has steps to crash between");
+                finished = true;
+            }
+
+            // The next run writes the same commit again.
+            let report = snapshots
+                .write(&commit(2), &commits[2], &mut by_id)
+                .unwrap();
+            assert_eq!(report.written, 5);
+            assert_eq!(current_tree(&dir), trees[2], "step {step}");
+            assert!(snapshots.manifest(&commit(2)).is_some(), "step {step}");
+            assert_eq!(leftovers(&dir), Vec::<PathBuf>::new(), "step {step}");
+            assert_eq!(
+                snapshot_names(&dir),
+                kept(&[commit(1), commit(2)]),
+                "step {step}"
+            );
+            if finished {
+                break;
+            }
+        }
+        assert!(finished);
     }
 
     /// Anything but a full lowercase object id is refused before the disk is touched.
