@@ -762,6 +762,8 @@ fn http_options(
     }
     if let Some(ca) = &target.ca_file {
         options.ssl_ca_info = Some(ca.clone());
+    } else if let Some(bundle) = system_ca_bundle() {
+        options.ssl_ca_info = Some(bundle);
     }
     if target.insecure {
         log::warn!(
@@ -771,6 +773,31 @@ fn http_options(
         options.ssl_verify = false;
     }
     Some(options)
+}
+
+/// Where Linux distributions keep their bundle of trusted CA certificates, most common first.
+#[cfg(feature = "https-rustls")]
+const SYSTEM_CA_BUNDLES: [&str; 4] = [
+    // Debian, Ubuntu, Alpine, Arch, Buildroot, Yocto.
+    "/etc/ssl/certs/ca-certificates.crt",
+    // Fedora, RHEL.
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    // openSUSE.
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+/// The system's CA bundle for HTTPS when the user named none. The libcurl compiled into the
+/// binary (`https-rustls`) has no trust store of its own and refuses every server without
+/// one; a system libcurl knows its system's bundle, so it is left to choose.
+fn system_ca_bundle() -> Option<PathBuf> {
+    #[cfg(feature = "https-rustls")]
+    return SYSTEM_CA_BUNDLES
+        .iter()
+        .map(PathBuf::from)
+        .find(|path| path.is_file());
+    #[cfg(not(feature = "https-rustls"))]
+    None
 }
 
 /// The ssh command line for `target`: the user's command (or `ssh`) with no prompts and
