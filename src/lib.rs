@@ -29,6 +29,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+// gix's HTTP transport is chosen by a feature; without one gitfeed has no http(s):// at all.
+#[cfg(not(any(feature = "https-rustls", feature = "https-system-curl")))]
+compile_error!(
+    "gitfeed needs an HTTPS backend: enable the `https-rustls` feature (the default) or \
+     `https-system-curl`"
+);
+
 mod auth;
 mod base64;
 mod cache;
@@ -42,6 +49,7 @@ mod reader;
 mod snapshot;
 mod source;
 mod status;
+#[cfg(feature = "verify")]
 mod verify;
 mod work;
 

@@ -75,7 +75,8 @@ pub struct Source {
     /// strictly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub known_hosts: Option<PathBuf>,
-    /// Deliver only commits with a valid SSH signature by an allowed signer.
+    /// Deliver only commits with a valid SSH signature by an allowed signer. Needs the
+    /// `verify` feature (on by default); a build without it refuses a source that sets this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<Verify>,
     /// Credentials for HTTPS remotes.
@@ -135,6 +136,10 @@ pub struct Verify {
     #[serde(default)]
     pub all_commits: bool,
 }
+
+/// Why a source with [`Source::verify`] is refused by a build without signature checks.
+pub(crate) const VERIFY_MISSING: &str =
+    "verify needs gitfeed built with the `verify` feature; this build checks no signatures";
 
 /// Which files of the repository a source delivers.
 ///
@@ -247,7 +252,9 @@ impl Source {
     /// Rejects an empty name or one with control characters, a malformed URL, a scheme other
     /// than those listed on [`Source::url`], a malformed ref name, a zero interval or timeout,
     /// a zero initial backoff, a backoff cap below the initial backoff, a zero `max_failures`,
-    /// a zero `depth`, an invalid filter pattern and a zero `keep_snapshots`.
+    /// a zero `depth`, an invalid filter pattern, a zero `keep_snapshots`, an `https://` URL
+    /// when the build's libcurl has no TLS, and a [`verify`](Source::verify) setting in a build
+    /// without the `verify` feature.
     ///
     /// ```
     /// let source = gitfeed::Source::new("p", "ftp://example.org/p.git");
@@ -301,6 +308,9 @@ impl Source {
             && let Err(problem) = auth.check()
         {
             return fail(problem);
+        }
+        if !cfg!(feature = "verify") && self.verify.is_some() {
+            return fail(VERIFY_MISSING.into());
         }
         if let Err(problem) = git::check_filter(&self.filter) {
             return fail(problem);
@@ -585,6 +595,25 @@ mod tests {
             assert!(
                 message.contains(expected),
                 "{message:?} should contain {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn verify_needs_its_feature() {
+        let mut source = Source::new("p", "git://example.org/p.git");
+        source.verify = Some(Verify {
+            allowed_signers: "/etc/agent/allowed_signers".into(),
+            all_commits: false,
+        });
+        let result = source.validate();
+        if cfg!(feature = "verify") {
+            assert_eq!(result, Ok(()));
+        } else {
+            assert_eq!(
+                result.unwrap_err().to_string(),
+                "source `p`: verify needs gitfeed built with the `verify` feature; \
+                 this build checks no signatures"
             );
         }
     }

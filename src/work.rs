@@ -9,6 +9,7 @@ use crate::event::{Change, ChangeKind, Encoding};
 use crate::git::{Cancel, FetchError, FileKind, Matcher, Repo, Target, Tip};
 use crate::snapshot::{self, SnapshotDir};
 use crate::source::Source;
+#[cfg(feature = "verify")]
 use crate::verify::{AllowedSigners, Verdict};
 
 /// How one attempt ended.
@@ -293,9 +294,11 @@ fn fetch_any(
 }
 
 /// The most new commits checked when every commit is verified.
+#[cfg(feature = "verify")]
 const MAX_COMMITS_TO_VERIFY: usize = 10_000;
 
 /// Checks the signature of the tip (or every new commit); returns why delivery is refused.
+#[cfg(feature = "verify")]
 fn refuse_unsigned(
     repo: &Repo,
     verify: &crate::source::Verify,
@@ -319,6 +322,18 @@ fn refuse_unsigned(
         }
     }
     Ok(None)
+}
+
+/// Without the `verify` feature no signature can be checked, so nothing is delivered.
+/// [`Source::validate`] refuses such a source first; this holds if it was ever bypassed.
+#[cfg(not(feature = "verify"))]
+fn refuse_unsigned(
+    _repo: &Repo,
+    _verify: &crate::source::Verify,
+    _sent: Option<&str>,
+    _tip: &str,
+) -> Result<Option<String>, FetchError> {
+    Err(FetchError::permanent(crate::source::VERIFY_MISSING))
 }
 
 /// Attaches each added or modified file's content, or why it was left out.

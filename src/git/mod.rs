@@ -418,6 +418,7 @@ impl Repo {
     }
 
     /// The raw bytes of commit `id`, as stored (what `git cat-file commit` prints).
+    #[cfg(feature = "verify")]
     pub fn raw_commit(&self, id: &str) -> Result<Vec<u8>, FetchError> {
         let repo = self.repo.to_thread_local();
         let oid = parse_id(id)?;
@@ -433,6 +434,7 @@ impl Repo {
 
     /// The commits reachable from `new` but not from `old`, newest first, at most `limit`
     /// (history missing in a shallow clone ends the walk there).
+    #[cfg(feature = "verify")]
     pub fn commits_since(
         &self,
         old: Option<&str>,
@@ -760,6 +762,8 @@ fn http_options(
     }
     if let Some(ca) = &target.ca_file {
         options.ssl_ca_info = Some(ca.clone());
+    } else if let Some(bundle) = system_ca_bundle() {
+        options.ssl_ca_info = Some(bundle);
     }
     if target.insecure {
         log::warn!(
@@ -769,6 +773,31 @@ fn http_options(
         options.ssl_verify = false;
     }
     Some(options)
+}
+
+/// Where Linux distributions keep their bundle of trusted CA certificates, most common first.
+#[cfg(feature = "https-rustls")]
+const SYSTEM_CA_BUNDLES: [&str; 4] = [
+    // Debian, Ubuntu, Alpine, Arch, Buildroot, Yocto.
+    "/etc/ssl/certs/ca-certificates.crt",
+    // Fedora, RHEL.
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    // openSUSE.
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+/// The system's CA bundle for HTTPS when the user named none. The libcurl compiled into the
+/// binary (`https-rustls`) has no trust store of its own and refuses every server without
+/// one; a system libcurl knows its system's bundle, so it is left to choose.
+fn system_ca_bundle() -> Option<PathBuf> {
+    #[cfg(feature = "https-rustls")]
+    return SYSTEM_CA_BUNDLES
+        .iter()
+        .map(PathBuf::from)
+        .find(|path| path.is_file());
+    #[cfg(not(feature = "https-rustls"))]
+    None
 }
 
 /// The ssh command line for `target`: the user's command (or `ssh`) with no prompts and
@@ -846,6 +875,15 @@ pub(crate) fn check_url(url: &str) -> Result<(), String> {
     if parsed.scheme != Scheme::File && parsed.host().is_none_or(str::is_empty) {
         return Err(format!("malformed url `{url}`: no host"));
     }
+    // With `https-system-curl`, libcurl is whatever the system has, and a build that found none
+    // compiled one without TLS: better said now than as a failure on every attempt.
+    if parsed.scheme == Scheme::Https && !curl::Version::get().feature_ssl() {
+        return Err(
+            "https:// needs TLS, and the libcurl this build uses has none; build with the \
+             `https-rustls` feature or against a system libcurl with TLS"
+                .into(),
+        );
+    }
     // ssh and git-upload-pack read an argument that starts with `-` as an option.
     if parsed.scheme != Scheme::File
         && (parsed.host_argument_safe().is_none()
@@ -918,6 +956,24 @@ mod tests {
         ] {
             assert!(check_url(bad).is_err(), "{bad:?} should be rejected");
         }
+    }
+
+    #[test]
+    fn https_needs_a_libcurl_with_tls() {
+        let tls = curl::Version::get().feature_ssl();
+        // The libcurl compiled in with `https-rustls` always has TLS; a build against a system
+        // libcurl has what that library has, or none when none was found.
+        assert!(tls || !cfg!(feature = "https-rustls"));
+        let result = check_url("https://example.org/p.git");
+        if tls {
+            assert_eq!(result, Ok(()));
+        } else {
+            let message = result.unwrap_err();
+            assert!(message.starts_with("https:// needs TLS"), "{message}");
+        }
+        // Plain http and the other transports do not depend on it.
+        check_url("http://example.org/p.git").unwrap();
+        check_url("git://example.org/p.git").unwrap();
     }
 
     #[test]
