@@ -323,12 +323,13 @@ fn refuse_unsigned(
 
 /// Attaches each added or modified file's content, or why it was left out.
 fn attach_contents(repo: &Repo, changes: &mut [Change], limit: u64) {
+    let mut blobs = repo.blobs();
     for change in changes.iter_mut().filter(|c| c.kind != ChangeKind::Deleted) {
         let Some(id) = change.id.as_deref() else {
             continue;
         };
         let mut bytes = Vec::new();
-        match repo.read_blob(id, limit, &mut bytes) {
+        match blobs.read(id, limit, &mut bytes) {
             Ok(_) => {
                 let (content, encoding) = match String::from_utf8(bytes) {
                     Ok(text) => (text, Encoding::Utf8),
@@ -383,8 +384,11 @@ fn write_snapshot(
         });
     }
     let limit = source.max_file_size;
+    // Streams each file into the snapshot: a large file is never held whole in memory.
+    let mut blobs = repo.blobs();
     let mut read = |id: &str, out: &mut dyn std::io::Write| {
-        repo.read_blob(id, limit, out)
+        blobs
+            .read(id, limit, out)
             .map(|_| ())
             .map_err(|failure| std::io::Error::other(failure.to_string()))
     };

@@ -9,6 +9,7 @@ mod error;
 mod filter;
 mod read;
 mod repack;
+mod stream;
 mod transport;
 
 use std::num::NonZeroU32;
