@@ -114,6 +114,12 @@ pub struct Source {
     /// cut off and the source fails with the reason.
     #[serde(default = "defaults::max_pack_size")]
     pub max_pack_size: u64,
+    /// Threads that index a received pack (and the pack written when the cache's packs are
+    /// consolidated), git's `pack.threads`; `0` uses one per core. Each thread holds one whole
+    /// object of the pack in memory while it hashes it, so with large files memory grows with
+    /// the thread count; more threads only speed up packs with many deltas.
+    #[serde(default = "defaults::index_threads")]
+    pub index_threads: usize,
 }
 
 /// Which commits a source may deliver: those signed with SSH (namespace `git`) by a key in an
@@ -200,6 +206,9 @@ mod defaults {
     pub fn max_pack_size() -> u64 {
         4 << 30
     }
+    pub fn index_threads() -> usize {
+        1
+    }
 }
 
 impl Source {
@@ -239,6 +248,7 @@ impl Source {
             max_file_size: defaults::max_file_size(),
             max_snapshot_size: defaults::max_snapshot_size(),
             max_pack_size: defaults::max_pack_size(),
+            index_threads: defaults::index_threads(),
         }
     }
 

@@ -427,6 +427,7 @@ pub(crate) fn target(source: &Source) -> Target {
         ssh_key: source.ssh_key.clone(),
         known_hosts: source.known_hosts.clone(),
         max_pack_size: source.max_pack_size,
+        index_threads: source.index_threads,
         many_refs: Default::default(),
     }
 }

@@ -53,9 +53,6 @@ use std::{
 use gix::ObjectId;
 use gix_pack::data::output;
 
-/// Thread count for counting objects and indexing the new pack; `None` uses every core.
-const THREAD_LIMIT: Option<usize> = None;
-
 /// Name prefix of the directories new packs are written in, see [`Staging`].
 const STAGING_PREFIX: &str = ".tmp-consolidate-";
 
@@ -227,9 +224,14 @@ pub(crate) fn pack_count(git_dir: &Path) -> io::Result<usize> {
 ///
 /// Other gix `Repository` instances of this repository notice the new pack on their next object
 /// lookup miss and free the slots of the deleted ones.
+///
+/// `threads` count objects and index the new pack (`0`: one per core). Memory: each indexing
+/// thread holds one whole object at a time, and the pack stream holds at most about
+/// [`CHUNK_BYTES`] of copied entries besides the largest single entry.
 pub(crate) fn consolidate(
     git_dir: &Path,
     tips: &[ObjectId],
+    threads: usize,
     should_interrupt: &AtomicBool,
 ) -> Result<Stats, Error> {
     if tips.is_empty() {
@@ -282,6 +284,7 @@ pub(crate) fn consolidate(
         &before.source_packs(),
         &staging.0,
         object_hash,
+        Some(threads),
         should_interrupt,
     )?;
     drop(odb);
@@ -636,6 +639,7 @@ fn write_pack(
     source_packs: &[PathBuf],
     staging_dir: &Path,
     object_hash: gix::hash::Kind,
+    thread_limit: Option<usize>,
     should_interrupt: &AtomicBool,
 ) -> Result<(gix_pack::bundle::write::Outcome, Vec<ObjectId>), Error> {
     let (counts, _) = output::count::objects(
@@ -644,7 +648,7 @@ fn write_pack(
         &gix::progress::Discard,
         should_interrupt,
         output::count::objects::Options {
-            thread_limit: THREAD_LIMIT,
+            thread_limit,
             chunk_size: 50,
             // Each commit's full tree, skipping subtrees already seen; unlike the alternative,
             // which diffs against parent trees, this needs no parents and so works when shallow.
@@ -682,7 +686,7 @@ fn write_pack(
         None::<gix::objs::find::Never>,
         object_hash,
         gix_pack::bundle::write::Options {
-            thread_limit: THREAD_LIMIT,
+            thread_limit,
             iteration_mode: gix_pack::data::input::Mode::Verify,
             index_version: gix_pack::index::Version::V2,
             alloc_limit_bytes: None,
@@ -738,8 +742,13 @@ fn verify_contents(
 /// bases in an older one; past this depth an object is stored whole, which bounds reading cost.
 const MAX_DELTA_DEPTH: u16 = 50;
 
-/// Entries per chunk handed to the pack encoder.
+/// Entries per chunk handed to the pack encoder, at most.
 const ENTRIES_PER_CHUNK: usize = 256;
+
+/// A chunk ends once its entries' compressed data passes this many bytes. The chunk is held in
+/// memory twice (as entries, then encoded), so 256 large files in one chunk would cost twice
+/// their size; this keeps a chunk of large entries to one entry.
+const CHUNK_BYTES: usize = 1 << 20;
 
 /// An existing pack that entries are copied from.
 struct SourcePack {
@@ -971,11 +980,13 @@ impl Iterator for EntrySource<'_> {
         }
         let end = (self.next + ENTRIES_PER_CHUNK).min(self.order.len());
         let mut chunk = Vec::with_capacity(end - self.next);
-        while self.next < end {
+        let mut bytes = 0;
+        while self.next < end && bytes < CHUNK_BYTES {
             let (id, place) = self.order[self.next];
             match self.entry(id, place) {
                 Ok((entry, depth)) => {
                     self.written.insert(id, (self.next, depth));
+                    bytes += entry.compressed_data.len();
                     chunk.push(entry);
                 }
                 Err(err) => {
@@ -1034,7 +1045,15 @@ where
                     return Ok(n);
                 }
             }
-            self.sink.borrow_mut().clear();
+            {
+                let mut sink = self.sink.borrow_mut();
+                sink.clear();
+                // A chunk with one large entry grew the buffer to that entry's size; do not
+                // keep that for the rest of the run.
+                if sink.capacity() > 4 * CHUNK_BYTES {
+                    sink.shrink_to(CHUNK_BYTES);
+                }
+            }
             self.consumed = 0;
             if self.should_interrupt.load(Ordering::Relaxed) {
                 // Not `ErrorKind::Interrupted`: readers retry on that one.
