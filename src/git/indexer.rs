@@ -1,12 +1,16 @@
-//! Writing a received pack to disk and indexing it without holding its entries in memory.
+//! Writing a received pack to disk and indexing it without holding its objects in memory.
 //!
 //! gix's pack writer keeps each entry's compressed bytes in a buffer as large as the entry
-//! (to hash and checksum them afterwards), and keeps that buffer, grown to the largest entry,
-//! until the index is written: with a large incompressible file, that is one copy of the file
-//! while the index is built on top of another. Here the bytes are hashed, checksummed and
-//! written to the pack file as they stream past, and only then does gix build the index from
-//! the file (holding, per indexing thread, one whole object at a time: for a blob stored
-//! whole, that blob).
+//! (to hash and checksum them afterwards) and keeps that buffer, grown to the largest entry,
+//! while it builds the index; building it, each thread inflates one whole object at a time to
+//! hash it, from a mapping of the pack that then counts as resident memory. With large files
+//! that is the size of the largest file several times over.
+//!
+//! Here each entry is checksummed, written to the pack file and inflated 64 KiB at a time as
+//! it streams past; an object stored whole is hashed on the way, so its id is known once it has
+//! passed. Only the objects that deltas need (the deltas and their bases: in practice the small,
+//! similar files) then go to gix, which resolves them from the pack file; every other object is
+//! never read again. The index is written here from both.
 //!
 //! A thin pack (deltas against objects the server knows the client has, which are not in the
 //! pack) cannot be indexed alone; [`write`] then leaves the complete pack file to the caller,
@@ -43,6 +47,11 @@ pub(super) enum Failure {
 /// Streams the pack from `reader` into a temporary file in `pack_dir`, indexes it with
 /// `threads` threads (`0`: one per core) and moves both into place as `pack-<hash>.{pack,idx}`.
 /// An empty pack (no objects) writes nothing and returns `Ok(None)`.
+///
+/// Memory: besides 64 KiB buffers and about 100 bytes per object, only what resolving deltas
+/// needs. An object stored whole that no delta builds on (a large file, typically) is hashed
+/// as it streams past and never held; the others go to gix, which resolves the deltas from the
+/// pack file holding one whole object per thread (plus, for a delta, its base).
 pub(super) fn write(
     reader: &mut dyn BufRead,
     pack_dir: &Path,
@@ -55,35 +64,92 @@ pub(super) fn write(
     let file = File::create(&temp.0).map_err(other)?;
     let mut entries = Entries::new(reader, file, object_hash, should_interrupt).map_err(other)?;
     let version = entries.version;
-    let mut index_data = Vec::new();
-    let result = gix_pack::index::write_data_iter_to_stream(
-        gix_pack::index::Version::V2,
-        || {
-            let pack = gix_pack::data::File::at(&temp.0, object_hash)
-                .map_err(|err| io::Error::other(err.to_string()))?;
-            Ok((entry_slice, pack))
-        },
-        &mut entries,
-        Some(threads),
-        &mut gix::progress::Discard,
-        &mut index_data,
-        should_interrupt,
-        object_hash,
-        None,
-        version,
-    );
-    let saw_ref_delta = entries.saw_ref_delta;
-    drop(entries);
-    let outcome = match result {
-        Ok(outcome) => outcome,
-        // Without a delta naming its base by id, the pack cannot be thin: the error is real.
-        Err(err) if !saw_ref_delta => return Err(Failure::Other(err)),
-        Err(_) => return Err(Failure::Thin(temp.keep())),
-    };
-    if outcome.num_objects == 0 {
-        return Ok(None);
+    let mut records = Vec::with_capacity(entries.objects_left as usize);
+    for record in &mut entries {
+        records.push(record.map_err(Failure::Other)?);
     }
-    let name = format!("pack-{}", outcome.data_hash.to_hex());
+    let (Some(pack_hash), saw_ref_delta) = (entries.trailer, entries.saw_ref_delta) else {
+        // No objects: nothing to keep.
+        return Ok(None);
+    };
+    drop(entries);
+
+    // The bases deltas need must go through gix's delta resolution; every other object stored
+    // whole already has its id.
+    let mut ofs_bases = std::collections::HashSet::new();
+    let mut ref_bases = std::collections::HashSet::new();
+    for record in &records {
+        match record.entry.header {
+            Header::OfsDelta { base_distance } => {
+                if let Some(base) =
+                    Header::verified_base_pack_offset(record.entry.pack_offset, base_distance)
+                {
+                    ofs_bases.insert(base);
+                }
+            }
+            Header::RefDelta { base_id } => {
+                ref_bases.insert(base_id);
+            }
+            _ => {}
+        }
+    }
+    let mut index: Vec<(gix::ObjectId, u32, u64)> = Vec::with_capacity(records.len());
+    let mut to_resolve = Vec::new();
+    for record in records {
+        match record.id {
+            Some(id)
+                if !ofs_bases.contains(&record.entry.pack_offset) && !ref_bases.contains(&id) =>
+            {
+                index.push((
+                    id,
+                    record.entry.crc32.unwrap_or(0),
+                    record.entry.pack_offset,
+                ));
+            }
+            _ => to_resolve.push(record.entry),
+        }
+    }
+    if !to_resolve.is_empty() {
+        if let Some(last) = to_resolve.last_mut() {
+            // gix takes the pack's checksum from the last entry it is given.
+            last.trailer = Some(pack_hash);
+        }
+        let mut resolve = to_resolve.into_iter().map(Ok);
+        let mut index_data = Vec::new();
+        let result = gix_pack::index::write_data_iter_to_stream(
+            gix_pack::index::Version::V2,
+            || {
+                let pack = gix_pack::data::File::at(&temp.0, object_hash)
+                    .map_err(|err| io::Error::other(err.to_string()))?;
+                Ok((entry_slice, pack))
+            },
+            &mut resolve,
+            Some(threads),
+            &mut gix::progress::Discard,
+            &mut index_data,
+            should_interrupt,
+            object_hash,
+            None,
+            version,
+        );
+        match result {
+            Ok(_) => {}
+            // Without a delta naming its base by id, the pack cannot be thin: the error is real.
+            Err(err) if !saw_ref_delta => return Err(Failure::Other(err)),
+            Err(_) => return Err(Failure::Thin(temp.keep())),
+        }
+        let resolved = gix_pack::index::File::from_data(index_data, PathBuf::new(), object_hash)
+            .map_err(Failure::Other)?;
+        index.extend(
+            resolved
+                .iter()
+                .map(|entry| (entry.oid, entry.crc32.unwrap_or(0), entry.pack_offset)),
+        );
+    }
+    index.sort_unstable();
+    let index_data = encode_index(&index, &pack_hash, object_hash).map_err(Failure::Other)?;
+
+    let name = format!("pack-{}", pack_hash.to_hex());
     let data_path = pack_dir.join(format!("{name}.pack"));
     let index_path = pack_dir.join(format!("{name}.idx"));
     // Pack first, index last: a reader finds a pack through its index.
@@ -96,6 +162,58 @@ pub(super) fn write(
         std::fs::rename(&index_temp.0, &index_path).map_err(other)?;
     }
     Ok(Some(Written { data_path }))
+}
+
+/// A pack index, version 2, for `entries` (id, CRC32, offset), sorted by id.
+fn encode_index(
+    entries: &[(gix::ObjectId, u32, u64)],
+    pack_hash: &gix::ObjectId,
+    object_hash: gix::hash::Kind,
+) -> gix::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(8 + 256 * 4 + entries.len() * 32 + 64);
+    out.extend_from_slice(b"\xfftOc");
+    out.extend_from_slice(&2u32.to_be_bytes());
+    let mut fanout = [0u32; 256];
+    for (id, _, _) in entries {
+        fanout[usize::from(id.as_slice()[0])] += 1;
+    }
+    let mut total = 0u32;
+    for count in fanout {
+        total += count;
+        out.extend_from_slice(&total.to_be_bytes());
+    }
+    for (id, _, _) in entries {
+        out.extend_from_slice(id.as_slice());
+    }
+    for (_, crc, _) in entries {
+        out.extend_from_slice(&crc.to_be_bytes());
+    }
+    // Offsets from 2 GiB on go to a table of 64-bit offsets, named by index with the top bit.
+    let mut large = Vec::new();
+    for (_, _, offset) in entries {
+        match u32::try_from(*offset) {
+            Ok(small) if small < 0x8000_0000 => out.extend_from_slice(&small.to_be_bytes()),
+            _ => {
+                let position = u32::try_from(large.len())
+                    .ok()
+                    .filter(|position| *position < 0x8000_0000)
+                    .ok_or_else(|| {
+                        io::Error::new(io::ErrorKind::InvalidData, "too many large offsets").raise()
+                    })?;
+                out.extend_from_slice(&(0x8000_0000 | position).to_be_bytes());
+                large.push(*offset);
+            }
+        }
+    }
+    for offset in large {
+        out.extend_from_slice(&offset.to_be_bytes());
+    }
+    out.extend_from_slice(pack_hash.as_slice());
+    let mut hasher = gix::hash::hasher(object_hash);
+    hasher.update(&out);
+    let checksum = hasher.try_finalize()?;
+    out.extend_from_slice(checksum.as_slice());
+    Ok(out)
 }
 
 /// The bytes of the entry at `range` of the pack being indexed.
@@ -137,6 +255,15 @@ struct Entries<'a> {
     saw_ref_delta: bool,
     failed: bool,
     should_interrupt: &'a AtomicBool,
+    /// The pack's checksum, once its last entry was read.
+    trailer: Option<gix::ObjectId>,
+}
+
+/// One entry as it streamed past.
+struct Record {
+    entry: gix_pack::data::input::Entry,
+    /// The object's id, for an object stored whole (hashed as it was inflated).
+    id: Option<gix::ObjectId>,
 }
 
 impl<'a> Entries<'a> {
@@ -168,10 +295,11 @@ impl<'a> Entries<'a> {
             saw_ref_delta: false,
             failed: false,
             should_interrupt,
+            trailer: None,
         })
     }
 
-    fn next_entry(&mut self) -> io::Result<gix_pack::data::input::Entry> {
+    fn next_entry(&mut self) -> io::Result<Record> {
         let pack_offset = self.tee.offset;
         self.tee.crc = Some(crc32fast::Hasher::new());
         let entry = gix_pack::data::Entry::from_read(
@@ -184,6 +312,11 @@ impl<'a> Entries<'a> {
         }
         let header_size = self.tee.offset - pack_offset;
         let size = entry.decompressed_size;
+        let mut hasher = entry.header.as_kind().map(|kind| {
+            let mut hasher = gix::hash::hasher(self.object_hash);
+            hasher.update(&gix::objs::encode::loose_header(kind, size));
+            hasher
+        });
         self.inflate.reset();
         let mut inflated = 0u64;
         let corrupt = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
@@ -205,6 +338,9 @@ impl<'a> Entries<'a> {
                     "pack entry at {pack_offset} ends after {inflated} of {size} bytes"
                 )));
             }
+            if let Some(hasher) = hasher.as_mut() {
+                hasher.update(&self.buf[..n]);
+            }
             inflated += n as u64;
         }
         // Read to the end of the zlib stream (its checksum follows the last byte of data);
@@ -218,12 +354,14 @@ impl<'a> Entries<'a> {
         let compressed_size = self.tee.offset - pack_offset - header_size;
         let crc32 = self.tee.crc.take().map(crc32fast::Hasher::finalize);
         self.objects_left -= 1;
-        let trailer = if self.objects_left == 0 {
-            Some(self.finish()?)
-        } else {
-            None
-        };
-        Ok(gix_pack::data::input::Entry {
+        if self.objects_left == 0 {
+            self.trailer = Some(self.finish()?);
+        }
+        let id = hasher
+            .map(gix::hash::Hasher::try_finalize)
+            .transpose()
+            .map_err(|err| io::Error::other(err.to_string()))?;
+        let entry = gix_pack::data::input::Entry {
             header: entry.header,
             header_size: u16::try_from(header_size)
                 .map_err(|_| corrupt(format!("pack entry at {pack_offset}: header too long")))?,
@@ -232,8 +370,9 @@ impl<'a> Entries<'a> {
             compressed_size,
             crc32,
             decompressed_size: size,
-            trailer,
-        })
+            trailer: None,
+        };
+        Ok(Record { entry, id })
     }
 
     /// Reads the pack's trailing checksum, checks it and flushes the pack file.
@@ -262,7 +401,7 @@ impl<'a> Entries<'a> {
 }
 
 impl Iterator for Entries<'_> {
-    type Item = gix::Result<gix_pack::data::input::Entry>;
+    type Item = gix::Result<Record>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed || self.objects_left == 0 {
@@ -333,5 +472,122 @@ impl Tee<'_> {
         let consumed = bytes.len();
         self.inner.consume(consumed);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Command, Stdio};
+    use std::sync::atomic::AtomicBool;
+
+    fn git(dir: &std::path::Path, args: &[&str], input: Option<&[u8]>) -> Vec<u8> {
+        let mut child = Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run git");
+        if let Some(input) = input {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(input)
+                .expect("feed git");
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output().expect("wait for git");
+        assert!(out.status.success(), "git {args:?}");
+        out.stdout
+    }
+
+    /// The index written while the pack streams in is the one `git index-pack` writes, byte for
+    /// byte, for a pack with deltas (similar versions of files), objects no delta needs, and a
+    /// file larger than the read buffers.
+    #[test]
+    fn index_matches_git_index_pack() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let repo = dir.path().join("repo.git");
+        std::fs::create_dir(&repo).expect("repository directory");
+        git(&repo, &["init", "-q", "--bare"], None);
+        let mut stream = Vec::new();
+        let mut state = 1u64;
+        let mut large = vec![0u8; 300_000];
+        for byte in &mut large {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            *byte = (state >> 56) as u8;
+        }
+        for commit in 0..5 {
+            stream.extend_from_slice(
+                format!(
+                    "commit refs/heads/main\ncommitter T <t@t> {} +0000\ndata 2\nc\n",
+                    1_700_000_000 + commit
+                )
+                .as_bytes(),
+            );
+            for file in 0..20 {
+                let text: String = (0..40)
+                    .map(|line| {
+                        format!(
+                            "line {line} of file {file}, version {}\n",
+                            commit * (file % 3)
+                        )
+                    })
+                    .collect();
+                stream.extend_from_slice(
+                    format!("M 100644 inline f{file}.txt\ndata {}\n{text}\n", text.len())
+                        .as_bytes(),
+                );
+            }
+            large[commit as usize] ^= 1;
+            stream.extend_from_slice(
+                format!("M 100644 inline large.bin\ndata {}\n", large.len()).as_bytes(),
+            );
+            stream.extend_from_slice(&large);
+            stream.extend_from_slice(b"\n\n");
+        }
+        git(&repo, &["fast-import", "--quiet"], Some(&stream));
+        git(&repo, &["repack", "-adq"], None);
+        let pack_dir = repo.join("objects/pack");
+        let pack = std::fs::read_dir(&pack_dir)
+            .expect("pack directory")
+            .flatten()
+            .map(|entry| entry.path())
+            .find(|path| path.extension().is_some_and(|ext| ext == "pack"))
+            .expect("a pack");
+        let expected = std::fs::read(pack.with_extension("idx")).expect("git's index");
+
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).expect("output directory");
+        let mut reader = std::io::BufReader::new(std::fs::File::open(&pack).expect("the pack"));
+        let written = super::write(
+            &mut reader,
+            &out,
+            2,
+            gix::hash::Kind::Sha1,
+            &AtomicBool::new(false),
+        )
+        .unwrap_or_else(|err| panic!("{err:?}"))
+        .expect("a pack with objects");
+        assert_eq!(
+            written.data_path.file_name(),
+            pack.file_name(),
+            "named after the same checksum"
+        );
+        let index = std::fs::read(written.data_path.with_extension("idx")).expect("our index");
+        assert!(index == expected, "the index differs from git's");
+        let leftovers: Vec<_> = std::fs::read_dir(&out)
+            .expect("output directory")
+            .flatten()
+            .map(|entry| entry.file_name())
+            .filter(|name| name.to_string_lossy().starts_with("tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 }

@@ -1,16 +1,13 @@
 //! One fetch over an established connection: handshake, list the remote's refs, negotiate,
 //! write the pack and its index, and move the tracked ref.
 //!
-//! gix's own `receive` does the same, but always indexes the pack as a possibly thin one: every
-//! entry's compressed bytes are then kept in memory, and the next entry is read before the
-//! current one is let go, so a fetch holds the two largest objects of the pack at once on top
-//! of the one being hashed. Driving gix's protocol layer directly lets gitfeed pick how the pack
-//! is written:
-//! - into a repository with no objects yet (a first clone) the pack cannot be thin, and it is
-//!   indexed as it streams to disk, holding one entry at a time;
-//! - into one with objects, thin packs stay possible and their bases are looked up as before;
-//! - either way with [`Target::index_threads`] threads, each of which holds one whole object
-//!   while it hashes it.
+//! gix's own `receive` does the same, but always writes the pack with gix's bundle writer,
+//! which keeps every entry's compressed bytes in memory, reads the next entry before letting
+//! the current one go, and then inflates each object whole to index it: a fetch held the
+//! largest objects of the pack several times over. Driving gix's protocol layer directly lets
+//! gitfeed write the pack with its own streaming [`indexer`], which holds no object whole
+//! unless a delta needs it. A thin pack is still completed by gix, from the repository's
+//! objects.
 
 use std::sync::atomic::Ordering;
 

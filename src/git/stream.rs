@@ -100,7 +100,9 @@ impl PackedBlobs {
         };
         file.seek(SeekFrom::Start(offset))
             .map_err(|err| corrupt(&err.to_string()))?;
-        let mut reader = BufReader::with_capacity(CHUNK, &*file);
+        // Deflate adds a few bytes per 16 KiB at worst: a small blob needs a small read.
+        let capacity = usize::try_from(size + size / 1024 + 64).map_or(CHUNK, |n| n.min(CHUNK));
+        let mut reader = BufReader::with_capacity(capacity, &*file);
         let entry =
             gix_pack::data::Entry::from_read(&mut reader, offset, self.object_hash.len_in_bytes())
                 .map_err(|err| corrupt(&format!("unreadable entry header: {err}")))?;
