@@ -298,7 +298,7 @@ pub(crate) fn consolidate(
     // Point of no return: the new pack is complete, so the interrupt flag is not consulted any
     // more and deletion failures no longer affect readability.
     let mut stats = Stats {
-        objects_written: written.index.num_objects,
+        objects_written: u32::try_from(wanted.len()).unwrap_or(u32::MAX),
         bytes_before: before.bytes,
         ..Stats::default()
     };
@@ -314,21 +314,18 @@ pub(crate) fn consolidate(
     Ok(stats)
 }
 
-/// Check the pack gix wrote into the staging directory, make it durable and move it into
+/// Check the pack written into the staging directory, make it durable and move it into
 /// `pack_dir`, data before index so that readers never see an index without its pack. Returns
 /// its name (`pack-<hex>`).
 fn install(
-    written: &gix_pack::bundle::write::Outcome,
+    written: &Path,
     wanted: &[ObjectId],
     pack_dir: &Path,
     object_hash: gix::hash::Kind,
 ) -> Result<String, Error> {
-    let (Some(data_path), Some(index_path)) = (&written.data_path, &written.index_path) else {
-        return Err(Error::new(
-            ErrorKind::Corrupt,
-            "the new pack has no objects",
-        ));
-    };
+    let data_path = written;
+    let index_path = written.with_extension("idx");
+    let index_path = index_path.as_path();
     let Some(new_pack) = pack_name(data_path) else {
         return Err(Error::new(ErrorKind::Corrupt, "the new pack has no name"));
     };
@@ -356,10 +353,9 @@ fn install(
 }
 
 /// A private directory inside `objects/pack` for writing the new pack, removed when dropped
-/// together with whatever failed or interrupted writing left in it. gix moves the files it
-/// writes into their final place without syncing them first and adds a `.keep` file; writing
-/// here instead leaves installing them to [`install()`], and nothing in `objects/pack` changes
-/// until then.
+/// together with whatever failed or interrupted writing left in it. The pack writer moves the
+/// files it writes into their final place without syncing them first; writing here instead
+/// leaves installing them to [`install()`], and nothing in `objects/pack` changes until then.
 struct Staging(PathBuf);
 
 impl Staging {
@@ -627,9 +623,10 @@ fn find<'a>(
     }
 }
 
-/// Count everything reachable from `roots`, stream it as pack data into gix's pack writer and
-/// let that index it and move both files into `staging_dir`. Returns what gix wrote along with
-/// the ids of all objects that belong into the pack.
+/// Count everything reachable from `roots`, stream it as pack data into the streaming indexer
+/// (which holds no object whole unless a delta needs it) and let that write the pack and its
+/// index into `staging_dir`. Returns the pack's path along with the ids of all objects that
+/// belong into the pack.
 ///
 /// `source_packs` are the index files of existing packs, oldest first; entries are copied from
 /// them as they are, see [`EntrySource`].
@@ -641,7 +638,7 @@ fn write_pack(
     object_hash: gix::hash::Kind,
     thread_limit: Option<usize>,
     should_interrupt: &AtomicBool,
-) -> Result<(gix_pack::bundle::write::Outcome, Vec<ObjectId>), Error> {
+) -> Result<(PathBuf, Vec<ObjectId>), Error> {
     let (counts, _) = output::count::objects(
         odb.clone(),
         Box::new(roots.into_iter().map(Ok)),
@@ -678,33 +675,37 @@ fn write_pack(
         should_interrupt,
     };
     let mut reader = io::BufReader::with_capacity(64 * 1024, stream);
-    let result = gix_pack::Bundle::write_to_directory(
+    let result = super::indexer::write(
         &mut reader,
-        Some(staging_dir),
-        &mut gix::progress::Discard,
-        should_interrupt,
-        None::<gix::objs::find::Never>,
+        staging_dir,
+        thread_limit.unwrap_or(0),
         object_hash,
-        gix_pack::bundle::write::Options {
-            thread_limit,
-            iteration_mode: gix_pack::data::input::Mode::Verify,
-            index_version: gix_pack::index::Version::V2,
-            alloc_limit_bytes: None,
-            // Only used to complete thin packs, which this pack is not.
-            compression: gix::zlib::Compression::DEFAULT,
-        },
+        should_interrupt,
     );
+    let generating_failure = || reader.into_inner().encoder.input.failure.take();
     match result {
-        Ok(outcome) => Ok((outcome, wanted)),
+        Ok(Some(written)) => Ok((written.data_path, wanted)),
+        Ok(None) => Err(Error::new(
+            ErrorKind::Corrupt,
+            "the new pack has no objects",
+        )),
         // The writer only sees a failed read; the generating side knows what actually went wrong.
-        Err(err) => Err(match reader.into_inner().encoder.input.failure.take() {
+        Err(super::indexer::Failure::Other(err)) => Err(match generating_failure() {
             Some(cause) => cause,
             None => Error::gix("could not write pack", &err, should_interrupt),
         }),
+        // Deltas here name their bases by position in the same pack, never by id alone.
+        Err(super::indexer::Failure::Thin(path)) => {
+            let _ = fs::remove_file(path);
+            Err(Error::new(
+                ErrorKind::Corrupt,
+                "the new pack refers to objects outside it",
+            ))
+        }
     }
 }
 
-/// Check that the index gix wrote lists exactly the `wanted` objects. Entries are copied and
+/// Check that the new index lists exactly the `wanted` objects. Entries are copied and
 /// linked up across packs here, so this guards against a mistake there costing objects when the
 /// old packs are deleted. Indexing hashed every object, so listed ids match their content.
 fn verify_contents(
