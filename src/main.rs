@@ -60,8 +60,8 @@ Options:
   --checkout <DIR>       write each new commit's files to DIR/.snapshots/<commit>/ and point
                          the symlink DIR/current at it before printing the update
   --keep-snapshots <N>   snapshots kept in the checkout directory [default: 2]
-  --index-threads <N>    threads indexing a received pack, 0 for one per core; each
-                         holds one whole object in memory [default: 1]
+  --index-threads <N>    threads resolving the deltas of a received pack, 0 for one
+                         per core; each holds an object and its base [default: 1]
   --once                 sync once, print the update if there is one, and exit
   -h, --help             print this help
 

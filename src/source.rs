@@ -114,10 +114,11 @@ pub struct Source {
     /// cut off and the source fails with the reason.
     #[serde(default = "defaults::max_pack_size")]
     pub max_pack_size: u64,
-    /// Threads that index a received pack (and the pack written when the cache's packs are
-    /// consolidated), git's `pack.threads`; `0` uses one per core. Each thread holds one whole
-    /// object of the pack in memory while it hashes it, so with large files memory grows with
-    /// the thread count; more threads only speed up packs with many deltas.
+    /// Threads that resolve the deltas of a received pack (and of the pack written when the
+    /// cache's packs are consolidated); `0` uses one per core. Objects stored whole are hashed
+    /// as they arrive whatever this is; each thread holds one object and its delta base at a
+    /// time, so memory grows with the thread count while speed grows only for packs with many
+    /// deltas.
     #[serde(default = "defaults::index_threads")]
     pub index_threads: usize,
 }
