@@ -590,4 +590,53 @@ mod tests {
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }
+
+    /// A thin pack (a delta against an object it does not hold) is left whole to the caller,
+    /// which completes it from the repository.
+    #[test]
+    fn thin_pack_is_handed_back() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let repo = dir.path().join("repo.git");
+        std::fs::create_dir(&repo).expect("repository directory");
+        git(&repo, &["init", "-q", "--bare"], None);
+        let text: String = (0..200).map(|line| format!("line {line}\n")).collect();
+        let mut stream = Vec::new();
+        for (commit, extra) in ["", "one more line\n"].iter().enumerate() {
+            let content = format!("{text}{extra}");
+            stream.extend_from_slice(
+                format!(
+                    "commit refs/heads/main\ncommitter T <t@t> {} +0000\ndata 2\nc\n\
+                     M 100644 inline f.txt\ndata {}\n{content}\n\n",
+                    1_700_000_000 + commit,
+                    content.len()
+                )
+                .as_bytes(),
+            );
+        }
+        git(&repo, &["fast-import", "--quiet"], Some(&stream));
+        let pack = git(
+            &repo,
+            &["pack-objects", "--thin", "--stdout", "--revs", "-q"],
+            Some(b"main\n^main~1\n"),
+        );
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).expect("output directory");
+        let result = super::write(
+            &mut &pack[..],
+            &out,
+            1,
+            gix::hash::Kind::Sha1,
+            &AtomicBool::new(false),
+        );
+        match result {
+            Err(super::Failure::Thin(path)) => {
+                assert_eq!(
+                    std::fs::read(&path).expect("the kept pack"),
+                    pack,
+                    "the whole pack is kept"
+                );
+            }
+            other => panic!("expected a thin pack, got {other:?}"),
+        }
+    }
 }
