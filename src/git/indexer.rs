@@ -64,7 +64,8 @@ pub(super) fn write(
     let file = File::create(&temp.0).map_err(other)?;
     let mut entries = Entries::new(reader, file, object_hash, should_interrupt).map_err(other)?;
     let version = entries.version;
-    let mut records = Vec::with_capacity(entries.objects_left as usize);
+    // The count comes from the remote: a lying header must not reserve memory up front.
+    let mut records = Vec::with_capacity((entries.objects_left as usize).min(1 << 16));
     for record in &mut entries {
         records.push(record.map_err(Failure::Other)?);
     }
