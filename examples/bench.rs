@@ -21,6 +21,9 @@
 //!   resident memory, threads, descriptors and CPU while idle; the binary's size.
 //! - `scale`: 1,000 sources polling every 10 s on one executor: how late each poll starts,
 //!   how the start times spread, and the server's CPU per no-change poll.
+//! - `device`: a repository with large files, as on a small device: peak RSS of a first clone
+//!   (with and without a snapshot) against `git clone --bare`, and the smallest memory-cgroup
+//!   limit under which each finishes (needs root for the cgroups). Not run by default.
 
 #[path = "../tests/util/mod.rs"]
 mod util;
@@ -157,6 +160,10 @@ fn main() {
             clone(&options, size, &servers);
         }
     }
+    // Opt-in: it clones a large repository a few dozen times.
+    if options.only.iter().any(|s| s == "device") {
+        device(&options);
+    }
     if wants("footprint") || wants("scale") {
         let size = options.sizes.first().copied().unwrap_or(SIZES[1]);
         let repos = Repos::generate(size);
@@ -215,7 +222,7 @@ fn parse_args() -> Options {
 fn usage(problem: &str) -> ! {
     eprintln!("{problem}");
     eprintln!(
-        "usage: bench [--sizes tiny,policy,large] [--only poll,update,clone,footprint,scale] \
+        "usage: bench [--sizes tiny,policy,large] [--only poll,update,clone,footprint,scale,device] \
          [--sources N] [--quick]"
     );
     std::process::exit(2)
@@ -1038,4 +1045,252 @@ fn pack_bytes(bare: &Path) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Device
+
+/// The device section's repository (many small files and three large incompressible ones, as
+/// on a device that receives models beside its policies), its server and the programs
+/// compared. Each row of the table is one function of it: add a row by adding a function to
+/// [`DEVICE_ROWS`].
+struct Device {
+    dir: tempfile::TempDir,
+    _daemon: GitDaemon,
+    url: String,
+    shape: util::device::Shape,
+    gitfeed: PathBuf,
+    git: PathBuf,
+}
+
+/// One row of the device table: a figure for gitfeed and, where git has an equivalent, for git.
+struct DeviceRow {
+    label: String,
+    ours: Option<f64>,
+    theirs: Option<f64>,
+    unit: &'static str,
+}
+
+/// The rows, in order.
+const DEVICE_ROWS: &[fn(&Device) -> DeviceRow] = &[
+    clone_peak_rss,
+    checkout_peak_rss,
+    contents_peak_rss,
+    clone_smallest_limit,
+    checkout_smallest_limit,
+];
+
+/// Limits are searched in steps of this many bytes (the issue's table used 32 MiB).
+const LIMIT_STEP: u64 = 4 << 20;
+
+fn device(options: &Options) {
+    let shape = if options.quick {
+        util::device::Shape {
+            small_files: 1_000,
+            large_files: 3,
+            large_mib: 8,
+        }
+    } else {
+        util::device::Shape {
+            small_files: 10_000,
+            large_files: 3,
+            large_mib: 48,
+        }
+    };
+    let dir = util::unique_dir();
+    let root = dir.path().join("srv");
+    let bare = util::device::large_file_repo(&root, "device.git", shape);
+    let daemon = GitDaemon::start(&root);
+    let device = Device {
+        url: daemon.url("device.git"),
+        _daemon: daemon,
+        dir,
+        shape,
+        gitfeed: sibling_binary("gitfeed"),
+        git: on_path("git"),
+    };
+    println!();
+    println!(
+        "## Device: {} small files and {} files of {} MiB of random bytes, pack {} MiB, git://",
+        shape.small_files,
+        shape.large_files,
+        shape.large_mib,
+        pack_bytes(&bare) >> 20
+    );
+    println!();
+    println!(
+        "Peak RSS from `/usr/bin/time -f %M` (the largest process of the run: git's is \
+         `index-pack`); the smallest limit is the smallest memory-cgroup limit, in steps of \
+         {} MiB, under which the run finishes (the cgroup also counts page cache, which it \
+         reclaims under pressure).",
+        LIMIT_STEP >> 20
+    );
+    table_header(&["", "gitfeed", "git", "ratio"]);
+    for row in DEVICE_ROWS {
+        let row = row(&device);
+        let show =
+            |value: Option<f64>| value.map_or("—".to_owned(), |v| format!("{v:.0} {}", row.unit));
+        let ratio = match (row.ours, row.theirs) {
+            (Some(ours), Some(theirs)) if theirs > 0.0 => format!("{:.2}×", ours / theirs),
+            _ => "—".to_owned(),
+        };
+        println!(
+            "| {} | {} | {} | {ratio} |",
+            row.label,
+            show(row.ours),
+            show(row.theirs)
+        );
+    }
+}
+
+impl Device {
+    /// A fresh directory for one run.
+    fn scratch(&self, name: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        let _ = std::fs::remove_dir_all(&path);
+        path
+    }
+
+    /// `gitfeed watch <url> --once` with a fresh cache (and checkout, if asked), plus `extra`.
+    fn gitfeed_args(&self, checkout: bool, extra: &[&str]) -> Vec<String> {
+        let mut args = vec![
+            "watch".to_owned(),
+            self.url.clone(),
+            "--once".to_owned(),
+            "--cache-dir".to_owned(),
+            self.scratch("cache").to_string_lossy().into_owned(),
+        ];
+        if checkout {
+            args.push("--checkout".to_owned());
+            args.push(self.scratch("checkout").to_string_lossy().into_owned());
+        }
+        args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+        args
+    }
+
+    /// `git clone --bare`, and with `checkout`, `git archive | tar -x` of its tip, as a shell
+    /// command line.
+    fn git_script(&self, checkout: bool) -> Vec<String> {
+        let clone = self.scratch("git.git");
+        let mut script = format!(
+            "{} clone -q --bare {} {}",
+            self.git.display(),
+            self.url,
+            clone.display()
+        );
+        if checkout {
+            let out = self.scratch("git-checkout");
+            script.push_str(&format!(
+                " && mkdir {out} && {git} --git-dir {clone} archive main | tar -x -C {out}",
+                out = out.display(),
+                git = self.git.display(),
+                clone = clone.display()
+            ));
+        }
+        vec!["-c".to_owned(), script]
+    }
+}
+
+fn clone_peak_rss(device: &Device) -> DeviceRow {
+    DeviceRow {
+        label: "peak RSS, first clone".into(),
+        ours: peak_rss_mib(&device.gitfeed, &device.gitfeed_args(false, &[])),
+        theirs: peak_rss_mib(Path::new("/bin/sh"), &device.git_script(false)),
+        unit: "MiB",
+    }
+}
+
+fn checkout_peak_rss(device: &Device) -> DeviceRow {
+    DeviceRow {
+        label: "peak RSS, first clone and `--checkout` (git: `archive \\| tar -x`)".into(),
+        ours: peak_rss_mib(&device.gitfeed, &device.gitfeed_args(true, &[])),
+        theirs: peak_rss_mib(Path::new("/bin/sh"), &device.git_script(true)),
+        unit: "MiB",
+    }
+}
+
+fn contents_peak_rss(device: &Device) -> DeviceRow {
+    let limit = ((device.shape.large_mib as u64) << 20).to_string();
+    DeviceRow {
+        label: "peak RSS, first clone with `--contents-limit` above the large files".into(),
+        ours: peak_rss_mib(
+            &device.gitfeed,
+            &device.gitfeed_args(false, &["--contents-limit", &limit]),
+        ),
+        theirs: None,
+        unit: "MiB",
+    }
+}
+
+fn clone_smallest_limit(device: &Device) -> DeviceRow {
+    DeviceRow {
+        label: "smallest cgroup limit, first clone".into(),
+        ours: smallest_limit_mib(&device.gitfeed, || device.gitfeed_args(false, &[])),
+        theirs: smallest_limit_mib(Path::new("/bin/sh"), || device.git_script(false)),
+        unit: "MiB",
+    }
+}
+
+fn checkout_smallest_limit(device: &Device) -> DeviceRow {
+    DeviceRow {
+        label: "smallest cgroup limit, first clone and `--checkout`".into(),
+        ours: smallest_limit_mib(&device.gitfeed, || device.gitfeed_args(true, &[])),
+        theirs: smallest_limit_mib(Path::new("/bin/sh"), || device.git_script(true)),
+        unit: "MiB",
+    }
+}
+
+/// The peak RSS of `program args` and its children, in MiB, from `/usr/bin/time -f %M`; `None`
+/// when that is not installed or the run failed.
+fn peak_rss_mib(program: &Path, args: &[String]) -> Option<f64> {
+    let report = tempfile::NamedTempFile::new().ok()?;
+    let status = Command::new("/usr/bin/time")
+        .args(["-f", "%M", "-o"])
+        .arg(report.path())
+        .arg(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .ok()?;
+    if !status.success() {
+        eprintln!("{} {args:?} failed under /usr/bin/time", program.display());
+        return None;
+    }
+    let kib: f64 = std::fs::read_to_string(report.path())
+        .ok()?
+        .lines()
+        .last()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+/// The smallest memory-cgroup limit under which `program args()` finishes, in MiB; `None` when
+/// no cgroup can be created (not root) or the run needs more than 1 GiB.
+fn smallest_limit_mib(program: &Path, args: impl Fn() -> Vec<String>) -> Option<f64> {
+    let found = util::device::smallest_limit(LIMIT_STEP, 1 << 30, |limit| {
+        let args = args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        util::device::run_limited(limit, program, &args)
+    });
+    match found {
+        Ok(found) => found.map(|(limit, _)| (limit >> 20) as f64),
+        Err(problem) => {
+            eprintln!("{problem}");
+            None
+        }
+    }
+}
+
+/// The absolute path of `program` on `PATH`.
+fn on_path(program: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(program))
+                .find(|candidate| candidate.is_file())
+        })
+        .unwrap_or_else(|| panic!("{program} is not on PATH"))
 }

@@ -7,8 +7,10 @@
 //!   against its configured timeout, per transport.
 //! - `poll [N]`: the median wall time of a no-change poll in-process, against `git fetch` run as
 //!   a process on an equivalent clone, per transport.
-//! - `long [N]`: N fetches that each bring new objects through one feed; pack count, cache size,
-//!   descriptors and threads afterwards.
+//! - `long [N] [large]`: N fetches that each bring new objects through one feed; pack count,
+//!   cache size, descriptors, threads and resident memory (after the first update and as the
+//!   fetches go on). With `large`, the repository also holds three 48 MiB files of random
+//!   bytes, which every pack consolidation copies.
 //!
 //! Run with: cargo run --release --example measure -- faults 1000
 
@@ -37,8 +39,11 @@ fn main() {
         "faults" => faults(count.unwrap_or(1000)),
         "deadline" => deadline(),
         "poll" => poll(count.unwrap_or(50)),
-        "long" => long(count.unwrap_or(1000)),
-        _ => eprintln!("usage: measure faults [N] | deadline | poll [N] | long [N]"),
+        "long" => long(
+            count.unwrap_or(1000),
+            args.next().is_some_and(|arg| arg == "large"),
+        ),
+        _ => eprintln!("usage: measure faults [N] | deadline | poll [N] | long [N] [large]"),
     }
 }
 
@@ -251,8 +256,29 @@ fn git(dir: &Path, args: &[&str]) {
     assert!(status.success(), "git {args:?}");
 }
 
-fn long(fetches: usize) {
+fn long(fetches: usize, large: bool) {
     let remote = Remote::new();
+    if large {
+        // The large files go in through a second repository whose history the remote takes
+        // over, so that the remote's work clone (which makes the commits) stays small.
+        let shape = util::device::Shape {
+            small_files: 1_000,
+            large_files: 3,
+            large_mib: 48,
+        };
+        let scratch = util::unique_dir();
+        let bare = util::device::large_file_repo(scratch.path(), "large.git", shape);
+        let path = bare.to_string_lossy().into_owned();
+        remote.git(&[
+            "pull",
+            "-q",
+            "--no-rebase",
+            "--allow-unrelated-histories",
+            &path,
+            "main",
+        ]);
+        remote.git(&["push", "-q", "origin", "HEAD:main"]);
+    }
     let cache = util::unique_dir();
     let mut follow = source("long", &remote.file_url(), Duration::from_secs(30));
     follow.interval = Duration::from_secs(3600);
@@ -270,6 +296,12 @@ fn long(fetches: usize) {
     };
     wait_update();
     let (fds, threads) = (fd_count(), thread_count());
+    let first_rss = rss_kib();
+    println!(
+        "after the first update: RSS {first_rss} KiB (anonymous {} KiB, files {} KiB)",
+        status_kib("RssAnon:"),
+        status_kib("RssFile:")
+    );
     let started = Instant::now();
     for i in 1..=fetches {
         let new = remote.commit(
@@ -280,13 +312,18 @@ fn long(fetches: usize) {
         let update = wait_update();
         assert_eq!(update.new, new);
         if i % (fetches / 4).max(1) == 0 {
+            let rss = rss_kib();
             println!(
-                "after {i} fetches: {:.1} s, packs {}, cache {} KiB, fds {}, threads {}",
+                "after {i} fetches: {:.1} s, packs {}, cache {} KiB, fds {}, threads {}, \
+                 RSS {rss} KiB ({:+.1}% of the first update's; anonymous {} KiB, files {} KiB)",
                 started.elapsed().as_secs_f64(),
                 packs(cache.path()),
                 du(cache.path()) / 1024,
                 fd_count(),
-                thread_count()
+                thread_count(),
+                (rss as f64 / first_rss as f64 - 1.0) * 100.0,
+                status_kib("RssAnon:"),
+                status_kib("RssFile:")
             );
         }
     }
@@ -317,6 +354,22 @@ fn long(fetches: usize) {
         fresh_size / 1024,
         cache_size as f64 / fresh_size as f64
     );
+}
+
+/// This process's resident memory, from `/proc/self/status`.
+fn rss_kib() -> u64 {
+    status_kib("VmRSS:")
+}
+
+/// A `/proc/self/status` field in KiB (0 when missing).
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|value| value.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .unwrap_or(0)
 }
 
 fn packs(dir: &Path) -> usize {

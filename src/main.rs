@@ -60,6 +60,8 @@ Options:
   --checkout <DIR>       write each new commit's files to DIR/.snapshots/<commit>/ and point
                          the symlink DIR/current at it before printing the update
   --keep-snapshots <N>   snapshots kept in the checkout directory [default: 2]
+  --index-threads <N>    threads resolving the deltas of a received pack, 0 for one
+                         per core; each holds an object and its base [default: 1]
   --once                 sync once, print the update if there is one, and exit
   -h, --help             print this help
 
@@ -328,6 +330,7 @@ fn parse(args: &[String]) -> Result<Command, String> {
             "--contents-limit" => source.contents = Some(bytes(value()?)?),
             "--checkout" => source.checkout = Some(PathBuf::from(value()?)),
             "--keep-snapshots" => source.keep_snapshots = number(value()?)? as usize,
+            "--index-threads" => source.index_threads = number(value()?)? as usize,
             flag if flag.starts_with('-') && flag.len() > 1 => {
                 return Err(format!("unknown option `{flag}`"));
             }

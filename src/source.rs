@@ -115,6 +115,13 @@ pub struct Source {
     /// cut off and the source fails with the reason.
     #[serde(default = "defaults::max_pack_size")]
     pub max_pack_size: u64,
+    /// Threads that resolve the deltas of a received pack (and of the pack written when the
+    /// cache's packs are consolidated); `0` uses one per core. Objects stored whole are hashed
+    /// as they arrive whatever this is; each thread holds one object and its delta base at a
+    /// time, so memory grows with the thread count while speed grows only for packs with many
+    /// deltas.
+    #[serde(default = "defaults::index_threads")]
+    pub index_threads: usize,
 }
 
 /// Which commits a source may deliver: those signed with SSH (namespace `git`) by a key in an
@@ -205,6 +212,9 @@ mod defaults {
     pub fn max_pack_size() -> u64 {
         4 << 30
     }
+    pub fn index_threads() -> usize {
+        1
+    }
 }
 
 impl Source {
@@ -244,6 +254,7 @@ impl Source {
             max_file_size: defaults::max_file_size(),
             max_snapshot_size: defaults::max_snapshot_size(),
             max_pack_size: defaults::max_pack_size(),
+            index_threads: defaults::index_threads(),
         }
     }
 

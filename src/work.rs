@@ -338,12 +338,13 @@ fn refuse_unsigned(
 
 /// Attaches each added or modified file's content, or why it was left out.
 fn attach_contents(repo: &Repo, changes: &mut [Change], limit: u64) {
+    let mut blobs = repo.blobs();
     for change in changes.iter_mut().filter(|c| c.kind != ChangeKind::Deleted) {
         let Some(id) = change.id.as_deref() else {
             continue;
         };
         let mut bytes = Vec::new();
-        match repo.read_blob(id, limit, &mut bytes) {
+        match blobs.read(id, limit, &mut bytes) {
             Ok(_) => {
                 let (content, encoding) = match String::from_utf8(bytes) {
                     Ok(text) => (text, Encoding::Utf8),
@@ -398,8 +399,11 @@ fn write_snapshot(
         });
     }
     let limit = source.max_file_size;
+    // Streams each file into the snapshot: a large file is never held whole in memory.
+    let mut blobs = repo.blobs();
     let mut read = |id: &str, out: &mut dyn std::io::Write| {
-        repo.read_blob(id, limit, out)
+        blobs
+            .read(id, limit, out)
             .map(|_| ())
             .map_err(|failure| std::io::Error::other(failure.to_string()))
     };
@@ -438,6 +442,7 @@ pub(crate) fn target(source: &Source) -> Target {
         ssh_key: source.ssh_key.clone(),
         known_hosts: source.known_hosts.clone(),
         max_pack_size: source.max_pack_size,
+        index_threads: source.index_threads,
         many_refs: Default::default(),
     }
 }

@@ -47,6 +47,7 @@ fn help_documents_every_flag() {
         "--contents-limit",
         "--checkout",
         "--keep-snapshots",
+        "--index-threads",
         "--once",
         "RUST_LOG",
     ] {

@@ -7,8 +7,11 @@
 
 mod error;
 mod filter;
+mod indexer;
 mod read;
+mod receive;
 mod repack;
+mod stream;
 mod transport;
 
 use std::num::NonZeroU32;
@@ -19,7 +22,6 @@ use std::time::Duration;
 
 use gix::bstr::ByteSlice;
 use gix::remote::Direction;
-use gix::remote::fetch::refs::update::Mode;
 use gix::remote::fetch::{Shallow, Tags};
 
 pub(crate) use self::error::FetchError;
@@ -70,6 +72,8 @@ pub(crate) struct Target {
     pub known_hosts: Option<PathBuf>,
     /// The largest pack accepted, in bytes.
     pub max_pack_size: u64,
+    /// Threads that index a received or consolidated pack; `0` uses one per core.
+    pub index_threads: usize,
     /// Set once the remote advertised more than [`MANY_REFS`] refs, and kept by the source
     /// across attempts and reopened clones: from then on git:// and HTTP remotes are asked for
     /// protocol v2, whose advertisement lists only the wanted ref. Until then they are asked
@@ -284,7 +288,7 @@ impl Repo {
         let git_dir = self.git_dir.clone();
         // gix maps pack files; drop the handle before the files it maps are deleted.
         drop(self);
-        match repack::consolidate(&git_dir, &tips, cancel.flag()) {
+        match repack::consolidate(&git_dir, &tips, target.index_threads, cancel.flag()) {
             Ok(stats) => log::debug!("{}: consolidated packs: {stats}", git_dir.display()),
             Err(err) if err.kind == repack::ErrorKind::Interrupted => {
                 log::debug!("{}: pack consolidation interrupted", git_dir.display());
@@ -332,8 +336,10 @@ impl Repo {
             protocol,
             cancel,
         )? {
-            receive(
+            receive::receive(
+                &repo,
                 remote.to_connection_with_transport(connection),
+                None,
                 target,
                 shallow,
                 cancel,
@@ -345,8 +351,10 @@ impl Repo {
             target.max_pack_size,
             cancel,
         )? {
-            let result = receive(
+            let result = receive::receive(
+                &repo,
                 remote.to_connection_with_transport(connection),
+                None,
                 target,
                 shallow,
                 cancel,
@@ -380,16 +388,14 @@ impl Repo {
                     protocol,
                     false,
                 );
-            let mut connection = remote.to_connection_with_transport(transport);
-            if let Some(options) = http_options(&repo, &url, target) {
-                connection = connection.with_transport_options(options);
-            }
-            receive(connection, target, shallow, cancel, ours)?
+            let connection = remote.to_connection_with_transport(transport);
+            let options = http_options(&repo, &url, target);
+            receive::receive(&repo, connection, options, target, shallow, cancel, ours)?
         } else {
             let connection = remote
                 .connect(Direction::Fetch)
                 .map_err(|err| error::classify(&err, target, cancel))?;
-            receive(connection, target, shallow, cancel, ours)?
+            receive::receive(&repo, connection, None, target, shallow, cancel, ours)?
         };
         let commit = repo
             .find_reference(TIP_REF)
@@ -543,110 +549,6 @@ pub(crate) struct Changes {
     pub skipped: Vec<String>,
 }
 
-/// Negotiates and receives the pack over an established connection, then checks that the
-/// tracked ref was really updated: gix reports `Ok` even when an update was rejected.
-fn receive<T>(
-    connection: gix::remote::Connection<'_, '_, '_, T>,
-    target: &Target,
-    shallow: Shallow,
-    cancel: &Cancel,
-    ours: Option<gix::ObjectId>,
-) -> Result<String, FetchError>
-where
-    T: gix::protocol::transport::client::blocking_io::Transport,
-{
-    let wanted = target.reference.as_deref().unwrap_or("HEAD");
-    let prepare = connection
-        .prepare_fetch(gix::progress::Discard, Default::default())
-        .map_err(|err| {
-            let failure = error::classify(&err, target, cancel);
-            if failure.message.contains("None of the refspec") {
-                missing_ref(wanted, target.seen_before)
-            } else {
-                failure
-            }
-        })?;
-    if prepare.ref_map().remote_refs.len() > MANY_REFS {
-        target.many_refs.store(true, Ordering::Relaxed);
-    }
-    let Some(mapping) = prepare.ref_map().mappings.first() else {
-        return Err(missing_ref(wanted, target.seen_before));
-    };
-    // The name comes from the remote: only a valid ref name is passed on to the consumer.
-    let valid = |name: &gix::bstr::BStr| gix::validate::reference::name(name).is_ok();
-    let remote_name = match (mapping.remote.as_target(), mapping.remote.as_name()) {
-        (Some(target), _) if valid(target) => target.to_str_lossy().into_owned(),
-        (None, Some(name)) if valid(name) => name.to_str_lossy().into_owned(),
-        (None, None) => wanted.to_owned(),
-        (_, name) => {
-            return Err(FetchError::permanent(format!(
-                "the remote names `{wanted}` with an invalid ref name ({:?})",
-                name.map(|name| name.to_str_lossy())
-            )));
-        }
-    };
-    let Some(theirs) = mapping.remote.as_id() else {
-        return Err(FetchError::permanent(format!(
-            "`{remote_name}` on the remote has no commits yet"
-        )));
-    };
-    if Some(theirs) == ours.as_deref() {
-        // Nothing moved: end the conversation here instead of negotiating and updating the
-        // ref to where it already points.
-        return Ok(remote_name);
-    }
-    let outcome = prepare
-        .with_shallow(shallow)
-        .receive(gix::progress::Discard, cancel.flag())
-        .map_err(|err| error::classify(&err, target, cancel))?;
-    let updates = match &outcome.status {
-        gix::remote::fetch::Status::NoPackReceived { update_refs, .. } => &update_refs.updates,
-        gix::remote::fetch::Status::Change {
-            update_refs,
-            write_pack_bundle,
-            ..
-        } => {
-            // gix leaves the pack's `.keep` file when no ref changed; it would shield the pack
-            // from consolidation for ever.
-            if let Some(keep) = &write_pack_bundle.keep_path {
-                let _ = std::fs::remove_file(keep);
-            }
-            // The driver cuts off a pack that grows past the limit while it arrives; one that
-            // arrived faster than it looks is caught here and its files removed at once.
-            let size = write_pack_bundle
-                .data_path
-                .as_ref()
-                .and_then(|path| std::fs::metadata(path).ok())
-                .map_or(0, |metadata| metadata.len());
-            if size > target.max_pack_size {
-                for path in [&write_pack_bundle.data_path, &write_pack_bundle.index_path]
-                    .into_iter()
-                    .flatten()
-                {
-                    let _ = std::fs::remove_file(path);
-                }
-                return Err(FetchError::permanent(format!(
-                    "the remote sent a {size}-byte pack, more than max_pack_size ({} bytes); \
-                     raise it if the repository really is that large",
-                    target.max_pack_size
-                )));
-            }
-            &update_refs.updates
-        }
-    };
-    for update in updates {
-        match update.mode {
-            Mode::NoChangeNeeded | Mode::FastForward | Mode::Forced | Mode::New => {}
-            ref rejected => {
-                return Err(FetchError::transient(format!(
-                    "the local copy of `{remote_name}` was not updated: {rejected:?}"
-                )));
-            }
-        }
-    }
-    Ok(remote_name)
-}
-
 /// For a remote on this machine (a path or `file://`), the name of the wanted ref when it
 /// still points where the clone's copy does, read from the remote's ref store without running
 /// `git-upload-pack`: a no-change poll of a local remote then costs a few file reads. `None`
@@ -739,6 +641,9 @@ fn config_overrides(target: &Target) -> Vec<String> {
             target.timeout.as_millis().max(1)
         ),
         "protocol.version=2".to_owned(),
+        // Each indexing thread decompresses one whole object of the received pack at a time:
+        // with large files, memory grows with the thread count (see `Source::index_threads`).
+        format!("pack.threads={}", target.index_threads),
     ];
     overrides.push(format!("core.sshCommand={}", ssh_invocation(target)));
     overrides

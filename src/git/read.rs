@@ -7,6 +7,7 @@ use gix::bstr::ByteSlice;
 use gix::objs::tree::EntryKind;
 
 use super::filter::Matcher;
+use super::stream::PackedBlobs;
 use super::{FetchError, Repo, parse_id};
 use crate::event::{Change, ChangeKind};
 
@@ -132,17 +133,48 @@ impl Repo {
             .map_err(|_| ReadFailure::NotFound(format!("blob {id} is not in the cache")))
     }
 
-    /// Writes blob `id` to `out` if it is at most `limit` bytes; returns its size. The blob is
-    /// inflated once, into a buffer that is written out as it is.
+    /// Writes blob `id` to `out` if it is at most `limit` bytes; returns its size. For many
+    /// blobs, [`Repo::blobs`] opens the pack indices once.
     pub fn read_blob(&self, id: &str, limit: u64, out: &mut dyn Write) -> Result<u64, ReadFailure> {
-        let size = self.blob_size(id)?;
+        self.blobs().read(id, limit, out)
+    }
+
+    /// A reader for many blobs of this repository, streaming those that are stored whole in a
+    /// pack (see [`BlobReader::read`]).
+    pub fn blobs(&self) -> BlobReader<'_> {
+        let repo = self.repo.to_thread_local();
+        let packed = PackedBlobs::open(repo.objects.store_ref().path(), repo.object_hash());
+        BlobReader { repo: self, packed }
+    }
+}
+
+/// Reads blobs of one [`Repo`]; see [`Repo::blobs`].
+#[derive(Debug)]
+pub(crate) struct BlobReader<'a> {
+    repo: &'a Repo,
+    packed: PackedBlobs,
+}
+
+impl BlobReader<'_> {
+    /// Writes blob `id` to `out` if it is at most `limit` bytes; returns its size. Nothing is
+    /// read when the blob is over the limit (its size comes from the object header).
+    ///
+    /// Memory: a blob stored whole in a pack (the usual case for a file added or rewritten
+    /// whole) is inflated and written 64 KiB at a time. A loose blob, or one stored as a delta
+    /// against another object, is decoded by gix into one buffer; a delta also needs its base
+    /// in memory while it is applied, so such a read holds about twice the blob's size.
+    pub fn read(&mut self, id: &str, limit: u64, out: &mut dyn Write) -> Result<u64, ReadFailure> {
+        let size = self.repo.blob_size(id)?;
         if size > limit {
             return Err(ReadFailure::TooLarge(format!(
                 "blob {id} is {size} bytes, over the limit of {limit}"
             )));
         }
-        let repo = self.repo.to_thread_local();
         let oid = parse_id(id).map_err(|err| ReadFailure::NotFound(err.message))?;
+        if self.packed.stream(&oid, size, out)? {
+            return Ok(size);
+        }
+        let repo = self.repo.repo.to_thread_local();
         let blob = repo
             .find_blob(oid)
             .map_err(|err| ReadFailure::Corrupt(format!("blob {id}: {err}")))?;

@@ -53,9 +53,6 @@ use std::{
 use gix::ObjectId;
 use gix_pack::data::output;
 
-/// Thread count for counting objects and indexing the new pack; `None` uses every core.
-const THREAD_LIMIT: Option<usize> = None;
-
 /// Name prefix of the directories new packs are written in, see [`Staging`].
 const STAGING_PREFIX: &str = ".tmp-consolidate-";
 
@@ -227,9 +224,14 @@ pub(crate) fn pack_count(git_dir: &Path) -> io::Result<usize> {
 ///
 /// Other gix `Repository` instances of this repository notice the new pack on their next object
 /// lookup miss and free the slots of the deleted ones.
+///
+/// `threads` count objects and index the new pack (`0`: one per core). Memory: each indexing
+/// thread holds one whole object at a time, and the pack stream holds at most about
+/// [`CHUNK_BYTES`] of copied entries besides the largest single entry.
 pub(crate) fn consolidate(
     git_dir: &Path,
     tips: &[ObjectId],
+    threads: usize,
     should_interrupt: &AtomicBool,
 ) -> Result<Stats, Error> {
     if tips.is_empty() {
@@ -282,6 +284,7 @@ pub(crate) fn consolidate(
         &before.source_packs(),
         &staging.0,
         object_hash,
+        Some(threads),
         should_interrupt,
     )?;
     drop(odb);
@@ -295,7 +298,7 @@ pub(crate) fn consolidate(
     // Point of no return: the new pack is complete, so the interrupt flag is not consulted any
     // more and deletion failures no longer affect readability.
     let mut stats = Stats {
-        objects_written: written.index.num_objects,
+        objects_written: u32::try_from(wanted.len()).unwrap_or(u32::MAX),
         bytes_before: before.bytes,
         ..Stats::default()
     };
@@ -311,21 +314,18 @@ pub(crate) fn consolidate(
     Ok(stats)
 }
 
-/// Check the pack gix wrote into the staging directory, make it durable and move it into
+/// Check the pack written into the staging directory, make it durable and move it into
 /// `pack_dir`, data before index so that readers never see an index without its pack. Returns
 /// its name (`pack-<hex>`).
 fn install(
-    written: &gix_pack::bundle::write::Outcome,
+    written: &Path,
     wanted: &[ObjectId],
     pack_dir: &Path,
     object_hash: gix::hash::Kind,
 ) -> Result<String, Error> {
-    let (Some(data_path), Some(index_path)) = (&written.data_path, &written.index_path) else {
-        return Err(Error::new(
-            ErrorKind::Corrupt,
-            "the new pack has no objects",
-        ));
-    };
+    let data_path = written;
+    let index_path = written.with_extension("idx");
+    let index_path = index_path.as_path();
     let Some(new_pack) = pack_name(data_path) else {
         return Err(Error::new(ErrorKind::Corrupt, "the new pack has no name"));
     };
@@ -353,10 +353,9 @@ fn install(
 }
 
 /// A private directory inside `objects/pack` for writing the new pack, removed when dropped
-/// together with whatever failed or interrupted writing left in it. gix moves the files it
-/// writes into their final place without syncing them first and adds a `.keep` file; writing
-/// here instead leaves installing them to [`install()`], and nothing in `objects/pack` changes
-/// until then.
+/// together with whatever failed or interrupted writing left in it. The pack writer moves the
+/// files it writes into their final place without syncing them first; writing here instead
+/// leaves installing them to [`install()`], and nothing in `objects/pack` changes until then.
 struct Staging(PathBuf);
 
 impl Staging {
@@ -624,9 +623,10 @@ fn find<'a>(
     }
 }
 
-/// Count everything reachable from `roots`, stream it as pack data into gix's pack writer and
-/// let that index it and move both files into `staging_dir`. Returns what gix wrote along with
-/// the ids of all objects that belong into the pack.
+/// Count everything reachable from `roots`, stream it as pack data into the streaming indexer
+/// (which holds no object whole unless a delta needs it) and let that write the pack and its
+/// index into `staging_dir`. Returns the pack's path along with the ids of all objects that
+/// belong into the pack.
 ///
 /// `source_packs` are the index files of existing packs, oldest first; entries are copied from
 /// them as they are, see [`EntrySource`].
@@ -636,15 +636,16 @@ fn write_pack(
     source_packs: &[PathBuf],
     staging_dir: &Path,
     object_hash: gix::hash::Kind,
+    thread_limit: Option<usize>,
     should_interrupt: &AtomicBool,
-) -> Result<(gix_pack::bundle::write::Outcome, Vec<ObjectId>), Error> {
+) -> Result<(PathBuf, Vec<ObjectId>), Error> {
     let (counts, _) = output::count::objects(
         odb.clone(),
         Box::new(roots.into_iter().map(Ok)),
         &gix::progress::Discard,
         should_interrupt,
         output::count::objects::Options {
-            thread_limit: THREAD_LIMIT,
+            thread_limit,
             chunk_size: 50,
             // Each commit's full tree, skipping subtrees already seen; unlike the alternative,
             // which diffs against parent trees, this needs no parents and so works when shallow.
@@ -674,33 +675,37 @@ fn write_pack(
         should_interrupt,
     };
     let mut reader = io::BufReader::with_capacity(64 * 1024, stream);
-    let result = gix_pack::Bundle::write_to_directory(
+    let result = super::indexer::write(
         &mut reader,
-        Some(staging_dir),
-        &mut gix::progress::Discard,
-        should_interrupt,
-        None::<gix::objs::find::Never>,
+        staging_dir,
+        thread_limit.unwrap_or(0),
         object_hash,
-        gix_pack::bundle::write::Options {
-            thread_limit: THREAD_LIMIT,
-            iteration_mode: gix_pack::data::input::Mode::Verify,
-            index_version: gix_pack::index::Version::V2,
-            alloc_limit_bytes: None,
-            // Only used to complete thin packs, which this pack is not.
-            compression: gix::zlib::Compression::DEFAULT,
-        },
+        should_interrupt,
     );
+    let generating_failure = || reader.into_inner().encoder.input.failure.take();
     match result {
-        Ok(outcome) => Ok((outcome, wanted)),
+        Ok(Some(written)) => Ok((written.data_path, wanted)),
+        Ok(None) => Err(Error::new(
+            ErrorKind::Corrupt,
+            "the new pack has no objects",
+        )),
         // The writer only sees a failed read; the generating side knows what actually went wrong.
-        Err(err) => Err(match reader.into_inner().encoder.input.failure.take() {
+        Err(super::indexer::Failure::Other(err)) => Err(match generating_failure() {
             Some(cause) => cause,
             None => Error::gix("could not write pack", &err, should_interrupt),
         }),
+        // Deltas here name their bases by position in the same pack, never by id alone.
+        Err(super::indexer::Failure::Thin(path)) => {
+            let _ = fs::remove_file(path);
+            Err(Error::new(
+                ErrorKind::Corrupt,
+                "the new pack refers to objects outside it",
+            ))
+        }
     }
 }
 
-/// Check that the index gix wrote lists exactly the `wanted` objects. Entries are copied and
+/// Check that the new index lists exactly the `wanted` objects. Entries are copied and
 /// linked up across packs here, so this guards against a mistake there costing objects when the
 /// old packs are deleted. Indexing hashed every object, so listed ids match their content.
 fn verify_contents(
@@ -738,8 +743,13 @@ fn verify_contents(
 /// bases in an older one; past this depth an object is stored whole, which bounds reading cost.
 const MAX_DELTA_DEPTH: u16 = 50;
 
-/// Entries per chunk handed to the pack encoder.
+/// Entries per chunk handed to the pack encoder, at most.
 const ENTRIES_PER_CHUNK: usize = 256;
+
+/// A chunk ends once its entries' compressed data passes this many bytes. The chunk is held in
+/// memory twice (as entries, then encoded), so 256 large files in one chunk would cost twice
+/// their size; this keeps a chunk of large entries to one entry.
+const CHUNK_BYTES: usize = 1 << 20;
 
 /// An existing pack that entries are copied from.
 struct SourcePack {
@@ -971,11 +981,13 @@ impl Iterator for EntrySource<'_> {
         }
         let end = (self.next + ENTRIES_PER_CHUNK).min(self.order.len());
         let mut chunk = Vec::with_capacity(end - self.next);
-        while self.next < end {
+        let mut bytes = 0;
+        while self.next < end && bytes < CHUNK_BYTES {
             let (id, place) = self.order[self.next];
             match self.entry(id, place) {
                 Ok((entry, depth)) => {
                     self.written.insert(id, (self.next, depth));
+                    bytes += entry.compressed_data.len();
                     chunk.push(entry);
                 }
                 Err(err) => {
@@ -1034,7 +1046,15 @@ where
                     return Ok(n);
                 }
             }
-            self.sink.borrow_mut().clear();
+            {
+                let mut sink = self.sink.borrow_mut();
+                sink.clear();
+                // A chunk with one large entry grew the buffer to that entry's size; do not
+                // keep that for the rest of the run.
+                if sink.capacity() > 4 * CHUNK_BYTES {
+                    sink.shrink_to(CHUNK_BYTES);
+                }
+            }
             self.consumed = 0;
             if self.should_interrupt.load(Ordering::Relaxed) {
                 // Not `ErrorKind::Interrupted`: readers retry on that one.

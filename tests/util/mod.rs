@@ -13,6 +13,8 @@
 
 /// `git daemon` on a loopback port.
 pub mod daemon;
+/// Repositories with large files and memory cgroups, as on a small device.
+pub mod device;
 /// Fault-injecting servers and the accept loop they share.
 pub mod fault;
 /// Smart HTTP through `git http-backend`.

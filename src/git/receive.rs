@@ -1,0 +1,317 @@
+//! One fetch over an established connection: handshake, list the remote's refs, negotiate,
+//! write the pack and its index, and move the tracked ref.
+//!
+//! gix's own `receive` does the same, but always writes the pack with gix's bundle writer,
+//! which keeps every entry's compressed bytes in memory, reads the next entry before letting
+//! the current one go, and then inflates each object whole to index it: a fetch held the
+//! largest objects of the pack several times over. Driving gix's protocol layer directly lets
+//! gitfeed write the pack with its own streaming [`indexer`], which holds no object whole
+//! unless a delta needs it. A thin pack is still completed by gix, from the repository's
+//! objects.
+
+use std::sync::atomic::Ordering;
+
+use gix::bstr::ByteSlice;
+use gix::error::ErrorExt;
+use gix::protocol::transport::client::blocking_io::Transport;
+use gix::remote::fetch::Shallow;
+
+use super::{Cancel, FetchError, MANY_REFS, TIP_REF, Target, error, indexer, missing_ref};
+
+/// How gitfeed names itself to servers.
+const USER_AGENT: &str = concat!("gitfeed/", env!("CARGO_PKG_VERSION"));
+
+/// Negotiates and receives the pack over `transport`, then points [`TIP_REF`] at the remote's
+/// object. Returns the ref's name on the remote. `options` configure the transport (HTTP).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn receive<T: Transport>(
+    repo: &gix::Repository,
+    connection: gix::remote::Connection<'_, '_, '_, T>,
+    options: Option<Box<dyn std::any::Any>>,
+    target: &Target,
+    shallow: Shallow,
+    cancel: &Cancel,
+    ours: Option<gix::ObjectId>,
+) -> Result<String, FetchError> {
+    let wanted = target.reference.as_deref().unwrap_or("HEAD");
+    let classify = |err: gix::Error| error::classify(&err, target, cancel);
+    let mut connection = connection;
+    let fetch_specs = connection
+        .remote()
+        .refspecs(gix::remote::Direction::Fetch)
+        .to_vec();
+    let mut authenticate = connection.configured_credentials_for_current_url();
+    let transport = connection.transport_mut();
+    let options = match options {
+        Some(options) => Some(options),
+        None => repo
+            .transport_options(transport.to_url().as_ref(), None)
+            .map_err(classify)?,
+    };
+    if let Some(options) = options {
+        transport.configure(&*options).map_err(|err| {
+            FetchError::permanent(format!("cannot configure the transport: {err}"))
+        })?;
+    }
+    let mut progress = gix::progress::Discard;
+    let mut handshake = gix::protocol::handshake(
+        &mut *transport,
+        gix::protocol::transport::Service::UploadPack,
+        &mut authenticate,
+        Vec::new(),
+        &mut progress,
+    )
+    .map_err(classify)?;
+    let user_agent = ("agent", Some(USER_AGENT.to_owned()));
+    let ref_map = handshake
+        .prepare_lsrefs_or_extract_refmap(
+            user_agent.clone(),
+            true,
+            gix::protocol::fetch::refmap::init::Context {
+                fetch_refspecs: fetch_specs,
+                extra_refspecs: Vec::new(),
+            },
+        )
+        .map_err(classify)?
+        .fetch_blocking(&mut progress, &mut *transport, false)
+        .map_err(classify)?;
+    if ref_map.remote_refs.len() > MANY_REFS {
+        target.many_refs.store(true, Ordering::Relaxed);
+    }
+    let Some(mapping) = ref_map.mappings.first() else {
+        return Err(missing_ref(wanted, target.seen_before));
+    };
+    // The name comes from the remote: only a valid ref name is passed on to the consumer.
+    let valid = |name: &gix::bstr::BStr| gix::validate::reference::name(name).is_ok();
+    let remote_name = match (mapping.remote.as_target(), mapping.remote.as_name()) {
+        (Some(target), _) if valid(target) => target.to_str_lossy().into_owned(),
+        (None, Some(name)) if valid(name) => name.to_str_lossy().into_owned(),
+        (None, None) => wanted.to_owned(),
+        (_, name) => {
+            return Err(FetchError::permanent(format!(
+                "the remote names `{wanted}` with an invalid ref name ({:?})",
+                name.map(|name| name.to_str_lossy())
+            )));
+        }
+    };
+    let Some(theirs) = mapping.remote.as_id().map(ToOwned::to_owned) else {
+        return Err(FetchError::permanent(format!(
+            "`{remote_name}` on the remote has no commits yet"
+        )));
+    };
+    if Some(theirs) == ours {
+        // Nothing moved: end the conversation here instead of negotiating and updating the
+        // ref to where it already points.
+        return Ok(remote_name);
+    }
+
+    let mut graph = repo.revision_graph(None);
+    let mut negotiate = Negotiate {
+        repo,
+        graph: &mut graph,
+        ref_map: &ref_map,
+        shallow: &shallow,
+        negotiator: gix::negotiate::Algorithm::Consecutive.into_negotiator(),
+    };
+    let pack_dir = repo.objects.store_ref().path().join("pack");
+    // Only for a thin pack, whose bases are looked up in the repository; see `indexer`.
+    let thin_options = gix_pack::bundle::write::Options {
+        thread_limit: Some(target.index_threads),
+        iteration_mode: gix_pack::data::input::Mode::Verify,
+        index_version: gix_pack::index::Version::V2,
+        alloc_limit_bytes: None,
+        compression: gix::zlib::Compression::BEST_SPEED,
+    };
+    let mut written: Option<Received> = None;
+    let outcome = gix::protocol::fetch(
+        &mut negotiate,
+        |reader, progress, should_interrupt| {
+            written = receive_pack(
+                repo,
+                reader,
+                progress,
+                should_interrupt,
+                &pack_dir,
+                target.index_threads,
+                thin_options,
+            )?;
+            Ok(true)
+        },
+        gix::progress::Discard,
+        cancel.flag(),
+        gix::protocol::fetch::Context {
+            handshake: &mut handshake,
+            transport: &mut *transport,
+            user_agent,
+            trace_packetlines: false,
+        },
+        gix::protocol::fetch::Options {
+            shallow_file: repo.shallow_file().map_err(classify)?,
+            shallow: &shallow,
+            tags: gix::remote::fetch::Tags::None,
+            reject_shallow_remote: false,
+        },
+    )
+    .map_err(classify)?;
+    drop(negotiate);
+    if handshake.server_protocol_version == gix::protocol::transport::Protocol::V2 {
+        // Tell a server that keeps the connection that this is the end; failing that is harmless.
+        let _ = gix::protocol::indicate_end_of_interaction(&mut *transport, false);
+    }
+    let _ = outcome;
+    if let Some(received) = &written {
+        // The driver cuts off a pack that grows past the limit while it arrives; one that
+        // arrived faster than it looks is caught here and its files removed at once.
+        let size = std::fs::metadata(&received.data_path).map_or(0, |metadata| metadata.len());
+        if size > target.max_pack_size {
+            for path in [
+                Some(&received.data_path),
+                Some(&received.data_path.with_extension("idx")),
+                received.keep_path.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(FetchError::permanent(format!(
+                "the remote sent a {size}-byte pack, more than max_pack_size ({} bytes); \
+                 raise it if the repository really is that large",
+                target.max_pack_size
+            )));
+        }
+    }
+    if !repo.has_object(theirs) {
+        return Err(FetchError::transient(format!(
+            "the remote did not send `{remote_name}` ({theirs})"
+        )));
+    }
+    repo.reference(
+        TIP_REF,
+        theirs,
+        gix::refs::transaction::PreviousValue::Any,
+        format!("fetch: {remote_name}"),
+    )
+    .map_err(|err| {
+        FetchError::transient(format!(
+            "the local copy of `{remote_name}` was not updated: {}",
+            error::describe(&err)
+        ))
+    })?;
+    // The pack's `.keep` file protected it until a ref pointed into it; it would shield the
+    // pack from consolidation for ever.
+    if let Some(keep) = written
+        .as_ref()
+        .and_then(|received| received.keep_path.as_ref())
+    {
+        let _ = std::fs::remove_file(keep);
+    }
+    Ok(remote_name)
+}
+
+/// A pack in place in the repository.
+struct Received {
+    data_path: std::path::PathBuf,
+    /// The `.keep` file gix writes beside a thin pack it completed, until a ref points in.
+    keep_path: Option<std::path::PathBuf>,
+}
+
+/// Writes and indexes the pack `reader` delivers; a thin pack is completed from the
+/// repository's objects by gix. `None` for an empty pack.
+fn receive_pack(
+    repo: &gix::Repository,
+    reader: &mut dyn std::io::BufRead,
+    progress: &mut dyn gix::progress::DynNestedProgress,
+    should_interrupt: &std::sync::atomic::AtomicBool,
+    pack_dir: &std::path::Path,
+    threads: usize,
+    thin_options: gix_pack::bundle::write::Options,
+) -> gix::Result<Option<Received>> {
+    let object_hash = repo.object_hash();
+    match indexer::write(reader, pack_dir, threads, object_hash, should_interrupt) {
+        Ok(written) => Ok(written.map(|written| Received {
+            data_path: written.data_path,
+            keep_path: None,
+        })),
+        Err(indexer::Failure::Other(err)) => Err(err),
+        Err(indexer::Failure::Thin(path)) => {
+            let result = std::fs::File::open(&path)
+                .map_err(ErrorExt::raise)
+                .and_then(|file| {
+                    let mut reader = std::io::BufReader::with_capacity(64 * 1024, file);
+                    gix_pack::Bundle::write_to_directory(
+                        &mut reader,
+                        Some(pack_dir),
+                        progress,
+                        should_interrupt,
+                        Some(repo.objects.clone()),
+                        object_hash,
+                        thin_options,
+                    )
+                });
+            let _ = std::fs::remove_file(&path);
+            let bundle = result?;
+            Ok(bundle.data_path.map(|data_path| Received {
+                data_path,
+                keep_path: bundle.keep_path,
+            }))
+        }
+    }
+}
+
+/// gix's negotiation steps over this repository's objects and refs, for one wanted ref.
+struct Negotiate<'a, 'g, 'c> {
+    repo: &'a gix::Repository,
+    graph: &'a mut gix::negotiate::Graph<'g, 'c>,
+    ref_map: &'a gix::protocol::fetch::RefMap,
+    shallow: &'a Shallow,
+    negotiator: Box<dyn gix::negotiate::Negotiator>,
+}
+
+impl gix::protocol::fetch::Negotiate for Negotiate<'_, '_, '_> {
+    fn mark_complete_and_common_ref(
+        &mut self,
+    ) -> gix::Result<gix::protocol::fetch::negotiate::Action> {
+        gix::protocol::fetch::negotiate::mark_complete_and_common_ref(
+            &self.repo.objects,
+            &self.repo.refs,
+            // Caches never borrow objects from other repositories.
+            || Ok(std::iter::empty::<(gix::refs::file::Store, gix::odb::Handle)>()),
+            self.negotiator.as_mut(),
+            self.graph,
+            self.ref_map,
+            self.shallow,
+            |_| false,
+        )
+    }
+
+    fn add_wants(
+        &mut self,
+        arguments: &mut gix::protocol::fetch::Arguments,
+        remote_ref_target_known: &[bool],
+    ) -> bool {
+        gix::protocol::fetch::negotiate::add_wants(
+            &self.repo.objects,
+            arguments,
+            self.ref_map,
+            remote_ref_target_known,
+            self.shallow,
+            |_| false,
+        )
+    }
+
+    fn one_round(
+        &mut self,
+        state: &mut gix::protocol::fetch::negotiate::one_round::State,
+        arguments: &mut gix::protocol::fetch::Arguments,
+        previous_response: Option<&gix::protocol::fetch::Response>,
+    ) -> gix::Result<(gix::protocol::fetch::negotiate::Round, bool)> {
+        gix::protocol::fetch::negotiate::one_round(
+            self.negotiator.as_mut(),
+            self.graph,
+            state,
+            arguments,
+            previous_response,
+        )
+    }
+}
