@@ -1061,6 +1061,8 @@ struct Device {
     shape: util::device::Shape,
     gitfeed: PathBuf,
     git: PathBuf,
+    /// The snapshot rows' figures, measured once for all of them.
+    snapshot_figures: std::cell::OnceCell<SnapshotFigures>,
 }
 
 /// One row of the device table: a figure for gitfeed and, where git has an equivalent, for git.
@@ -1078,7 +1080,14 @@ const DEVICE_ROWS: &[fn(&Device) -> DeviceRow] = &[
     contents_peak_rss,
     clone_smallest_limit,
     checkout_smallest_limit,
+    first_snapshot_time,
+    first_snapshot_synced,
+    one_file_update_time,
+    snapshot_disk,
 ];
+
+/// The device repository's name under the server's root.
+const DEVICE_REPO: &str = "device.git";
 
 /// Limits are searched in steps of this many bytes (the issue's table used 32 MiB).
 const LIMIT_STEP: u64 = 4 << 20;
@@ -1099,15 +1108,16 @@ fn device(options: &Options) {
     };
     let dir = util::unique_dir();
     let root = dir.path().join("srv");
-    let bare = util::device::large_file_repo(&root, "device.git", shape);
+    let bare = util::device::large_file_repo(&root, DEVICE_REPO, shape);
     let daemon = GitDaemon::start(&root);
     let device = Device {
-        url: daemon.url("device.git"),
+        url: daemon.url(DEVICE_REPO),
         _daemon: daemon,
         dir,
         shape,
         gitfeed: sibling_binary("gitfeed"),
         git: on_path("git"),
+        snapshot_figures: std::cell::OnceCell::new(),
     };
     println!();
     println!(
@@ -1293,4 +1303,233 @@ fn on_path(program: &str) -> PathBuf {
                 .find(|candidate| candidate.is_file())
         })
         .unwrap_or_else(|| panic!("{program} is not on PATH"))
+}
+
+/// Rounds of each snapshot timing; the median is shown.
+const SNAPSHOT_ROUNDS: usize = 3;
+
+fn first_snapshot_time(device: &Device) -> DeviceRow {
+    let snapshots = device.snapshots();
+    DeviceRow {
+        label: "first snapshot (`--once --checkout` minus `--once`; git: `archive \\| tar -x`)"
+            .into(),
+        ours: Some(millis(snapshots.first)),
+        theirs: Some(millis(snapshots.archive)),
+        unit: "ms",
+    }
+}
+
+fn first_snapshot_synced(device: &Device) -> DeviceRow {
+    let snapshots = device.snapshots();
+    DeviceRow {
+        label: "first snapshot (git: `archive \\| tar -x` then `sync -f`)".into(),
+        ours: Some(millis(snapshots.first)),
+        theirs: Some(millis(snapshots.archive_synced)),
+        unit: "ms",
+    }
+}
+
+fn one_file_update_time(device: &Device) -> DeviceRow {
+    let snapshots = device.snapshots();
+    DeviceRow {
+        label: "snapshot of a one-file update (against the first snapshot)".into(),
+        ours: Some(millis(snapshots.update)),
+        theirs: Some(millis(snapshots.first)),
+        unit: "ms",
+    }
+}
+
+fn snapshot_disk(device: &Device) -> DeviceRow {
+    let snapshots = device.snapshots();
+    DeviceRow {
+        label: "two kept snapshots on disk (git: one tree from `archive \\| tar -x`)".into(),
+        ours: Some(snapshots.kept_bytes as f64 / f64::from(1 << 20)),
+        theirs: Some(snapshots.tree_bytes as f64 / f64::from(1 << 20)),
+        unit: "MiB",
+    }
+}
+
+/// The snapshot figures, measured once for the rows that show them.
+#[derive(Debug, Clone, Copy)]
+struct SnapshotFigures {
+    /// What `--checkout` adds to a first `--once` run.
+    first: Duration,
+    /// What it adds to a `--once` run that brings a commit changing one line of one file.
+    update: Duration,
+    /// `git archive | tar -x` of the same tree.
+    archive: Duration,
+    /// The same, and `sync -f` of the tree's filesystem.
+    archive_synced: Duration,
+    /// `du` of the checkout directory holding two snapshots.
+    kept_bytes: u64,
+    /// `du` of the tree `git archive | tar -x` wrote.
+    tree_bytes: u64,
+}
+
+impl Device {
+    /// The snapshot figures: each `--once` run with `--checkout` is timed against the same run
+    /// without it on an identical copy of the cache, so the fetch, the listing and any pack
+    /// consolidation cancel out.
+    fn snapshots(&self) -> SnapshotFigures {
+        if let Some(figures) = self.snapshot_figures.get() {
+            return *figures;
+        }
+        let bare = self.dir.path().join("srv").join(DEVICE_REPO);
+        // A delivered clone, then its delivery state removed: the next run lists every file.
+        let delivered = self.scratch("snap-cache");
+        self.once(&delivered, None);
+        let forget = |cache: &Path| remove_named(cache, "state.json");
+
+        let mut first = Vec::new();
+        let mut archive = Vec::new();
+        let mut archive_synced = Vec::new();
+        let tree = self.scratch("snap-tree");
+        for _ in 0..SNAPSHOT_ROUNDS {
+            let (plain, checked) = (self.scratch("snap-plain"), self.scratch("snap-checked"));
+            copy_tree(&delivered, &plain);
+            copy_tree(&delivered, &checked);
+            forget(&plain);
+            forget(&checked);
+            let out = self.scratch("snap-out");
+            settle_disk();
+            let without = timed(|| self.once(&plain, None));
+            settle_disk();
+            let with = timed(|| self.once(&checked, Some(&out)));
+            first.push(with.saturating_sub(without));
+            for (samples, sync) in [(&mut archive, false), (&mut archive_synced, true)] {
+                let _ = std::fs::remove_dir_all(&tree);
+                std::fs::create_dir_all(&tree).expect("create the archive's directory");
+                settle_disk();
+                samples.push(timed(|| self.archive(&bare, &tree, sync)));
+            }
+        }
+
+        // Two caches at the same commit, one with a checkout; each round brings both one
+        // commit changing one line of one file.
+        let (plain, checked) = (self.scratch("snap-plain"), self.scratch("snap-checked"));
+        copy_tree(&delivered, &plain);
+        copy_tree(&delivered, &checked);
+        forget(&checked);
+        let out = self.scratch("snap-out");
+        self.once(&checked, Some(&out));
+        let mut update = Vec::new();
+        for round in 0..SNAPSHOT_ROUNDS {
+            change_one_line(&bare, round);
+            settle_disk();
+            let without = timed(|| self.once(&plain, None));
+            settle_disk();
+            let with = timed(|| self.once(&checked, Some(&out)));
+            update.push(with.saturating_sub(without));
+        }
+        let figures = SnapshotFigures {
+            first: median(first),
+            update: median(update),
+            archive: median(archive),
+            archive_synced: median(archive_synced),
+            kept_bytes: disk_usage(&out),
+            tree_bytes: disk_usage(&tree),
+        };
+        let _ = self.snapshot_figures.set(figures);
+        figures
+    }
+
+    /// Runs `gitfeed watch --once` with `cache` (and `checkout`).
+    fn once(&self, cache: &Path, checkout: Option<&Path>) {
+        let mut command = Command::new(&self.gitfeed);
+        command
+            .args(["watch", &self.url, "--once", "--name", "device", "--cache-dir"])
+            .arg(cache);
+        if let Some(checkout) = checkout {
+            command.arg("--checkout").arg(checkout);
+        }
+        let status = command
+            .stdout(Stdio::null())
+            .status()
+            .expect("run gitfeed");
+        assert!(status.success(), "gitfeed --once failed");
+    }
+
+    /// `git archive main | tar -x -C tree`, then `sync -f tree` when `sync`.
+    fn archive(&self, bare: &Path, tree: &Path, sync: bool) {
+        let mut script = format!(
+            "{} --git-dir {} archive main | tar -x -C {}",
+            self.git.display(),
+            bare.display(),
+            tree.display()
+        );
+        if sync {
+            script.push_str(&format!(" && sync -f {}", tree.display()));
+        }
+        let status = Command::new("/bin/sh")
+            .args(["-c", &script])
+            .status()
+            .expect("run git archive");
+        assert!(status.success(), "git archive | tar -x failed");
+    }
+}
+
+/// Adds a commit to `bare`'s main that changes one line of one small file.
+fn change_one_line(bare: &Path, round: usize) {
+    let text = format!("allow[0] if input.round == {round}\n");
+    let stream = format!(
+        "commit refs/heads/main\ncommitter Bench <bench@example.org> {} +0000\ndata 4\nedit\n\
+         from refs/heads/main^0\nM 100644 inline policies/d000/rule0.rego\ndata {}\n{text}\n",
+        1_700_000_001 + round,
+        text.len()
+    );
+    let mut child = Command::new("git")
+        .args(["fast-import", "--quiet"])
+        .current_dir(bare)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("run git fast-import");
+    child
+        .stdin
+        .take()
+        .expect("fast-import's stdin")
+        .write_all(stream.as_bytes())
+        .expect("feed git fast-import");
+    assert!(child.wait().expect("wait for git fast-import").success());
+}
+
+/// Copies `from` to `to` as `cp -a` does, hard links included.
+fn copy_tree(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("run cp");
+    assert!(status.success(), "cp -a failed");
+}
+
+/// Removes every file named `name` below `dir`.
+fn remove_named(dir: &Path, name: &str) {
+    for item in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = item.path();
+        if item.file_type().is_ok_and(|kind| kind.is_dir()) {
+            remove_named(&path, name);
+        } else if item.file_name() == name {
+            std::fs::remove_file(&path).expect("remove a state file");
+        }
+    }
+}
+
+/// What `du -s` counts for `dir`, in bytes: blocks in use, each hard-linked file once.
+fn disk_usage(dir: &Path) -> u64 {
+    let output = Command::new("du")
+        .args(["-s", "--block-size=1"])
+        .arg(dir)
+        .output()
+        .expect("run du");
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .next()
+        .and_then(|bytes| bytes.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `duration` in milliseconds.
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
 }
