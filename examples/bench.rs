@@ -21,6 +21,8 @@
 //!   resident memory, threads, descriptors and CPU while idle; the binary's size.
 //! - `scale`: 1,000 sources polling every 10 s on one executor: how late each poll starts,
 //!   how the start times spread, and the server's CPU per no-change poll.
+//! - `cache`: the cache's size on disk (`du -sb`) after four `gitfeed watch --once` runs
+//!   pinned to four commits of one URL, against one run and `git clone --bare`.
 
 #[path = "../tests/util/mod.rs"]
 mod util;
@@ -169,6 +171,10 @@ fn main() {
             scale(&options, &repos, &daemon);
         }
     }
+    if wants("cache") {
+        let size = options.sizes.first().copied().unwrap_or(SIZES[1]);
+        cache_after_pins(&Repos::generate(size));
+    }
 }
 
 fn parse_args() -> Options {
@@ -215,7 +221,8 @@ fn parse_args() -> Options {
 fn usage(problem: &str) -> ! {
     eprintln!("{problem}");
     eprintln!(
-        "usage: bench [--sizes tiny,policy,large] [--only poll,update,clone,footprint,scale] \
+        "usage: bench [--sizes tiny,policy,large] \
+         [--only poll,update,clone,footprint,scale,cache] \
          [--sources N] [--quick]"
     );
     std::process::exit(2)
@@ -1038,4 +1045,77 @@ fn pack_bytes(bare: &Path) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cache size
+
+/// `gitfeed watch URL --once --branch <commit>` for four commits spread over the history,
+/// oldest first, one after the other in one cache directory; the cache's size after each run,
+/// against one run pinned to the newest of them in a cache of its own (one clone) and against
+/// `git clone --bare`.
+fn cache_after_pins(repos: &Repos) {
+    println!();
+    println!(
+        "## Cache after pinned runs ({} repository, pack {} KiB)",
+        repos.size.name,
+        pack_bytes(&repos.bare()) / 1024
+    );
+    let daemon = GitDaemon::start(&repos.root);
+    let url = daemon.url("repo.git");
+    let binary = sibling_binary("gitfeed");
+    let history = command_output(Command::new("git").current_dir(repos.bare()).args([
+        "rev-list",
+        "--first-parent",
+        "--reverse",
+        "main",
+    ]));
+    let history: Vec<&str> = history.lines().collect();
+    // Oldest first, the last one the tip: each run brings history the runs before lack.
+    let pins: Vec<&str> = (1..=4)
+        .map(|k| history[k * (history.len() - 1) / 4])
+        .collect();
+    let work = util::unique_dir();
+    let pinned_run = |cache: &Path, pin: &str| {
+        let status = Command::new(&binary)
+            .args(["watch", &url, "--once", "--branch", pin])
+            .arg("--cache-dir")
+            .arg(cache)
+            .stdout(Stdio::null())
+            .status()
+            .expect("run gitfeed watch --once");
+        assert!(status.success(), "gitfeed watch --once --branch {pin}");
+        disk_usage(cache)
+    };
+    let bare = work.path().join("bare.git");
+    git(
+        work.path(),
+        &["clone", "-q", "--bare", &url, &bare.to_string_lossy()],
+    );
+    let git_bytes = disk_usage(&bare);
+    let one_clone = pinned_run(&work.path().join("one"), pins[pins.len() - 1]);
+    table_header(&["cache", "du -sb", "x one clone", "x git clone --bare"]);
+    let row = |label: &str, bytes: u64| {
+        println!(
+            "| {label} | {bytes} | {:.2}x | {:.2}x |",
+            bytes as f64 / one_clone as f64,
+            bytes as f64 / git_bytes as f64
+        );
+    };
+    row("one run pinned to the tip (one clone)", one_clone);
+    let cache = work.path().join("pins");
+    for (run, pin) in pins.iter().enumerate() {
+        let bytes = pinned_run(&cache, pin);
+        row(&format!("after pinned run {} of 4", run + 1), bytes);
+    }
+    row("`git clone --bare`", git_bytes);
+}
+
+/// What `du -sb` reports for `path`.
+fn disk_usage(path: &Path) -> u64 {
+    command_output(Command::new("du").arg("-sb").arg(path))
+        .split_whitespace()
+        .next()
+        .and_then(|bytes| bytes.parse().ok())
+        .expect("du prints a size")
 }

@@ -2,11 +2,14 @@
 //! clone, fetch, diff against the commit the consumer last saw, attach contents, write the
 //! snapshot, and keep the cache healthy.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::auth::Auth;
 use crate::base64;
 use crate::cache;
 use crate::event::{Change, ChangeKind, Encoding};
 use crate::git::{Cancel, FetchError, FileKind, Matcher, Repo, Target, Tip};
+use crate::machine::ErrorKind;
 use crate::snapshot::{self, SnapshotDir};
 use crate::source::Source;
 use crate::verify::{AllowedSigners, Verdict};
@@ -50,65 +53,167 @@ pub(crate) struct Seen {
     pub acknowledged: Option<String>,
 }
 
+/// Runs one attempt. `holding` is set once the attempt holds the clone's lock: until then,
+/// what is being received into the clone belongs to another source's attempt.
 pub(crate) fn sync(
     handle: Option<Repo>,
-    entry: &cache::Entry,
+    paths: &Paths,
     source: &Source,
     target: &Target,
     seen: &Seen,
     cancel: &Cancel,
+    holding: &AtomicBool,
 ) -> Attempt {
     let mut warnings = Vec::new();
-    let _lock = match lock_entry(entry, target.timeout.min(LOCK_PATIENCE), cancel) {
+    let _lock = match lock_clone(&paths.clone, target.timeout.min(LOCK_PATIENCE), cancel) {
         Ok(lock) => lock,
         Err(err) => {
             return Attempt {
                 handle,
-                result: Err(FetchError::io("cannot lock the cache entry", &err)),
+                result: Err(FetchError::io("cannot lock the clone", &err)),
                 warnings,
                 tip: None,
             };
         }
     };
-    let git_dir = &entry.git_dir();
+    holding.store(true, Ordering::SeqCst);
+    paths.clone.mark_used();
+    let (handle, result) = sync_locked(handle, paths, source, target, seen, cancel, &mut warnings);
+    match result {
+        Err(err) if err.kind == ErrorKind::Corrupt => {
+            // Deleted here, under the lock, rather than when the source tears down: the clone
+            // may be shared, and another source's attempt may be writing it by then.
+            drop(handle);
+            match paths.clone.delete_clone() {
+                Ok(()) => log::info!("{}: deleted the broken clone; cloning afresh", source.name),
+                Err(delete) => {
+                    log::warn!("{}: cannot delete the broken clone: {delete}", source.name);
+                }
+            }
+            Attempt {
+                handle: None,
+                result: Err(err),
+                warnings,
+                tip: None,
+            }
+        }
+        Err(err) => Attempt {
+            handle,
+            result: Err(err),
+            warnings,
+            tip: None,
+        },
+        Ok((tip, served_by, synced)) => Attempt {
+            handle: handle
+                .and_then(|repo| maintain(repo, paths, source, target, seen, &tip, cancel)),
+            result: Ok(synced),
+            warnings,
+            tip: Some((tip, served_by)),
+        },
+    }
+}
+
+/// Where one source's attempt reads and writes.
+#[derive(Debug, Clone)]
+pub(crate) struct Paths {
+    /// The source's own directory: its delivery state.
+    pub entry: cache::Entry,
+    /// The clone it shares with the other sources of its repository.
+    pub clone: cache::CloneDir,
+    /// The cache directory, for the acknowledged commits of every source.
+    pub cache_dir: std::path::PathBuf,
+}
+
+impl Paths {
+    pub fn new(cache_dir: &std::path::Path, source: &Source) -> Self {
+        Self {
+            entry: cache::Entry::new(cache_dir, &source.cache_key()),
+            clone: cache::CloneDir::new(cache_dir, &source.clone_key()),
+            cache_dir: cache_dir.to_owned(),
+        }
+    }
+}
+
+/// The tip the source now has, the URL that served it, and the update, if any.
+type Fetched = (String, String, Option<Synced>);
+
+/// The attempt with the clone's lock held: open (or reuse) the clone, fetch and diff.
+fn sync_locked(
+    handle: Option<Repo>,
+    paths: &Paths,
+    source: &Source,
+    target: &Target,
+    seen: &Seen,
+    cancel: &Cancel,
+    warnings: &mut Vec<String>,
+) -> (Option<Repo>, Result<Fetched, FetchError>) {
     let repo = match handle {
         Some(repo) if !repo.needs_reopen() => repo,
         stale => {
             drop(stale);
-            Repo::repair(git_dir);
-            match Repo::open_or_init(git_dir, target)
-                .and_then(|repo| repo.validate(seen.acknowledged.as_deref()).map(|()| repo))
-            {
+            match open_clone(paths, target, seen) {
                 Ok(repo) => repo,
-                Err(err) => {
-                    return Attempt {
-                        handle: None,
-                        result: Err(err),
-                        warnings,
-                        tip: None,
-                    };
-                }
+                Err(err) => return (None, Err(err)),
             }
         }
     };
-    let result = fetch_and_diff(&repo, source, target, seen, cancel, &mut warnings);
-    let Ok((tip, served_by, synced)) = result else {
-        return Attempt {
-            handle: Some(repo),
-            result: result.map(|_| None),
-            warnings,
-            tip: None,
-        };
-    };
+    let result = fetch_and_diff(&repo, source, target, seen, cancel, warnings);
+    let mut repo = repo;
+    repo.settle();
+    (Some(repo), result)
+}
+
+/// Opens the clone afresh: moves a clone of the old per-source layout into place, removes what
+/// an interrupted write left, and checks what this source relies on.
+fn open_clone(paths: &Paths, target: &Target, seen: &Seen) -> Result<Repo, FetchError> {
+    let migrated = paths
+        .entry
+        .migrate_legacy_clone(&paths.clone)
+        .map_err(|err| FetchError::io("cannot move the clone into its shared place", &err))?;
+    if migrated {
+        log::info!(
+            "moved the clone in {} to {}",
+            paths.entry.dir().display(),
+            paths.clone.dir().display()
+        );
+    }
+    let git_dir = &paths.clone.git_dir();
+    Repo::repair(git_dir);
+    let repo = Repo::open_or_init(git_dir, target)?;
+    if migrated {
+        repo.adopt_legacy_tip(&target.tip_ref)?;
+    }
+    repo.validate(&target.tip_ref, seen.acknowledged.as_deref())?;
+    Ok(repo)
+}
+
+/// Consolidates the clone's packs when they have piled up, keeping what every source of the
+/// clone still needs; returns the handle to keep, if any.
+fn maintain(
+    repo: Repo,
+    paths: &Paths,
+    source: &Source,
+    target: &Target,
+    seen: &Seen,
+    tip: &str,
+    cancel: &Cancel,
+) -> Option<Repo> {
+    if !repo.wants_maintenance() {
+        return Some(repo);
+    }
+    // Other sources' tips are refs in the clone; their acknowledged commits are read from
+    // their state files (an update one of them sent but was not yet acknowledged is its tip).
+    let acknowledged = cache::acknowledged_commits(&paths.cache_dir);
     let keep: Vec<&str> = [
-        Some(tip.as_str()),
+        Some(tip),
         seen.sent.as_deref(),
         seen.acknowledged.as_deref(),
     ]
     .into_iter()
     .flatten()
+    .chain(acknowledged.iter().map(String::as_str))
     .collect();
-    let handle = match repo.maintain(target, &keep, cancel) {
+    match repo.maintain(target, &keep, cancel) {
         Ok(repo) => Some(repo),
         // The update is good; the next attempt reopens the clone.
         Err(err) => {
@@ -119,29 +224,23 @@ pub(crate) fn sync(
             );
             None
         }
-    };
-    Attempt {
-        handle,
-        result: Ok(synced),
-        warnings,
-        tip: Some((tip, served_by)),
     }
 }
 
-/// How long an attempt waits for its cache entry's lock at most.
+/// How long an attempt waits for its clone's lock at most.
 const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Takes the entry's lock, waiting up to `patience`: a lock is held briefly by anything that
+/// Takes the clone's lock, waiting up to `patience`: a lock is held briefly by anything that
 /// forks between opening the file and running a program (the descriptor is closed on exec),
-/// and for a whole attempt by another gitfeed process.
-fn lock_entry(
-    entry: &cache::Entry,
+/// and for a whole attempt by another source's attempt or another gitfeed process.
+fn lock_clone(
+    clone: &cache::CloneDir,
     patience: std::time::Duration,
     cancel: &Cancel,
 ) -> std::io::Result<std::fs::File> {
     let deadline = std::time::Instant::now() + patience;
     loop {
-        match entry.lock() {
+        match clone.lock() {
             Err(err)
                 if err.kind() == std::io::ErrorKind::WouldBlock
                     && std::time::Instant::now() < deadline
@@ -163,7 +262,7 @@ fn fetch_and_diff(
     seen: &Seen,
     cancel: &Cancel,
     warnings: &mut Vec<String>,
-) -> Result<(String, String, Option<Synced>), FetchError> {
+) -> Result<Fetched, FetchError> {
     let matcher = Matcher::new(&source.filter).map_err(FetchError::permanent)?;
     let (tip, served_by) = fetch_any(repo, source, target, seen, cancel)?;
     if let Some(sent) = seen.sent.as_deref()
@@ -232,7 +331,9 @@ fn fetch_any(
     if let Some(pin) = source.pinned_commit()
         && repo.has_commit(pin)
     {
-        // A pinned commit never changes: once it is here, there is nothing to fetch.
+        // A pinned commit never changes: once it is here (perhaps fetched by another source
+        // of the clone), there is nothing to fetch; its own ref keeps it here.
+        repo.pin(target, pin)?;
         let tip = Tip {
             reference: pin.to_owned(),
             commit: pin.to_owned(),
@@ -413,6 +514,7 @@ pub(crate) fn target(source: &Source) -> Target {
     Target {
         url: source.url.clone(),
         reference: source.full_ref(),
+        tip_ref: source.tip_ref(),
         depth: source.depth,
         ssh_command: source.ssh_command.clone(),
         timeout: source.timeout,
