@@ -22,8 +22,8 @@ Usage: gitfeed watch <URL> [OPTIONS]
 `status` prints the last known state of every source in the cache, one JSON object per
 line, whether or not a feed is running.
 
-`gc` removes the clones that no source has used for --unused-for [default: 7d] and that no
-running feed or --once run has open; delivery state is kept. It prints one JSON object.
+`gc` removes the clones that no source has used for --unused-for [default: 168h, a week] and
+that no running feed or --once run has open; delivery state is kept. It prints one JSON object.
 
 Options:
   --branch <B>           branch, full ref (refs/tags/v1) or commit id (pinned: synced once)
@@ -67,7 +67,7 @@ Options:
   --once                 sync once, print the update if there is one, and exit
   -h, --help             print this help
 
-Durations are written like 250ms, 30s, 5m, 1h or 7d.
+Durations are written like 250ms, 30s, 5m or 1h.
 
 Events go to stdout, one line each; an update counts as acknowledged once its line is
 written and flushed. Logs go to stderr, at the level set by RUST_LOG (error, warn, info,

@@ -490,14 +490,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let invalid = || format!("invalid duration `{text}`; write it like 250ms, 30s, 5m, 1h or 7d");
+    let invalid = || format!("invalid duration `{text}`; write it like 250ms, 30s, 5m or 1h");
     let number: u64 = number.parse().map_err(|_| invalid())?;
     let millis_per_unit = match unit {
         "ms" => 1,
         "s" => 1_000,
         "m" => 60_000,
         "h" => 3_600_000,
-        "d" => 86_400_000,
         _ => return Err(invalid()),
     };
     number
