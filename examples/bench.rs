@@ -23,6 +23,7 @@
 //!   how the start times spread, and the server's CPU per no-change poll.
 //! - `cache`: the cache's size on disk (`du -sb`) after four `gitfeed watch --once` runs
 //!   pinned to four commits of one URL, against one run and `git clone --bare`.
+//!   `GITFEED_BENCH_GITFEED=<binary>` measures another build of gitfeed.
 
 #[path = "../tests/util/mod.rs"]
 mod util;
@@ -1061,9 +1062,19 @@ fn cache_after_pins(repos: &Repos) {
         repos.size.name,
         pack_bytes(&repos.bare()) / 1024
     );
+    // A pin below a branch tip is fetched by its id, which git's upload-pack refuses unless
+    // told otherwise (hosting services allow it).
+    git(
+        &repos.bare(),
+        &["config", "uploadpack.allowReachableSHA1InWant", "true"],
+    );
     let daemon = GitDaemon::start(&repos.root);
     let url = daemon.url("repo.git");
-    let binary = sibling_binary("gitfeed");
+    // Another build (an older release, for a before/after figure) when named.
+    let binary = std::env::var_os("GITFEED_BENCH_GITFEED")
+        .map_or_else(|| sibling_binary("gitfeed"), PathBuf::from);
+    println!();
+    println!("gitfeed: {}", binary.display());
     let history = command_output(Command::new("git").current_dir(repos.bare()).args([
         "rev-list",
         "--first-parent",
