@@ -5,6 +5,8 @@
 //! bounds how many attempts run at once across the feed, and every attempt thread is joined
 //! before the task moves on, so no thread outlives its attempt and none idles in a pool.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -45,6 +47,21 @@ pub(crate) struct Shared {
     pub kept_handles: AtomicUsize,
     /// Closed when the feed shuts down; receiving from it then fails at once.
     pub shutdown: Receiver<()>,
+    /// One turn per clone: sources of one feed that share a clone queue here for their
+    /// attempts instead of failing on the clone's file lock, which only has to keep other
+    /// processes out.
+    pub clone_turns: std::sync::Mutex<HashMap<PathBuf, Arc<smol::lock::Mutex<()>>>>,
+}
+
+impl Shared {
+    /// The turn of the clone at `dir`.
+    fn clone_turn(&self, dir: &std::path::Path) -> Arc<smol::lock::Mutex<()>> {
+        let mut turns = self
+            .clone_turns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(turns.entry(dir.to_owned()).or_default())
+    }
 }
 
 /// Follows one source until the feed shuts down or the source is removed (its control channel
@@ -313,6 +330,14 @@ async fn attempt(
     due: Option<Instant>,
     many_refs: &Arc<AtomicBool>,
 ) -> Option<Attempt> {
+    // The clone's turn first, then a fetch slot: a source waiting for its clone holds no slot.
+    let turn = shared.clone_turn(paths.clone.dir());
+    let queued = async { Some(turn.lock_arc().await) };
+    let closed = async {
+        let _ = shared.shutdown.recv().await;
+        None
+    };
+    let _turn = queued.or(closed).await?;
     let slot = async { Some(shared.fetch_slots.acquire().await) };
     let closed = async {
         let _ = shared.shutdown.recv().await;

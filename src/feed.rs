@@ -158,6 +158,7 @@ impl Feed {
             events: events_tx,
             fetch_slots: Semaphore::new(concurrent_fetches),
             kept_handles: Default::default(),
+            clone_turns: Default::default(),
             shutdown: shutdown_rx,
         });
         let mut sources: HashMap<String, (String, Sender<Control>)> = HashMap::new();
@@ -378,6 +379,7 @@ impl Follower {
                 events,
                 fetch_slots: Semaphore::new(1),
                 kept_handles: Default::default(),
+                clone_turns: Default::default(),
                 shutdown,
             },
             source,
