@@ -47,15 +47,15 @@ pub(crate) struct Shared {
     pub kept_handles: AtomicUsize,
     /// Closed when the feed shuts down; receiving from it then fails at once.
     pub shutdown: Receiver<()>,
-    /// One turn per clone: sources of one feed that share a clone queue here for their
-    /// attempts instead of failing on the clone's file lock, which only has to keep other
-    /// processes out.
-    pub clone_turns: std::sync::Mutex<HashMap<PathBuf, Arc<smol::lock::Mutex<()>>>>,
+    /// One turn per clone: the attempts of sources of one feed that share a clone and must
+    /// write it queue here instead of failing on the clone's file lock, which only has to keep
+    /// other processes out.
+    pub clone_turns: std::sync::Mutex<HashMap<PathBuf, Arc<std::sync::Mutex<()>>>>,
 }
 
 impl Shared {
     /// The turn of the clone at `dir`.
-    fn clone_turn(&self, dir: &std::path::Path) -> Arc<smol::lock::Mutex<()>> {
+    fn clone_turn(&self, dir: &std::path::Path) -> Arc<std::sync::Mutex<()>> {
         let mut turns = self
             .clone_turns
             .lock()
@@ -67,7 +67,8 @@ impl Shared {
 /// Follows one source until the feed shuts down or the source is removed (its control channel
 /// closes). The cache directory stays on disk either way.
 pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Receiver<Control>) {
-    let paths = work::Paths::new(&shared.cache_dir, &source);
+    let mut paths = work::Paths::new(&shared.cache_dir, &source);
+    paths.turn = shared.clone_turn(paths.clone.dir());
     let entry = paths.entry.clone();
     // Held while the source runs: `gc` never removes a clone a running source has open.
     let _user = paths
@@ -330,14 +331,6 @@ async fn attempt(
     due: Option<Instant>,
     many_refs: &Arc<AtomicBool>,
 ) -> Option<Attempt> {
-    // The clone's turn first, then a fetch slot: a source waiting for its clone holds no slot.
-    let turn = shared.clone_turn(paths.clone.dir());
-    let queued = async { Some(turn.lock_arc().await) };
-    let closed = async {
-        let _ = shared.shutdown.recv().await;
-        None
-    };
-    let _turn = queued.or(closed).await?;
     let slot = async { Some(shared.fetch_slots.acquire().await) };
     let closed = async {
         let _ = shared.shutdown.recv().await;
@@ -596,7 +589,8 @@ pub(crate) async fn once(
     handle: &mut Option<Repo>,
     many_refs: &Arc<AtomicBool>,
 ) -> Result<Option<Update>, FetchError> {
-    let paths = work::Paths::new(&shared.cache_dir, source);
+    let mut paths = work::Paths::new(&shared.cache_dir, source);
+    paths.turn = shared.clone_turn(paths.clone.dir());
     let entry = &paths.entry;
     let acknowledged = entry.delivered();
     let seen = Seen {

@@ -65,17 +65,50 @@ pub(crate) fn sync(
     holding: &AtomicBool,
 ) -> Attempt {
     let mut warnings = Vec::new();
-    let _lock = match lock_clone(&paths.clone, target.timeout.min(LOCK_PATIENCE), cancel) {
-        Ok(lock) => lock,
-        Err(err) => {
+    // Uncontended, an attempt takes the clone at once. When another attempt holds it (a
+    // source sharing the clone, or another process), a no-change poll need not wait: it writes
+    // nothing, so it asks the remote without the lock, and only waits when the ref moved.
+    let mut held = paths
+        .turn
+        .try_lock()
+        .ok()
+        .and_then(|turn| Some((turn, paths.clone.lock().ok()?)));
+    if held.is_none()
+        && let Some(tip) = unchanged(handle.as_ref(), source, target, seen, cancel)
+    {
+        return Attempt {
+            handle,
+            result: Ok(None),
+            warnings,
+            tip: Some((tip, source.url.clone())),
+        };
+    }
+    if held.is_none() {
+        // Sources of this process that share the clone take turns without giving up; the
+        // file lock keeps other processes out.
+        let Some(turn) = take_turn(&paths.turn, cancel) else {
             return Attempt {
                 handle,
-                result: Err(FetchError::io("cannot lock the clone", &err)),
+                result: Err(FetchError::transient(
+                    "cancelled while waiting for the clone",
+                )),
                 warnings,
                 tip: None,
             };
+        };
+        match lock_clone(&paths.clone, target.timeout.min(LOCK_PATIENCE), cancel) {
+            Ok(lock) => held = Some((turn, lock)),
+            Err(err) => {
+                return Attempt {
+                    handle,
+                    result: Err(FetchError::io("cannot lock the clone", &err)),
+                    warnings,
+                    tip: None,
+                };
+            }
         }
-    };
+    }
+    let _held = held;
     holding.store(true, Ordering::SeqCst);
     paths.clone.mark_used();
     let (handle, result) = sync_locked(handle, paths, source, target, seen, cancel, &mut warnings);
@@ -113,6 +146,49 @@ pub(crate) fn sync(
     }
 }
 
+/// The tip, when a kept handle shows that nothing moved since the consumer got it: a no-change
+/// poll writes nothing, so it runs without the clone's lock. Anything else (a pin, a source
+/// that verifies signatures or writes snapshots and re-checks them every poll, a stale handle,
+/// a moved ref, any error) is left to the locked attempt.
+fn unchanged(
+    handle: Option<&Repo>,
+    source: &Source,
+    target: &Target,
+    seen: &Seen,
+    cancel: &Cancel,
+) -> Option<String> {
+    let repo = handle.filter(|repo| !repo.needs_reopen())?;
+    if source.pinned_commit().is_some() || source.verify.is_some() || source.checkout.is_some() {
+        return None;
+    }
+    let target = Target {
+        seen_before: seen.sent.is_some(),
+        http_auth: http_auth(source).ok()?,
+        ..target.clone()
+    };
+    let tip = repo.peek(&target, cancel)?;
+    (seen.sent.as_deref() == Some(tip.commit.as_str())).then_some(tip.commit)
+}
+
+/// Waits for this process's turn at the clone until the attempt is cancelled.
+fn take_turn<'a>(
+    turn: &'a std::sync::Mutex<()>,
+    cancel: &Cancel,
+) -> Option<std::sync::MutexGuard<'a, ()>> {
+    loop {
+        match turn.try_lock() {
+            Ok(guard) => return Some(guard),
+            // A poisoned turn guards nothing: the clone's state is on disk, under its lock.
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => return Some(poisoned.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) if !cancel.is_cancelled() => {
+                // A worker thread of its own: waiting here blocks nothing else.
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        }
+    }
+}
+
 /// Where one source's attempt reads and writes.
 #[derive(Debug, Clone)]
 pub(crate) struct Paths {
@@ -122,6 +198,8 @@ pub(crate) struct Paths {
     pub clone: cache::CloneDir,
     /// The cache directory, for the acknowledged commits of every source.
     pub cache_dir: std::path::PathBuf,
+    /// This process's turn at the clone (see `driver::Shared::clone_turns`).
+    pub turn: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl Paths {
@@ -130,6 +208,7 @@ impl Paths {
             entry: cache::Entry::new(cache_dir, &source.cache_key()),
             clone: cache::CloneDir::new(cache_dir, &source.clone_key()),
             cache_dir: cache_dir.to_owned(),
+            turn: Default::default(),
         }
     }
 }
@@ -340,18 +419,7 @@ fn fetch_any(
         };
         return Ok((tip, source.url.clone()));
     }
-    // Read the secret now: a rotated token file takes effect at the next attempt.
-    let http_auth = match &source.auth {
-        Some(auth) => Some(auth.header().map_err(|problem| {
-            let message = format!("credentials: {problem}");
-            if auth.rotates() {
-                FetchError::transient(message)
-            } else {
-                FetchError::permanent(message)
-            }
-        })?),
-        None => None,
-    };
+    let http_auth = http_auth(source)?;
     let urls: Vec<&String> = std::iter::once(&source.url)
         .chain(&source.mirrors)
         .collect();
@@ -391,6 +459,22 @@ fn fetch_any(
             Err(err) => return Err(err),
         }
     }
+}
+
+/// The `Authorization` header for this attempt, read now: a rotated token file takes effect
+/// at the next attempt.
+fn http_auth(source: &Source) -> Result<Option<crate::auth::Secret>, FetchError> {
+    let Some(auth) = &source.auth else {
+        return Ok(None);
+    };
+    auth.header().map(Some).map_err(|problem| {
+        let message = format!("credentials: {problem}");
+        if auth.rotates() {
+            FetchError::transient(message)
+        } else {
+            FetchError::permanent(message)
+        }
+    })
 }
 
 /// The most new commits checked when every commit is verified.
@@ -526,5 +610,6 @@ pub(crate) fn target(source: &Source) -> Target {
         known_hosts: source.known_hosts.clone(),
         max_pack_size: source.max_pack_size,
         many_refs: Default::default(),
+        peek: false,
     }
 }

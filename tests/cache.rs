@@ -409,3 +409,33 @@ fn a_feed_takes_over_two_old_entries_of_one_url() {
         .collect();
     assert!(legacy.is_empty(), "old clones left: {legacy:?}");
 }
+
+/// A poll that finds nothing new writes nothing, so it does not wait for a clone another
+/// attempt (here: another process) is writing; a poll that must fetch still waits its turn.
+#[test]
+fn a_no_change_poll_does_not_wait_for_a_busy_clone() {
+    let remote = Remote::new();
+    let cache = unique_dir();
+    let source = quick_source("p", &remote.file_url());
+    let mut follower = Follower::new(cache.path(), &source).expect("follower");
+    let update = follower.poll().expect("poll").expect("update");
+    follower.acknowledge(&update.new).expect("ack");
+    let holder = std::fs::OpenOptions::new()
+        .write(true)
+        .open(clones(cache.path())[0].join("lock"))
+        .expect("open the lock file");
+    holder.try_lock().expect("take the lock");
+    let started = std::time::Instant::now();
+    assert_eq!(follower.poll().expect("a no-change poll"), None);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    remote.commit(&[("n.txt", Some("n\n"))], "next");
+    let err = follower.poll().expect_err("the clone is busy");
+    assert!(err.message.contains("in use by another process"), "{err}");
+    drop(holder);
+    let update = follower.poll().expect("poll").expect("the update");
+    assert_eq!(letters(&update), vec![('A', "n.txt".to_owned())]);
+}

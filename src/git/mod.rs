@@ -79,6 +79,9 @@ pub(crate) struct Target {
     /// protocol v2, whose advertisement lists only the wanted ref. Until then they are asked
     /// for v1, which answers a no-change poll in one exchange (one HTTP request instead of two).
     pub many_refs: Arc<AtomicBool>,
+    /// Only ask the remote where the ref points: fail instead of receiving anything when it
+    /// moved, and write nothing. See [`Repo::peek`].
+    pub peek: bool,
 }
 
 /// The followed ref on the remote after a fetch.
@@ -384,6 +387,18 @@ impl Repo {
         Ok(())
     }
 
+    /// Where the target's ref points when the remote's copy has not moved from this source's
+    /// tip ref; `None` when it moved or anything went wrong (the caller then fetches as
+    /// usual). Writes nothing, so it needs no lock on the clone: sources sharing a clone poll
+    /// side by side, and only a fetch that brings something waits for the others.
+    pub fn peek(&self, target: &Target, cancel: &Cancel) -> Option<Tip> {
+        let target = Target {
+            peek: true,
+            ..target.clone()
+        };
+        self.fetch(&target, cancel).ok()
+    }
+
     /// Fetches the target's ref into the cache and returns where it points now.
     ///
     /// Returns early with a transient error once `cancel` fires; the fetch's temporary files are
@@ -492,7 +507,9 @@ impl Repo {
             .peel_to_commit()
             .map_err(|err| {
                 // Never keep a tip that is not a commit: the next attempt starts clean.
-                if let Ok(tip) = repo.find_reference(target.tip_ref.as_str()) {
+                if !target.peek
+                    && let Ok(tip) = repo.find_reference(target.tip_ref.as_str())
+                {
                     let _ = tip.delete();
                 }
                 FetchError::permanent(format!(
@@ -697,6 +714,9 @@ where
         // Nothing moved: end the conversation here instead of negotiating and updating the
         // ref to where it already points.
         return Ok(remote_name);
+    }
+    if target.peek {
+        return Err(FetchError::transient(format!("`{remote_name}` moved")));
     }
     let outcome = prepare
         .with_shallow(shallow)
