@@ -74,7 +74,7 @@ pub(crate) fn sync(
         .ok()
         .and_then(|turn| Some((turn, paths.clone.lock().ok()?)));
     if held.is_none()
-        && let Some(tip) = unchanged(handle.as_ref(), source, target, seen, cancel)
+        && let Some(tip) = unchanged(handle.as_ref(), paths, source, target, seen, cancel)
     {
         return Attempt {
             handle,
@@ -146,21 +146,35 @@ pub(crate) fn sync(
     }
 }
 
-/// The tip, when a kept handle shows that nothing moved since the consumer got it: a no-change
+/// The tip, when the remote shows that nothing moved since the consumer got it: a no-change
 /// poll writes nothing, so it runs without the clone's lock. Anything else (a pin, a source
-/// that verifies signatures or writes snapshots and re-checks them every poll, a stale handle,
+/// that verifies signatures or writes snapshots and re-checks them every poll, no clone yet,
 /// a moved ref, any error) is left to the locked attempt.
 fn unchanged(
     handle: Option<&Repo>,
+    paths: &Paths,
     source: &Source,
     target: &Target,
     seen: &Seen,
     cancel: &Cancel,
 ) -> Option<String> {
-    let repo = handle.filter(|repo| !repo.needs_reopen())?;
     if source.pinned_commit().is_some() || source.verify.is_some() || source.checkout.is_some() {
         return None;
     }
+    let opened;
+    let repo = match handle.filter(|repo| !repo.needs_reopen()) {
+        Some(repo) => repo,
+        None => {
+            // Opening an existing clone only reads it (a source without a kept handle: feeds
+            // keep at most `MAX_KEPT_HANDLES`). The handle is not kept: it was not checked.
+            let git_dir = paths.clone.git_dir();
+            if !git_dir.exists() {
+                return None;
+            }
+            opened = Repo::open_or_init(&git_dir, target).ok()?;
+            &opened
+        }
+    };
     let target = Target {
         seen_before: seen.sent.is_some(),
         http_auth: http_auth(source).ok()?,
