@@ -24,6 +24,9 @@
 //! - `device`: a repository with large files, as on a small device: peak RSS of a first clone
 //!   (with and without a snapshot) against `git clone --bare`, and the smallest memory-cgroup
 //!   limit under which each finishes (needs root for the cgroups). Not run by default.
+//! - `cache`: the cache's size on disk (`du -sb`) after four `gitfeed watch --once` runs
+//!   pinned to four commits of one URL, against one run and `git clone --bare`.
+//!   `GITFEED_BENCH_GITFEED=<binary>` measures another build of gitfeed.
 
 #[path = "../tests/util/mod.rs"]
 mod util;
@@ -176,6 +179,10 @@ fn main() {
             scale(&options, &repos, &daemon);
         }
     }
+    if wants("cache") {
+        let size = options.sizes.first().copied().unwrap_or(SIZES[1]);
+        cache_after_pins(&Repos::generate(size));
+    }
 }
 
 fn parse_args() -> Options {
@@ -222,7 +229,8 @@ fn parse_args() -> Options {
 fn usage(problem: &str) -> ! {
     eprintln!("{problem}");
     eprintln!(
-        "usage: bench [--sizes tiny,policy,large] [--only poll,update,clone,footprint,scale,device] \
+        "usage: bench [--sizes tiny,policy,large] \
+         [--only poll,update,clone,footprint,scale,cache,device] \
          [--sources N] [--quick]"
     );
     std::process::exit(2)
@@ -1515,21 +1523,89 @@ fn remove_named(dir: &Path, name: &str) {
     }
 }
 
-/// What `du -s` counts for `dir`, in bytes: blocks in use, each hard-linked file once.
-fn disk_usage(dir: &Path) -> u64 {
-    let output = Command::new("du")
-        .args(["-s", "--block-size=1"])
-        .arg(dir)
-        .output()
-        .expect("run du");
-    String::from_utf8_lossy(&output.stdout)
-        .split_whitespace()
-        .next()
-        .and_then(|bytes| bytes.parse().ok())
-        .unwrap_or(0)
-}
-
 /// `duration` in milliseconds.
 fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
+}
+
+// Cache size
+
+/// `gitfeed watch URL --once --branch <commit>` for four commits spread over the history,
+/// oldest first, one after the other in one cache directory; the cache's size after each run,
+/// against one run pinned to the newest of them in a cache of its own (one clone) and against
+/// `git clone --bare`.
+fn cache_after_pins(repos: &Repos) {
+    println!();
+    println!(
+        "## Cache after pinned runs ({} repository, pack {} KiB)",
+        repos.size.name,
+        pack_bytes(&repos.bare()) / 1024
+    );
+    // A pin below a branch tip is fetched by its id, which git's upload-pack refuses unless
+    // told otherwise (hosting services allow it).
+    git(
+        &repos.bare(),
+        &["config", "uploadpack.allowReachableSHA1InWant", "true"],
+    );
+    let daemon = GitDaemon::start(&repos.root);
+    let url = daemon.url("repo.git");
+    // Another build (an older release, for a before/after figure) when named.
+    let binary = std::env::var_os("GITFEED_BENCH_GITFEED")
+        .map_or_else(|| sibling_binary("gitfeed"), PathBuf::from);
+    println!();
+    println!("gitfeed: {}", binary.display());
+    let history = command_output(Command::new("git").current_dir(repos.bare()).args([
+        "rev-list",
+        "--first-parent",
+        "--reverse",
+        "main",
+    ]));
+    let history: Vec<&str> = history.lines().collect();
+    // Oldest first, the last one the tip: each run brings history the runs before lack.
+    let pins: Vec<&str> = (1..=4)
+        .map(|k| history[k * (history.len() - 1) / 4])
+        .collect();
+    let work = util::unique_dir();
+    let pinned_run = |cache: &Path, pin: &str| {
+        let status = Command::new(&binary)
+            .args(["watch", &url, "--once", "--branch", pin])
+            .arg("--cache-dir")
+            .arg(cache)
+            .stdout(Stdio::null())
+            .status()
+            .expect("run gitfeed watch --once");
+        assert!(status.success(), "gitfeed watch --once --branch {pin}");
+        disk_usage(cache)
+    };
+    let bare = work.path().join("bare.git");
+    git(
+        work.path(),
+        &["clone", "-q", "--bare", &url, &bare.to_string_lossy()],
+    );
+    let git_bytes = disk_usage(&bare);
+    let one_clone = pinned_run(&work.path().join("one"), pins[pins.len() - 1]);
+    table_header(&["cache", "du -sb", "x one clone", "x git clone --bare"]);
+    let row = |label: &str, bytes: u64| {
+        println!(
+            "| {label} | {bytes} | {:.2}x | {:.2}x |",
+            bytes as f64 / one_clone as f64,
+            bytes as f64 / git_bytes as f64
+        );
+    };
+    row("one run pinned to the tip (one clone)", one_clone);
+    let cache = work.path().join("pins");
+    for (run, pin) in pins.iter().enumerate() {
+        let bytes = pinned_run(&cache, pin);
+        row(&format!("after pinned run {} of 4", run + 1), bytes);
+    }
+    row("`git clone --bare`", git_bytes);
+}
+
+/// What `du -sb` reports for `path`.
+fn disk_usage(path: &Path) -> u64 {
+    command_output(Command::new("du").arg("-sb").arg(path))
+        .split_whitespace()
+        .next()
+        .and_then(|bytes| bytes.parse().ok())
+        .expect("du prints a size")
 }

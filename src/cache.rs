@@ -1,18 +1,29 @@
-//! The on-disk cache: one directory per source holding its bare clone and the last delivered
-//! commit.
+//! The on-disk cache: one clone per repository, shared by every source that reads it, and one
+//! small directory per source for its delivery state.
 //!
 //! ```text
-//! <cache_dir>/<key>/repo.git     the bare clone
-//! <cache_dir>/<key>/state.json   {"delivered": "<commit>"}
+//! <cache_dir>/clones/<clone key>/repo.git    the bare clone (see `Source::clone_key`)
+//! <cache_dir>/clones/<clone key>/lock        held by the one attempt writing the clone
+//! <cache_dir>/clones/<clone key>/users       held (shared) by every feed source, follower and
+//!                                            reader that has the clone open; `gc` skips it then
+//! <cache_dir>/clones/<clone key>/used        its modification time: when an attempt last used
+//!                                            the clone (refreshed at most hourly)
+//! <cache_dir>/<source key>/state.json        {"delivered": "<commit>"}
+//! <cache_dir>/<source key>/status.json       the source's last status
 //! ```
+//!
+//! Before clones were shared, each source's directory held its own `repo.git` and `lock`. The
+//! delivery state is still where it was; the first attempt after an upgrade moves the old
+//! clone into the shared place (or deletes it when the shared clone exists already).
 
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-/// One source's directory in the cache.
+/// One source's directory in the cache: its delivery state and status.
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
     dir: PathBuf,
@@ -42,8 +53,8 @@ impl Entry {
         &self.dir
     }
 
-    /// Where the bare clone lives.
-    pub fn git_dir(&self) -> PathBuf {
+    /// Where the source's own clone lived before clones were shared.
+    pub fn legacy_git_dir(&self) -> PathBuf {
         self.dir.join("repo.git")
     }
 
@@ -86,16 +97,68 @@ impl Entry {
         result
     }
 
-    /// Takes the entry's lock for as long as the returned file is open. Only one process
-    /// writes a cache entry at a time: a second one gets `WouldBlock` instead of corrupting
-    /// the first one's clone (or having its leftovers "repaired" away mid-fetch).
+    /// Moves the clone this source kept before clones were shared into `clone`, when `clone`
+    /// has none yet, and deletes it otherwise; returns true when it was moved. Only call it
+    /// holding `clone`'s lock. The delivery state stays where it is, so nothing acknowledged is
+    /// delivered again. A crash midway leaves either the old clone, the moved one, or a
+    /// `repo.git.removing` directory that the next call finishes deleting.
+    pub fn migrate_legacy_clone(&self, clone: &CloneDir) -> io::Result<bool> {
+        let legacy = self.legacy_git_dir();
+        let removing = self.dir.join("repo.git.removing");
+        let mut moved = false;
+        if legacy.is_dir() {
+            if clone.git_dir().exists() {
+                fs::rename(&legacy, &removing)?;
+            } else {
+                fs::create_dir_all(clone.dir())?;
+                fs::rename(&legacy, clone.git_dir())?;
+                moved = true;
+            }
+            // The old per-source lock guarded only the old clone.
+            let _ = fs::remove_file(self.dir.join("lock"));
+        }
+        match fs::remove_dir_all(&removing) {
+            Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
+            _ => {}
+        }
+        Ok(moved)
+    }
+}
+
+/// One shared clone in the cache: `<cache_dir>/clones/<clone key>/`.
+#[derive(Debug, Clone)]
+pub(crate) struct CloneDir {
+    dir: PathBuf,
+}
+
+/// How often an attempt refreshes a clone's `used` stamp at most: often enough for `gc`'s
+/// ages (days), rarely enough not to write to flash on every poll.
+const USED_STAMP_INTERVAL: Duration = Duration::from_secs(3600);
+
+impl CloneDir {
+    pub fn new(cache_dir: &Path, key: &str) -> Self {
+        Self {
+            dir: cache_dir.join(CLONES).join(key),
+        }
+    }
+
+    /// The clone's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where the bare clone lives.
+    pub fn git_dir(&self) -> PathBuf {
+        self.dir.join("repo.git")
+    }
+
+    /// Takes the clone's lock for as long as the returned file is open. Only one attempt
+    /// writes a clone at a time, whichever source or process it belongs to: a second one gets
+    /// `WouldBlock` instead of corrupting the first one's fetch (or having its leftovers
+    /// "repaired" away mid-fetch).
     pub fn lock(&self) -> io::Result<fs::File> {
         fs::create_dir_all(&self.dir)?;
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(self.dir.join("lock"))?;
+        let file = open_lock_file(&self.dir.join("lock"))?;
         match file.try_lock() {
             Ok(()) => Ok(file),
             Err(fs::TryLockError::WouldBlock) => Err(io::Error::new(
@@ -106,13 +169,235 @@ impl Entry {
         }
     }
 
-    /// Deletes the clone (not the delivery state), so the next attempt clones afresh.
+    /// Registers one user of the clone for as long as the returned file is open: [`gc`] never
+    /// removes a clone while anyone holds this.
+    pub fn hold(&self) -> io::Result<fs::File> {
+        let path = self.dir.join("users");
+        loop {
+            fs::create_dir_all(&self.dir)?;
+            let file = open_lock_file(&path)?;
+            file.lock_shared()?;
+            // `gc` renames the directory away before deleting it: a lock taken on a file that
+            // is no longer at `path` protects nothing, so take it again on the new one.
+            if same_file(&file, &path) {
+                return Ok(file);
+            }
+        }
+    }
+
+    /// Records that an attempt used the clone now, unless it was recorded within the last
+    /// hour. Failures only cost `gc` accuracy, so they are ignored.
+    pub fn mark_used(&self) {
+        let path = self.dir.join("used");
+        let now = SystemTime::now();
+        let fresh = fs::metadata(&path)
+            .and_then(|metadata| metadata.modified())
+            .is_ok_and(|modified| {
+                now.duration_since(modified)
+                    .is_ok_and(|age| age < USED_STAMP_INTERVAL)
+            });
+        if !fresh
+            && let Ok(file) = fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+        {
+            let _ = file.set_modified(now);
+        }
+    }
+
+    /// Deletes the clone, so the next attempt clones afresh. Only call it holding the lock.
     pub fn delete_clone(&self) -> io::Result<()> {
         match fs::remove_dir_all(self.git_dir()) {
             Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
             _ => Ok(()),
         }
     }
+}
+
+/// The directory under the cache directory that holds the shared clones.
+const CLONES: &str = "clones";
+
+fn open_lock_file(path: &Path) -> io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+}
+
+/// True when `file` is the file at `path` now.
+fn same_file(file: &fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), fs::metadata(path)) {
+        (Ok(open), Ok(there)) => open.dev() == there.dev() && open.ino() == there.ino(),
+        _ => false,
+    }
+}
+
+/// What [`gc`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct GcReport {
+    /// The clones removed.
+    pub removed: Vec<PathBuf>,
+    /// Clones unused for long enough but left alone because a feed, follower, reader or
+    /// fetch has them open.
+    pub in_use: Vec<PathBuf>,
+    /// Bytes the removed clones took.
+    pub bytes_freed: u64,
+}
+
+/// Removes every clone in `cache_dir` that no attempt has used for `unused_for`, and that no
+/// running feed source, [`Follower`](crate::Follower), [`Reader`](crate::Reader) or fetch has
+/// open (those are skipped and listed in [`GcReport::in_use`]). Delivery state is never
+/// removed: a source whose clone was removed clones again on its next attempt and carries on
+/// from the commit it acknowledged (its next update lists every file when that commit is no
+/// longer on the remote). Clones left by gitfeed versions before clones were shared, inside a
+/// source's own directory, are removed by the same rule.
+///
+/// A clone is renamed away before it is deleted, so a crash midway never leaves a partial clone
+/// where a source would use it; the next `gc` finishes the deletion.
+///
+/// ```no_run
+/// let report = gitfeed::gc("/var/cache/gitfeed", std::time::Duration::from_secs(7 * 86400))?;
+/// println!("freed {} bytes", report.bytes_freed);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn gc(cache_dir: impl AsRef<Path>, unused_for: Duration) -> io::Result<GcReport> {
+    let cache_dir = cache_dir.as_ref();
+    let mut report = GcReport::default();
+    let now = SystemTime::now();
+    let unused = |stamps: &[PathBuf]| {
+        let newest = stamps
+            .iter()
+            .filter_map(|path| fs::symlink_metadata(path).and_then(|m| m.modified()).ok())
+            .max();
+        newest.is_none_or(|newest| {
+            now.duration_since(newest)
+                .is_ok_and(|age| age >= unused_for)
+        })
+    };
+    let clones = cache_dir.join(CLONES);
+    let listing = match fs::read_dir(&clones) {
+        Ok(listing) => listing.flatten().collect(),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(err) => return Err(err),
+    };
+    for item in listing {
+        let name = item.file_name();
+        let dir = item.path();
+        if name.to_string_lossy().starts_with(TRASH_PREFIX) {
+            // A deletion a crash interrupted.
+            remove_tree(&dir)?;
+            continue;
+        }
+        if !item.file_type().is_ok_and(|kind| kind.is_dir()) {
+            continue;
+        }
+        let clone = CloneDir { dir: dir.clone() };
+        if !unused(&[dir.join("used"), dir.clone()]) {
+            continue;
+        }
+        // Both locks: no source has the clone open, and no attempt is writing it.
+        let Some(_users) = try_exclusive(&dir.join("users"))? else {
+            report.in_use.push(dir);
+            continue;
+        };
+        let Some(_lock) = try_exclusive(&dir.join("lock"))? else {
+            report.in_use.push(dir);
+            continue;
+        };
+        let bytes = tree_size(&clone.dir);
+        let trash = clones.join(format!("{TRASH_PREFIX}{}", name.to_string_lossy()));
+        fs::rename(&dir, &trash)?;
+        remove_tree(&trash)?;
+        report.bytes_freed += bytes;
+        report.removed.push(dir);
+    }
+    for item in fs::read_dir(cache_dir)?.flatten() {
+        let entry = Entry::at(&item.path());
+        let legacy = entry.legacy_git_dir();
+        if item.file_name() == CLONES || !legacy.is_dir() {
+            continue;
+        }
+        let stamps = [
+            entry.dir.join("status.json"),
+            entry.state_path(),
+            legacy.clone(),
+        ];
+        if !unused(&stamps) {
+            continue;
+        }
+        let Some(_lock) = try_exclusive(&entry.dir.join("lock"))? else {
+            report.in_use.push(legacy);
+            continue;
+        };
+        let bytes = tree_size(&legacy);
+        let removing = entry.dir.join("repo.git.removing");
+        match fs::rename(&legacy, &removing) {
+            // Moved into the shared place meanwhile.
+            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+            other => other?,
+        }
+        remove_tree(&removing)?;
+        report.bytes_freed += bytes;
+        report.removed.push(legacy);
+    }
+    Ok(report)
+}
+
+/// Name prefix of a clone being deleted by [`gc`].
+const TRASH_PREFIX: &str = ".removing-";
+
+/// The lock file at `path` locked exclusively, or `None` when someone holds it.
+fn try_exclusive(path: &Path) -> io::Result<Option<fs::File>> {
+    let file = open_lock_file(path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(err)) => Err(err),
+    }
+}
+
+fn remove_tree(path: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(path) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
+        _ => Ok(()),
+    }
+}
+
+/// Bytes taken by the files under `path` (0 for what cannot be read).
+fn tree_size(path: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![path.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(listing) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for item in listing.flatten() {
+            match item.file_type() {
+                Ok(kind) if kind.is_dir() => stack.push(item.path()),
+                Ok(_) => total += item.metadata().map_or(0, |m| m.len()),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+/// Every commit a source in `cache_dir` has acknowledged: whichever source shares a clone, its
+/// acknowledged commit must survive another source's pack consolidation, or its next update
+/// could not be diffed against it.
+pub(crate) fn acknowledged_commits(cache_dir: &Path) -> Vec<String> {
+    let Ok(listing) = fs::read_dir(cache_dir) else {
+        return Vec::new();
+    };
+    listing
+        .flatten()
+        .filter_map(|item| Entry::at(&item.path()).delivered())
+        .collect()
 }
 
 /// 40 hex digits: the only thing that may be written as a delivered commit.
@@ -134,13 +419,51 @@ mod tests {
         assert_eq!(entry.delivered().as_deref(), Some(id));
         assert!(entry.set_delivered("../../etc/passwd").is_err());
         assert_eq!(entry.delivered().as_deref(), Some(id));
+        assert_eq!(acknowledged_commits(&dir), vec![id.to_owned()]);
         fs::write(entry.state_path(), "{garbage").unwrap();
         assert_eq!(entry.delivered(), None);
-        let held = entry.lock().unwrap();
-        assert_eq!(entry.lock().unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        let clone = CloneDir::new(&dir, "c");
+        let held = clone.lock().unwrap();
+        assert_eq!(clone.lock().unwrap_err().kind(), io::ErrorKind::WouldBlock);
         drop(held);
-        entry.lock().unwrap();
-        entry.delete_clone().unwrap();
+        clone.lock().unwrap();
+        clone.delete_clone().unwrap();
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn gc_skips_clones_in_use_and_recent_ones() {
+        let dir = std::env::temp_dir().join(format!("gitfeed-gc-{}", std::process::id()));
+        let used = CloneDir::new(&dir, "used");
+        let idle = CloneDir::new(&dir, "idle");
+        for clone in [&used, &idle] {
+            fs::create_dir_all(clone.git_dir()).unwrap();
+            fs::write(clone.git_dir().join("HEAD"), "ref: refs/heads/main\n").unwrap();
+        }
+        let user = used.hold().unwrap();
+        let entry = Entry::new(&dir, "source");
+        entry
+            .set_delivered("0123456789abcdef0123456789abcdef01234567")
+            .unwrap();
+        // Used just now: nothing is old enough.
+        let report = gc(&dir, Duration::from_secs(3600)).unwrap();
+        assert!(report.removed.is_empty(), "{report:?}");
+        let report = gc(&dir, Duration::ZERO).unwrap();
+        assert_eq!(report.removed, vec![idle.dir().to_owned()]);
+        assert_eq!(report.in_use, vec![used.dir().to_owned()]);
+        assert!(report.bytes_freed > 0);
+        assert!(!idle.dir().exists());
+        assert!(used.git_dir().exists());
+        assert!(
+            entry.delivered().is_some(),
+            "delivery state is never removed"
+        );
+        drop(user);
+        let report = gc(&dir, Duration::ZERO).unwrap();
+        assert_eq!(report.removed, vec![used.dir().to_owned()]);
+        // A clone that a user opened while gc deleted it is opened afresh.
+        let again = used.hold().unwrap();
+        assert!(same_file(&again, &used.dir().join("users")));
         fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -5,6 +5,8 @@
 //! bounds how many attempts run at once across the feed, and every attempt thread is joined
 //! before the task moves on, so no thread outlives its attempt and none idles in a pool.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -45,12 +47,40 @@ pub(crate) struct Shared {
     pub kept_handles: AtomicUsize,
     /// Closed when the feed shuts down; receiving from it then fails at once.
     pub shutdown: Receiver<()>,
+    /// One turn per clone: the attempts of sources of one feed that share a clone and must
+    /// write it queue here instead of failing on the clone's file lock, which only has to keep
+    /// other processes out.
+    pub clone_turns: std::sync::Mutex<HashMap<PathBuf, Arc<std::sync::Mutex<()>>>>,
+}
+
+impl Shared {
+    /// The turn of the clone at `dir`.
+    fn clone_turn(&self, dir: &std::path::Path) -> Arc<std::sync::Mutex<()>> {
+        let mut turns = self
+            .clone_turns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(turns.entry(dir.to_owned()).or_default())
+    }
 }
 
 /// Follows one source until the feed shuts down or the source is removed (its control channel
 /// closes). The cache directory stays on disk either way.
 pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Receiver<Control>) {
-    let entry = cache::Entry::new(&shared.cache_dir, &source.cache_key());
+    let mut paths = work::Paths::new(&shared.cache_dir, &source);
+    paths.turn = shared.clone_turn(paths.clone.dir());
+    let entry = paths.entry.clone();
+    // Held while the source runs: `gc` never removes a clone a running source has open.
+    let _user = paths
+        .clone
+        .hold()
+        .inspect_err(|err| {
+            log::warn!(
+                "{}: cannot register as a user of its clone: {err}",
+                source.name
+            )
+        })
+        .ok();
     let mut machine = Machine::new(source.policy(), Instant::now());
     let mut handle = Kept {
         repo: None,
@@ -82,20 +112,18 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
         while let Some(action) = machine.poll_action() {
             match action {
                 Action::TearDown { delete_clone } => {
+                    // A broken clone was already deleted by the attempt that found it broken,
+                    // while it held the clone's lock (see `work::sync`).
                     handle.take();
                     if delete_clone {
-                        if let Err(err) = entry.delete_clone() {
-                            log::warn!("{}: cannot delete the broken clone: {err}", source.name);
-                        } else {
-                            log::info!("{}: deleted the broken clone; cloning afresh", source.name);
-                        }
+                        log::debug!("{}: dropped the handle of a broken clone", source.name);
                     }
                 }
                 Action::Fetch => {
                     let Some(attempt) = attempt(
                         &shared,
                         &source,
-                        &entry,
+                        &paths,
                         handle.take(),
                         &seen,
                         due.take(),
@@ -278,7 +306,7 @@ fn apply(
         Control::Acknowledged(commit) => seen.acknowledged = Some(commit),
         Control::Trigger(Some(hint))
             if seen.sent.as_deref() == Some(hint.as_str())
-                || handle.is_some_and(|repo| repo.has_commit(&hint)) =>
+                || handle.is_some_and(|repo| repo.reaches(&source.tip_ref(), &hint)) =>
         {
             log::debug!("{}: trigger for {hint}, which is already here", source.name);
         }
@@ -297,7 +325,7 @@ fn apply(
 async fn attempt(
     shared: &Shared,
     source: &Source,
-    entry: &cache::Entry,
+    paths: &work::Paths,
     handle: Option<Repo>,
     seen: &Seen,
     due: Option<Instant>,
@@ -323,14 +351,16 @@ async fn attempt(
     let mut target = work::target(source);
     target.many_refs = Arc::clone(many_refs);
     let cancel = Arc::new(Cancel::default());
+    let holding = Arc::new(AtomicBool::new(false));
     let (done_tx, done_rx) = async_channel::bounded(1);
     let work = {
         let cancel = Arc::clone(&cancel);
-        let entry = entry.clone();
+        let holding = Arc::clone(&holding);
+        let paths = paths.clone();
         let seen = seen.clone();
         let source = source.clone();
         move || {
-            let outcome = work::sync(handle, &entry, &source, &target, &seen, &cancel);
+            let outcome = work::sync(handle, &paths, &source, &target, &seen, &cancel, &holding);
             cancel.release();
             let _ = done_tx.send_blocking(outcome);
         }
@@ -363,19 +393,27 @@ async fn attempt(
         let _ = shared.shutdown.recv().await;
         None
     };
-    let pack_dir = entry.git_dir().join("objects/pack");
+    let pack_dir = paths.clone.git_dir().join("objects/pack");
+    // Until this attempt holds the clone's lock, a pack being received is another source's.
+    let receiving = || {
+        if holding.load(Ordering::SeqCst) {
+            receiving_bytes(&pack_dir)
+        } else {
+            0
+        }
+    };
     let oversized = async {
         // gix has no limit on what a remote sends: watch the pack being received.
         loop {
             clock::sleep_until(Instant::now() + PACK_WATCH_INTERVAL).await;
-            if receiving_bytes(&pack_dir) > source.max_pack_size {
+            if receiving() > source.max_pack_size {
                 return None;
             }
         }
     };
     let mut outcome = finished.or(deadline).or(stopped).or(oversized).await;
     if outcome.is_none() {
-        let too_large = receiving_bytes(&pack_dir) > source.max_pack_size;
+        let too_large = receiving() > source.max_pack_size;
         cancel.cancel();
         // The thread ends promptly now: its socket is shut down, its helper killed, or the
         // transport's own low-speed limit trips. Wait for it, so the attempt really gives
@@ -551,7 +589,9 @@ pub(crate) async fn once(
     handle: &mut Option<Repo>,
     many_refs: &Arc<AtomicBool>,
 ) -> Result<Option<Update>, FetchError> {
-    let entry = cache::Entry::new(&shared.cache_dir, &source.cache_key());
+    let mut paths = work::Paths::new(&shared.cache_dir, source);
+    paths.turn = shared.clone_turn(paths.clone.dir());
+    let entry = &paths.entry;
     let acknowledged = entry.delivered();
     let seen = Seen {
         sent: acknowledged.clone(),
@@ -560,7 +600,7 @@ pub(crate) async fn once(
     let attempt = attempt(
         shared,
         source,
-        &entry,
+        &paths,
         handle.take(),
         &seen,
         None,
@@ -571,12 +611,8 @@ pub(crate) async fn once(
     for warning in &attempt.warnings {
         log::warn!("{}: {warning}", source.name);
     }
-    if let Err(err) = &attempt.result {
-        // As in a feed: a failure gives the handle back, and a corrupt clone is deleted.
-        if err.kind == ErrorKind::Corrupt {
-            let _ = entry.delete_clone();
-        }
-    } else {
+    // As in a feed: a failure gives the handle back (and the attempt deleted a corrupt clone).
+    if attempt.result.is_ok() {
         *handle = attempt.handle;
     }
     let Some(synced) = attempt.result? else {
@@ -584,7 +620,7 @@ pub(crate) async fn once(
     };
     if synced.is_empty() {
         let mut seen = seen;
-        record_acknowledged(&entry, &source.name, &mut seen, &synced.new);
+        record_acknowledged(entry, &source.name, &mut seen, &synced.new);
         return Ok(None);
     }
     Ok(Some(into_update(source, synced)))

@@ -158,6 +158,7 @@ impl Feed {
             events: events_tx,
             fetch_slots: Semaphore::new(concurrent_fetches),
             kept_handles: Default::default(),
+            clone_turns: Default::default(),
             shutdown: shutdown_rx,
         });
         let mut sources: HashMap<String, (String, Sender<Control>)> = HashMap::new();
@@ -230,9 +231,10 @@ impl Feed {
 impl FeedHandle {
     /// Adds a source after validating it, or replaces the source of the same name.
     ///
-    /// A replaced source keeps its clone when its URL, ref and depth are unchanged (its new
-    /// timing takes effect at once, and it leaves `failed`); otherwise it starts afresh in a
-    /// new cache entry. Nothing touches the network before validation passes.
+    /// A replaced source keeps its task and delivery state when its URL, ref and depth are
+    /// unchanged (its new timing takes effect at once, and it leaves `failed`); otherwise it
+    /// starts afresh with new delivery state, still reading the clone every full-history
+    /// source of its URL shares. Nothing touches the network before validation passes.
     pub fn add(&self, source: Source) -> Result<(), SourceError> {
         let source = source.normalized();
         source.validate()?;
@@ -243,7 +245,8 @@ impl FeedHandle {
     }
 
     /// Stops following the source named `name`. An attempt in flight is finished first; its
-    /// cache entry stays on disk, so adding it again resumes where it left off.
+    /// delivery state and clone stay on disk, so adding it again resumes where it left off
+    /// (until [`gc`](crate::gc) removes a clone no source has used for a while).
     pub fn remove(&self, name: &str) -> Result<(), FeedError> {
         self.commands
             .try_send(Command::Remove(name.to_owned()))
@@ -347,6 +350,8 @@ pub struct Follower {
     many_refs: std::sync::Arc<std::sync::atomic::AtomicBool>,
     // Never closed while the follower lives: `shared.shutdown` only closes with it.
     _running: Sender<()>,
+    /// Keeps [`gc`](crate::gc) from removing the clone while the follower lives.
+    _user: Option<std::fs::File>,
 }
 
 impl Follower {
@@ -359,18 +364,29 @@ impl Follower {
         })?;
         let (events, _) = async_channel::bounded(1);
         let (running, shutdown) = async_channel::bounded(1);
+        let user = crate::cache::CloneDir::new(cache_dir.as_ref(), &source.clone_key())
+            .hold()
+            .map_err(|err| {
+                let err = crate::git::FetchError::io("cannot open the cache", &err);
+                SyncError {
+                    kind: err.kind,
+                    message: err.message,
+                }
+            })?;
         Ok(Self {
             shared: Shared {
                 cache_dir: cache_dir.as_ref().to_owned(),
                 events,
                 fetch_slots: Semaphore::new(1),
                 kept_handles: Default::default(),
+                clone_turns: Default::default(),
                 shutdown,
             },
             source,
             handle: None,
             many_refs: Default::default(),
             _running: running,
+            _user: Some(user),
         })
     }
 

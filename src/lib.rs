@@ -54,6 +54,7 @@ mod verify;
 mod work;
 
 pub use auth::Auth;
+pub use cache::{GcReport, gc};
 pub use clock::block_on;
 pub use event::{Change, ChangeKind, Encoding, Event, SourceState, StateChange, Update};
 pub use feed::{

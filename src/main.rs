@@ -15,11 +15,15 @@ Follow a git branch and print what changed, one JSON event per line.
 
 Usage: gitfeed watch <URL> [OPTIONS]
        gitfeed status [--cache-dir <D>]
+       gitfeed gc [--cache-dir <D>] [--unused-for <T>]
 
 <URL> is a path, file://, git://, http(s)://, ssh:// or scp-like user@host:path remote.
 
 `status` prints the last known state of every source in the cache, one JSON object per
 line, whether or not a feed is running.
+
+`gc` removes the clones that no source has used for --unused-for [default: 168h, a week] and
+that no running feed or --once run has open; delivery state is kept. It prints one JSON object.
 
 Options:
   --branch <B>           branch, full ref (refs/tags/v1) or commit id (pinned: synced once)
@@ -100,6 +104,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Status { cache_dir } => print_status(&cache_dir),
+        Command::Gc {
+            cache_dir,
+            unused_for,
+        } => collect_garbage(&cache_dir, unused_for),
         Command::Watch {
             source,
             cache_dir,
@@ -240,11 +248,40 @@ fn print_status(cache_dir: &std::path::Path) -> ExitCode {
     }
 }
 
+/// Removes unused clones and prints what was done, as one JSON object.
+fn collect_garbage(cache_dir: &std::path::Path, unused_for: std::time::Duration) -> ExitCode {
+    match gitfeed::gc(cache_dir, unused_for) {
+        Ok(report) => {
+            let Ok(line) = serde_json::to_string(&report) else {
+                return ExitCode::from(1);
+            };
+            if writeln!(std::io::stdout().lock(), "{line}").is_err() {
+                return ExitCode::from(1);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!(
+                "gitfeed: cannot collect garbage in {}: {err}",
+                cache_dir.display()
+            );
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// How long a clone stays unused before `gitfeed gc` removes it, unless --unused-for says.
+const DEFAULT_UNUSED_FOR: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
 #[derive(Debug)]
 enum Command {
     Help,
     Status {
         cache_dir: PathBuf,
+    },
+    Gc {
+        cache_dir: PathBuf,
+        unused_for: std::time::Duration,
     },
     Watch {
         source: Box<Source>,
@@ -260,6 +297,7 @@ fn parse(args: &[String]) -> Result<Command, String> {
         Some("-h" | "--help" | "help") => return Ok(Command::Help),
         Some("watch") => {}
         Some("status") => return parse_status(args.as_slice()),
+        Some("gc") => return parse_gc(args.as_slice()),
         Some(other) => return Err(format!("unknown command `{other}`")),
     }
     let mut url = None;
@@ -386,6 +424,37 @@ fn parse_status(args: &[String]) -> Result<Command, String> {
     })
 }
 
+fn parse_gc(args: &[String]) -> Result<Command, String> {
+    let mut cache_dir = None;
+    let mut unused_for = DEFAULT_UNUSED_FOR;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) => (flag, Some(value.to_owned())),
+            None => (arg.as_str(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| args.next().cloned())
+                .ok_or(format!("{flag} needs a value"))
+        };
+        match flag {
+            "--cache-dir" => cache_dir = Some(PathBuf::from(value()?)),
+            "--unused-for" => {
+                unused_for =
+                    parse_duration(&value()?).map_err(|err| format!("--unused-for: {err}"))?;
+            }
+            "-h" | "--help" => return Ok(Command::Help),
+            _ => return Err(format!("unexpected argument `{arg}` for gc")),
+        }
+    }
+    Ok(Command::Gc {
+        cache_dir: cache_dir.unwrap_or_else(default_cache_dir),
+        unused_for,
+    })
+}
+
 /// `https://host/org/policies.git` → `policies`; a local path is named after its directory.
 fn default_name(url: &str) -> String {
     if !url.contains("://")
@@ -484,6 +553,26 @@ mod tests {
         assert_eq!(source.timeout, std::time::Duration::from_secs(2));
         assert_eq!(source.max_failures, Some(3));
         assert_eq!(source.depth, Some(1));
+    }
+
+    #[test]
+    fn parses_gc() {
+        let Ok(Command::Gc {
+            cache_dir,
+            unused_for,
+        }) = parse(&args("gc --cache-dir /c --unused-for=2h"))
+        else {
+            panic!("should parse");
+        };
+        assert_eq!(cache_dir, PathBuf::from("/c"));
+        assert_eq!(unused_for, std::time::Duration::from_secs(7200));
+        let Ok(Command::Gc { unused_for, .. }) = parse(&args("gc")) else {
+            panic!("should parse");
+        };
+        assert_eq!(unused_for, DEFAULT_UNUSED_FOR);
+        assert!(parse(&args("gc --unused-for")).is_err());
+        assert!(parse(&args("gc --unused-for soon")).is_err());
+        assert!(parse(&args("gc extra")).is_err());
     }
 
     #[test]

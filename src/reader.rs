@@ -29,6 +29,8 @@ pub struct Reader {
     repo: Repo,
     matcher: Matcher,
     max_file_size: u64,
+    /// Keeps [`gc`](crate::gc) from removing the clone while it is read.
+    _user: Option<std::fs::File>,
 }
 
 /// A file of a commit, as listed by [`Reader::files`].
@@ -116,7 +118,20 @@ impl Reader {
             message,
         };
         source.validate().map_err(|err| invalid(err.to_string()))?;
-        let git_dir = cache::Entry::new(cache_dir.as_ref(), &source.cache_key()).git_dir();
+        let clone = cache::CloneDir::new(cache_dir.as_ref(), &source.clone_key());
+        let legacy = cache::Entry::new(cache_dir.as_ref(), &source.cache_key()).legacy_git_dir();
+        // Until the source's first attempt after an upgrade moves it, its clone is where
+        // gitfeed kept it before clones were shared.
+        let (git_dir, user) = if !clone.git_dir().exists() && legacy.exists() {
+            (legacy, None)
+        } else {
+            let user = clone
+                .git_dir()
+                .exists()
+                .then(|| clone.hold().ok())
+                .flatten();
+            (clone.git_dir(), user)
+        };
         if !git_dir.exists() {
             return Err(invalid(format!(
                 "source `{}` has no clone in the cache yet",
@@ -133,6 +148,7 @@ impl Reader {
             repo,
             matcher: Matcher::new(&source.filter).map_err(invalid)?,
             max_file_size: source.max_file_size,
+            _user: user,
         })
     }
 

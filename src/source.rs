@@ -344,22 +344,10 @@ impl Source {
         self.reference.as_deref().map(git::full_ref_name)
     }
 
-    /// The directory name of this source's cache entry: readable, and different whenever
-    /// anything that changes what is cloned (URL, ref, depth) changes, so a changed source
-    /// never reuses a clone of something else.
+    /// The directory name of this source's cache entry, which holds its delivery state:
+    /// readable, and different whenever anything that changes what is delivered (URL, ref,
+    /// depth) changes, so a changed source never starts from another one's acknowledged commit.
     pub(crate) fn cache_key(&self) -> String {
-        let readable: String = self
-            .name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .take(48)
-            .collect();
         // Mirrors serve the same repository, so they share the clone: not part of the key.
         let identity = format!(
             "{}\0{}\0{}",
@@ -367,7 +355,54 @@ impl Source {
             self.full_ref().unwrap_or_default(),
             self.depth.unwrap_or(0)
         );
-        format!("{readable}-{:016x}", fnv1a(identity.as_bytes()))
+        format!(
+            "{}-{:016x}",
+            readable(&self.name),
+            fnv1a(identity.as_bytes())
+        )
+    }
+
+    /// The directory name of the clone this source reads, under `<cache_dir>/clones/`.
+    ///
+    /// Every full-history source of one URL shares one clone, whatever ref or commit it
+    /// follows. A shallow source (`depth`) keeps a clone of its own: git's `shallow` file is
+    /// repository-wide, so a depth-limited fetch would cut the history that a full source of
+    /// the same clone walks (forced-update detection, signature checks of every commit, the
+    /// commit a diff starts from), and a full fetch does not undo another source's cut.
+    pub(crate) fn clone_key(&self) -> String {
+        let repository = self
+            .url
+            .trim_end_matches('/')
+            .rsplit(['/', ':'])
+            .next()
+            .unwrap_or_default();
+        let repository = repository.strip_suffix(".git").unwrap_or(repository);
+        match self.depth.filter(|depth| *depth > 0) {
+            None => format!(
+                "{}-{:016x}",
+                readable(repository),
+                fnv1a(self.url.as_bytes())
+            ),
+            Some(depth) => {
+                let identity = format!(
+                    "{}\0{}\0{depth}",
+                    self.url,
+                    self.full_ref().unwrap_or_default()
+                );
+                format!(
+                    "{}-{:016x}-depth{depth}",
+                    readable(repository),
+                    fnv1a(identity.as_bytes())
+                )
+            }
+        }
+    }
+
+    /// The ref in the clone that holds this source's fetched tip. Each source has its own, so
+    /// sources of one clone never move each other's tips, and a pinned commit stays reachable
+    /// from its source's ref however the branches around it are rewritten.
+    pub(crate) fn tip_ref(&self) -> String {
+        format!("refs/gitfeed/sources/{}", self.cache_key())
     }
 
     /// Moves a password in the URL's userinfo into `auth`, so that it never appears in an
@@ -406,6 +441,27 @@ impl Source {
             backoff_max: self.backoff_max,
             max_failures: self.max_failures,
         }
+    }
+}
+
+/// `text` with anything but ASCII letters, digits, `-` and `_` replaced, at most 48 characters:
+/// safe as a directory name and as a ref name component.
+fn readable(text: &str) -> String {
+    let readable: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(48)
+        .collect();
+    if readable.is_empty() {
+        "repo".to_owned()
+    } else {
+        readable
     }
 }
 
@@ -652,5 +708,29 @@ mod tests {
         assert_eq!(a.cache_key(), b.cache_key());
         b.reference = Some("dev".into());
         assert_ne!(a.cache_key(), b.cache_key());
+        assert_ne!(a.tip_ref(), b.tip_ref());
+    }
+
+    #[test]
+    fn full_history_sources_of_one_url_share_a_clone() {
+        let a = Source::new("a", "https://example.org/policies.git");
+        assert!(a.clone_key().starts_with("policies-"), "{}", a.clone_key());
+        let mut pinned = a.clone();
+        pinned.name = "b".into();
+        pinned.reference = Some("0123456789abcdef0123456789abcdef01234567".into());
+        assert_eq!(a.clone_key(), pinned.clone_key());
+        let mut other = a.clone();
+        other.url = "https://example.org/other.git".into();
+        assert_ne!(a.clone_key(), other.clone_key());
+        let mut shallow = a.clone();
+        shallow.depth = Some(1);
+        assert_ne!(a.clone_key(), shallow.clone_key());
+        let mut shallow_dev = shallow.clone();
+        shallow_dev.reference = Some("dev".into());
+        assert_ne!(shallow.clone_key(), shallow_dev.clone_key());
+        assert_eq!(
+            Source::new("x", "/").clone_key().split('-').next(),
+            Some("repo")
+        );
     }
 }

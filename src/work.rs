@@ -2,11 +2,14 @@
 //! clone, fetch, diff against the commit the consumer last saw, attach contents, write the
 //! snapshot, and keep the cache healthy.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::auth::Auth;
 use crate::base64;
 use crate::cache;
 use crate::event::{Change, ChangeKind, Encoding};
 use crate::git::{Cancel, FetchError, FileKind, Matcher, Repo, Target, Tip};
+use crate::machine::ErrorKind;
 use crate::snapshot::{self, SnapshotDir};
 use crate::source::Source;
 #[cfg(feature = "verify")]
@@ -51,65 +54,260 @@ pub(crate) struct Seen {
     pub acknowledged: Option<String>,
 }
 
+/// Runs one attempt. `holding` is set once the attempt holds the clone's lock: until then,
+/// what is being received into the clone belongs to another source's attempt.
 pub(crate) fn sync(
     handle: Option<Repo>,
-    entry: &cache::Entry,
+    paths: &Paths,
     source: &Source,
     target: &Target,
     seen: &Seen,
     cancel: &Cancel,
+    holding: &AtomicBool,
 ) -> Attempt {
     let mut warnings = Vec::new();
-    let _lock = match lock_entry(entry, target.timeout.min(LOCK_PATIENCE), cancel) {
-        Ok(lock) => lock,
-        Err(err) => {
+    // Uncontended, an attempt takes the clone at once. When another attempt holds it (a
+    // source sharing the clone, or another process), a no-change poll need not wait: it writes
+    // nothing, so it asks the remote without the lock, and only waits when the ref moved.
+    let mut held = paths
+        .turn
+        .try_lock()
+        .ok()
+        .and_then(|turn| Some((turn, paths.clone.lock().ok()?)));
+    if held.is_none()
+        && let Some(tip) = unchanged(handle.as_ref(), paths, source, target, seen, cancel)
+    {
+        return Attempt {
+            handle,
+            result: Ok(None),
+            warnings,
+            tip: Some((tip, source.url.clone())),
+        };
+    }
+    if held.is_none() {
+        // Sources of this process that share the clone take turns without giving up; the
+        // file lock keeps other processes out.
+        let Some(turn) = take_turn(&paths.turn, cancel) else {
             return Attempt {
                 handle,
-                result: Err(FetchError::io("cannot lock the cache entry", &err)),
+                result: Err(FetchError::transient(
+                    "cancelled while waiting for the clone",
+                )),
                 warnings,
                 tip: None,
             };
+        };
+        match lock_clone(&paths.clone, target.timeout.min(LOCK_PATIENCE), cancel) {
+            Ok(lock) => held = Some((turn, lock)),
+            Err(err) => {
+                return Attempt {
+                    handle,
+                    result: Err(FetchError::io("cannot lock the clone", &err)),
+                    warnings,
+                    tip: None,
+                };
+            }
+        }
+    }
+    let _held = held;
+    holding.store(true, Ordering::SeqCst);
+    paths.clone.mark_used();
+    let (handle, result) = sync_locked(handle, paths, source, target, seen, cancel, &mut warnings);
+    match result {
+        Err(err) if err.kind == ErrorKind::Corrupt => {
+            // Deleted here, under the lock, rather than when the source tears down: the clone
+            // may be shared, and another source's attempt may be writing it by then.
+            drop(handle);
+            match paths.clone.delete_clone() {
+                Ok(()) => log::info!("{}: deleted the broken clone; cloning afresh", source.name),
+                Err(delete) => {
+                    log::warn!("{}: cannot delete the broken clone: {delete}", source.name);
+                }
+            }
+            Attempt {
+                handle: None,
+                result: Err(err),
+                warnings,
+                tip: None,
+            }
+        }
+        Err(err) => Attempt {
+            handle,
+            result: Err(err),
+            warnings,
+            tip: None,
+        },
+        Ok((tip, served_by, synced)) => Attempt {
+            handle: handle
+                .and_then(|repo| maintain(repo, paths, source, target, seen, &tip, cancel)),
+            result: Ok(synced),
+            warnings,
+            tip: Some((tip, served_by)),
+        },
+    }
+}
+
+/// The tip, when the remote shows that nothing moved since the consumer got it: a no-change
+/// poll writes nothing, so it runs without the clone's lock. Anything else (a pin, a source
+/// that verifies signatures or writes snapshots and re-checks them every poll, no clone yet,
+/// a moved ref, any error) is left to the locked attempt.
+fn unchanged(
+    handle: Option<&Repo>,
+    paths: &Paths,
+    source: &Source,
+    target: &Target,
+    seen: &Seen,
+    cancel: &Cancel,
+) -> Option<String> {
+    if source.pinned_commit().is_some() || source.verify.is_some() || source.checkout.is_some() {
+        return None;
+    }
+    let opened;
+    let repo = match handle.filter(|repo| !repo.needs_reopen()) {
+        Some(repo) => repo,
+        None => {
+            // Opening an existing clone only reads it (a source without a kept handle: feeds
+            // keep at most `MAX_KEPT_HANDLES`). The handle is not kept: it was not checked.
+            let git_dir = paths.clone.git_dir();
+            if !git_dir.exists() {
+                return None;
+            }
+            opened = Repo::open_or_init(&git_dir, target).ok()?;
+            &opened
         }
     };
-    let git_dir = &entry.git_dir();
+    let target = Target {
+        seen_before: seen.sent.is_some(),
+        http_auth: http_auth(source).ok()?,
+        ..target.clone()
+    };
+    let tip = repo.peek(&target, cancel)?;
+    (seen.sent.as_deref() == Some(tip.commit.as_str())).then_some(tip.commit)
+}
+
+/// Waits for this process's turn at the clone until the attempt is cancelled.
+fn take_turn<'a>(
+    turn: &'a std::sync::Mutex<()>,
+    cancel: &Cancel,
+) -> Option<std::sync::MutexGuard<'a, ()>> {
+    loop {
+        match turn.try_lock() {
+            Ok(guard) => return Some(guard),
+            // A poisoned turn guards nothing: the clone's state is on disk, under its lock.
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => return Some(poisoned.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) if !cancel.is_cancelled() => {
+                // A worker thread of its own: waiting here blocks nothing else.
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        }
+    }
+}
+
+/// Where one source's attempt reads and writes.
+#[derive(Debug, Clone)]
+pub(crate) struct Paths {
+    /// The source's own directory: its delivery state.
+    pub entry: cache::Entry,
+    /// The clone it shares with the other sources of its repository.
+    pub clone: cache::CloneDir,
+    /// The cache directory, for the acknowledged commits of every source.
+    pub cache_dir: std::path::PathBuf,
+    /// This process's turn at the clone (see `driver::Shared::clone_turns`).
+    pub turn: std::sync::Arc<std::sync::Mutex<()>>,
+}
+
+impl Paths {
+    pub fn new(cache_dir: &std::path::Path, source: &Source) -> Self {
+        Self {
+            entry: cache::Entry::new(cache_dir, &source.cache_key()),
+            clone: cache::CloneDir::new(cache_dir, &source.clone_key()),
+            cache_dir: cache_dir.to_owned(),
+            turn: Default::default(),
+        }
+    }
+}
+
+/// The tip the source now has, the URL that served it, and the update, if any.
+type Fetched = (String, String, Option<Synced>);
+
+/// The attempt with the clone's lock held: open (or reuse) the clone, fetch and diff.
+fn sync_locked(
+    handle: Option<Repo>,
+    paths: &Paths,
+    source: &Source,
+    target: &Target,
+    seen: &Seen,
+    cancel: &Cancel,
+    warnings: &mut Vec<String>,
+) -> (Option<Repo>, Result<Fetched, FetchError>) {
     let repo = match handle {
         Some(repo) if !repo.needs_reopen() => repo,
         stale => {
             drop(stale);
-            Repo::repair(git_dir);
-            match Repo::open_or_init(git_dir, target)
-                .and_then(|repo| repo.validate(seen.acknowledged.as_deref()).map(|()| repo))
-            {
+            match open_clone(paths, target, seen) {
                 Ok(repo) => repo,
-                Err(err) => {
-                    return Attempt {
-                        handle: None,
-                        result: Err(err),
-                        warnings,
-                        tip: None,
-                    };
-                }
+                Err(err) => return (None, Err(err)),
             }
         }
     };
-    let result = fetch_and_diff(&repo, source, target, seen, cancel, &mut warnings);
-    let Ok((tip, served_by, synced)) = result else {
-        return Attempt {
-            handle: Some(repo),
-            result: result.map(|_| None),
-            warnings,
-            tip: None,
-        };
-    };
+    let result = fetch_and_diff(&repo, source, target, seen, cancel, warnings);
+    let mut repo = repo;
+    repo.settle();
+    (Some(repo), result)
+}
+
+/// Opens the clone afresh: moves a clone of the old per-source layout into place, removes what
+/// an interrupted write left, and checks what this source relies on.
+fn open_clone(paths: &Paths, target: &Target, seen: &Seen) -> Result<Repo, FetchError> {
+    let migrated = paths
+        .entry
+        .migrate_legacy_clone(&paths.clone)
+        .map_err(|err| FetchError::io("cannot move the clone into its shared place", &err))?;
+    if migrated {
+        log::info!(
+            "moved the clone in {} to {}",
+            paths.entry.dir().display(),
+            paths.clone.dir().display()
+        );
+    }
+    let git_dir = &paths.clone.git_dir();
+    Repo::repair(git_dir);
+    let repo = Repo::open_or_init(git_dir, target)?;
+    if migrated {
+        repo.adopt_legacy_tip(&target.tip_ref)?;
+    }
+    repo.validate(&target.tip_ref, seen.acknowledged.as_deref())?;
+    Ok(repo)
+}
+
+/// Consolidates the clone's packs when they have piled up, keeping what every source of the
+/// clone still needs; returns the handle to keep, if any.
+fn maintain(
+    repo: Repo,
+    paths: &Paths,
+    source: &Source,
+    target: &Target,
+    seen: &Seen,
+    tip: &str,
+    cancel: &Cancel,
+) -> Option<Repo> {
+    if !repo.wants_maintenance() {
+        return Some(repo);
+    }
+    // Other sources' tips are refs in the clone; their acknowledged commits are read from
+    // their state files (an update one of them sent but was not yet acknowledged is its tip).
+    let acknowledged = cache::acknowledged_commits(&paths.cache_dir);
     let keep: Vec<&str> = [
-        Some(tip.as_str()),
+        Some(tip),
         seen.sent.as_deref(),
         seen.acknowledged.as_deref(),
     ]
     .into_iter()
     .flatten()
+    .chain(acknowledged.iter().map(String::as_str))
     .collect();
-    let handle = match repo.maintain(target, &keep, cancel) {
+    match repo.maintain(target, &keep, cancel) {
         Ok(repo) => Some(repo),
         // The update is good; the next attempt reopens the clone.
         Err(err) => {
@@ -120,29 +318,23 @@ pub(crate) fn sync(
             );
             None
         }
-    };
-    Attempt {
-        handle,
-        result: Ok(synced),
-        warnings,
-        tip: Some((tip, served_by)),
     }
 }
 
-/// How long an attempt waits for its cache entry's lock at most.
+/// How long an attempt waits for its clone's lock at most.
 const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Takes the entry's lock, waiting up to `patience`: a lock is held briefly by anything that
+/// Takes the clone's lock, waiting up to `patience`: a lock is held briefly by anything that
 /// forks between opening the file and running a program (the descriptor is closed on exec),
-/// and for a whole attempt by another gitfeed process.
-fn lock_entry(
-    entry: &cache::Entry,
+/// and for a whole attempt by another source's attempt or another gitfeed process.
+fn lock_clone(
+    clone: &cache::CloneDir,
     patience: std::time::Duration,
     cancel: &Cancel,
 ) -> std::io::Result<std::fs::File> {
     let deadline = std::time::Instant::now() + patience;
     loop {
-        match entry.lock() {
+        match clone.lock() {
             Err(err)
                 if err.kind() == std::io::ErrorKind::WouldBlock
                     && std::time::Instant::now() < deadline
@@ -164,7 +356,7 @@ fn fetch_and_diff(
     seen: &Seen,
     cancel: &Cancel,
     warnings: &mut Vec<String>,
-) -> Result<(String, String, Option<Synced>), FetchError> {
+) -> Result<Fetched, FetchError> {
     let matcher = Matcher::new(&source.filter).map_err(FetchError::permanent)?;
     let (tip, served_by) = fetch_any(repo, source, target, seen, cancel)?;
     if let Some(sent) = seen.sent.as_deref()
@@ -233,25 +425,16 @@ fn fetch_any(
     if let Some(pin) = source.pinned_commit()
         && repo.has_commit(pin)
     {
-        // A pinned commit never changes: once it is here, there is nothing to fetch.
+        // A pinned commit never changes: once it is here (perhaps fetched by another source
+        // of the clone), there is nothing to fetch; its own ref keeps it here.
+        repo.pin(target, pin)?;
         let tip = Tip {
             reference: pin.to_owned(),
             commit: pin.to_owned(),
         };
         return Ok((tip, source.url.clone()));
     }
-    // Read the secret now: a rotated token file takes effect at the next attempt.
-    let http_auth = match &source.auth {
-        Some(auth) => Some(auth.header().map_err(|problem| {
-            let message = format!("credentials: {problem}");
-            if auth.rotates() {
-                FetchError::transient(message)
-            } else {
-                FetchError::permanent(message)
-            }
-        })?),
-        None => None,
-    };
+    let http_auth = http_auth(source)?;
     let urls: Vec<&String> = std::iter::once(&source.url)
         .chain(&source.mirrors)
         .collect();
@@ -291,6 +474,22 @@ fn fetch_any(
             Err(err) => return Err(err),
         }
     }
+}
+
+/// The `Authorization` header for this attempt, read now: a rotated token file takes effect
+/// at the next attempt.
+fn http_auth(source: &Source) -> Result<Option<crate::auth::Secret>, FetchError> {
+    let Some(auth) = &source.auth else {
+        return Ok(None);
+    };
+    auth.header().map(Some).map_err(|problem| {
+        let message = format!("credentials: {problem}");
+        if auth.rotates() {
+            FetchError::transient(message)
+        } else {
+            FetchError::permanent(message)
+        }
+    })
 }
 
 /// The most new commits checked when every commit is verified.
@@ -432,6 +631,7 @@ pub(crate) fn target(source: &Source) -> Target {
     Target {
         url: source.url.clone(),
         reference: source.full_ref(),
+        tip_ref: source.tip_ref(),
         depth: source.depth,
         ssh_command: source.ssh_command.clone(),
         timeout: source.timeout,
@@ -444,5 +644,6 @@ pub(crate) fn target(source: &Source) -> Target {
         max_pack_size: source.max_pack_size,
         index_threads: source.index_threads,
         many_refs: Default::default(),
+        peek: false,
     }
 }

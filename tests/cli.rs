@@ -38,6 +38,8 @@ fn help_documents_every_flag() {
         "--verify-all-commits",
         "--insecure-skip-tls-verify",
         "gitfeed status",
+        "gitfeed gc",
+        "--unused-for",
         "SIGHUP",
         "--dir",
         "--include",
@@ -293,4 +295,67 @@ fn a_hung_local_helper_is_killed_with_its_children_at_the_deadline() {
         survivors.is_empty(),
         "helpers outlived the attempt: {survivors:?}"
     );
+}
+
+#[test]
+fn gc_removes_an_unused_clone_and_prints_what_it_did() {
+    let remote = Remote::new();
+    let cache = unique_dir();
+    let once = || {
+        gitfeed()
+            .args([
+                "watch",
+                &remote.file_url(),
+                "--once",
+                "--name",
+                "g",
+                "--cache-dir",
+            ])
+            .arg(cache.path())
+            .output()
+            .expect("run")
+    };
+    let first = once();
+    assert!(first.status.success());
+    assert!(!first.stdout.is_empty(), "the first run prints the update");
+    let gc = |unused_for: &str| {
+        let out = gitfeed()
+            .args(["gc", "--unused-for", unused_for, "--cache-dir"])
+            .arg(cache.path())
+            .output()
+            .expect("run gc");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        report
+    };
+    let kept = gc("1h");
+    assert_eq!(kept["removed"].as_array().map(Vec::len), Some(0), "{kept}");
+    let removed = gc("0s");
+    assert_eq!(
+        removed["removed"].as_array().map(Vec::len),
+        Some(1),
+        "{removed}"
+    );
+    assert!(
+        removed["bytes_freed"]
+            .as_u64()
+            .is_some_and(|bytes| bytes > 0)
+    );
+    // The acknowledged update is not printed again after the clone is rebuilt.
+    let again = once();
+    assert!(again.status.success());
+    assert!(
+        again.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
+    let bad = gitfeed()
+        .args(["gc", "--unused-for", "soon"])
+        .output()
+        .expect("run");
+    assert_eq!(bad.status.code(), Some(2));
 }

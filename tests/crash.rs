@@ -922,10 +922,20 @@ fn entry_dir(cache: &Path) -> Option<PathBuf> {
     let mut dirs: Vec<PathBuf> = fs::read_dir(cache)
         .expect("list the cache directory")
         .map(|entry| entry.expect("read a cache directory entry").path())
-        .filter(|path| path.is_dir())
+        .filter(|path| path.is_dir() && !path.ends_with("clones"))
         .collect();
     assert!(dirs.len() <= 1, "one source, one entry: {dirs:?}");
     dirs.pop()
+}
+
+/// The clone the source of `entry` reads: the only one in the cache.
+fn git_dir(entry: &Path) -> PathBuf {
+    let clones = entry.parent().expect("the cache directory").join("clones");
+    let mut dirs: Vec<PathBuf> = fs::read_dir(&clones)
+        .map(|listing| listing.flatten().map(|item| item.path()).collect())
+        .unwrap_or_default();
+    assert!(dirs.len() <= 1, "one repository, one clone: {dirs:?}");
+    dirs.pop().unwrap_or(clones).join("repo.git")
 }
 
 /// The acknowledged commit recorded in the entry's `state.json`.
@@ -938,15 +948,15 @@ fn delivered(entry: &Path) -> Option<String> {
 
 /// Whether the entry's clone has completed a fetch (its tip ref exists).
 fn has_tip(entry: &Path) -> bool {
-    let git_dir = entry.join("repo.git");
-    git_dir.join("refs/gitfeed/tip").is_file()
+    let git_dir = git_dir(entry);
+    fs::read_dir(git_dir.join("refs/gitfeed/sources")).is_ok_and(|mut refs| refs.next().is_some())
         || fs::read_to_string(git_dir.join("packed-refs"))
-            .is_ok_and(|refs| refs.contains(" refs/gitfeed/tip"))
+            .is_ok_and(|refs| refs.contains(" refs/gitfeed/sources/"))
 }
 
 /// Number of packs in the entry's clone.
 fn pack_count(entry: &Path) -> usize {
-    fs::read_dir(entry.join("repo.git/objects/pack")).map_or(0, |entries| {
+    fs::read_dir(git_dir(entry).join("objects/pack")).map_or(0, |entries| {
         entries
             .flatten()
             .filter(|entry| entry.file_name().to_string_lossy().ends_with(".idx"))
@@ -956,7 +966,7 @@ fn pack_count(entry: &Path) -> usize {
 
 /// Names of the pack consolidation staging directories in the entry's clone.
 fn staging_dirs(entry: &Path) -> Vec<String> {
-    fs::read_dir(entry.join("repo.git/objects/pack")).map_or_else(
+    fs::read_dir(git_dir(entry).join("objects/pack")).map_or_else(
         |_| Vec::new(),
         |entries| {
             entries
@@ -970,7 +980,7 @@ fn staging_dirs(entry: &Path) -> Vec<String> {
 
 /// Total size of the entry clone's pack files.
 fn pack_bytes(entry: &Path) -> u64 {
-    fs::read_dir(entry.join("repo.git/objects/pack")).map_or(0, |entries| {
+    fs::read_dir(git_dir(entry).join("objects/pack")).map_or(0, |entries| {
         entries
             .flatten()
             .filter(|entry| entry.file_name().to_string_lossy().ends_with(".pack"))

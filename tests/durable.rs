@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use gitfeed::{ErrorKind, SourceState, acknowledge, sync_once};
 
-use crate::harness::{Running, entry_dir, incompressible, quick_source};
+use crate::harness::{Running, clone_dir, entry_dir, incompressible, quick_source};
 use crate::util::{
     Fault, FaultServer, GitDaemon, HttpServer, Remote, git_in, name_status, refused_url, unique_dir,
 };
@@ -251,7 +251,7 @@ fn survives(damage: impl FnOnce(&Path)) {
         .expect("sync")
         .expect("update");
     acknowledge(cache.path(), &source, &first.new).expect("ack");
-    damage(&entry_dir(cache.path()).join("repo.git"));
+    damage(&clone_dir(cache.path()).join("repo.git"));
     let new = remote.commit(
         &[("after.txt", Some("a\n")), ("README.md", None)],
         "after the damage",
@@ -337,7 +337,8 @@ fn deleted_loose_object() {
             assert!(out.success());
             std::fs::remove_file(&moved).expect("remove moved pack");
         }
-        let tip = git_in(git_dir, &["rev-parse", "refs/gitfeed/tip^{tree}"]);
+        let tip_ref = crate::harness::tip_ref(git_dir);
+        let tip = git_in(git_dir, &["rev-parse", &format!("{tip_ref}^{{tree}}")]);
         let tip = tip.trim();
         std::fs::remove_file(git_dir.join("objects").join(&tip[..2]).join(&tip[2..]))
             .expect("remove a loose tree");
@@ -347,7 +348,7 @@ fn deleted_loose_object() {
 #[test]
 fn garbage_in_a_ref() {
     survives(|git_dir| {
-        std::fs::write(git_dir.join("refs/gitfeed/tip"), "not a commit id\n").expect("write");
+        std::fs::write(crate::harness::tip_ref_file(git_dir), "not a commit id\n").expect("write");
     });
 }
 
@@ -498,7 +499,7 @@ fn a_pack_over_the_limit_is_refused_and_removed() {
     let err = sync_once(cache.path(), &source).expect_err("too large");
     assert_eq!(err.kind, ErrorKind::Permanent, "{err}");
     assert!(err.message.contains("max_pack_size"), "{err}");
-    let leftover: u64 = std::fs::read_dir(entry_dir(cache.path()).join("repo.git/objects/pack"))
+    let leftover: u64 = std::fs::read_dir(clone_dir(cache.path()).join("repo.git/objects/pack"))
         .expect("pack dir")
         .flatten()
         .filter_map(|entry| entry.metadata().ok())

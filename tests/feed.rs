@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use gitfeed::{Event, SourceState};
 
-use crate::harness::{Running, entry_dir, quick_source};
+use crate::harness::{Running, clone_dir, quick_source};
 use crate::util::{Fault, FaultServer, HttpServer, Remote, refused_url};
 
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -140,11 +140,7 @@ fn broken_clone_is_deleted_and_recloned() {
         .expect("first sync")
         .expect("first update");
     gitfeed::acknowledge(cache.path(), &source, &first.new).expect("acknowledge");
-    let git_dir = std::fs::read_dir(cache.path())
-        .expect("cache")
-        .map(|entry| entry.expect("entry").path().join("repo.git"))
-        .find(|path| path.exists())
-        .expect("a clone in the cache");
+    let git_dir = clone_dir(cache.path()).join("repo.git");
 
     // A clone that cannot even be opened: the feed reports it, deletes it and clones afresh.
     std::fs::write(git_dir.join("HEAD"), "garbage").expect("corrupt HEAD");
@@ -252,11 +248,7 @@ fn many_fetches_bringing_new_objects() {
     assert!(packs <= 9, "{packs} packs after 150 fetches");
     // The consolidated clone is a sound repository holding everything the tip reaches (the
     // feed is idle: its next poll is an hour away).
-    let clone = std::fs::read_dir(feed.cache_dir())
-        .expect("cache")
-        .map(|entry| entry.expect("entry").path().join("repo.git"))
-        .find(|path| path.exists())
-        .expect("a clone");
+    let clone = clone_dir(feed.cache_dir()).join("repo.git");
     crate::util::git_in(&clone, &["fsck", "--full", "--strict", "--no-dangling"]);
     crate::util::git_in(&clone, &["rev-list", "--objects", &last]);
     feed.stop();
@@ -286,8 +278,9 @@ fn shallow_source_keeps_diffing_against_the_delivered_commit() {
     }
     // The clone stays shallow: fetching with a depth never deepens it, and consolidation
     // drops commits nobody needs any more.
-    let clone = entry_dir(feed.cache_dir()).join("repo.git");
-    let count = crate::util::git_in(&clone, &["rev-list", "--count", "refs/gitfeed/tip"]);
+    let clone = clone_dir(feed.cache_dir()).join("repo.git");
+    let tip_ref = crate::harness::tip_ref(&clone);
+    let count = crate::util::git_in(&clone, &["rev-list", "--count", &tip_ref]);
     let count: usize = count.trim().parse().expect("a count");
     assert!(
         count <= 3,
@@ -333,10 +326,10 @@ fn leftovers_of_a_killed_fetch_are_removed() {
         .expect("sync")
         .expect("update");
     gitfeed::acknowledge(cache.path(), &source, &first.new).expect("ack");
-    let git_dir = entry_dir(cache.path()).join("repo.git");
+    let git_dir = clone_dir(cache.path()).join("repo.git");
     let leftovers = [
         git_dir.join("packed-refs.lock"),
-        git_dir.join("refs/gitfeed/tip.lock"),
+        crate::harness::tip_ref_file(&git_dir).with_extension("lock"),
         git_dir.join("objects/pack/tmp_pack_a1b2c3"),
         git_dir.join("objects/pack/.tmpXyZ123"),
     ];
@@ -377,8 +370,8 @@ fn one_process_writes_a_cache_entry_at_a_time() {
     gitfeed::sync_once(cache.path(), &source)
         .expect("sync")
         .expect("update");
-    let entry = entry_dir(cache.path());
-    // Another writer holds the entry's lock. flock(2) locks belong to an open file, so a
+    let entry = clone_dir(cache.path());
+    // Another writer holds the clone's lock. flock(2) locks belong to an open file, so a
     // second open in this process conflicts just as another process would.
     let holder = std::fs::OpenOptions::new()
         .write(true)

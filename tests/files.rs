@@ -230,13 +230,19 @@ fn reader_lists_and_reads_without_a_worktree() {
         .read(&update.new, "docs/index.md")
         .expect_err("filtered out");
     assert_eq!(err.kind(), ReadErrorKind::NotFound);
-    let missing = quick_source("never-synced", &remote.file_url());
+    // Another repository, never synced into this cache, has no clone to read.
+    let elsewhere = crate::util::Remote::named("elsewhere.git");
+    let missing = quick_source("never-synced", &elsewhere.file_url());
     assert_eq!(
         Reader::open(cache.path(), &missing)
             .expect_err("no clone")
             .kind(),
         ReadErrorKind::NotFound
     );
+    // A source of the same repository shares the clone, synced or not.
+    let sibling = quick_source("sibling", &remote.file_url());
+    let shared = Reader::open(cache.path(), &sibling).expect("the shared clone");
+    assert_eq!(shared.files(&update.new).expect("files").len(), 8);
 }
 
 #[test]

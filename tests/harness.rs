@@ -151,13 +151,29 @@ pub fn letters(update: &Update) -> Vec<(char, String)> {
     pairs
 }
 
-/// The cache entry directory that holds a clone (tests use one source per cache).
+/// The source's directory in the cache, which holds its delivery state (tests use one source
+/// per cache).
+/// A feed creates it once the source's first attempt ends, which may come just after its
+/// first update: this waits for it a little.
 pub fn entry_dir(cache: &std::path::Path) -> std::path::PathBuf {
-    std::fs::read_dir(cache)
-        .expect("cache")
+    let find = || {
+        std::fs::read_dir(cache)
+            .expect("cache")
+            .map(|entry| entry.expect("entry").path())
+            .find(|path| path.is_dir() && !path.ends_with("clones"))
+    };
+    crate::util::settle(|| usize::from(find().is_none()), 0, Duration::from_secs(10));
+    find().expect("a source's directory in the cache")
+}
+
+/// The directory of the clone in the cache, which holds `repo.git` and its `lock` (tests use
+/// one repository per cache).
+pub fn clone_dir(cache: &std::path::Path) -> std::path::PathBuf {
+    std::fs::read_dir(cache.join("clones"))
+        .expect("the cache's clones")
         .map(|entry| entry.expect("entry").path())
         .find(|path| path.join("repo.git").exists())
-        .expect("a cache entry with a clone")
+        .expect("a clone in the cache")
 }
 
 /// `len` printable characters that do not compress: a pack of them is as large as they are.
@@ -171,4 +187,21 @@ pub fn incompressible(len: usize, seed: u64) -> String {
             char::from(b'!' + (state % 90) as u8)
         })
         .collect()
+}
+
+/// The file of the one source's tip ref in the clone at `git_dir` (`refs/gitfeed/sources/<key>`;
+/// gitfeed writes it loose).
+pub fn tip_ref_file(git_dir: &std::path::Path) -> std::path::PathBuf {
+    std::fs::read_dir(git_dir.join("refs/gitfeed/sources"))
+        .expect("the sources' tip refs")
+        .map(|entry| entry.expect("entry").path())
+        .next()
+        .expect("a source's tip ref")
+}
+
+/// The name of the one source's tip ref in the clone at `git_dir`.
+pub fn tip_ref(git_dir: &std::path::Path) -> String {
+    let file = tip_ref_file(git_dir);
+    let name = file.file_name().expect("a ref file name").to_string_lossy();
+    format!("refs/gitfeed/sources/{name}")
 }

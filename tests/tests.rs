@@ -2,6 +2,7 @@
 
 mod util;
 
+mod cache;
 mod cli;
 mod durable;
 mod feed;

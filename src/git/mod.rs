@@ -31,9 +31,9 @@ pub(crate) use self::transport::Cancel;
 use crate::event::Change;
 use crate::machine::ErrorKind;
 
-/// Where the fetched tip is kept in the cache's repository. One local ref per repository: a
-/// cache entry follows exactly one remote ref.
-const TIP_REF: &str = "refs/gitfeed/tip";
+/// Where the fetched tip was kept when every source had a clone of its own. A clone moved into
+/// the shared place after an upgrade still has it; see [`Repo::adopt_legacy_tip`].
+const LEGACY_TIP_REF: &str = "refs/gitfeed/tip";
 
 /// Slots for pack indices in the object store. gix fixes the number when a repository is
 /// opened; a kept handle fails once fetches have added more packs than that. Consolidation
@@ -51,6 +51,10 @@ pub(crate) struct Target {
     pub url: String,
     /// The full ref to follow, or `None` for the remote's `HEAD`.
     pub reference: Option<String>,
+    /// The local ref that holds this source's fetched tip. Sources sharing a clone each have
+    /// their own, so no fetch moves another source's tip and every tip is a root that pack
+    /// consolidation keeps.
+    pub tip_ref: String,
     /// Shallow depth, if any.
     pub depth: Option<u32>,
     /// The ssh command (git's `core.sshCommand`), if any.
@@ -79,6 +83,9 @@ pub(crate) struct Target {
     /// protocol v2, whose advertisement lists only the wanted ref. Until then they are asked
     /// for v1, which answers a no-change poll in one exchange (one HTTP request instead of two).
     pub many_refs: Arc<AtomicBool>,
+    /// Only ask the remote where the ref points: fail instead of receiving anything when it
+    /// moved, and write nothing. See [`Repo::peek`].
+    pub peek: bool,
 }
 
 /// The followed ref on the remote after a fetch.
@@ -95,6 +102,14 @@ pub(crate) struct Repo {
     repo: gix::ThreadSafeRepository,
     git_dir: PathBuf,
     packs_at_open: usize,
+    /// The directory's device and inode at open: another source of a shared clone may delete
+    /// a broken clone and clone afresh, and a handle on the old one must then be reopened.
+    identity: Option<(u64, u64)>,
+    /// The pack directory's modification time when this handle last knew every pack in it.
+    /// Another source's fetch or consolidation changes it; gix's object store did not pick
+    /// up such packs by itself (a kept handle failed to peel the other source's new tip), so
+    /// the handle is then reopened.
+    packs_stamp: Option<std::time::SystemTime>,
 }
 
 /// How many advertised refs make the one-exchange protocol v1 cost more than it saves.
@@ -156,14 +171,17 @@ impl Repo {
             repo: repo.into_sync(),
             git_dir: git_dir.to_owned(),
             packs_at_open: pack_count(git_dir),
+            identity: identity(git_dir),
+            packs_stamp: packs_stamp(git_dir),
         })
     }
 
-    /// Checks a freshly opened clone: the tracked ref (if any) resolves to a commit whose tree
-    /// is readable, and so is `acknowledged` if its commit is here at all (a clone rebuilt
-    /// after the remote rewrote history may lack it; the next update is then a full listing).
-    /// Anything else is *corrupt*: the caller deletes the clone and clones afresh.
-    pub fn validate(&self, acknowledged: Option<&str>) -> Result<(), FetchError> {
+    /// Checks a freshly opened clone: the source's tip ref `tip_ref` (if any) resolves to a
+    /// commit whose tree is readable, and so is `acknowledged` if its commit is here at all (a
+    /// clone rebuilt after the remote rewrote history may lack it; the next update is then a
+    /// full listing). Anything else is *corrupt*: the caller deletes the clone and clones
+    /// afresh.
+    pub fn validate(&self, tip_ref: &str, acknowledged: Option<&str>) -> Result<(), FetchError> {
         let repo = self.repo.to_thread_local();
         let broken = |what: String| {
             FetchError::corrupt(format!(
@@ -171,12 +189,12 @@ impl Repo {
                 self.git_dir.display()
             ))
         };
-        match repo.try_find_reference(TIP_REF) {
+        match repo.try_find_reference(tip_ref) {
             Ok(None) => {}
             Ok(Some(mut reference)) => {
                 let commit = reference.peel_to_commit().map_err(|err| {
                     broken(format!(
-                        "{TIP_REF} does not resolve: {}",
+                        "{tip_ref} does not resolve: {}",
                         error::describe(&err)
                     ))
                 })?;
@@ -190,7 +208,7 @@ impl Repo {
             }
             Err(err) => {
                 return Err(broken(format!(
-                    "{TIP_REF} is unreadable: {}",
+                    "{tip_ref} is unreadable: {}",
                     error::describe(&err)
                 )));
             }
@@ -213,7 +231,7 @@ impl Repo {
     /// Removes what a process killed mid-write leaves in a clone: stale `*.lock` files (a
     /// leftover `packed-refs.lock` blocks every later fetch) and temporary pack files (a killed
     /// clone can leave a partial pack as large as the repository). Only call it while holding
-    /// the cache entry's lock, with no handle open.
+    /// the clone's lock, with no handle open.
     pub fn repair(git_dir: &Path) {
         let mut removed = 0usize;
         let mut stack = vec![git_dir.to_owned()];
@@ -269,12 +287,28 @@ impl Repo {
     /// reopened before the next fetch (gix's pack slots are fixed at open).
     pub fn needs_reopen(&self) -> bool {
         pack_count(&self.git_dir) >= self.packs_at_open + PACK_SLOTS / 2
+            || identity(&self.git_dir) != self.identity
+            || packs_stamp(&self.git_dir) != self.packs_stamp
+    }
+
+    /// Records that every pack now in the clone is this handle's doing (call it at the end of
+    /// an attempt, still holding the clone's lock), so that [`Repo::needs_reopen`] asks for a
+    /// reopen only once someone else has written packs.
+    pub fn settle(&mut self) {
+        self.packs_stamp = packs_stamp(&self.git_dir);
+    }
+
+    /// True when the packs have piled up past [`MAX_PACKS`]: [`Repo::maintain`] then consolidates.
+    pub fn wants_maintenance(&self) -> bool {
+        pack_count(&self.git_dir) > MAX_PACKS
     }
 
     /// Consolidates the packs once there are more than [`MAX_PACKS`], keeping exactly the
-    /// objects reachable from `keep` (the new tip and the commit the consumer last saw), and
-    /// reopens the handle so it sees the new pack set. Never runs during a fetch: the caller
-    /// owns the only handle. A failure leaves the packs as they were and is only logged.
+    /// objects reachable from `keep` (the commits the consumers of every source sharing the
+    /// clone last saw and acknowledged) and from every ref in the clone (each source's tip),
+    /// and reopens the handle so it sees the new pack set. Never runs during a fetch: the
+    /// caller holds the clone's lock. A failure leaves the packs as they were and is only
+    /// logged.
     pub fn maintain(
         self,
         target: &Target,
@@ -284,7 +318,7 @@ impl Repo {
         if pack_count(&self.git_dir) <= MAX_PACKS {
             return Ok(self);
         }
-        let tips: Vec<gix::ObjectId> = keep.iter().filter_map(|id| parse_id(id).ok()).collect();
+        let tips = self.roots(keep);
         let git_dir = self.git_dir.clone();
         // gix maps pack files; drop the handle before the files it maps are deleted.
         drop(self);
@@ -298,6 +332,77 @@ impl Repo {
         Repo::open_or_init(&git_dir, target)
     }
 
+    /// The objects consolidation must keep: `keep` (those present) and every ref's target.
+    fn roots(&self, keep: &[&str]) -> Vec<gix::ObjectId> {
+        let repo = self.repo.to_thread_local();
+        let mut roots: Vec<gix::ObjectId> = keep
+            .iter()
+            .filter_map(|id| parse_id(id).ok())
+            // A commit the remote rewrote away before this clone was made is simply not here.
+            .filter(|id| repo.has_object(id))
+            .collect();
+        if let Ok(platform) = repo.references()
+            && let Ok(all) = platform.all()
+        {
+            roots.extend(
+                all.flatten()
+                    .filter_map(|reference| reference.target().try_id().map(ToOwned::to_owned))
+                    // A ref to a lost object would fail the whole consolidation; the source it
+                    // belongs to finds its clone broken at its next open.
+                    .filter(|id| repo.has_object(id)),
+            );
+        }
+        roots.sort_unstable();
+        roots.dedup();
+        roots
+    }
+
+    /// Points the target's tip ref at `commit`, which is already in the clone: a pinned commit
+    /// that another source's fetch brought needs no fetch, only a ref of its own to stay
+    /// reachable.
+    pub fn pin(&self, target: &Target, commit: &str) -> Result<(), FetchError> {
+        let repo = self.repo.to_thread_local();
+        let id = parse_id(commit)?;
+        if tip_id(&repo, &target.tip_ref) == Some(id) {
+            return Ok(());
+        }
+        set_ref(&repo, &target.tip_ref, id)
+    }
+
+    /// Renames the tip ref of a clone made before clones were shared to `tip_ref`, so that the
+    /// source that owned it keeps negotiating from its old tip instead of fetching everything
+    /// again. Does nothing when there is no such ref.
+    pub fn adopt_legacy_tip(&self, tip_ref: &str) -> Result<(), FetchError> {
+        let repo = self.repo.to_thread_local();
+        let Some(id) = tip_id(&repo, LEGACY_TIP_REF) else {
+            return Ok(());
+        };
+        if tip_id(&repo, tip_ref).is_none() {
+            set_ref(&repo, tip_ref, id)?;
+        }
+        if let Ok(legacy) = repo.find_reference(LEGACY_TIP_REF) {
+            legacy.delete().map_err(|err| {
+                FetchError::local(format!(
+                    "cannot delete {LEGACY_TIP_REF}: {}",
+                    error::describe(&err)
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Where the target's ref points when the remote's copy has not moved from this source's
+    /// tip ref; `None` when it moved or anything went wrong (the caller then fetches as
+    /// usual). Writes nothing, so it needs no lock on the clone: sources sharing a clone poll
+    /// side by side, and only a fetch that brings something waits for the others.
+    pub fn peek(&self, target: &Target, cancel: &Cancel) -> Option<Tip> {
+        let target = Target {
+            peek: true,
+            ..target.clone()
+        };
+        self.fetch(&target, cancel).ok()
+    }
+
     /// Fetches the target's ref into the cache and returns where it points now.
     ///
     /// Returns early with a transient error once `cancel` fires; the fetch's temporary files are
@@ -305,7 +410,7 @@ impl Repo {
     pub fn fetch(&self, target: &Target, cancel: &Cancel) -> Result<Tip, FetchError> {
         let repo = self.repo.to_thread_local();
         let source = target.reference.as_deref().unwrap_or("HEAD");
-        let spec = format!("+{source}:{TIP_REF}");
+        let spec = format!("+{source}:{}", target.tip_ref);
         let url = absolute_local_path(&target.url);
         let remote = repo
             .remote_at(url.as_str())
@@ -321,7 +426,7 @@ impl Repo {
         let parsed = gix::url::parse(url.as_bytes().as_bstr()).map_err(|err| {
             FetchError::permanent(format!("invalid url: {}", error::describe_std(&err)))
         })?;
-        let ours = tip_id(&repo);
+        let ours = tip_id(&repo, &target.tip_ref);
         let protocol = if target.many_refs.load(Ordering::Relaxed) {
             gix::protocol::transport::Protocol::V2
         } else {
@@ -398,7 +503,7 @@ impl Repo {
             receive::receive(&repo, connection, None, target, shallow, cancel, ours)?
         };
         let commit = repo
-            .find_reference(TIP_REF)
+            .find_reference(target.tip_ref.as_str())
             .map_err(|err| {
                 FetchError::corrupt(format!(
                     "fetched ref is unreadable: {}",
@@ -408,7 +513,9 @@ impl Repo {
             .peel_to_commit()
             .map_err(|err| {
                 // Never keep a tip that is not a commit: the next attempt starts clean.
-                if let Ok(tip) = repo.find_reference(TIP_REF) {
+                if !target.peek
+                    && let Ok(tip) = repo.find_reference(target.tip_ref.as_str())
+                {
                     let _ = tip.delete();
                 }
                 FetchError::permanent(format!(
@@ -483,6 +590,21 @@ impl Repo {
             || repo
                 .merge_base(a, d)
                 .is_ok_and(|base| base.is_some_and(|base| base.detach() == a))
+    }
+
+    /// True when this source's tip ref `tip_ref` points at commit `id` or a descendant of it.
+    /// Another source of a shared clone may have brought `id` without this source having
+    /// fetched it, so its mere presence says nothing.
+    pub fn reaches(&self, tip_ref: &str, id: &str) -> bool {
+        let repo = self.repo.to_thread_local();
+        let Some(tip) = repo
+            .find_reference(tip_ref)
+            .ok()
+            .and_then(|mut reference| reference.peel_to_commit().ok())
+        else {
+            return false;
+        };
+        self.is_ancestor(id, &tip.id.to_string())
     }
 
     /// True when the commit `id` and everything needed to diff against it are in the cache.
@@ -562,7 +684,7 @@ fn unchanged_local_ref(repo: &gix::Repository, url: &gix::Url, target: &Target) 
     if is_commit_id(wanted) {
         return None;
     }
-    let ours = tip_id(repo)?;
+    let ours = tip_id(repo, &target.tip_ref)?;
     let path = gix::path::from_bstr(url.path.as_bstr()).ok()?;
     let remote = gix::open_opts(path, gix::open::Options::isolated()).ok()?;
     let mut reference = remote.find_reference(wanted).ok()?;
@@ -580,14 +702,41 @@ fn unchanged_local_ref(repo: &gix::Repository, url: &gix::Url, target: &Target) 
 
 /// Where the clone's copy of the tracked ref points, unpeeled (a tag object for an annotated
 /// tag), as the remote advertises it.
-fn tip_id(repo: &gix::Repository) -> Option<gix::ObjectId> {
+fn tip_id(repo: &gix::Repository, tip_ref: &str) -> Option<gix::ObjectId> {
     Some(
-        repo.find_reference(TIP_REF)
+        repo.find_reference(tip_ref)
             .ok()?
             .target()
             .try_id()?
             .to_owned(),
     )
+}
+
+/// Points the local ref `name` at `id`, whatever it pointed to before.
+fn set_ref(repo: &gix::Repository, name: &str, id: gix::ObjectId) -> Result<(), FetchError> {
+    repo.reference(
+        name,
+        id,
+        gix::refs::transaction::PreviousValue::Any,
+        "gitfeed: pin",
+    )
+    .map(|_| ())
+    .map_err(|err| FetchError::local(format!("cannot write {name}: {}", error::describe(&err))))
+}
+
+/// The modification time of the clone's pack directory, if it exists.
+fn packs_stamp(git_dir: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(git_dir.join("objects/pack"))
+        .and_then(|metadata| metadata.modified())
+        .ok()
+}
+
+/// The device and inode of `path`, if it exists.
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .ok()
+        .map(|metadata| (metadata.dev(), metadata.ino()))
 }
 
 /// A ref the remote does not have. Never seen before, it is a configuration mistake and

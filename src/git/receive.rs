@@ -16,12 +16,12 @@ use gix::error::ErrorExt;
 use gix::protocol::transport::client::blocking_io::Transport;
 use gix::remote::fetch::Shallow;
 
-use super::{Cancel, FetchError, MANY_REFS, TIP_REF, Target, error, indexer, missing_ref};
+use super::{Cancel, FetchError, MANY_REFS, Target, error, indexer, missing_ref};
 
 /// How gitfeed names itself to servers.
 const USER_AGENT: &str = concat!("gitfeed/", env!("CARGO_PKG_VERSION"));
 
-/// Negotiates and receives the pack over `transport`, then points [`TIP_REF`] at the remote's
+/// Negotiates and receives the pack over `transport`, then points the source's tip ref at the remote's
 /// object. Returns the ref's name on the remote. `options` configure the transport (HTTP).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn receive<T: Transport>(
@@ -103,6 +103,11 @@ pub(super) fn receive<T: Transport>(
         // Nothing moved: end the conversation here instead of negotiating and updating the
         // ref to where it already points.
         return Ok(remote_name);
+    }
+    if target.peek {
+        // A look without the clone's lock: it must not write, so it ends where a fetch would
+        // begin.
+        return Err(FetchError::transient(format!("`{remote_name}` moved")));
     }
 
     let mut graph = repo.revision_graph(None);
@@ -187,7 +192,7 @@ pub(super) fn receive<T: Transport>(
         )));
     }
     repo.reference(
-        TIP_REF,
+        target.tip_ref.as_str(),
         theirs,
         gix::refs::transaction::PreviousValue::Any,
         format!("fetch: {remote_name}"),

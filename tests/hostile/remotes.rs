@@ -2,9 +2,10 @@
 //!
 //! Every attempt must end in an error with a clear one-line message, within its timeout plus a
 //! second, without the process growing by more than [`MEMORY_BOUND`], without writing outside
-//! the cache directory, and without leaving `refs/gitfeed/tip` in the cache (the servers never
-//! deliver a usable commit, so any tip there would be bogus). An honest script run through the
-//! same servers first shows that the failures come from the lies, not from the servers.
+//! the cache directory, and without leaving a tip ref (`refs/gitfeed/…`) in the cache (the
+//! servers never deliver a usable commit, so any tip there would be bogus). An honest script run
+//! through the same servers first shows that the failures come from the lies, not from the
+//! servers.
 
 use std::fs;
 use std::io;
@@ -660,18 +661,15 @@ impl Sampler {
     }
 }
 
-/// Every `refs/gitfeed/tip` under `dir`, loose or packed, with what it points to.
+/// Every tip ref (`refs/gitfeed/…`) under `dir`, loose or packed, with what it points to.
 fn tips(dir: &Path) -> Vec<String> {
     let mut found = Vec::new();
     walk(dir, &mut |path| {
         let text = || String::from_utf8_lossy(&fs::read(path).unwrap_or_default()).into_owned();
-        if path.ends_with("refs/gitfeed/tip") {
+        if path.to_string_lossy().contains("/refs/gitfeed/") && path.is_file() {
             found.push(format!("{} -> {}", path.display(), text().trim()));
         } else if path.file_name().is_some_and(|name| name == "packed-refs") {
-            for line in text()
-                .lines()
-                .filter(|line| line.contains("refs/gitfeed/tip"))
-            {
+            for line in text().lines().filter(|line| line.contains("refs/gitfeed/")) {
                 found.push(format!("{}: {line}", path.display()));
             }
         }

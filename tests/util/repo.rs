@@ -185,6 +185,24 @@ impl Remote {
         ]);
     }
 
+    /// Commits `files` on top of `parent` (a revision of the work clone) and force-pushes the
+    /// commit to branch `branch` of the bare repository, leaving `main` as it was. Returns the
+    /// new commit id.
+    pub fn commit_to(
+        &self,
+        branch: &str,
+        parent: &str,
+        files: &[(&str, Option<&str>)],
+        msg: &str,
+    ) -> String {
+        self.git(&["checkout", "-q", "-B", branch, parent]);
+        self.apply(files);
+        let id = self.commit_local(msg);
+        self.push_branch(branch, &id);
+        self.git(&["checkout", "-q", "main"]);
+        id
+    }
+
     /// Deletes branch `branch` from the bare repository.
     pub fn delete_branch(&self, branch: &str) {
         self.git(&["push", "-q", "origin", "--delete", branch]);
