@@ -1445,15 +1445,19 @@ impl Device {
     fn once(&self, cache: &Path, checkout: Option<&Path>) {
         let mut command = Command::new(&self.gitfeed);
         command
-            .args(["watch", &self.url, "--once", "--name", "device", "--cache-dir"])
+            .args([
+                "watch",
+                &self.url,
+                "--once",
+                "--name",
+                "device",
+                "--cache-dir",
+            ])
             .arg(cache);
         if let Some(checkout) = checkout {
             command.arg("--checkout").arg(checkout);
         }
-        let status = command
-            .stdout(Stdio::null())
-            .status()
-            .expect("run gitfeed");
+        let status = command.stdout(Stdio::null()).status().expect("run gitfeed");
         assert!(status.success(), "gitfeed --once failed");
     }
 
