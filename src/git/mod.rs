@@ -488,7 +488,7 @@ impl Repo {
         ) {
             let transport =
                 gix::protocol::transport::client::blocking_io::http::Transport::new_http(
-                    transport::BoundedHttp::new(target.max_pack_size),
+                    transport::BoundedHttp::new(target.max_pack_size, cancel),
                     parsed.clone(),
                     protocol,
                     false,

@@ -27,7 +27,8 @@ use super::FetchError;
 /// which makes the blocked read return at once.
 #[derive(Debug, Default)]
 pub(crate) struct Cancel {
-    interrupted: AtomicBool,
+    /// Shared with the attempt's connections, whose reads fail once it is set.
+    interrupted: Arc<AtomicBool>,
     socket: Mutex<Option<TcpStream>>,
     group: Mutex<Option<Pid>>,
 }
@@ -36,6 +37,11 @@ impl Cancel {
     /// The flag handed to gix.
     pub fn flag(&self) -> &AtomicBool {
         &self.interrupted
+    }
+
+    /// The flag, for a connection to check on every read.
+    fn shared(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.interrupted)
     }
 
     /// True once [`Cancel::cancel`] was called.
@@ -152,7 +158,7 @@ pub(crate) fn git_daemon_stream(
         })?;
     cancel.watch(watched);
     let reader = std::io::BufReader::with_capacity(READ_BUFFER, QuickAck(stream));
-    let (reader, writer) = bounded(reader, writer, max_pack_size);
+    let (reader, writer) = bounded(reader, writer, max_pack_size, cancel);
     Ok(Some(Connection::new(
         reader,
         writer,
@@ -309,7 +315,7 @@ pub(crate) fn spawn_helper(
         cancel.forget_helper();
         return Err(FetchError::transient("cancelled"));
     }
-    let (stdout, stdin) = bounded(stdout, stdin, max_pack_size);
+    let (stdout, stdin) = bounded(stdout, stdin, max_pack_size, cancel);
     let connection = Connection::new(
         stdout,
         stdin,
@@ -355,6 +361,11 @@ struct Budget {
     /// Set once the client asked for a pack: from then on the pack limit applies.
     asked_for_pack: AtomicBool,
     max_pack_size: u64,
+    /// The attempt's interrupt flag: once it is set, every read fails. gix checks the flag only
+    /// while it receives a pack, and a remote that keeps sending (an endless advertisement over
+    /// HTTP, whose socket gitfeed does not own) would otherwise hold the attempt past its
+    /// deadline until a limit is reached.
+    cancelled: Arc<AtomicBool>,
 }
 
 /// The reading half of a connection, which fails once the remote sends more than it may.
@@ -371,8 +382,13 @@ pub(crate) struct Watched<W> {
     budget: Arc<Budget>,
 }
 
-fn bounded<R, W>(reader: R, writer: W, max_pack_size: u64) -> (Bounded<R>, Watched<W>) {
-    let budget = Budget::new(max_pack_size);
+fn bounded<R, W>(
+    reader: R,
+    writer: W,
+    max_pack_size: u64,
+    cancel: &Cancel,
+) -> (Bounded<R>, Watched<W>) {
+    let budget = Budget::new(max_pack_size, cancel);
     (
         Bounded {
             inner: reader,
@@ -455,6 +471,10 @@ impl<R: std::io::BufRead> std::io::BufRead for Bounded<R> {
 
 impl<R> Bounded<R> {
     fn over_budget(&self) -> std::io::Result<()> {
+        if self.budget.cancelled.load(Ordering::Relaxed) {
+            // Not `ErrorKind::Interrupted`: std's readers retry on that.
+            return Err(std::io::Error::other("the attempt was cancelled"));
+        }
         let total = self.budget.received.load(Ordering::Relaxed);
         let (limit, what) = self.budget.limit();
         if total > limit {
@@ -467,8 +487,9 @@ impl<R> Bounded<R> {
 }
 
 impl Budget {
-    fn new(max_pack_size: u64) -> Arc<Self> {
+    fn new(max_pack_size: u64, cancel: &Cancel) -> Arc<Self> {
         Arc::new(Self {
+            cancelled: cancel.shared(),
             received: AtomicU64::new(0),
             ends_seen: AtomicU64::new(0),
             requests: AtomicU64::new(0),
@@ -500,10 +521,10 @@ pub(crate) struct BoundedHttp {
 }
 
 impl BoundedHttp {
-    pub fn new(max_pack_size: u64) -> Self {
+    pub fn new(max_pack_size: u64, cancel: &Cancel) -> Self {
         Self {
             inner: Curl::default(),
-            budget: Budget::new(max_pack_size),
+            budget: Budget::new(max_pack_size, cancel),
         }
     }
 
