@@ -1124,7 +1124,7 @@ fn device(options: &Options) {
         dir,
         shape,
         gitfeed: sibling_binary("gitfeed"),
-        git: on_path("git"),
+        git: util::device::on_path("git"),
         snapshot_figures: std::cell::OnceCell::new(),
     };
     println!();
@@ -1300,17 +1300,6 @@ fn smallest_limit_mib(program: &Path, args: impl Fn() -> Vec<String>) -> Option<
             None
         }
     }
-}
-
-/// The absolute path of `program` on `PATH`.
-fn on_path(program: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .and_then(|path| {
-            std::env::split_paths(&path)
-                .map(|dir| dir.join(program))
-                .find(|candidate| candidate.is_file())
-        })
-        .unwrap_or_else(|| panic!("{program} is not on PATH"))
 }
 
 /// Rounds of each snapshot timing; the median is shown.

@@ -775,8 +775,7 @@ fn build(
     let identity = fs::symlink_metadata(&root)
         .map(|metadata| Identity::of(&metadata))
         .map_err(fail)?;
-    let manifest = Manifest::encode(identity, &files);
-    let (manifest_path, mut manifest_file) = create_unique(snapshots, "manifest", |path| {
+    let (manifest_path, manifest_file) = create_unique(snapshots, "manifest", |path| {
         OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -788,14 +787,15 @@ fn build(
         path: manifest_path,
         armed: true,
     };
-    manifest_file.write_all(&manifest).map_err(fail)?;
+    let mut writer = BufWriter::new(manifest_file);
+    Manifest::write(identity, &files, &mut writer).map_err(fail)?;
+    let manifest_file = writer.into_inner().map_err(|err| fail(err.into_error()))?;
     crash_point()?;
 
     // A name is durable only once its directory is, and all of them must be before the rename
     // makes the snapshot visible under its final name.
     if SYNCFS {
-        rustix::fs::syncfs(&manifest_file)
-            .map_err(|err| fail(io::Error::from_raw_os_error(err.raw_os_error())))?;
+        rustix::fs::syncfs(&manifest_file).map_err(|err| fail(err.into()))?;
     } else {
         manifest_file.sync_all().map_err(fail)?;
         for dir in &dirs.list {
@@ -1155,25 +1155,31 @@ struct Manifest {
 }
 
 impl Manifest {
-    /// The bytes of the manifest of a snapshot directory `dir` holding `files`.
-    fn encode(dir: Identity, files: &[(&Planned<'_>, Record)]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64 + files.len() * 128);
-        out.extend_from_slice(MANIFEST_MAGIC);
-        out.extend_from_slice(format!(" {} {}\n", dir.ino, dir.created).as_bytes());
+    /// Writes the manifest of a snapshot directory `dir` holding `files` to `out`.
+    fn write(
+        dir: Identity,
+        files: &[(&Planned<'_>, Record)],
+        out: &mut impl Write,
+    ) -> io::Result<()> {
+        out.write_all(MANIFEST_MAGIC)?;
+        writeln!(out, " {} {}", dir.ino, dir.created)?;
         for (planned, record) in files {
             let executable = if record.executable { 'x' } else { '-' };
             let (seconds, nanoseconds) = record.modified;
-            out.extend_from_slice(
-                format!(
-                    "{executable} {} {} {} {seconds} {nanoseconds} ",
-                    record.id, record.ino, record.size
-                )
-                .as_bytes(),
-            );
-            out.extend_from_slice(&planned.entry.components.join(&b'/'));
-            out.push(0);
+            write!(
+                out,
+                "{executable} {} {} {} {seconds} {nanoseconds} ",
+                record.id, record.ino, record.size
+            )?;
+            for (depth, component) in planned.entry.components.iter().enumerate() {
+                if depth > 0 {
+                    out.write_all(b"/")?;
+                }
+                out.write_all(component)?;
+            }
+            out.write_all(&[0])?;
         }
-        out
+        Ok(())
     }
 
     /// The manifest in `bytes`, if it is one.

@@ -40,7 +40,7 @@ fn a_clone_fits_where_git_clone_fits() {
     let daemon = GitDaemon::start(&root);
     let url = daemon.url("big.git");
 
-    let git = which("git");
+    let git = device::on_path("git");
     let clone_dir = dir.path().join("git-clone");
     let found = device::smallest_limit(STEP, CEILING, |limit| {
         let _ = std::fs::remove_dir_all(&clone_dir);
@@ -103,15 +103,4 @@ fn describe(run: &Run) -> String {
         run.oom_kills,
         run.stderr.trim()
     )
-}
-
-/// The absolute path of `program` on `PATH` (the cgroup runs it through `exec`).
-fn which(program: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .and_then(|path| {
-            std::env::split_paths(&path)
-                .map(|dir| dir.join(program))
-                .find(|candidate| candidate.is_file())
-        })
-        .unwrap_or_else(|| panic!("{program} is not on PATH"))
 }

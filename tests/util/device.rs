@@ -89,6 +89,17 @@ pub fn large_file_repo(root: &Path, name: &str, shape: Shape) -> PathBuf {
     bare
 }
 
+/// The absolute path of `program` on `PATH`: a memory cgroup runs a command through `exec`.
+pub fn on_path(program: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(program))
+                .find(|candidate| candidate.is_file())
+        })
+        .unwrap_or_else(|| panic!("{program} is not on PATH"))
+}
+
 /// xorshift64*: fast, seeded, and its output does not compress.
 struct Random(u64);
 
