@@ -280,12 +280,7 @@ pub fn gc(cache_dir: impl AsRef<Path>, unused_for: Duration) -> io::Result<GcRep
         })
     };
     let clones = cache_dir.join(CLONES);
-    let listing = match fs::read_dir(&clones) {
-        Ok(listing) => listing.flatten().collect(),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Vec::new(),
-        Err(err) => return Err(err),
-    };
-    for item in listing {
+    for item in entries_of(&clones)? {
         let name = item.file_name();
         let dir = item.path();
         if name.to_string_lossy().starts_with(TRASH_PREFIX) {
@@ -301,22 +296,28 @@ pub fn gc(cache_dir: impl AsRef<Path>, unused_for: Duration) -> io::Result<GcRep
             continue;
         }
         // Both locks: no source has the clone open, and no attempt is writing it.
-        let Some(_users) = try_exclusive(&dir.join("users"))? else {
+        let Some(users) = try_exclusive(&dir.join("users"))? else {
             report.in_use.push(dir);
             continue;
         };
-        let Some(_lock) = try_exclusive(&dir.join("lock"))? else {
+        let Some(lock) = try_exclusive(&dir.join("lock"))? else {
             report.in_use.push(dir);
             continue;
         };
-        let bytes = tree_size(&clone.dir);
         let trash = clones.join(format!("{TRASH_PREFIX}{}", name.to_string_lossy()));
-        fs::rename(&dir, &trash)?;
+        // A deletion a crash interrupted may still be there under the same name, and listed
+        // after this clone.
+        remove_tree(&trash)?;
+        fs::rename(&clone.dir, &trash)?;
+        // Once renamed away nothing can open the clone by its name: whoever waits for the
+        // locks may go on (and finds no clone), instead of waiting for the deletion.
+        drop((users, lock));
+        let bytes = tree_size(&trash);
         remove_tree(&trash)?;
         report.bytes_freed += bytes;
         report.removed.push(dir);
     }
-    for item in fs::read_dir(cache_dir)?.flatten() {
+    for item in entries_of(cache_dir)? {
         let entry = Entry::at(&item.path());
         let legacy = entry.legacy_git_dir();
         if item.file_name() == CLONES || !legacy.is_dir() {
@@ -358,6 +359,15 @@ fn try_exclusive(path: &Path) -> io::Result<Option<fs::File>> {
         Ok(()) => Ok(Some(file)),
         Err(fs::TryLockError::WouldBlock) => Ok(None),
         Err(fs::TryLockError::Error(err)) => Err(err),
+    }
+}
+
+/// The entries of directory `dir`; none when it does not exist.
+fn entries_of(dir: &Path) -> io::Result<Vec<fs::DirEntry>> {
+    match fs::read_dir(dir) {
+        Ok(listing) => Ok(listing.flatten().collect()),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(err) => Err(err),
     }
 }
 

@@ -66,6 +66,9 @@ pub(crate) fn sync(
     holding: &AtomicBool,
 ) -> Attempt {
     let mut warnings = Vec::new();
+    // Every attempt counts as a use, also a poll that never takes the lock: `gc` must not take
+    // a clone that is polled for unused.
+    paths.clone.mark_used();
     // Uncontended, an attempt takes the clone at once. When another attempt holds it (a
     // source sharing the clone, or another process), a no-change poll need not wait: it writes
     // nothing, so it asks the remote without the lock, and only waits when the ref moved.
@@ -111,7 +114,6 @@ pub(crate) fn sync(
     }
     let _held = held;
     holding.store(true, Ordering::SeqCst);
-    paths.clone.mark_used();
     let (handle, result) = sync_locked(handle, paths, source, target, seen, cancel, &mut warnings);
     match result {
         Err(err) if err.kind == ErrorKind::Corrupt => {
