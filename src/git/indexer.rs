@@ -32,6 +32,9 @@ const CHUNK: usize = 64 * 1024;
 pub(super) struct Written {
     /// The pack file, `pack-<hash>.pack`.
     pub data_path: PathBuf,
+    /// Whether this call put it there; false when the same pack was already in place (another
+    /// source of a shared clone received it first), so it is not this call's to remove.
+    pub created: bool,
 }
 
 /// How [`write`] ended when it did not write an indexed pack.
@@ -154,15 +157,24 @@ pub(super) fn write(
     let data_path = pack_dir.join(format!("{name}.pack"));
     let index_path = pack_dir.join(format!("{name}.idx"));
     // Pack first, index last: a reader finds a pack through its index.
-    if !data_path.is_file() {
+    let created = !data_path.is_file();
+    if created {
         std::fs::rename(&temp.0, &data_path).map_err(other)?;
     }
     if !index_path.is_file() {
         let index_temp = TempPath::new(pack_dir);
-        std::fs::write(&index_temp.0, &index_data).map_err(other)?;
-        std::fs::rename(&index_temp.0, &index_path).map_err(other)?;
+        let indexed = std::fs::write(&index_temp.0, &index_data)
+            .and_then(|()| std::fs::rename(&index_temp.0, &index_path));
+        if let Err(err) = indexed {
+            // A pack without its index is invisible to gix and to consolidation alike: it
+            // would stay on disk for good.
+            if created {
+                let _ = std::fs::remove_file(&data_path);
+            }
+            return Err(other(err));
+        }
     }
-    Ok(Some(Written { data_path }))
+    Ok(Some(Written { data_path, created }))
 }
 
 /// A pack index, version 2, for `entries` (id, CRC32, offset), sorted by id.

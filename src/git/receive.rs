@@ -78,6 +78,13 @@ pub(super) fn receive<T: Transport>(
     if ref_map.remote_refs.len() > MANY_REFS {
         target.many_refs.store(true, Ordering::Relaxed);
     }
+    if ref_map.object_hash != repo.object_hash() {
+        return Err(FetchError::permanent(format!(
+            "the remote's objects are named with {}, the clone's with {}",
+            ref_map.object_hash,
+            repo.object_hash()
+        )));
+    }
     let Some(mapping) = ref_map.mappings.first() else {
         return Err(missing_ref(wanted, target.seen_before));
     };
@@ -169,15 +176,13 @@ pub(super) fn receive<T: Transport>(
         // arrived faster than it looks is caught here and its files removed at once.
         let size = std::fs::metadata(&received.data_path).map_or(0, |metadata| metadata.len());
         if size > target.max_pack_size {
-            for path in [
-                Some(&received.data_path),
-                Some(&received.data_path.with_extension("idx")),
-                received.keep_path.as_ref(),
-            ]
-            .into_iter()
-            .flatten()
-            {
-                let _ = std::fs::remove_file(path);
+            if received.created {
+                for path in [
+                    &received.data_path,
+                    &received.data_path.with_extension("idx"),
+                ] {
+                    let _ = std::fs::remove_file(path);
+                }
             }
             return Err(FetchError::permanent(format!(
                 "the remote sent a {size}-byte pack, more than max_pack_size ({} bytes); \
@@ -203,22 +208,14 @@ pub(super) fn receive<T: Transport>(
             error::describe(&err)
         ))
     })?;
-    // The pack's `.keep` file protected it until a ref pointed into it; it would shield the
-    // pack from consolidation for ever.
-    if let Some(keep) = written
-        .as_ref()
-        .and_then(|received| received.keep_path.as_ref())
-    {
-        let _ = std::fs::remove_file(keep);
-    }
     Ok(remote_name)
 }
 
 /// A pack in place in the repository.
 struct Received {
     data_path: std::path::PathBuf,
-    /// The `.keep` file gix writes beside a thin pack it completed, until a ref points in.
-    keep_path: Option<std::path::PathBuf>,
+    /// Whether this attempt put it there, and so may remove it.
+    created: bool,
 }
 
 /// Writes and indexes the pack `reader` delivers; a thin pack is completed from the
@@ -236,7 +233,7 @@ fn receive_pack(
     match indexer::write(reader, pack_dir, threads, object_hash, should_interrupt) {
         Ok(written) => Ok(written.map(|written| Received {
             data_path: written.data_path,
-            keep_path: None,
+            created: written.created,
         })),
         Err(indexer::Failure::Other(err)) => Err(err),
         Err(indexer::Failure::Thin(path)) => {
@@ -256,9 +253,15 @@ fn receive_pack(
                 });
             let _ = std::fs::remove_file(&path);
             let bundle = result?;
+            // gix's `.keep` file protects the pack until a ref points into it; this attempt
+            // holds the clone's lock until then, and a `.keep` left behind by an error would
+            // shield the pack from consolidation for ever.
+            if let Some(keep) = &bundle.keep_path {
+                let _ = std::fs::remove_file(keep);
+            }
             Ok(bundle.data_path.map(|data_path| Received {
                 data_path,
-                keep_path: bundle.keep_path,
+                created: true,
             }))
         }
     }
