@@ -170,11 +170,9 @@ fn unchanged(
         None => {
             // Opening an existing clone only reads it (a source without a kept handle: feeds
             // keep at most `MAX_KEPT_HANDLES`). The handle is not kept: it was not checked.
-            let git_dir = paths.clone.git_dir();
-            if !git_dir.exists() {
-                return None;
-            }
-            opened = Repo::open_or_init(&git_dir, target).ok()?;
+            // Never created here, without the lock: an attempt holding it may be replacing
+            // the clone this very moment.
+            opened = Repo::open(&paths.clone.git_dir(), target).ok()?;
             &opened
         }
     };

@@ -156,6 +156,12 @@ impl Repo {
                 )
             })?;
         }
+        Self::open(git_dir, target)
+    }
+
+    /// Opens an existing clone, and never creates one: fails when there is none. Only reads,
+    /// so it needs no lock.
+    pub fn open(git_dir: &Path, target: &Target) -> Result<Self, FetchError> {
         let options = gix::open::Options::isolated()
             .object_store_slots(gix::odb::store::init::Slots::Given(PACK_SLOTS as u16))
             .config_overrides(config_overrides(target));
