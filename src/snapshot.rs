@@ -7,6 +7,7 @@
 //! DIR/.snapshots/order                     commits in the order they became current
 //! DIR/.snapshots/.tmp-<commit>-<random>/   being written, never pointed to
 //! DIR/.snapshots/.tmp-old-<commit>-<random>/  being removed
+//! DIR/.snapshots/.spare/                   the last pruned snapshot, to be recycled
 //! DIR/.tmp-current-<random>                the next `current`, about to be renamed over it
 //! ```
 //!
@@ -30,11 +31,18 @@
 //! # What a snapshot costs
 //!
 //! A new snapshot shares every regular file that did not change (same path, blob and mode)
-//! with the current snapshot through a hard link, and writes only the others, so an update
-//! costs what changed plus one directory entry per file. Files are therefore read-only (0444,
-//! or 0555 when executable): a shared file edited through one snapshot would change the
-//! others. Before a file is shared, its inode, size and modification time are checked against
-//! the manifest; a file changed in place is written afresh instead.
+//! with the current snapshot through a hard link, and writes only the others. Files are
+//! therefore read-only (0444, or 0555 when executable): a shared file edited through one
+//! snapshot would change the others. Before a file is shared, its inode, size and modification
+//! time are checked against the manifest; a file changed in place is written afresh instead.
+//!
+//! A snapshot pruned beyond `keep` is not removed but renamed to `.spare`, without its
+//! manifest, after removing the files no other snapshot shares; the next snapshot starts from
+//! it instead of an empty directory. Every name in the spare is checked against the new tree:
+//! a file is kept only where it is the very file (same inode, unchanged) that the current
+//! snapshot holds for the same path, blob and mode, a directory only where the new tree has one,
+//! and everything else is removed. An update that changes a few files therefore costs one
+//! `lstat` per file and the changes, not a link and an unlink per file.
 //!
 //! Durability takes one `syncfs` of the snapshot's filesystem on Linux rather than one `fsync`
 //! per file and directory (elsewhere every file and directory written is synced).
@@ -103,6 +111,9 @@ const SNAPSHOTS: &str = ".snapshots";
 const ORDER: &str = "order";
 /// What every name left behind by an interrupted write starts with.
 const TMP_PREFIX: &str = ".tmp-";
+/// The directory in [`SNAPSHOTS`] holding the last pruned snapshot's shared files, recycled
+/// into the next snapshot.
+const SPARE: &str = ".spare";
 /// The longest file name Unix filesystems accept.
 const MAX_NAME: usize = 255;
 /// The longest symlink target accepted; the kernel resolves nothing longer anyway.
@@ -419,6 +430,7 @@ impl SnapshotDir {
         // Whatever `current` really points to stays, even if the order file disagrees.
         let pointed = self.current();
         let mut doomed = Vec::new();
+        let mut spared = false;
         // A manifest goes before its snapshot, so nothing half-removed is ever trusted; so do
         // those left without a snapshot.
         for commit in &manifests {
@@ -428,16 +440,22 @@ impl SnapshotDir {
                 crash_point_io()?;
             }
         }
-        for commit in old {
+        // The newest of those pruned is the closest to the next snapshot: it becomes the spare.
+        for commit in old.iter().rev() {
             if commit != current && pointed.as_deref() != Some(commit) {
                 let from = snapshots.join(commit);
+                if !spared && keep_spare(&snapshots, &from)? {
+                    spared = true;
+                    crash_point_io()?;
+                    continue;
+                }
                 let label = format!("old-{commit}");
                 let (to, ()) = create_unique(&snapshots, &label, |path| fs::rename(&from, path))?;
                 crash_point_io()?;
                 doomed.push(to);
             }
         }
-        if !doomed.is_empty() {
+        if !doomed.is_empty() || spared {
             sync_dir(&snapshots)?;
         }
         for path in doomed {
@@ -721,18 +739,47 @@ fn build(
     previous: Option<(&Path, &Manifest)>,
     skipped: &mut Vec<(usize, Skipped)>,
 ) -> Result<(usize, usize), SnapshotError> {
-    let (path, ()) = create_unique(snapshots, commit, make_dir)
-        .map_err(|err| SnapshotError::io("could not create a temporary directory", err))?;
-    let mut temporary = Temporary { path, armed: true };
+    let fail = |err| SnapshotError::io("could not create a temporary directory", err);
+    let spare = snapshots.join(SPARE);
+    let recycled = match fs::symlink_metadata(&spare) {
+        Ok(metadata) if metadata.is_dir() => create_unique(snapshots, commit, |path| {
+            fs::rename(&spare, path).map(|()| true)
+        })
+        .map_err(fail)?,
+        Ok(_) => {
+            fs::remove_file(&spare).map_err(fail)?;
+            create_unique(snapshots, commit, |path| make_dir(path).map(|()| false)).map_err(fail)?
+        }
+        Err(_) => {
+            create_unique(snapshots, commit, |path| make_dir(path).map(|()| false)).map_err(fail)?
+        }
+    };
+    let mut temporary = Temporary {
+        path: recycled.0,
+        armed: true,
+    };
     let root = temporary.path.clone();
     crash_point()?;
 
     let mut dirs = Dirs::default();
     dirs.add(root.clone());
+    // What the spare already holds of this snapshot, by position in the plan.
+    let mut present = if recycled.1 {
+        recycle(&root, plan, previous, &mut dirs)
+            .map_err(|err| SnapshotError::io("could not recycle the spare snapshot", err))?
+    } else {
+        HashMap::new()
+    };
+    crash_point()?;
     let mut links = Vec::new();
     let mut files = Vec::new();
     let mut shared = 0;
-    for planned in plan {
+    for (index, planned) in plan.iter().enumerate() {
+        if let Some(record) = present.remove(&index) {
+            shared += 1;
+            files.push((planned, record));
+            continue;
+        }
         match write_entry(&root, planned, read, previous, &mut dirs)? {
             Ok(Written::Symlink) => links.push(planned),
             Ok(Written::File {
@@ -819,6 +866,98 @@ fn build(
     crash_point()?;
     sync_dir(snapshots).map_err(fail)?;
     Ok((written, shared))
+}
+
+/// Turns the spare snapshot renamed to `root` into a start of the snapshot `plan` describes:
+/// keeps each directory the plan needs (records it in `dirs`, with the snapshot's mode) and
+/// each regular file that is the current snapshot's own file for the same path, blob and mode,
+/// unchanged ([`Record::describes`]); removes everything else. Never follows a symlink.
+/// Returns the records of the files kept, by their position in `plan`.
+fn recycle(
+    root: &Path,
+    plan: &[Planned<'_>],
+    previous: Option<(&Path, &Manifest)>,
+    dirs: &mut Dirs,
+) -> io::Result<HashMap<usize, Record>> {
+    let mut wanted = HashMap::with_capacity(plan.len());
+    let mut wanted_dirs = HashSet::new();
+    for (index, planned) in plan.iter().enumerate() {
+        let components = &planned.entry.components;
+        for depth in 1..components.len() {
+            wanted_dirs.insert(components[..depth].join(&b'/'));
+        }
+        wanted.insert(components.join(&b'/'), index);
+    }
+    let mut present = HashMap::new();
+    let mut pending = vec![(root.to_path_buf(), Vec::new())];
+    while let Some((dir, relative)) = pending.pop() {
+        for item in fs::read_dir(&dir)? {
+            let item = item?;
+            let mut path = relative.clone();
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(item.file_name().as_bytes());
+            let kind = item.file_type()?;
+            if kind.is_dir() {
+                if wanted_dirs.contains(&path) {
+                    if item.metadata()?.mode() & 0o7777 != MODE_DIR {
+                        fs::set_permissions(item.path(), Permissions::from_mode(MODE_DIR))?;
+                    }
+                    dirs.add(item.path());
+                    pending.push((item.path(), path));
+                } else {
+                    fs::remove_dir_all(item.path())?;
+                }
+                continue;
+            }
+            let kept = kind.is_file()
+                && wanted
+                    .get(&path)
+                    .and_then(|&index| {
+                        let EntryKind::File { executable } = plan[index].entry.kind else {
+                            return None;
+                        };
+                        let record = previous?.1.files.get(&path)?;
+                        let same = record.executable == executable
+                            && record.id == plan[index].entry.id
+                            && item
+                                .metadata()
+                                .is_ok_and(|metadata| record.describes(&metadata));
+                        same.then(|| present.insert(index, record.clone()))
+                    })
+                    .is_some();
+            if !kept {
+                fs::remove_file(item.path())?;
+            }
+        }
+    }
+    Ok(present)
+}
+
+/// Keeps the snapshot directory `from`, just pruned, as the spare the next snapshot starts
+/// from, with only the files another snapshot shares: a file no one else links to holds bytes
+/// of its own, which the spare may not keep on disk. Nothing is done if a spare exists.
+/// Returns whether `from` became the spare.
+fn keep_spare(snapshots: &Path, from: &Path) -> io::Result<bool> {
+    let spare = snapshots.join(SPARE);
+    if fs::symlink_metadata(&spare).is_ok() {
+        return Ok(false);
+    }
+    fs::rename(from, &spare)?;
+    let mut pending = vec![spare];
+    while let Some(dir) = pending.pop() {
+        for item in fs::read_dir(&dir)? {
+            let item = item?;
+            let kind = item.file_type()?;
+            if kind.is_dir() {
+                pending.push(item.path());
+            } else if !kind.is_file() || item.metadata()?.nlink() < 2 {
+                fs::remove_file(item.path())?;
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// The directories of a snapshot being written.
@@ -1539,6 +1678,14 @@ mod tests {
         names
     }
 
+    /// [`kept`], and the spare a pruned snapshot left.
+    fn kept_and_spare(commits: &[String]) -> Vec<String> {
+        let mut names = kept(commits);
+        names.push(SPARE.to_owned());
+        names.sort();
+        names
+    }
+
     /// Names starting with `.tmp-` in `dir` and `dir/.snapshots`.
     fn leftovers(dir: &Path) -> Vec<PathBuf> {
         [dir.to_path_buf(), dir.join(SNAPSHOTS)]
@@ -1637,7 +1784,10 @@ mod tests {
         };
         write(2);
         write(3);
-        assert_eq!(snapshot_names(&dir), kept(&[commit(2), commit(3)]));
+        assert_eq!(
+            snapshot_names(&dir),
+            kept_and_spare(&[commit(2), commit(3)])
+        );
         assert_eq!(snapshots.current(), Some(commit(3)));
 
         // Making 2 current again reuses its snapshot without reading, and makes it newer
@@ -1647,7 +1797,10 @@ mod tests {
         assert_eq!(reads.get(), 0);
         assert_eq!(snapshots.current(), Some(commit(2)));
         write(4);
-        assert_eq!(snapshot_names(&dir), kept(&[commit(2), commit(4)]));
+        assert_eq!(
+            snapshot_names(&dir),
+            kept_and_spare(&[commit(2), commit(4)])
+        );
         let resolved = fs::canonicalize(dir.join(CURRENT)).unwrap();
         assert_eq!(fs::read(resolved.join("id")).unwrap(), commit(4).as_bytes());
 
@@ -1657,7 +1810,7 @@ mod tests {
         single
             .write(&commit(5), &entries, &mut |_, out| out.write_all(b"5"))
             .unwrap();
-        assert_eq!(snapshot_names(&dir), kept(&[commit(5)]));
+        assert_eq!(snapshot_names(&dir), kept_and_spare(&[commit(5)]));
         assert_eq!(single.current(), Some(commit(5)));
         assert_eq!(leftovers(&dir), Vec::<PathBuf>::new());
     }
@@ -1975,7 +2128,7 @@ mod tests {
         let (consistent, _gone) = reader.join().unwrap();
         assert!(consistent > 0);
         assert_eq!(snapshots.current(), Some(commit(200)));
-        assert_eq!(snapshot_names(&dir).len(), 3 * 2 + 1);
+        assert_eq!(snapshot_names(&dir).len(), 3 * 2 + 2);
     }
 
     /// A blob that cannot be read fails the write, leaves nothing behind and `current` as it
@@ -2158,6 +2311,119 @@ mod tests {
         assert_eq!(snapshot_names(&dir), kept(&[commit(1), commit(2)]));
     }
 
+    /// A snapshot pruned beyond `keep` becomes the spare, holding only files other snapshots
+    /// share; the next snapshot starts from it, keeps only what it can prove is the current
+    /// snapshot's unchanged file for the same path, blob and mode, and removes the rest,
+    /// whatever was put into the spare meanwhile.
+    #[test]
+    fn pruned_snapshot_is_recycled() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("feed");
+        let snapshots = SnapshotDir::new(&dir, 2);
+        let tree = |a: &str, b: &str| {
+            [
+                entry("a", FILE, a),
+                entry("b", FILE, b),
+                entry("dir/c", FILE, "c1"),
+                entry("dir/deeper/d", FILE, "d1"),
+                entry("link", EntryKind::Symlink, "l:dir/c"),
+            ]
+        };
+        snapshots
+            .write(&commit(1), &tree("a1", "b1"), &mut by_id)
+            .unwrap();
+        snapshots
+            .write(&commit(2), &tree("a2", "b1"), &mut by_id)
+            .unwrap();
+        snapshots
+            .write(&commit(3), &tree("a2", "b3"), &mut by_id)
+            .unwrap();
+        let spare = dir.join(SNAPSHOTS).join(SPARE);
+        assert_eq!(
+            snapshot_names(&dir),
+            kept_and_spare(&[commit(2), commit(3)])
+        );
+        // Commit 1's own `a` and its symlink are gone; the shared files stay.
+        let listed: Vec<PathBuf> = listing(&spare).into_iter().collect();
+        let names = ["b", "dir", "dir/c", "dir/deeper", "dir/deeper/d"];
+        assert_eq!(listed, names.map(PathBuf::from));
+        for path in ["b", "dir/c", "dir/deeper/d"] {
+            let metadata = fs::symlink_metadata(spare.join(path)).unwrap();
+            assert!(metadata.nlink() >= 2, "{path} holds bytes of its own");
+        }
+
+        // Meanwhile: a stray file, a directory the next tree lacks, a symlink out, a
+        // directory with other permissions, and a file with the right bytes at `b` that is
+        // not the current snapshot's file.
+        fs::write(spare.join("stray"), "x").unwrap();
+        fs::create_dir(spare.join("extra")).unwrap();
+        fs::write(spare.join("extra/file"), "x").unwrap();
+        std::os::unix::fs::symlink("/etc", spare.join("dir/out")).unwrap();
+        fs::set_permissions(spare.join("dir"), Permissions::from_mode(0o700)).unwrap();
+        fs::remove_file(spare.join("b")).unwrap();
+        fs::write(spare.join("b"), "b3").unwrap();
+        fs::set_permissions(spare.join("b"), Permissions::from_mode(MODE_FILE)).unwrap();
+
+        let mut read = Vec::new();
+        let report = snapshots
+            .write(&commit(4), &tree("a4", "b3"), &mut |id, out| {
+                read.push(id.to_owned());
+                by_id(id, out)
+            })
+            .unwrap();
+        read.sort();
+        assert_eq!(
+            read,
+            ["a4", "l:dir/c"],
+            "only changed files and symlinks are read"
+        );
+        assert_eq!((report.written, report.shared), (5, 3));
+        assert_eq!(
+            current_tree(&dir),
+            expect(&[
+                ("a", "a4"),
+                ("b", "b3"),
+                ("dir/c", "c1"),
+                ("dir/deeper/d", "d1"),
+                ("link", "-> dir/c"),
+            ])
+        );
+        let new = dir.join(SNAPSHOTS).join(commit(4));
+        let listed: Vec<PathBuf> = listing(&new).into_iter().collect();
+        let names = [
+            "a",
+            "b",
+            "dir",
+            "dir/c",
+            "dir/deeper",
+            "dir/deeper/d",
+            "link",
+        ];
+        assert_eq!(listed, names.map(PathBuf::from));
+        for path in ["b", "dir/c", "dir/deeper/d"] {
+            assert_eq!(inode(&dir, &commit(3), path), inode(&dir, &commit(4), path));
+        }
+        assert_eq!(mode(&new.join("dir")), MODE_DIR);
+        assert_eq!(mode(&new.join("a")), MODE_FILE);
+        // Commit 2 was pruned into a new spare; nothing else is left.
+        assert_eq!(
+            snapshot_names(&dir),
+            kept_and_spare(&[commit(3), commit(4)])
+        );
+        assert_eq!(leftovers(&dir), Vec::<PathBuf>::new());
+        assert!(snapshots.manifest(&commit(4)).is_some());
+
+        // A spare that is not a directory is removed and the snapshot written afresh.
+        fs::remove_dir_all(&spare).unwrap();
+        fs::write(&spare, "not a directory").unwrap();
+        let report = snapshots
+            .write(&commit(5), &tree("a5", "b3"), &mut by_id)
+            .unwrap();
+        assert_eq!((report.written, report.shared), (5, 3));
+        assert_eq!(current_tree(&dir)["a"], b"a5");
+        assert!(is_real_dir(&spare));
+    }
+
     /// Whether the tests run as root, who may write read-only files.
     fn is_root() -> bool {
         rustix::process::geteuid().is_root()
@@ -2326,7 +2592,7 @@ mod tests {
         assert!(elsewhere.exists());
         assert_eq!(
             snapshot_names(&dir),
-            kept(&[commit(3), commit(4), commit(5)])
+            kept_and_spare(&[commit(3), commit(4), commit(5)])
         );
         assert_eq!(leftovers(&dir), Vec::<PathBuf>::new());
 
@@ -2373,6 +2639,10 @@ mod tests {
             let parent = tempfile::tempdir().unwrap();
             let dir = parent.path().join("feed");
             let snapshots = SnapshotDir::new(&dir, 2);
+            // The first is pruned into the spare that the write below starts from.
+            snapshots
+                .write(&commit(9), &commits[1], &mut by_id)
+                .unwrap();
             snapshots
                 .write(&commit(0), &commits[0], &mut by_id)
                 .unwrap();
@@ -2407,7 +2677,7 @@ mod tests {
             assert_eq!(leftovers(&dir), Vec::<PathBuf>::new(), "step {step}");
             assert_eq!(
                 snapshot_names(&dir),
-                kept(&[commit(1), commit(2)]),
+                kept_and_spare(&[commit(1), commit(2)]),
                 "step {step}"
             );
             if finished {

@@ -156,15 +156,25 @@ pub(super) fn write(
     let name = format!("pack-{}", pack_hash.to_hex());
     let data_path = pack_dir.join(format!("{name}.pack"));
     let index_path = pack_dir.join(format!("{name}.idx"));
-    // Pack first, index last: a reader finds a pack through its index.
+    // Pack first, index last: a reader finds a pack through its index. Both are on disk before
+    // their names are, as git does it, so a power loss cannot leave a ref pointing into a pack
+    // with holes (and a later snapshot's sync does not pay for the pack's write-back).
     let created = !data_path.is_file();
     if created {
-        std::fs::rename(&temp.0, &data_path).map_err(other)?;
+        File::open(&temp.0)
+            .and_then(|file| file.sync_data())
+            .and_then(|()| std::fs::rename(&temp.0, &data_path))
+            .map_err(other)?;
     }
     if !index_path.is_file() {
         let index_temp = TempPath::new(pack_dir);
-        let indexed = std::fs::write(&index_temp.0, &index_data)
-            .and_then(|()| std::fs::rename(&index_temp.0, &index_path));
+        let indexed = File::create(&index_temp.0)
+            .and_then(|mut file| {
+                file.write_all(&index_data)?;
+                file.sync_data()
+            })
+            .and_then(|()| std::fs::rename(&index_temp.0, &index_path))
+            .and_then(|()| File::open(pack_dir)?.sync_all());
         if let Err(err) = indexed {
             // A pack without its index is invisible to gix and to consolidation alike: it
             // would stay on disk for good.
