@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::reason::Reason;
+
 /// One message from a feed. Serialized with `serde_json`, it is one line of the event contract
 /// documented in the README (`{"type":"update",…}` or `{"type":"state",…}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,7 +109,7 @@ pub enum ChangeKind {
 /// A source's health changed.
 ///
 /// ```
-/// let line = r#"{"type":"state","source":"p","state":"backoff","attempt":3,"error":"http 500 from remote","retry_in_ms":1600}"#;
+/// let line = r#"{"type":"state","source":"p","state":"backoff","attempt":3,"reason":"server_error","error":"http 500 from remote","retry_in_ms":1600}"#;
 /// let event: gitfeed::Event = serde_json::from_str(line).unwrap();
 /// assert_eq!(serde_json::to_string(&event).unwrap(), line);
 /// ```
@@ -120,6 +122,10 @@ pub struct StateChange {
     /// Consecutive failed attempts so far (`backoff` and `failed` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
+    /// Why the last attempt failed, the same on every transport (`backoff` and `failed` only).
+    /// Written in snake case, like `"name_resolution"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
     /// Why the last attempt failed (`backoff` and `failed` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

@@ -46,6 +46,7 @@ mod feed;
 mod git;
 pub mod machine;
 mod reader;
+mod reason;
 mod snapshot;
 mod source;
 mod status;
@@ -63,5 +64,6 @@ pub use feed::{
 };
 pub use machine::ErrorKind;
 pub use reader::{File, FileType, ReadError, ReadErrorKind, Reader};
+pub use reason::Reason;
 pub use source::{Filter, Source, SourceError, Verify, parse_duration};
 pub use status::{Status, status};
