@@ -525,15 +525,25 @@ async fn emit_health(shared: &Shared, name: &str, health: Health, reason: Option
             error: Some(error),
             retry_in_ms: Some(millis(retry_in)),
         },
-        Health::Failed { attempt, error } => {
-            log::error!("{name}: giving up: {error}");
+        Health::Failed {
+            attempt,
+            error,
+            retry_in,
+        } => {
+            match retry_in {
+                Some(retry_in) => log::error!(
+                    "{name}: failed: {error}; probing again in {} s",
+                    retry_in.as_secs()
+                ),
+                None => log::error!("{name}: giving up: {error}"),
+            }
             StateChange {
                 source: name.to_owned(),
                 state: SourceState::Failed,
                 attempt: Some(attempt),
                 reason,
                 error: Some(error),
-                retry_in_ms: None,
+                retry_in_ms: retry_in.map(millis),
             }
         }
         Health::Idle => {
@@ -557,8 +567,7 @@ fn record_status(entry: &cache::Entry, machine: &Machine, status: &mut Status) {
         State::Idle { .. } => ("idle", 0),
         State::Fetching { failures, .. } => ("fetching", *failures),
         State::Backoff { failures, .. } => ("backoff", *failures),
-        // Called once per ended attempt: the one that failed counts on top of those before.
-        State::Failed { .. } => ("failed", status.attempt.saturating_add(1)),
+        State::Failed { failures, .. } => ("failed", *failures),
     };
     status.state = state.into();
     status.attempt = failures;

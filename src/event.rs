@@ -129,7 +129,8 @@ pub struct StateChange {
     /// Why the last attempt failed (`backoff` and `failed` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// Milliseconds until the next attempt (`backoff` only).
+    /// Milliseconds until the next attempt: the retry (`backoff`), or the probe of a failed
+    /// source (`failed`; absent when nothing but a trigger or a change will try again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_in_ms: Option<u64>,
 }
@@ -143,8 +144,9 @@ pub enum SourceState {
     Idle,
     /// The last attempt failed; another follows after `retry_in_ms`.
     Backoff,
-    /// Gave up: a permanent error, or `max_failures` reached. Polling stops until the source is
-    /// triggered or changed.
+    /// A failure that will not fix itself soon: a permanent error, or `max_failures` reached.
+    /// Polling stops; the remote is probed again after `retry_in_ms` (the source's
+    /// `failed_interval`), or at once when the source is triggered or changed.
     Failed,
     /// The last update was delivered, but something was left out of it; `error` says what
     /// (for example hostile tree entries a snapshot refused to write). Health is unchanged.

@@ -341,3 +341,43 @@ fn state_events_and_status_carry_the_reason() {
     let status = gitfeed::status(&cache).expect("status");
     assert_eq!(status[0].reason, Some(Reason::NameResolution), "{status:?}");
 }
+
+/// A failed source is not a dead end: it is probed again every `failed_interval`, each failed
+/// state says when, and the probe that finds the remote fixed delivers and recovers.
+#[test]
+fn a_failed_source_is_probed_again_and_recovers() {
+    const PATIENCE: Duration = Duration::from_secs(20);
+    let remote = Remote::new();
+    let mut source = quick_source("p", &remote.file_url());
+    source.reference = Some("later".into());
+    source.failed_interval = Duration::from_millis(300);
+    let feed = Running::start(vec![source]);
+    let probe_due = |state: &gitfeed::StateChange| {
+        assert_eq!(state.state, gitfeed::SourceState::Failed, "{state:?}");
+        assert_eq!(state.reason, Some(Reason::RefNotFound), "{state:?}");
+        let due = state.retry_in_ms.expect("the next probe is announced");
+        assert!((240..=300).contains(&due), "{state:?}");
+    };
+    let first = feed.state(PATIENCE);
+    probe_due(&first);
+    assert_eq!(first.attempt, Some(1));
+    // Still missing at the probe: failed again, counted, with the next probe due.
+    let again = feed.state(PATIENCE);
+    probe_due(&again);
+    assert_eq!(again.attempt, Some(2));
+
+    remote.push_branch("later", "HEAD");
+    let update = loop {
+        match feed.next(PATIENCE, "the update a probe delivers") {
+            gitfeed::Event::Update(update) => break update,
+            gitfeed::Event::State(state) => probe_due(&state),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(update.reference, "refs/heads/later");
+    assert_eq!(update.new, remote.head());
+    let healthy = feed.state(PATIENCE);
+    assert_eq!(healthy.state, gitfeed::SourceState::Idle, "{healthy:?}");
+    assert_eq!(healthy.reason, None);
+    feed.stop();
+}
