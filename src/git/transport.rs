@@ -453,6 +453,8 @@ struct Budget {
 pub(crate) struct Bounded<R> {
     inner: R,
     budget: Arc<Budget>,
+    /// Bytes the last `fill_buf` offered that are not consumed yet.
+    buffered: usize,
 }
 
 /// The writing half of a connection, which notices when the client asks for a pack.
@@ -473,6 +475,7 @@ fn bounded<R, W>(
         Bounded {
             inner: reader,
             budget: Arc::clone(&budget),
+            buffered: 0,
         },
         Watched {
             inner: writer,
@@ -483,6 +486,7 @@ fn bounded<R, W>(
 
 impl<R: std::io::Read> std::io::Read for Bounded<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.buffered = 0;
         let read = self.inner.read(buf)?;
         if read == 0 && !buf.is_empty() {
             let ends = self.budget.ends_seen.fetch_add(1, Ordering::Relaxed) + 1;
@@ -537,20 +541,23 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 impl<R: std::io::BufRead> std::io::BufRead for Bounded<R> {
     fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
         self.over_budget()?;
-        self.inner.fill_buf()
+        let buffered = self.inner.fill_buf()?;
+        self.buffered = buffered.len();
+        Ok(buffered)
     }
 
     fn consume(&mut self, amount: usize) {
         self.budget
             .received
             .fetch_add(amount as u64, Ordering::Relaxed);
-        if self.budget.tail.is_some() && amount > 0 {
-            // The bytes consumed are still buffered: this reads no more.
+        if self.budget.tail.is_some() && amount > 0 && amount <= self.buffered {
+            // The bytes consumed are still buffered, so asking for them again reads nothing.
             if let Ok(buffered) = self.inner.fill_buf() {
                 let consumed = &buffered[..amount.min(buffered.len())];
                 self.budget.remember(consumed);
             }
         }
+        self.buffered = self.buffered.saturating_sub(amount);
         self.inner.consume(amount);
     }
 }
@@ -677,6 +684,7 @@ impl BoundedHttp {
         Bounded {
             inner: body,
             budget: Arc::clone(&self.budget),
+            buffered: 0,
         }
     }
 }
