@@ -22,6 +22,7 @@ use crate::clock;
 use crate::event::{Event, SourceState, StateChange, Update};
 use crate::git::{self, Cancel, FetchError, Repo};
 use crate::machine::{Action, ErrorKind, Health, Machine, Outcome, State};
+use crate::reason::Reason;
 use crate::source::Source;
 use crate::status::{Status, now_ms};
 use crate::work::{self, Attempt, Seen, Synced};
@@ -106,6 +107,8 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
     let mut last_warning: Option<String> = None;
     // When the timer that started the coming attempt was due, for the schedule's debug log.
     let mut due: Option<Instant> = None;
+    // Why the last attempt failed, for the state event the machine asks for next.
+    let mut reason: Option<Reason> = None;
     // Outlives reopened clones: see `Target::many_refs`.
     let many_refs = Arc::new(AtomicBool::new(false));
     loop {
@@ -138,6 +141,7 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
                     if let Some((tip, served_by)) = &attempt.tip {
                         status.last_success_ms = status.last_attempt_ms;
                         status.last_error = None;
+                        status.reason = None;
                         status.current = Some(tip.clone()).filter(|tip| !tip.is_empty());
                         status.served_by = Some(git::redact_url(served_by));
                     }
@@ -183,6 +187,8 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
                                 log::warn!("{}: {}", source.name, err.message);
                             }
                             status.last_error = Some(err.message.clone());
+                            status.reason = Some(err.reason);
+                            reason = Some(err.reason);
                             if err.kind != ErrorKind::Transient {
                                 handle.take();
                             }
@@ -203,7 +209,7 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
                         pending.push(message);
                     }
                 }
-                Action::Emit(health) => emit_health(&shared, &source.name, health).await,
+                Action::Emit(health) => emit_health(&shared, &source.name, health, reason).await,
             }
             for message in pending.drain(..) {
                 apply(
@@ -374,9 +380,10 @@ async fn attempt(
         Err(err) => {
             return Some(Attempt {
                 handle: None,
-                result: Err(FetchError::local(format!(
-                    "cannot start a fetch thread: {err}"
-                ))),
+                result: Err(FetchError::new(
+                    Reason::LocalIo,
+                    format!("cannot start a fetch thread: {err}"),
+                )),
                 warnings: Vec::new(),
                 tip: None,
             });
@@ -421,18 +428,21 @@ async fn attempt(
         outcome = done_rx.recv().await.ok();
         if let Some(finished) = outcome.as_mut() {
             finished.result = Err(if shared.shutdown.is_closed() {
-                FetchError::transient("the feed is shutting down")
+                FetchError::new(Reason::Cancelled, "the feed is shutting down")
             } else if too_large {
-                FetchError::permanent(format!(
-                    "the remote sent more than max_pack_size ({} bytes); raise it if the \
-                     repository really is that large",
-                    source.max_pack_size
-                ))
+                FetchError::new(
+                    Reason::RemoteTooLarge,
+                    format!(
+                        "the remote sent more than max_pack_size ({} bytes); raise it if the \
+                         repository really is that large",
+                        source.max_pack_size
+                    ),
+                )
             } else {
-                FetchError::transient(format!(
-                    "timed out after {} ms",
-                    attempt_limit(source).as_millis()
-                ))
+                FetchError::new(
+                    Reason::Timeout,
+                    format!("timed out after {} ms", attempt_limit(source).as_millis()),
+                )
             });
         }
     }
@@ -445,7 +455,8 @@ async fn attempt(
     );
     Some(outcome.unwrap_or_else(|| Attempt {
         handle: None,
-        result: Err(FetchError::transient(
+        result: Err(FetchError::new(
+            Reason::Other,
             "the fetch thread ended without an outcome",
         )),
         warnings: Vec::new(),
@@ -473,6 +484,7 @@ async fn emit_warning(shared: &Shared, name: &str, warning: String) {
         source: name.to_owned(),
         state: SourceState::Warning,
         attempt: None,
+        reason: None,
         error: Some(warning),
         retry_in_ms: None,
     };
@@ -498,7 +510,8 @@ fn into_update(source: &Source, synced: Synced) -> Update {
     }
 }
 
-async fn emit_health(shared: &Shared, name: &str, health: Health) {
+/// Sends the state event for `health`; `reason` is why the last attempt failed.
+async fn emit_health(shared: &Shared, name: &str, health: Health, reason: Option<Reason>) {
     let change = match health {
         Health::Backoff {
             attempt,
@@ -508,17 +521,29 @@ async fn emit_health(shared: &Shared, name: &str, health: Health) {
             source: name.to_owned(),
             state: SourceState::Backoff,
             attempt: Some(attempt),
+            reason,
             error: Some(error),
             retry_in_ms: Some(millis(retry_in)),
         },
-        Health::Failed { attempt, error } => {
-            log::error!("{name}: giving up: {error}");
+        Health::Failed {
+            attempt,
+            error,
+            retry_in,
+        } => {
+            match retry_in {
+                Some(retry_in) => log::error!(
+                    "{name}: failed: {error}; probing again in {} s",
+                    retry_in.as_secs()
+                ),
+                None => log::error!("{name}: giving up: {error}"),
+            }
             StateChange {
                 source: name.to_owned(),
                 state: SourceState::Failed,
                 attempt: Some(attempt),
+                reason,
                 error: Some(error),
-                retry_in_ms: None,
+                retry_in_ms: retry_in.map(millis),
             }
         }
         Health::Idle => {
@@ -527,6 +552,7 @@ async fn emit_health(shared: &Shared, name: &str, health: Health) {
                 source: name.to_owned(),
                 state: SourceState::Idle,
                 attempt: None,
+                reason: None,
                 error: None,
                 retry_in_ms: None,
             }
@@ -541,8 +567,7 @@ fn record_status(entry: &cache::Entry, machine: &Machine, status: &mut Status) {
         State::Idle { .. } => ("idle", 0),
         State::Fetching { failures, .. } => ("fetching", *failures),
         State::Backoff { failures, .. } => ("backoff", *failures),
-        // Called once per ended attempt: the one that failed counts on top of those before.
-        State::Failed { .. } => ("failed", status.attempt.saturating_add(1)),
+        State::Failed { failures, .. } => ("failed", *failures),
     };
     status.state = state.into();
     status.attempt = failures;
@@ -607,7 +632,7 @@ pub(crate) async fn once(
         many_refs,
     )
     .await
-    .ok_or_else(|| FetchError::transient("the feed is shutting down"))?;
+    .ok_or_else(|| FetchError::new(Reason::Cancelled, "the feed is shutting down"))?;
     for warning in &attempt.warnings {
         log::warn!("{}: {warning}", source.name);
     }

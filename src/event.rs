@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::reason::Reason;
+
 /// One message from a feed. Serialized with `serde_json`, it is one line of the event contract
 /// documented in the README (`{"type":"update",…}` or `{"type":"state",…}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,7 +109,7 @@ pub enum ChangeKind {
 /// A source's health changed.
 ///
 /// ```
-/// let line = r#"{"type":"state","source":"p","state":"backoff","attempt":3,"error":"http 500 from remote","retry_in_ms":1600}"#;
+/// let line = r#"{"type":"state","source":"p","state":"backoff","attempt":3,"reason":"server_error","error":"http 500 from remote","retry_in_ms":1600}"#;
 /// let event: gitfeed::Event = serde_json::from_str(line).unwrap();
 /// assert_eq!(serde_json::to_string(&event).unwrap(), line);
 /// ```
@@ -120,10 +122,15 @@ pub struct StateChange {
     /// Consecutive failed attempts so far (`backoff` and `failed` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
+    /// Why the last attempt failed, the same on every transport (`backoff` and `failed` only).
+    /// Written in snake case, like `"name_resolution"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
     /// Why the last attempt failed (`backoff` and `failed` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// Milliseconds until the next attempt (`backoff` only).
+    /// Milliseconds until the next attempt: the retry (`backoff`), or the probe of a failed
+    /// source (`failed`; absent when nothing but a trigger or a change will try again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_in_ms: Option<u64>,
 }
@@ -137,8 +144,9 @@ pub enum SourceState {
     Idle,
     /// The last attempt failed; another follows after `retry_in_ms`.
     Backoff,
-    /// Gave up: a permanent error, or `max_failures` reached. Polling stops until the source is
-    /// triggered or changed.
+    /// A failure that will not fix itself soon: a permanent error, or `max_failures` reached.
+    /// Polling stops; the remote is probed again after `retry_in_ms` (the source's
+    /// `failed_interval`), or at once when the source is triggered or changed.
     Failed,
     /// The last update was delivered, but something was left out of it; `error` says what
     /// (for example hostile tree entries a snapshot refused to write). Health is unchanged.

@@ -12,6 +12,7 @@ use smol::lock::Semaphore;
 use crate::driver::{self, Control, Shared};
 use crate::event::{Event, Update};
 use crate::machine::ErrorKind;
+use crate::reason::Reason;
 use crate::source::{Source, SourceError};
 
 /// How many fetch attempts run at once by default. Each runs on a thread of its own that ends
@@ -289,7 +290,9 @@ impl FeedHandle {
 /// Why [`sync_once`] failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncError {
-    /// Whether retrying could help.
+    /// Why the attempt failed, the same on every transport.
+    pub reason: Reason,
+    /// Whether retrying could help; mostly [`Reason::kind`].
     pub kind: ErrorKind,
     /// What went wrong, on one line, without credentials.
     pub message: String,
@@ -359,7 +362,8 @@ impl Follower {
     pub fn new(cache_dir: impl AsRef<Path>, source: &Source) -> Result<Self, SyncError> {
         let source = source.normalized();
         source.validate().map_err(|err| SyncError {
-            kind: ErrorKind::Permanent,
+            reason: Reason::Configuration,
+            kind: Reason::Configuration.kind(),
             message: err.to_string(),
         })?;
         let (events, _) = async_channel::bounded(1);
@@ -369,6 +373,7 @@ impl Follower {
             .map_err(|err| {
                 let err = crate::git::FetchError::io("cannot open the cache", &err);
                 SyncError {
+                    reason: err.reason,
                     kind: err.kind,
                     message: err.message,
                 }
@@ -401,6 +406,7 @@ impl Follower {
             &self.many_refs,
         ))
         .map_err(|err| SyncError {
+            reason: err.reason,
             kind: err.kind,
             message: err.message,
         })
@@ -421,14 +427,19 @@ pub fn acknowledge(
 ) -> Result<(), SyncError> {
     if !crate::cache::is_commit_id(commit) {
         return Err(SyncError {
-            kind: ErrorKind::Permanent,
+            reason: Reason::Configuration,
+            kind: Reason::Configuration.kind(),
             message: format!("`{commit}` is not a commit id"),
         });
     }
     crate::cache::Entry::new(cache_dir.as_ref(), &source.normalized().cache_key())
         .set_delivered(commit)
-        .map_err(|err| SyncError {
-            kind: ErrorKind::Transient,
-            message: format!("cannot record the acknowledgement: {err}"),
+        .map_err(|err| {
+            let err = crate::git::FetchError::io("cannot record the acknowledgement", &err);
+            SyncError {
+                reason: err.reason,
+                kind: err.kind,
+                message: err.message,
+            }
         })
 }

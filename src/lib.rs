@@ -3,7 +3,8 @@
 //! A [`Feed`] follows any number of [`Source`]s (a URL, a branch, a poll interval and the limits
 //! of an attempt), runs on a smol executor, and sends [`Event`]s on a channel: an [`Update`]
 //! listing the [`Change`]s between the last delivered commit and the new one, and a
-//! [`StateChange`] whenever a source's health changes.
+//! [`StateChange`] whenever a source's health changes, with the [`Reason`] of a failure, which
+//! is the same on every transport.
 //!
 //! Every fetch attempt ends on time and gives back what it took: a hung remote costs one attempt
 //! deadline, never a stuck thread, a descriptor or a child process. The pure [`machine::Machine`]
@@ -46,6 +47,7 @@ mod feed;
 mod git;
 pub mod machine;
 mod reader;
+mod reason;
 mod snapshot;
 mod source;
 mod status;
@@ -63,5 +65,6 @@ pub use feed::{
 };
 pub use machine::ErrorKind;
 pub use reader::{File, FileType, ReadError, ReadErrorKind, Reader};
+pub use reason::Reason;
 pub use source::{Filter, Source, SourceError, Verify, parse_duration};
 pub use status::{Status, status};

@@ -37,6 +37,10 @@ pub struct Policy {
     /// Consecutive failures after which the source gives up instead of backing off again.
     /// `None` retries forever.
     pub max_failures: Option<u32>,
+    /// Time from a failure that left the source [`State::Failed`] to the next attempt, the
+    /// probe, at most: like polls, each probe comes up to a fifth early, at random. `None`
+    /// stays failed until a trigger or a settings change.
+    pub failed_interval: Option<Duration>,
 }
 
 /// Where a [`Machine`] stands.
@@ -65,13 +69,18 @@ pub enum State {
         /// Class of the last failure.
         kind: ErrorKind,
     },
-    /// Given up. Only [`Machine::handle_trigger`] or [`Machine::handle_policy_changed`] leave
-    /// this state.
+    /// Given up: a failure retrying soon cannot fix. Left by a probe at `probe_at`, or by
+    /// [`Machine::handle_trigger`] or [`Machine::handle_policy_changed`].
     Failed {
+        /// Consecutive failures so far, including the last attempt.
+        failures: u32,
         /// Description of the failure that ended the retries.
         error: String,
         /// Class of the failure that ended the retries.
         kind: ErrorKind,
+        /// When the next attempt is due, one [`Policy::failed_interval`] after the failure;
+        /// `None` when the policy has no such interval.
+        probe_at: Option<Instant>,
     },
 }
 
@@ -106,12 +115,16 @@ pub enum Health {
         /// Time until the retry.
         retry_in: Duration,
     },
-    /// An attempt failed and no retry will follow on its own.
+    /// An attempt failed and no retry will follow soon: the next attempt is a probe after
+    /// `retry_in`, if the policy has a [`Policy::failed_interval`].
     Failed {
         /// Consecutive failures so far, 1 for the first.
         attempt: u32,
         /// Description of the failure.
         error: String,
+        /// Time until the probe, or `None` when only a trigger or a settings change leads to
+        /// another attempt.
+        retry_in: Option<Duration>,
     },
     /// The source recovered: a fetch succeeded after a reported failure.
     Idle,
@@ -146,6 +159,12 @@ pub enum Outcome {
 /// - Call [`Machine::handle_trigger`] when a fetch is wanted now, and
 ///   [`Machine::handle_policy_changed`] when the source's settings changed.
 ///
+/// A failed source is not a dead end: with a [`Policy::failed_interval`], the timeout of the
+/// failed state starts a probe, which tears down like every other way out of a failure. A
+/// probe that fails again stays failed (unless its failure is transient and the limit of
+/// failures is not reached, when it backs off) and reports when the next probe is due; one
+/// that succeeds reports the recovery.
+///
 /// A trigger or a settings change that arrives while an attempt runs is remembered (at most
 /// once) and answered once the attempt ends:
 ///
@@ -171,6 +190,7 @@ pub enum Outcome {
 ///     backoff_initial: Duration::from_secs(1),
 ///     backoff_max: Duration::from_secs(300),
 ///     max_failures: Some(10),
+///     failed_interval: Some(Duration::from_secs(600)),
 /// };
 /// let mut now = Instant::now();
 /// let mut machine = Machine::new(policy, now);
@@ -253,6 +273,14 @@ impl Machine {
                 kind,
                 ..
             } if now >= until => self.start(now, failures, Some(kind)),
+            // The probe keeps the count, so a probe that fails transiently after
+            // `max_failures` goes straight back to failed instead of backing off anew.
+            State::Failed {
+                probe_at: Some(at),
+                failures,
+                kind,
+                ..
+            } if now >= at => self.start(now, failures, Some(kind)),
             _ => {}
         }
     }
@@ -260,8 +288,8 @@ impl Machine {
     /// The attempt started by the last [`Action::Fetch`] ended with `outcome`.
     ///
     /// `jitter` is a random value in `[0, 1)` supplied by the owner (values outside are
-    /// clamped): it takes up to a fifth off the interval before the next poll, or up to half
-    /// off a backoff. Ignored unless an attempt is running.
+    /// clamped): it takes up to a fifth off the interval before the next poll or probe, or up
+    /// to half off a backoff. Ignored unless an attempt is running.
     pub fn handle_fetch_done(&mut self, now: Instant, outcome: Outcome, jitter: f64) {
         let State::Fetching { failures, .. } = self.state else {
             return;
@@ -299,11 +327,21 @@ impl Machine {
         self.unhealthy = true;
         let exhausted = self.policy.max_failures.is_some_and(|max| failures >= max);
         if kind == ErrorKind::Permanent || exhausted {
+            let retry_in = self
+                .policy
+                .failed_interval
+                .map(|interval| jittered(interval, jitter, POLL_SPREAD));
             self.actions.push_back(Action::Emit(Health::Failed {
                 attempt: failures,
                 error: error.clone(),
+                retry_in,
             }));
-            self.state = State::Failed { error, kind };
+            self.state = State::Failed {
+                failures,
+                error,
+                kind,
+                probe_at: retry_in.map(|retry_in| deadline(now, retry_in)),
+            };
             return;
         }
 
@@ -347,14 +385,15 @@ impl Machine {
         self.actions.pop_front()
     }
 
-    /// When [`Machine::handle_timeout`] must next be called; `None` while fetching or failed,
-    /// when nothing is timed.
+    /// When [`Machine::handle_timeout`] must next be called; `None` while fetching, or
+    /// failed without a [`Policy::failed_interval`], when nothing is timed.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             State::Idle { next_poll } => Some(next_poll),
             State::Backoff { until, .. } => Some(until),
-            State::Fetching { .. } | State::Failed { .. } => None,
+            State::Failed { probe_at, .. } => probe_at,
+            State::Fetching { .. } => None,
         }
     }
 
@@ -466,6 +505,7 @@ mod tests {
             backoff_initial: secs(1),
             backoff_max: secs(8),
             max_failures: None,
+            failed_interval: None,
         }
     }
 
@@ -497,9 +537,15 @@ mod tests {
     }
 
     fn failed(attempt: u32, kind: ErrorKind) -> Action {
+        probe_due(attempt, kind, None)
+    }
+
+    /// The report of a failure that ends the retries, with its probe due after `retry_in`.
+    fn probe_due(attempt: u32, kind: ErrorKind, retry_in: Option<Duration>) -> Action {
         Action::Emit(Health::Failed {
             attempt,
             error: format!("{kind:?} failure"),
+            retry_in,
         })
     }
 
@@ -737,8 +783,10 @@ mod tests {
         assert_eq!(
             machine.state(),
             &State::Failed {
+                failures: 3,
                 error: "Transient failure".into(),
-                kind: ErrorKind::Transient
+                kind: ErrorKind::Transient,
+                probe_at: None,
             }
         );
         assert_eq!(machine.poll_timeout(), None);
@@ -765,8 +813,10 @@ mod tests {
         assert_eq!(
             machine.state(),
             &State::Failed {
+                failures: 1,
                 error: "Permanent failure".into(),
-                kind: ErrorKind::Permanent
+                kind: ErrorKind::Permanent,
+                probe_at: None,
             }
         );
         assert_eq!(machine.poll_timeout(), None);
@@ -803,6 +853,179 @@ mod tests {
             assert_eq!(machine.state(), &state);
             assert_eq!(machine.poll_timeout(), None);
         }
+    }
+
+    fn probing(failed_interval: Duration) -> Policy {
+        Policy {
+            failed_interval: Some(failed_interval),
+            ..policy()
+        }
+    }
+
+    #[test]
+    fn failed_is_probed_after_the_failed_interval() {
+        let t0 = Instant::now();
+        let mut machine = fetching(probing(secs(600)), t0);
+        machine.handle_fetch_done(t0 + secs(1), failure(ErrorKind::Permanent), 0.0);
+        assert_eq!(
+            drain(&mut machine),
+            vec![probe_due(1, ErrorKind::Permanent, Some(secs(600)))]
+        );
+        assert_eq!(
+            machine.state(),
+            &State::Failed {
+                failures: 1,
+                error: "Permanent failure".into(),
+                kind: ErrorKind::Permanent,
+                probe_at: Some(t0 + secs(601)),
+            }
+        );
+        assert_eq!(machine.poll_timeout(), Some(t0 + secs(601)));
+
+        // Early timeouts do nothing.
+        machine.handle_timeout(t0 + secs(600));
+        assert_eq!(drain(&mut machine), vec![]);
+
+        // The probe leaves the failure like every other exit: teardown first.
+        machine.handle_timeout(t0 + secs(601));
+        assert_eq!(drain(&mut machine), vec![TEAR_DOWN, Action::Fetch]);
+        assert_eq!(
+            machine.state(),
+            &State::Fetching {
+                failures: 1,
+                since: t0 + secs(601)
+            }
+        );
+        machine.handle_timeout(t0 + secs(601));
+        assert_eq!(drain(&mut machine), vec![], "one probe per due time");
+
+        machine.handle_fetch_done(t0 + secs(602), Outcome::Success, 0.0);
+        assert_eq!(drain(&mut machine), vec![Action::Emit(Health::Idle)]);
+        assert_eq!(
+            machine.state(),
+            &State::Idle {
+                next_poll: t0 + secs(662)
+            }
+        );
+    }
+
+    #[test]
+    fn a_probe_that_fails_again_stays_failed() {
+        let t0 = Instant::now();
+        let policy = Policy {
+            max_failures: Some(2),
+            ..probing(secs(600))
+        };
+        let mut machine = fetching(policy, t0);
+        machine.handle_fetch_done(t0, failure(ErrorKind::Transient), 0.0);
+        machine.handle_timeout(t0 + secs(1));
+        machine.handle_fetch_done(t0 + secs(1), failure(ErrorKind::Transient), 0.0);
+        assert_eq!(
+            drain(&mut machine),
+            vec![
+                backoff(1, ErrorKind::Transient, secs(1)),
+                TEAR_DOWN,
+                Action::Fetch,
+                probe_due(2, ErrorKind::Transient, Some(secs(600))),
+            ]
+        );
+
+        // Still down at the probe: failed again at once, not a new round of backoffs, and the
+        // next probe is one interval later.
+        machine.handle_timeout(t0 + secs(601));
+        assert_eq!(drain(&mut machine), vec![TEAR_DOWN, Action::Fetch]);
+        machine.handle_fetch_done(t0 + secs(602), failure(ErrorKind::Transient), 0.0);
+        assert_eq!(
+            drain(&mut machine),
+            vec![probe_due(3, ErrorKind::Transient, Some(secs(600)))]
+        );
+        assert_eq!(machine.poll_timeout(), Some(t0 + secs(1202)));
+
+        // A permanent failure at the next probe stays failed too.
+        machine.handle_timeout(t0 + secs(1202));
+        assert_eq!(drain(&mut machine), vec![TEAR_DOWN, Action::Fetch]);
+        machine.handle_fetch_done(t0 + secs(1203), failure(ErrorKind::Permanent), 0.0);
+        assert_eq!(
+            drain(&mut machine),
+            vec![probe_due(4, ErrorKind::Permanent, Some(secs(600)))]
+        );
+        assert_eq!(machine.poll_timeout(), Some(t0 + secs(1803)));
+    }
+
+    #[test]
+    fn a_probe_that_fails_transiently_without_a_limit_backs_off() {
+        let t0 = Instant::now();
+        let mut machine = fetching(probing(secs(600)), t0);
+        machine.handle_fetch_done(t0, failure(ErrorKind::Permanent), 0.0);
+        assert_eq!(
+            drain(&mut machine),
+            vec![probe_due(1, ErrorKind::Permanent, Some(secs(600)))]
+        );
+        machine.handle_timeout(t0 + secs(600));
+        assert_eq!(drain(&mut machine), vec![TEAR_DOWN, Action::Fetch]);
+        // The remote is fixed but the network is flaky: retried with backoff as usual.
+        machine.handle_fetch_done(t0 + secs(600), failure(ErrorKind::Transient), 0.0);
+        assert_eq!(
+            drain(&mut machine),
+            vec![backoff(2, ErrorKind::Transient, secs(2))]
+        );
+        machine.handle_timeout(t0 + secs(602));
+        assert_eq!(drain(&mut machine), vec![TEAR_DOWN, Action::Fetch]);
+    }
+
+    #[test]
+    fn probing_a_corrupt_failure_deletes_the_clone() {
+        let t0 = Instant::now();
+        let policy = Policy {
+            max_failures: Some(1),
+            ..probing(secs(60))
+        };
+        let mut machine = fetching(policy, t0);
+        machine.handle_fetch_done(t0, failure(ErrorKind::Corrupt), 0.0);
+        assert_eq!(
+            drain(&mut machine),
+            vec![probe_due(1, ErrorKind::Corrupt, Some(secs(60)))]
+        );
+        machine.handle_timeout(t0 + secs(60));
+        assert_eq!(
+            drain(&mut machine),
+            vec![Action::TearDown { delete_clone: true }, Action::Fetch]
+        );
+    }
+
+    #[test]
+    fn probes_come_up_to_a_fifth_early() {
+        let t0 = Instant::now();
+        for (jitter, early) in [(0.5, secs(60)), (1.0, secs(120))] {
+            let mut machine = fetching(probing(secs(600)), t0);
+            machine.handle_fetch_done(t0, failure(ErrorKind::Permanent), jitter);
+            let retry_in = secs(600) - early;
+            assert_eq!(
+                drain(&mut machine),
+                vec![probe_due(1, ErrorKind::Permanent, Some(retry_in))]
+            );
+            assert_eq!(machine.poll_timeout(), Some(t0 + retry_in));
+        }
+    }
+
+    #[test]
+    fn a_trigger_while_a_probe_is_due_probes_at_once() {
+        let t0 = Instant::now();
+        let mut machine = fetching(probing(secs(600)), t0);
+        machine.handle_fetch_done(t0, failure(ErrorKind::Permanent), 0.0);
+        drain(&mut machine);
+        machine.handle_trigger(t0 + secs(5));
+        assert_eq!(drain(&mut machine), vec![TEAR_DOWN, Action::Fetch]);
+        assert_eq!(
+            machine.state(),
+            &State::Fetching {
+                failures: 0,
+                since: t0 + secs(5)
+            }
+        );
+        // The probe that was due is gone with the failed state.
+        machine.handle_timeout(t0 + secs(600));
+        assert_eq!(drain(&mut machine), vec![]);
     }
 
     #[test]
@@ -1223,6 +1446,7 @@ mod tests {
             backoff_initial: Duration::MAX,
             backoff_max: Duration::MAX,
             max_failures: None,
+            failed_interval: Some(Duration::MAX),
         };
         let mut machine = fetching(policy, t0);
         machine.handle_fetch_done(t0, Outcome::Success, 0.0);
@@ -1244,6 +1468,11 @@ mod tests {
         assert!(until > t0 + secs(3_600));
         machine.handle_timeout(until);
         assert_eq!(drain(&mut machine), vec![TEAR_DOWN, Action::Fetch]);
+
+        machine.handle_fetch_done(until, failure(ErrorKind::Permanent), 0.0);
+        drain(&mut machine);
+        let probe_at = machine.poll_timeout().expect("failed has a probe");
+        assert!(probe_at > until + secs(3_600));
     }
 
     /// `min(max, initial * 2^(failures - 1))`, computed by repeated doubling.
@@ -1273,6 +1502,7 @@ mod tests {
             backoff_initial: random_duration(rng, 10_000),
             backoff_max: random_duration(rng, 120_000),
             max_failures: rng.bool().then(|| rng.u32(0..8)),
+            failed_interval: rng.bool().then(|| random_duration(rng, 600_000)),
         }
     }
 
@@ -1407,8 +1637,21 @@ mod tests {
                         }
                         unhealthy = true;
                     }
-                    Action::Emit(Health::Failed { attempt, .. }) => {
+                    Action::Emit(Health::Failed {
+                        attempt, retry_in, ..
+                    }) => {
                         assert_eq!(Some(*attempt), done_after.map(|f| f + 1), "step {step}");
+                        // (6) A probe is due exactly when the policy asks for one, within its
+                        // interval and no more than a fifth early.
+                        let interval = machine.policy().failed_interval;
+                        assert_eq!(retry_in.is_some(), interval.is_some(), "step {step}");
+                        if let (Some(retry_in), Some(interval)) = (retry_in, interval) {
+                            assert!(*retry_in <= interval, "step {step}");
+                            assert!(*retry_in >= interval - interval / 5, "step {step}");
+                            if let Some(at) = now.checked_add(*retry_in) {
+                                assert_eq!(machine.poll_timeout(), Some(at), "step {step}");
+                            }
+                        }
                         unhealthy = true;
                     }
                     Action::Emit(Health::Idle) => {
@@ -1423,7 +1666,8 @@ mod tests {
             let expected_timeout = match machine.state() {
                 State::Idle { next_poll } => Some(*next_poll),
                 State::Backoff { until, .. } => Some(*until),
-                State::Fetching { .. } | State::Failed { .. } => None,
+                State::Failed { probe_at, .. } => *probe_at,
+                State::Fetching { .. } => None,
             };
             assert_eq!(machine.poll_timeout(), expected_timeout, "step {step}");
             assert_eq!(

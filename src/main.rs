@@ -38,7 +38,9 @@ Options:
   --timeout <T>          the longest one attempt may take [default: 60s]
   --backoff-initial <T>  delay after the first failure, doubling after each [default: 1s]
   --backoff-max <T>      the longest delay between failed attempts [default: 5m]
-  --max-failures <N>     give up after N consecutive failures [default: never]
+  --max-failures <N>     give up (failed) after N consecutive failures [default: never]
+  --failed-interval <T>  how long a failed source waits before it probes the remote again
+                         [default: 10m]
   --depth <N>            shallow clone with N commits of history [default: full history]
   --ssh-command <CMD>    ssh program and options, as git's core.sshCommand [default: ssh]
   --ssh-key <F>          private key for ssh remotes (and no other identity)
@@ -338,6 +340,7 @@ fn parse(args: &[String]) -> Result<Command, String> {
             "--backoff-initial" => source.backoff_initial = duration(value()?)?,
             "--backoff-max" => source.backoff_max = duration(value()?)?,
             "--max-failures" => source.max_failures = Some(number(value()?)?),
+            "--failed-interval" => source.failed_interval = duration(value()?)?,
             "--depth" => source.depth = Some(number(value()?)?),
             "--ssh-command" => source.ssh_command = Some(value()?),
             "--mirror" => source.mirrors.push(value()?),
@@ -540,7 +543,8 @@ mod tests {
             once,
         }) = parse(&args(
             "watch git://h/p.git --branch dev --name n --cache-dir /c --interval 250ms \
-             --timeout=2s --backoff-initial 1s --backoff-max 5m --max-failures 3 --depth 1 --once",
+             --timeout=2s --backoff-initial 1s --backoff-max 5m --max-failures 3 --depth 1 --once \
+             --failed-interval 2m",
         ))
         else {
             panic!("should parse");
@@ -552,6 +556,7 @@ mod tests {
         assert_eq!(source.interval, std::time::Duration::from_millis(250));
         assert_eq!(source.timeout, std::time::Duration::from_secs(2));
         assert_eq!(source.max_failures, Some(3));
+        assert_eq!(source.failed_interval, std::time::Duration::from_secs(120));
         assert_eq!(source.depth, Some(1));
     }
 

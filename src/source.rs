@@ -56,10 +56,16 @@ pub struct Source {
     /// The longest delay between two failed attempts.
     #[serde(default = "defaults::backoff_max", with = "duration_serde")]
     pub backoff_max: Duration,
-    /// After this many consecutive transient failures the source is `failed` and stops polling
-    /// until it is triggered or changed; `None` retries for ever.
+    /// After this many consecutive transient failures the source is `failed`; `None` retries
+    /// with backoff for ever.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_failures: Option<u32>,
+    /// How long a `failed` source waits before it probes the remote again, at most (each
+    /// probe comes up to a fifth early, at random); a trigger or a changed source probes at
+    /// once. A failed source is never left for good: a device that starts before its network,
+    /// or a remote that is fixed, recovers by itself.
+    #[serde(default = "defaults::failed_interval", with = "duration_serde")]
+    pub failed_interval: Duration,
     /// Fetch only this many commits of history (a shallow clone); `None` fetches all of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub depth: Option<u32>,
@@ -200,6 +206,9 @@ mod defaults {
     pub fn backoff_max() -> Duration {
         Duration::from_secs(300)
     }
+    pub fn failed_interval() -> Duration {
+        Duration::from_secs(600)
+    }
     pub fn keep_snapshots() -> usize {
         2
     }
@@ -219,8 +228,8 @@ mod defaults {
 
 impl Source {
     /// A source named `name` following the default branch of `url`, with the defaults: poll
-    /// every 30 s, 60 s per attempt, backoff from 1 s up to 5 min, retrying for ever, full
-    /// history.
+    /// every 30 s, 60 s per attempt, backoff from 1 s up to 5 min, retrying for ever, a failed
+    /// source probed every 10 min, full history.
     ///
     /// ```
     /// let mut source = gitfeed::Source::new("policies", "git://127.0.0.1/p.git");
@@ -239,6 +248,7 @@ impl Source {
             backoff_initial: defaults::backoff_initial(),
             backoff_max: defaults::backoff_max(),
             max_failures: None,
+            failed_interval: defaults::failed_interval(),
             depth: None,
             ssh_command: None,
             ssh_key: None,
@@ -261,11 +271,11 @@ impl Source {
     /// Checks everything that can be checked without the network.
     ///
     /// Rejects an empty name or one with control characters, a malformed URL, a scheme other
-    /// than those listed on [`Source::url`], a malformed ref name, a zero interval or timeout,
-    /// a zero initial backoff, a backoff cap below the initial backoff, a zero `max_failures`,
-    /// a zero `depth`, an invalid filter pattern, a zero `keep_snapshots`, an `https://` URL
-    /// when the build's libcurl has no TLS, and a [`verify`](Source::verify) setting in a build
-    /// without the `verify` feature.
+    /// than those listed on [`Source::url`], a malformed ref name, a zero interval, timeout,
+    /// initial backoff or `failed_interval`, a backoff cap below the initial backoff, a zero
+    /// `max_failures`, a zero `depth`, an invalid filter pattern, a zero `keep_snapshots`, an
+    /// `https://` URL when the build's libcurl has no TLS, and a [`verify`](Source::verify)
+    /// setting in a build without the `verify` feature.
     ///
     /// ```
     /// let source = gitfeed::Source::new("p", "ftp://example.org/p.git");
@@ -301,6 +311,7 @@ impl Source {
             ("interval", self.interval),
             ("timeout", self.timeout),
             ("backoff_initial", self.backoff_initial),
+            ("failed_interval", self.failed_interval),
         ] {
             if value.is_zero() {
                 return fail(format!("{what} must be greater than zero"));
@@ -440,6 +451,7 @@ impl Source {
             backoff_initial: self.backoff_initial,
             backoff_max: self.backoff_max,
             max_failures: self.max_failures,
+            failed_interval: Some(self.failed_interval),
         }
     }
 }

@@ -8,14 +8,17 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::reason::Reason;
+
 /// How a source is doing, as of its last attempt.
 ///
 /// ```
 /// let status: gitfeed::Status = serde_json::from_str(
 ///     r#"{"source":"p","url":"/srv/p.git","state":"backoff","attempt":2,
-///         "last_error":"connection refused"}"#,
+///         "last_error":"connection refused","reason":"connection_refused"}"#,
 /// ).unwrap();
 /// assert_eq!(status.attempt, 2);
+/// assert_eq!(status.reason, Some(gitfeed::Reason::ConnectionRefused));
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -42,6 +45,9 @@ pub struct Status {
     /// Why the last failed attempt failed, until an attempt succeeds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The reason of `last_error`, the same on every transport, like `"timeout"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
     /// The last commit the consumer acknowledged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acknowledged: Option<String>,

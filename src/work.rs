@@ -10,6 +10,7 @@ use crate::cache;
 use crate::event::{Change, ChangeKind, Encoding};
 use crate::git::{Cancel, FetchError, FileKind, Matcher, Repo, Target, Tip};
 use crate::machine::ErrorKind;
+use crate::reason::Reason;
 use crate::snapshot::{self, SnapshotDir};
 use crate::source::Source;
 #[cfg(feature = "verify")]
@@ -93,7 +94,8 @@ pub(crate) fn sync(
         let Some(turn) = take_turn(&paths.turn, cancel) else {
             return Attempt {
                 handle,
-                result: Err(FetchError::transient(
+                result: Err(FetchError::new(
+                    Reason::Cancelled,
                     "cancelled while waiting for the clone",
                 )),
                 warnings,
@@ -357,7 +359,8 @@ fn fetch_and_diff(
     cancel: &Cancel,
     warnings: &mut Vec<String>,
 ) -> Result<Fetched, FetchError> {
-    let matcher = Matcher::new(&source.filter).map_err(FetchError::permanent)?;
+    let matcher = Matcher::new(&source.filter)
+        .map_err(|problem| FetchError::new(Reason::Configuration, problem))?;
     let (tip, served_by) = fetch_any(repo, source, target, seen, cancel)?;
     if let Some(sent) = seen.sent.as_deref()
         && served_by != source.url
@@ -448,18 +451,18 @@ fn fetch_any(
             ..target.clone()
         };
         match repo.fetch(&target, cancel) {
-            // A refused secret read from a file may be rotated: keep trying.
+            // A refused secret read from a file may be rotated: keep trying. This is the one
+            // failure whose class the source decides rather than the reason.
             Err(mut err)
-                if err.kind == crate::machine::ErrorKind::Permanent
-                    && err.message.starts_with("authentication refused")
+                if err.reason == Reason::AuthenticationRefused
                     && source.auth.as_ref().is_some_and(Auth::rotates) =>
             {
-                err.kind = crate::machine::ErrorKind::Transient;
+                err.kind = ErrorKind::Transient;
                 return Err(err);
             }
             Ok(tip) => return Ok((tip, url.clone())),
             Err(err)
-                if err.kind == crate::machine::ErrorKind::Transient
+                if err.kind == ErrorKind::Transient
                     && index + 1 < urls.len()
                     && !cancel.is_cancelled() =>
             {
@@ -483,12 +486,12 @@ fn http_auth(source: &Source) -> Result<Option<crate::auth::Secret>, FetchError>
         return Ok(None);
     };
     auth.header().map(Some).map_err(|problem| {
-        let message = format!("credentials: {problem}");
+        let mut err = FetchError::new(Reason::Credentials, format!("credentials: {problem}"));
+        // A file may be written again (rotated): as for a refused secret, keep trying.
         if auth.rotates() {
-            FetchError::transient(message)
-        } else {
-            FetchError::permanent(message)
+            err.kind = ErrorKind::Transient;
         }
+        err
     })
 }
 
@@ -505,7 +508,8 @@ fn refuse_unsigned(
     tip: &str,
 ) -> Result<Option<String>, FetchError> {
     // Read on every attempt, so an edited file takes effect without a restart.
-    let signers = AllowedSigners::load(&verify.allowed_signers).map_err(FetchError::permanent)?;
+    let signers = AllowedSigners::load(&verify.allowed_signers)
+        .map_err(|problem| FetchError::new(Reason::Verification, problem))?;
     let commits = if verify.all_commits && sent.is_some() {
         repo.commits_since(sent, tip, MAX_COMMITS_TO_VERIFY)?
     } else {
@@ -532,7 +536,10 @@ fn refuse_unsigned(
     _sent: Option<&str>,
     _tip: &str,
 ) -> Result<Option<String>, FetchError> {
-    Err(FetchError::permanent(crate::source::VERIFY_MISSING))
+    Err(FetchError::new(
+        Reason::Verification,
+        crate::source::VERIFY_MISSING,
+    ))
 }
 
 /// Attaches each added or modified file's content, or why it was left out.
@@ -574,18 +581,24 @@ fn write_snapshot(
     let files = repo.files(commit, matcher)?;
     let total: u64 = files.iter().map(|file| file.size).sum();
     if total > source.max_snapshot_size {
-        return Err(FetchError::permanent(format!(
-            "the snapshot of {commit} holds {total} bytes, over max_snapshot_size ({})",
-            source.max_snapshot_size
-        )));
+        return Err(FetchError::new(
+            Reason::SnapshotTooLarge,
+            format!(
+                "the snapshot of {commit} holds {total} bytes, over max_snapshot_size ({})",
+                source.max_snapshot_size
+            ),
+        ));
     }
     let mut entries = Vec::with_capacity(files.len());
     for file in files {
         if file.size > source.max_file_size {
-            return Err(FetchError::permanent(format!(
-                "`{}` in {commit} is {} bytes, over max_file_size ({})",
-                file.path, file.size, source.max_file_size
-            )));
+            return Err(FetchError::new(
+                Reason::SnapshotTooLarge,
+                format!(
+                    "`{}` in {commit} is {} bytes, over max_file_size ({})",
+                    file.path, file.size, source.max_file_size
+                ),
+            ));
         }
         entries.push(snapshot::Entry {
             components: file.components,
@@ -609,7 +622,10 @@ fn write_snapshot(
     let report = snapshots
         .write(commit, &entries, &mut read)
         .map_err(|err| {
-            FetchError::local(format!("cannot write the snapshot of {commit}: {err}"))
+            FetchError::new(
+                Reason::LocalIo,
+                format!("cannot write the snapshot of {commit}: {err}"),
+            )
         })?;
     if !report.skipped.is_empty() {
         let listed: Vec<String> = report

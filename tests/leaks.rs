@@ -70,6 +70,7 @@ fn survive(outage: Outage<'_>) {
         backoff_initial: sources[0].backoff_initial,
         backoff_max: sources[0].backoff_max,
         max_failures: None,
+        failed_interval: Some(sources[0].failed_interval),
     };
     let feed = Running::start_with(sources, |feed| feed.concurrent_fetches(SOURCES));
 

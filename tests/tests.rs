@@ -5,6 +5,7 @@ mod util;
 mod cache;
 mod cli;
 mod durable;
+mod failures;
 mod feed;
 mod files;
 mod harness;

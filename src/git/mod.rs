@@ -1,8 +1,8 @@
 //! The git layer: the only module that uses gix.
 //!
 //! It opens or creates a bare repository, fetches exactly one ref into it, resolves the new tip
-//! and diffs two commits' trees. Every error it returns is classed (see [`ErrorKind`]) so the
-//! state machine knows whether a retry is worth it. Nothing here is async: the driver runs
+//! and diffs two commits' trees. Every error it returns has a [`Reason`], whose class tells the
+//! state machine whether a retry is worth it. Nothing here is async: the driver runs
 //! these calls on threads of their own and ends them through [`Cancel`].
 
 mod error;
@@ -29,7 +29,7 @@ pub(crate) use self::filter::Matcher;
 pub(crate) use self::read::{FileKind, ReadFailure, representable};
 pub(crate) use self::transport::Cancel;
 use crate::event::Change;
-use crate::machine::ErrorKind;
+use crate::reason::Reason;
 
 /// Where the fetched tip was kept when every source had a clone of its own. A clone moved into
 /// the shared place after an upgrade still has it; see [`Repo::adopt_legacy_tip`].
@@ -146,7 +146,10 @@ impl Repo {
                     .find_map(|cause| cause.downcast_ref::<std::io::Error>())
                 {
                     Some(io) => FetchError::io(context, io),
-                    None => FetchError::local(format!("{context}: {}", error::describe(&err))),
+                    None => FetchError::new(
+                        Reason::LocalIo,
+                        format!("{context}: {}", error::describe(&err)),
+                    ),
                 }
             })?;
             std::fs::rename(&staging, git_dir).map_err(|err| {
@@ -165,13 +168,15 @@ impl Repo {
         let options = gix::open::Options::isolated()
             .object_store_slots(gix::odb::store::init::Slots::Given(PACK_SLOTS as u16))
             .config_overrides(config_overrides(target));
-        let repo = gix::open_opts(git_dir, options).map_err(|err| FetchError {
-            kind: ErrorKind::Corrupt,
-            message: format!(
-                "the cached clone at {} is unusable: {}",
-                git_dir.display(),
-                error::describe(&err)
-            ),
+        let repo = gix::open_opts(git_dir, options).map_err(|err| {
+            FetchError::new(
+                Reason::CloneCorrupt,
+                format!(
+                    "the cached clone at {} is unusable: {}",
+                    git_dir.display(),
+                    error::describe(&err)
+                ),
+            )
         })?;
         Ok(Self {
             repo: repo.into_sync(),
@@ -190,10 +195,13 @@ impl Repo {
     pub fn validate(&self, tip_ref: &str, acknowledged: Option<&str>) -> Result<(), FetchError> {
         let repo = self.repo.to_thread_local();
         let broken = |what: String| {
-            FetchError::corrupt(format!(
-                "the cached clone at {} is damaged: {what}",
-                self.git_dir.display()
-            ))
+            FetchError::new(
+                Reason::CloneCorrupt,
+                format!(
+                    "the cached clone at {} is damaged: {what}",
+                    self.git_dir.display()
+                ),
+            )
         };
         match repo.try_find_reference(tip_ref) {
             Ok(None) => {}
@@ -388,10 +396,10 @@ impl Repo {
         }
         if let Ok(legacy) = repo.find_reference(LEGACY_TIP_REF) {
             legacy.delete().map_err(|err| {
-                FetchError::local(format!(
-                    "cannot delete {LEGACY_TIP_REF}: {}",
-                    error::describe(&err)
-                ))
+                FetchError::new(
+                    Reason::LocalIo,
+                    format!("cannot delete {LEGACY_TIP_REF}: {}", error::describe(&err)),
+                )
             })?;
         }
         Ok(())
@@ -422,7 +430,10 @@ impl Repo {
             .remote_at(url.as_str())
             .and_then(|remote| remote.with_refspecs([spec.as_str()], Direction::Fetch))
             .map_err(|err| {
-                FetchError::permanent(format!("invalid url: {}", error::describe(&err)))
+                FetchError::new(
+                    Reason::Configuration,
+                    format!("invalid url: {}", error::describe(&err)),
+                )
             })?
             .with_fetch_tags(Tags::None);
         let shallow = match target.depth.and_then(NonZeroU32::new) {
@@ -430,7 +441,10 @@ impl Repo {
             None => Shallow::NoChange,
         };
         let parsed = gix::url::parse(url.as_bytes().as_bstr()).map_err(|err| {
-            FetchError::permanent(format!("invalid url: {}", error::describe_std(&err)))
+            FetchError::new(
+                Reason::Configuration,
+                format!("invalid url: {}", error::describe_std(&err)),
+            )
         })?;
         let ours = tip_id(&repo, &target.tip_ref);
         let protocol = if target.many_refs.load(Ordering::Relaxed) {
@@ -477,13 +491,16 @@ impl Repo {
             let stderr = helper.finish();
             result.map_err(|err| {
                 let err = error::with_helper_output(err, &stderr);
-                if stderr.contains("Host key verification failed") {
+                if err.reason == Reason::HostKey {
                     let host = parsed.host().unwrap_or_default();
                     let port = parsed.port.unwrap_or(22);
-                    FetchError::permanent(format!(
-                        "the host key of {host}:{port} is unknown or has changed; check known_hosts ({})",
-                        err.message
-                    ))
+                    FetchError::new(
+                        Reason::HostKey,
+                        format!(
+                            "the host key of {host}:{port} is unknown or has changed; check known_hosts ({})",
+                            err.message
+                        ),
+                    )
                 } else {
                     err
                 }
@@ -492,16 +509,23 @@ impl Repo {
             parsed.scheme,
             gix::url::Scheme::Http | gix::url::Scheme::Https
         ) {
+            let http = transport::BoundedHttp::new(target.max_pack_size, cancel);
+            let words = http.words();
             let transport =
                 gix::protocol::transport::client::blocking_io::http::Transport::new_http(
-                    transport::BoundedHttp::new(target.max_pack_size, cancel),
+                    http,
                     parsed.clone(),
                     protocol,
                     false,
                 );
             let connection = remote.to_connection_with_transport(transport);
             let options = http_options(&repo, &url, target);
-            receive::receive(&repo, connection, options, target, shallow, cancel, ours)?
+            receive::receive(&repo, connection, options, target, shallow, cancel, ours).map_err(
+                |err| match words.error_line() {
+                    Some(line) => error::with_error_line(err, &line),
+                    None => err,
+                },
+            )?
         } else {
             let connection = remote
                 .connect(Direction::Fetch)
@@ -511,10 +535,10 @@ impl Repo {
         let commit = repo
             .find_reference(target.tip_ref.as_str())
             .map_err(|err| {
-                FetchError::corrupt(format!(
-                    "fetched ref is unreadable: {}",
-                    error::describe(&err)
-                ))
+                FetchError::new(
+                    Reason::CloneCorrupt,
+                    format!("fetched ref is unreadable: {}", error::describe(&err)),
+                )
             })?
             .peel_to_commit()
             .map_err(|err| {
@@ -524,10 +548,13 @@ impl Repo {
                 {
                     let _ = tip.delete();
                 }
-                FetchError::permanent(format!(
-                    "`{reference}` on the remote does not point to a commit: {}",
-                    error::describe(&err)
-                ))
+                FetchError::new(
+                    Reason::UnsupportedRemote,
+                    format!(
+                        "`{reference}` on the remote does not point to a commit: {}",
+                        error::describe(&err)
+                    ),
+                )
             })?
             .id;
         Ok(Tip {
@@ -544,10 +571,10 @@ impl Repo {
         repo.find_commit(oid)
             .map(|commit| commit.data.clone())
             .map_err(|err| {
-                FetchError::corrupt(format!(
-                    "cannot read commit {id}: {}",
-                    error::describe(&err)
-                ))
+                FetchError::new(
+                    Reason::CloneCorrupt,
+                    format!("cannot read commit {id}: {}", error::describe(&err)),
+                )
             })
     }
 
@@ -569,7 +596,10 @@ impl Repo {
             .with_hidden(hidden)
             .all()
             .map_err(|err| {
-                FetchError::corrupt(format!("cannot walk history: {}", error::describe(&err)))
+                FetchError::new(
+                    Reason::CloneCorrupt,
+                    format!("cannot walk history: {}", error::describe(&err)),
+                )
             })?;
         let mut out = Vec::new();
         for info in walk {
@@ -578,9 +608,12 @@ impl Repo {
             };
             out.push(info.id.to_string());
             if out.len() == limit {
-                return Err(FetchError::permanent(format!(
-                    "more than {limit} new commits to verify; deliver a nearer tip or verify only the tip"
-                )));
+                return Err(FetchError::new(
+                    Reason::Verification,
+                    format!(
+                        "more than {limit} new commits to verify; deliver a nearer tip or verify only the tip"
+                    ),
+                ));
             }
         }
         Ok(out)
@@ -633,7 +666,10 @@ impl Repo {
     ) -> Result<Changes, FetchError> {
         let repo = self.repo.to_thread_local();
         let unreadable = |what: &str, err: gix::Error| {
-            FetchError::corrupt(format!("cannot read {what}: {}", error::describe(&err)))
+            FetchError::new(
+                Reason::CloneCorrupt,
+                format!("cannot read {what}: {}", error::describe(&err)),
+            )
         };
         let new_id = parse_id(new)?;
         let new_tree = repo
@@ -727,7 +763,12 @@ fn set_ref(repo: &gix::Repository, name: &str, id: gix::ObjectId) -> Result<(), 
         "gitfeed: pin",
     )
     .map(|_| ())
-    .map_err(|err| FetchError::local(format!("cannot write {name}: {}", error::describe(&err))))
+    .map_err(|err| {
+        FetchError::new(
+            Reason::LocalIo,
+            format!("cannot write {name}: {}", error::describe(&err)),
+        )
+    })
 }
 
 /// The modification time of the clone's pack directory, if it exists.
@@ -755,13 +796,15 @@ fn missing_ref(wanted: &str, seen_before: bool) -> FetchError {
         "ref"
     };
     if seen_before {
-        FetchError::transient(format!(
-            "{what} `{short}` was deleted on the remote; retrying until it returns"
-        ))
+        FetchError::new(
+            Reason::RefDeleted,
+            format!("{what} `{short}` was deleted on the remote; retrying until it returns"),
+        )
     } else {
-        FetchError::permanent(format!(
-            "{what} `{short}` not found on remote; check --branch"
-        ))
+        FetchError::new(
+            Reason::RefNotFound,
+            format!("{what} `{short}` not found on remote; check --branch"),
+        )
     }
 }
 
@@ -772,7 +815,7 @@ pub(crate) fn is_commit_id(text: &str) -> bool {
 
 fn parse_id(id: &str) -> Result<gix::ObjectId, FetchError> {
     gix::ObjectId::from_hex(id.as_bytes())
-        .map_err(|_| FetchError::corrupt(format!("`{id}` is not a commit id")))
+        .map_err(|_| FetchError::new(Reason::CloneCorrupt, format!("`{id}` is not a commit id")))
 }
 
 /// Per-source configuration of the repository handle: no prompts (a daemon has no terminal),

@@ -10,6 +10,7 @@ use super::filter::Matcher;
 use super::stream::PackedBlobs;
 use super::{FetchError, Repo, parse_id};
 use crate::event::{Change, ChangeKind};
+use crate::reason::Reason;
 
 /// Trees nested deeper than this are refused: a hostile tree could otherwise make the listing
 /// run for ever or exhaust memory.
@@ -199,10 +200,10 @@ impl From<ReadFailure> for FetchError {
     fn from(failure: ReadFailure) -> Self {
         match failure {
             ReadFailure::NotFound(message) | ReadFailure::Corrupt(message) => {
-                FetchError::corrupt(message)
+                FetchError::new(Reason::CloneCorrupt, message)
             }
-            ReadFailure::TooLarge(message) => FetchError::permanent(message),
-            ReadFailure::Io(message) => FetchError::local(message),
+            ReadFailure::TooLarge(message) => FetchError::new(Reason::SnapshotTooLarge, message),
+            ReadFailure::Io(message) => FetchError::new(Reason::LocalIo, message),
         }
     }
 }
@@ -245,9 +246,10 @@ pub(crate) fn diff_trees(
         vec![(old, Some(new), String::new(), 0)];
     while let Some((old, new, prefix, depth)) = stack.pop() {
         if depth > MAX_DEPTH {
-            return Err(FetchError::permanent(format!(
-                "trees nest deeper than {MAX_DEPTH} levels under `{prefix}`"
-            )));
+            return Err(FetchError::new(
+                Reason::UnsupportedRemote,
+                format!("trees nest deeper than {MAX_DEPTH} levels under `{prefix}`"),
+            ));
         }
         let old_entries = listing(repo, old, &prefix, &mut out.skipped)?;
         let new_entries = listing(repo, new, &prefix, &mut out.skipped)?;
@@ -303,12 +305,18 @@ fn listing(
     let Some(id) = id else {
         return Ok(entries);
     };
-    let tree = repo
-        .find_tree(id)
-        .map_err(|err| FetchError::corrupt(format!("cannot read tree {id}: {err}")))?;
-    let decoded = tree
-        .decode()
-        .map_err(|err| FetchError::corrupt(format!("cannot read tree {id}: {err}")))?;
+    let tree = repo.find_tree(id).map_err(|err| {
+        FetchError::new(
+            Reason::CloneCorrupt,
+            format!("cannot read tree {id}: {err}"),
+        )
+    })?;
+    let decoded = tree.decode().map_err(|err| {
+        FetchError::new(
+            Reason::CloneCorrupt,
+            format!("cannot read tree {id}: {err}"),
+        )
+    })?;
     for entry in &decoded.entries {
         let name = entry.filename.to_vec();
         if !representable(&name) {

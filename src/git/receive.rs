@@ -17,6 +17,7 @@ use gix::protocol::transport::client::blocking_io::Transport;
 use gix::remote::fetch::Shallow;
 
 use super::{Cancel, FetchError, MANY_REFS, Target, error, indexer, missing_ref};
+use crate::reason::Reason;
 
 /// How gitfeed names itself to servers.
 const USER_AGENT: &str = concat!("gitfeed/", env!("CARGO_PKG_VERSION"));
@@ -50,7 +51,10 @@ pub(super) fn receive<T: Transport>(
     };
     if let Some(options) = options {
         transport.configure(&*options).map_err(|err| {
-            FetchError::permanent(format!("cannot configure the transport: {err}"))
+            FetchError::new(
+                Reason::Configuration,
+                format!("cannot configure the transport: {err}"),
+            )
         })?;
     }
     let mut progress = gix::progress::Discard;
@@ -79,11 +83,14 @@ pub(super) fn receive<T: Transport>(
         target.many_refs.store(true, Ordering::Relaxed);
     }
     if ref_map.object_hash != repo.object_hash() {
-        return Err(FetchError::permanent(format!(
-            "the remote's objects are named with {}, the clone's with {}",
-            ref_map.object_hash,
-            repo.object_hash()
-        )));
+        return Err(FetchError::new(
+            Reason::UnsupportedRemote,
+            format!(
+                "the remote's objects are named with {}, the clone's with {}",
+                ref_map.object_hash,
+                repo.object_hash()
+            ),
+        ));
     }
     let Some(mapping) = ref_map.mappings.first() else {
         return Err(missing_ref(wanted, target.seen_before));
@@ -95,16 +102,20 @@ pub(super) fn receive<T: Transport>(
         (None, Some(name)) if valid(name) => name.to_str_lossy().into_owned(),
         (None, None) => wanted.to_owned(),
         (_, name) => {
-            return Err(FetchError::permanent(format!(
-                "the remote names `{wanted}` with an invalid ref name ({:?})",
-                name.map(|name| name.to_str_lossy())
-            )));
+            return Err(FetchError::new(
+                Reason::UnsupportedRemote,
+                format!(
+                    "the remote names `{wanted}` with an invalid ref name ({:?})",
+                    name.map(|name| name.to_str_lossy())
+                ),
+            ));
         }
     };
     let Some(theirs) = mapping.remote.as_id().map(ToOwned::to_owned) else {
-        return Err(FetchError::permanent(format!(
-            "`{remote_name}` on the remote has no commits yet"
-        )));
+        return Err(FetchError::new(
+            Reason::UnsupportedRemote,
+            format!("`{remote_name}` on the remote has no commits yet"),
+        ));
     };
     if Some(theirs) == ours {
         // Nothing moved: end the conversation here instead of negotiating and updating the
@@ -114,7 +125,10 @@ pub(super) fn receive<T: Transport>(
     if target.peek {
         // A look without the clone's lock: it must not write, so it ends where a fetch would
         // begin.
-        return Err(FetchError::transient(format!("`{remote_name}` moved")));
+        return Err(FetchError::new(
+            Reason::Other,
+            format!("`{remote_name}` moved"),
+        ));
     }
 
     let mut graph = repo.revision_graph(None);
@@ -184,17 +198,21 @@ pub(super) fn receive<T: Transport>(
                     let _ = std::fs::remove_file(path);
                 }
             }
-            return Err(FetchError::permanent(format!(
-                "the remote sent a {size}-byte pack, more than max_pack_size ({} bytes); \
-                 raise it if the repository really is that large",
-                target.max_pack_size
-            )));
+            return Err(FetchError::new(
+                Reason::RemoteTooLarge,
+                format!(
+                    "the remote sent a {size}-byte pack, more than max_pack_size ({} bytes); \
+                     raise it if the repository really is that large",
+                    target.max_pack_size
+                ),
+            ));
         }
     }
     if !repo.has_object(theirs) {
-        return Err(FetchError::transient(format!(
-            "the remote did not send `{remote_name}` ({theirs})"
-        )));
+        return Err(FetchError::new(
+            Reason::Protocol,
+            format!("the remote did not send `{remote_name}` ({theirs})"),
+        ));
     }
     repo.reference(
         target.tip_ref.as_str(),
@@ -203,10 +221,13 @@ pub(super) fn receive<T: Transport>(
         format!("fetch: {remote_name}"),
     )
     .map_err(|err| {
-        FetchError::transient(format!(
-            "the local copy of `{remote_name}` was not updated: {}",
-            error::describe(&err)
-        ))
+        FetchError::new(
+            Reason::LocalIo,
+            format!(
+                "the local copy of `{remote_name}` was not updated: {}",
+                error::describe(&err)
+            ),
+        )
     })?;
     Ok(remote_name)
 }

@@ -19,6 +19,7 @@ use gix::protocol::transport::client::git::blocking_io::Connection;
 use rustix::process::Pid;
 
 use super::FetchError;
+use crate::reason::Reason;
 
 /// Ends one attempt from another thread.
 ///
@@ -120,12 +121,15 @@ pub(crate) fn git_daemon_stream(
     }
     let host = parsed
         .host()
-        .ok_or_else(|| FetchError::permanent(format!("no host in `{url}`")))?
+        .ok_or_else(|| FetchError::new(Reason::Configuration, format!("no host in `{url}`")))?
         .to_owned();
     let port = parsed.port.unwrap_or(9418);
-    let addresses = (host.as_str(), port)
-        .to_socket_addrs()
-        .map_err(|err| FetchError::transient(format!("cannot resolve `{host}`: {err}")))?;
+    let addresses = (host.as_str(), port).to_socket_addrs().map_err(|err| {
+        FetchError::new(
+            Reason::NameResolution,
+            format!("cannot resolve `{host}`: {err}"),
+        )
+    })?;
     let mut last_error = None;
     let mut connected = None;
     for address in addresses {
@@ -137,11 +141,15 @@ pub(crate) fn git_daemon_stream(
             Err(err) => last_error = Some(err),
         }
     }
-    let stream = connected.ok_or_else(|| {
-        FetchError::transient(match last_error {
-            Some(err) => format!("cannot connect to {host}:{port}: {err}"),
-            None => format!("`{host}` has no address"),
-        })
+    let stream = connected.ok_or_else(|| match last_error {
+        Some(err) => FetchError::new(
+            match err.kind() {
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => Reason::Timeout,
+                _ => Reason::ConnectionRefused,
+            },
+            format!("cannot connect to {host}:{port}: {err}"),
+        ),
+        None => FetchError::new(Reason::NameResolution, format!("`{host}` has no address")),
     })?;
     let setup = |stream: &TcpStream| -> std::io::Result<TcpStream> {
         stream.set_nodelay(true)?;
@@ -152,12 +160,18 @@ pub(crate) fn git_daemon_stream(
     let (writer, watched) = setup(&stream)
         .and_then(|writer| Ok((writer, stream.try_clone()?)))
         .map_err(|err| {
-            FetchError::transient(format!(
-                "cannot set up the connection to {host}:{port}: {err}"
-            ))
+            FetchError::new(
+                Reason::ConnectionReset,
+                format!("cannot set up the connection to {host}:{port}: {err}"),
+            )
         })?;
     cancel.watch(watched);
     let reader = std::io::BufReader::with_capacity(READ_BUFFER, QuickAck(stream));
+    // A request leaves in one piece when gix flushes it, before it reads the answer: a daemon
+    // that refuses a request (`ERR upload-pack: not our ref`) and hangs up is then heard,
+    // where line-by-line writes could meet the closed socket first and fail with a broken
+    // pipe that says nothing.
+    let writer = std::io::BufWriter::with_capacity(WRITE_BUFFER, writer);
     let (reader, writer) = bounded(reader, writer, max_pack_size, cancel);
     Ok(Some(Connection::new(
         reader,
@@ -175,10 +189,14 @@ pub(crate) type HelperConnection = Connection<Bounded<ChildStdout>, Watched<Chil
 
 /// The protocol spoken over a git:// socket.
 pub(crate) type DaemonConnection =
-    Connection<Bounded<std::io::BufReader<QuickAck>>, Watched<TcpStream>>;
+    Connection<Bounded<std::io::BufReader<QuickAck>>, Watched<std::io::BufWriter<TcpStream>>>;
 
 /// How much of a git:// answer is read from the socket at once.
 const READ_BUFFER: usize = 64 * 1024;
+
+/// How much of a git:// request is gathered before it is sent, at most: wants and haves for
+/// one ref fit many times over.
+const WRITE_BUFFER: usize = 64 * 1024;
 
 /// A git:// socket that acknowledges what it receives at once. `git upload-pack` writes each
 /// `ACK` line of a negotiation on its own, with Nagle's algorithm on: once a few are in
@@ -258,12 +276,15 @@ pub(crate) fn spawn_helper(
             // A host or user that looks like an option would be read by ssh as one
             // (`-oProxyCommand=…` runs a command): refused, and `--` ends ssh's options anyway.
             let host = url.host_argument_safe().ok_or_else(|| {
-                FetchError::permanent("the ssh host is missing or looks like an option")
+                FetchError::new(
+                    Reason::Configuration,
+                    "the ssh host is missing or looks like an option",
+                )
             })?;
             let destination = match url.user() {
                 Some(_) => {
                     let user = url.user_argument_safe().ok_or_else(|| {
-                        FetchError::permanent("the ssh user looks like an option")
+                        FetchError::new(Reason::Configuration, "the ssh user looks like an option")
                     })?;
                     format!("{user}@{host}")
                 }
@@ -299,21 +320,25 @@ pub(crate) fn spawn_helper(
         "git-upload-pack"
     };
     let child = command.spawn().map_err(|err| {
-        FetchError::permanent(format!("cannot run `{program}`: {err}; is it installed?"))
+        FetchError::new(
+            Reason::Configuration,
+            format!("cannot run `{program}`: {err}; is it installed?"),
+        )
     })?;
     let group = Pid::from_child(&child);
     // From here on the guard kills and reaps the helper on every path out.
     let mut spawned = Spawned { child, group };
     let (Some(stdin), Some(stdout)) = (spawned.child.stdin.take(), spawned.child.stdout.take())
     else {
-        return Err(FetchError::local(format!(
-            "`{program}` started without pipes"
-        )));
+        return Err(FetchError::new(
+            Reason::LocalIo,
+            format!("`{program}` started without pipes"),
+        ));
     };
     cancel.watch_group(group);
     if cancel.is_cancelled() {
         cancel.forget_helper();
-        return Err(FetchError::transient("cancelled"));
+        return Err(FetchError::new(Reason::Cancelled, "cancelled"));
     }
     let (stdout, stdin) = bounded(stdout, stdin, max_pack_size, cancel);
     let connection = Connection::new(
@@ -348,6 +373,58 @@ const MAX_SENT: u64 = 16 << 20;
 /// The most HTTP requests one attempt makes; a real negotiation needs a handful.
 const MAX_HTTP_REQUESTS: u64 = 16;
 
+/// Why a connection stopped an exchange on gitfeed's side: the remote went past a limit, or
+/// the attempt was cancelled. Carried inside the `std::io::Error` a read or write returns, so
+/// that the failure is classed by this type rather than by its words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Cutoff {
+    /// The attempt was cancelled (its deadline passed, or the feed is stopping).
+    Cancelled,
+    /// The remote sent more than `what` allows.
+    TooLarge { what: &'static str, limit: u64 },
+    /// The remote closed the connection again and again in the middle of the exchange.
+    EndedEarly,
+    /// The client sent more than [`MAX_SENT`]: the negotiation does not end.
+    TooMuchSent,
+    /// More than [`MAX_HTTP_REQUESTS`] HTTP requests.
+    TooManyRequests,
+}
+
+impl Cutoff {
+    /// Why the attempt failed.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Cutoff::Cancelled => Reason::Timeout,
+            Cutoff::TooLarge { .. } => Reason::RemoteTooLarge,
+            Cutoff::EndedEarly => Reason::ConnectionReset,
+            Cutoff::TooMuchSent | Cutoff::TooManyRequests => Reason::Protocol,
+        }
+    }
+}
+
+impl std::fmt::Display for Cutoff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cutoff::Cancelled => f.write_str("the attempt was cancelled"),
+            Cutoff::TooLarge { what, limit } => {
+                write!(f, "the remote sent more than {what} ({limit} bytes)")
+            }
+            Cutoff::EndedEarly => {
+                f.write_str("the remote closed the connection in the middle of the exchange")
+            }
+            Cutoff::TooMuchSent => {
+                f.write_str("the negotiation with the remote does not end; giving up")
+            }
+            Cutoff::TooManyRequests => write!(
+                f,
+                "the remote needed more than {MAX_HTTP_REQUESTS} requests; giving up"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Cutoff {}
+
 /// What a connection has received, and what it may still receive.
 #[derive(Debug)]
 struct Budget {
@@ -361,6 +438,9 @@ struct Budget {
     /// Set once the client asked for a pack: from then on the pack limit applies.
     asked_for_pack: AtomicBool,
     max_pack_size: u64,
+    /// The last bytes received, kept only for HTTP, where gix cannot tell an `ERR` line in a
+    /// response from a malformed one: see [`RemoteWords`].
+    tail: Option<std::sync::Mutex<Vec<u8>>>,
     /// The attempt's interrupt flag: once it is set, every read fails. gix checks the flag only
     /// while it receives a pack, and a remote that keeps sending (an endless advertisement over
     /// HTTP, whose socket gitfeed does not own) would otherwise hold the attempt past its
@@ -373,6 +453,8 @@ struct Budget {
 pub(crate) struct Bounded<R> {
     inner: R,
     budget: Arc<Budget>,
+    /// Bytes the last `fill_buf` offered that are not consumed yet.
+    buffered: usize,
 }
 
 /// The writing half of a connection, which notices when the client asks for a pack.
@@ -393,6 +475,7 @@ fn bounded<R, W>(
         Bounded {
             inner: reader,
             budget: Arc::clone(&budget),
+            buffered: 0,
         },
         Watched {
             inner: writer,
@@ -403,19 +486,21 @@ fn bounded<R, W>(
 
 impl<R: std::io::Read> std::io::Read for Bounded<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.buffered = 0;
         let read = self.inner.read(buf)?;
         if read == 0 && !buf.is_empty() {
             let ends = self.budget.ends_seen.fetch_add(1, Ordering::Relaxed) + 1;
             if ends > MAX_ENDS_SEEN {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
-                    "the remote closed the connection in the middle of the exchange",
+                    Cutoff::EndedEarly,
                 ));
             }
         }
         self.budget
             .received
             .fetch_add(read as u64, Ordering::Relaxed);
+        self.budget.remember(&buf[..read]);
         self.over_budget()?;
         Ok(read)
     }
@@ -437,9 +522,7 @@ impl<W: std::io::Write> std::io::Write for Watched<W> {
             .fetch_add(buf.len() as u64, Ordering::Relaxed)
             + buf.len() as u64;
         if sent > MAX_SENT {
-            return Err(std::io::Error::other(
-                "the negotiation with the remote does not end; giving up",
-            ));
+            return Err(std::io::Error::other(Cutoff::TooMuchSent));
         }
         self.inner.write(buf)
     }
@@ -458,13 +541,23 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 impl<R: std::io::BufRead> std::io::BufRead for Bounded<R> {
     fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
         self.over_budget()?;
-        self.inner.fill_buf()
+        let buffered = self.inner.fill_buf()?;
+        self.buffered = buffered.len();
+        Ok(buffered)
     }
 
     fn consume(&mut self, amount: usize) {
         self.budget
             .received
             .fetch_add(amount as u64, Ordering::Relaxed);
+        if self.budget.tail.is_some() && amount > 0 && amount <= self.buffered {
+            // The bytes consumed are still buffered, so asking for them again reads nothing.
+            if let Ok(buffered) = self.inner.fill_buf() {
+                let consumed = &buffered[..amount.min(buffered.len())];
+                self.budget.remember(consumed);
+            }
+        }
+        self.buffered = self.buffered.saturating_sub(amount);
         self.inner.consume(amount);
     }
 }
@@ -473,14 +566,12 @@ impl<R> Bounded<R> {
     fn over_budget(&self) -> std::io::Result<()> {
         if self.budget.cancelled.load(Ordering::Relaxed) {
             // Not `ErrorKind::Interrupted`: std's readers retry on that.
-            return Err(std::io::Error::other("the attempt was cancelled"));
+            return Err(std::io::Error::other(Cutoff::Cancelled));
         }
         let total = self.budget.received.load(Ordering::Relaxed);
         let (limit, what) = self.budget.limit();
         if total > limit {
-            return Err(std::io::Error::other(format!(
-                "the remote sent more than {what} ({limit} bytes)"
-            )));
+            return Err(std::io::Error::other(Cutoff::TooLarge { what, limit }));
         }
         Ok(())
     }
@@ -488,7 +579,12 @@ impl<R> Bounded<R> {
 
 impl Budget {
     fn new(max_pack_size: u64, cancel: &Cancel) -> Arc<Self> {
+        Self::with_tail(max_pack_size, cancel, false)
+    }
+
+    fn with_tail(max_pack_size: u64, cancel: &Cancel, tail: bool) -> Arc<Self> {
         Arc::new(Self {
+            tail: tail.then(|| std::sync::Mutex::new(Vec::new())),
             cancelled: cancel.shared(),
             received: AtomicU64::new(0),
             ends_seen: AtomicU64::new(0),
@@ -497,6 +593,21 @@ impl Budget {
             asked_for_pack: AtomicBool::new(false),
             max_pack_size,
         })
+    }
+
+    /// Keeps the last [`TAIL`] bytes received, if this connection keeps any.
+    fn remember(&self, bytes: &[u8]) {
+        let Some(tail) = &self.tail else {
+            return;
+        };
+        let mut tail = tail
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let bytes = &bytes[bytes.len().saturating_sub(TAIL)..];
+        let keep = TAIL - bytes.len();
+        let drop = tail.len().saturating_sub(keep);
+        tail.drain(..drop);
+        tail.extend_from_slice(bytes);
     }
 
     fn limit(&self) -> (u64, &'static str) {
@@ -512,6 +623,41 @@ impl Budget {
     }
 }
 
+/// How many of the last bytes received an HTTP connection keeps.
+const TAIL: usize = 1024;
+
+/// The `ERR` line an HTTP remote sent, if any. Over HTTP, git's upload-pack reports a refused
+/// fetch (`not our ref`) in an `ERR` line of the response, which gix reads as a malformed
+/// side-band line ("non-side channel line … 69") and whose words it drops.
+#[derive(Debug)]
+pub(crate) struct RemoteWords(Arc<Budget>);
+
+impl RemoteWords {
+    /// The text of the last `ERR` line among the last bytes received.
+    pub fn error_line(&self) -> Option<String> {
+        let tail = self.0.tail.as_ref()?;
+        let tail = tail
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        error_line(&tail)
+    }
+}
+
+/// The text of the last `ERR` pkt-line in `bytes`: `ERR ` after four hex digits of length.
+fn error_line(bytes: &[u8]) -> Option<String> {
+    let at = (4..bytes.len()).rev().find(|&at| {
+        bytes[at..].starts_with(b"ERR ") && bytes[at - 4..at].iter().all(u8::is_ascii_hexdigit)
+    })?;
+    let length = std::str::from_utf8(&bytes[at - 4..at])
+        .ok()
+        .and_then(|hex| usize::from_str_radix(hex, 16).ok())?;
+    let end = (at - 4 + length).clamp(at + 4, bytes.len());
+    let text = String::from_utf8_lossy(&bytes[at + 4..end])
+        .trim()
+        .to_owned();
+    (!text.is_empty()).then_some(text)
+}
+
 /// gix's curl backend with every response bounded like the other transports: gix holds a
 /// ref advertisement in memory, and curl's low-speed limit cannot stop a remote that sends
 /// one fast and for ever.
@@ -524,14 +670,21 @@ impl BoundedHttp {
     pub fn new(max_pack_size: u64, cancel: &Cancel) -> Self {
         Self {
             inner: Curl::default(),
-            budget: Budget::new(max_pack_size, cancel),
+            budget: Budget::with_tail(max_pack_size, cancel, true),
         }
+    }
+
+    /// What the remote put in an `ERR` line of its responses, readable after the transport
+    /// is gone.
+    pub fn words(&self) -> RemoteWords {
+        RemoteWords(Arc::clone(&self.budget))
     }
 
     fn bounded<B>(&self, body: B) -> Bounded<B> {
         Bounded {
             inner: body,
             budget: Arc::clone(&self.budget),
+            buffered: 0,
         }
     }
 }
@@ -563,9 +716,9 @@ impl Http for BoundedHttp {
     ) -> gix::Result<PostResponse<Self::Headers, Self::ResponseBody, Self::PostBody>> {
         let requests = self.budget.requests.fetch_add(1, Ordering::Relaxed) + 1;
         if requests > MAX_HTTP_REQUESTS {
-            return Err(gix::Error::from_error(std::io::Error::other(format!(
-                "the remote needed more than {MAX_HTTP_REQUESTS} requests; giving up"
-            ))));
+            return Err(gix::Error::from_error(std::io::Error::other(
+                Cutoff::TooManyRequests,
+            )));
         }
         let response = self.inner.post(url, base_url, headers, body)?;
         Ok(PostResponse {
@@ -584,5 +737,25 @@ impl Http for BoundedHttp {
 
     fn redirected_base_url(&self) -> Option<String> {
         self.inner.redirected_base_url()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_last_err_line_is_found_among_other_bytes() {
+        let said = b"\x01PACK\x00\x020026ERR upload-pack: not our ref 1234\n0000";
+        assert_eq!(
+            super::error_line(said).as_deref(),
+            Some("upload-pack: not our ref 1234")
+        );
+        // The line is cut where its length says, and a cut-off line still counts.
+        assert_eq!(
+            super::error_line(b"000dERR shortXXXX").as_deref(),
+            Some("short")
+        );
+        assert_eq!(super::error_line(b"00ffERR no").as_deref(), Some("no"));
+        assert_eq!(super::error_line(b"ERR without a length"), None);
+        assert_eq!(super::error_line(b"00zzERR not hex"), None);
     }
 }

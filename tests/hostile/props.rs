@@ -867,6 +867,14 @@ fn event(rng: &mut Rng) -> Event {
                 SourceState::Warning,
             ][rng.usize(..4)],
             attempt: maybe(rng, |rng| rng.u32(..)),
+            reason: maybe(rng, |rng| {
+                [
+                    gitfeed::Reason::NameResolution,
+                    gitfeed::Reason::AuthenticationRefused,
+                    gitfeed::Reason::CloneCorrupt,
+                    gitfeed::Reason::Other,
+                ][rng.usize(..4)]
+            }),
             error: maybe(rng, text),
             retry_in_ms: maybe(rng, |rng| rng.u64(..)),
         })

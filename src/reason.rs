@@ -1,0 +1,238 @@
+//! Why an attempt failed, independent of the transport it failed on.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::machine::ErrorKind;
+
+/// Why an attempt failed.
+///
+/// The same fault gives the same reason on every transport: a host name that does not resolve
+/// is [`Reason::NameResolution`] over `git://`, HTTP(S) and ssh alike. Each reason has one
+/// class, [`Reason::kind`], which decides whether the source backs off or fails. In events and
+/// in the status it is written in snake case (`"connection_refused"`); that spelling is part of
+/// the event contract. Reasons a newer gitfeed adds read as [`Reason::Other`].
+///
+/// ```
+/// use gitfeed::{ErrorKind, Reason};
+///
+/// assert_eq!(Reason::NameResolution.kind(), ErrorKind::Transient);
+/// assert_eq!(Reason::RepositoryNotFound.kind(), ErrorKind::Permanent);
+/// assert_eq!(Reason::CloneCorrupt.kind(), ErrorKind::Corrupt);
+/// assert_eq!(serde_json::to_string(&Reason::HostKey).unwrap(), r#""host_key""#);
+/// assert_eq!(Reason::HostKey.to_string(), "host_key");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Reason {
+    /// The remote's host name did not resolve (no network yet, DNS down, a typo). Transient:
+    /// a device often starts before its network.
+    NameResolution,
+    /// Nothing accepted the connection: refused, or the host or its network is unreachable.
+    /// Transient.
+    ConnectionRefused,
+    /// The connection broke in the middle of the exchange: reset, closed early, or a TLS
+    /// handshake cut short. Transient.
+    ConnectionReset,
+    /// The attempt ran out of time: its deadline, a connect timeout or a stalled transfer.
+    /// Transient.
+    Timeout,
+    /// The server failed on its side: an HTTP 5xx status, or an `ERR` message that names no
+    /// other reason. Transient.
+    ServerError,
+    /// The server answered HTTP with a status gitfeed does not expect and that no other reason
+    /// covers (a redirect it may not follow, `400`, `429`, …). Transient.
+    HttpStatus,
+    /// The remote broke the git protocol: malformed or unexpected data, a pack without the
+    /// commit it promised, a negotiation that does not end. Transient.
+    Protocol,
+    /// The server refused the credentials, or asked for some and got none (HTTP 401 or 403,
+    /// ssh "Permission denied"). Permanent, except for a secret read from a file, which may be
+    /// rotated: then transient.
+    AuthenticationRefused,
+    /// The credentials configured for the source could not be read (a token file that is
+    /// missing, an unset variable). Permanent, except for a secret read from a file, as above.
+    Credentials,
+    /// The ssh host key is unknown or changed. Permanent.
+    HostKey,
+    /// The HTTPS server's certificate is not trusted. Permanent.
+    Certificate,
+    /// No repository at that path on the remote (HTTP 404, a git daemon that does not export
+    /// it, "does not appear to be a git repository"). Permanent.
+    RepositoryNotFound,
+    /// The followed branch or ref does not exist on the remote, and the source never delivered
+    /// it. Permanent.
+    RefNotFound,
+    /// The followed branch or ref was deleted on the remote after the source delivered it: it
+    /// may come back. Transient.
+    RefDeleted,
+    /// The remote does not serve the pinned commit ("not our ref"). Permanent.
+    ObjectNotAdvertised,
+    /// The remote's ref cannot be followed: it names no commit yet, points to something other
+    /// than a commit, has an invalid name, or the repository uses another object hash.
+    /// Permanent.
+    UnsupportedRemote,
+    /// The remote sent more than the source allows (`max_pack_size`, or a ref advertisement
+    /// over 32 MiB). Permanent.
+    RemoteTooLarge,
+    /// A snapshot or a file in it is over `max_snapshot_size` or `max_file_size`. Permanent.
+    SnapshotTooLarge,
+    /// Commit signatures could not be checked: the allowed-signers file is unreadable, too many
+    /// new commits, or a build without the `verify` feature. Permanent.
+    Verification,
+    /// The source's settings cannot work: an invalid URL or filter, a helper program (`ssh`,
+    /// `git-upload-pack`) that cannot be run, a transport that refuses its options.
+    /// Permanent.
+    Configuration,
+    /// The local clone is broken. Corrupt: it is deleted and cloned afresh.
+    CloneCorrupt,
+    /// Another process holds the clone longer than gitfeed waits for it. Transient.
+    CloneBusy,
+    /// The cache directory is read-only or forbidden to this user. Permanent.
+    CacheNotWritable,
+    /// Any other local failure: a full disk, a thread or file that could not be created.
+    /// Transient.
+    LocalIo,
+    /// The attempt was stopped because the feed is shutting down. Transient.
+    Cancelled,
+    /// A failure gitfeed cannot place. Transient.
+    #[serde(other)]
+    Other,
+}
+
+impl Reason {
+    /// The class of a failure for this reason: whether the source backs off and retries
+    /// ([`ErrorKind::Transient`]), fails until it is probed again, triggered or changed
+    /// ([`ErrorKind::Permanent`]), or deletes its clone and retries ([`ErrorKind::Corrupt`]).
+    ///
+    /// This is the only place a class comes from, with one exception made by the source, not
+    /// the reason: refused or unreadable credentials read from a file are retried as transient,
+    /// since the file may be rotated.
+    pub fn kind(self) -> ErrorKind {
+        use Reason::*;
+        match self {
+            NameResolution | ConnectionRefused | ConnectionReset | Timeout | ServerError
+            | HttpStatus | Protocol | RefDeleted | CloneBusy | LocalIo | Cancelled | Other => {
+                ErrorKind::Transient
+            }
+            AuthenticationRefused
+            | Credentials
+            | HostKey
+            | Certificate
+            | RepositoryNotFound
+            | RefNotFound
+            | ObjectNotAdvertised
+            | UnsupportedRemote
+            | RemoteTooLarge
+            | SnapshotTooLarge
+            | Verification
+            | Configuration
+            | CacheNotWritable => ErrorKind::Permanent,
+            CloneCorrupt => ErrorKind::Corrupt,
+        }
+    }
+
+    /// The reason as it is written in events and the status, like `connection_refused`.
+    pub fn as_str(self) -> &'static str {
+        use Reason::*;
+        match self {
+            NameResolution => "name_resolution",
+            ConnectionRefused => "connection_refused",
+            ConnectionReset => "connection_reset",
+            Timeout => "timeout",
+            ServerError => "server_error",
+            HttpStatus => "http_status",
+            Protocol => "protocol",
+            AuthenticationRefused => "authentication_refused",
+            Credentials => "credentials",
+            HostKey => "host_key",
+            Certificate => "certificate",
+            RepositoryNotFound => "repository_not_found",
+            RefNotFound => "ref_not_found",
+            RefDeleted => "ref_deleted",
+            ObjectNotAdvertised => "object_not_advertised",
+            UnsupportedRemote => "unsupported_remote",
+            RemoteTooLarge => "remote_too_large",
+            SnapshotTooLarge => "snapshot_too_large",
+            Verification => "verification",
+            Configuration => "configuration",
+            CloneCorrupt => "clone_corrupt",
+            CloneBusy => "clone_busy",
+            CacheNotWritable => "cache_not_writable",
+            LocalIo => "local_io",
+            Cancelled => "cancelled",
+            Other => "other",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [Reason; 26] = [
+        Reason::NameResolution,
+        Reason::ConnectionRefused,
+        Reason::ConnectionReset,
+        Reason::Timeout,
+        Reason::ServerError,
+        Reason::HttpStatus,
+        Reason::Protocol,
+        Reason::AuthenticationRefused,
+        Reason::Credentials,
+        Reason::HostKey,
+        Reason::Certificate,
+        Reason::RepositoryNotFound,
+        Reason::RefNotFound,
+        Reason::RefDeleted,
+        Reason::ObjectNotAdvertised,
+        Reason::UnsupportedRemote,
+        Reason::RemoteTooLarge,
+        Reason::SnapshotTooLarge,
+        Reason::Verification,
+        Reason::Configuration,
+        Reason::CloneCorrupt,
+        Reason::CloneBusy,
+        Reason::CacheNotWritable,
+        Reason::LocalIo,
+        Reason::Cancelled,
+        Reason::Other,
+    ];
+
+    #[test]
+    fn serde_spelling_is_as_str() {
+        for reason in ALL {
+            let json = serde_json::to_string(&reason).expect("serializes");
+            assert_eq!(json, format!("\"{}\"", reason.as_str()));
+            assert_eq!(
+                serde_json::from_str::<Reason>(&json).expect("parses"),
+                reason
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_reasons_read_as_other() {
+        let reason: Reason = serde_json::from_str(r#""a_reason_from_the_future""#).expect("parses");
+        assert_eq!(reason, Reason::Other);
+    }
+
+    #[test]
+    fn only_a_broken_clone_is_corrupt() {
+        for reason in ALL {
+            assert_eq!(
+                reason.kind() == ErrorKind::Corrupt,
+                reason == Reason::CloneCorrupt,
+                "{reason}"
+            );
+        }
+    }
+}

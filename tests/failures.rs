@@ -1,0 +1,387 @@
+//! Every fault the test servers can inject, on every transport that can carry it: the failure
+//! has the same reason, and so the same class, whatever the transport.
+
+use std::time::Duration;
+
+use gitfeed::{ErrorKind, Reason, Source};
+
+use crate::harness::{Running, quick_source};
+use crate::util::{Fault, FaultServer, GitDaemon, HttpServer, Remote, Sshd, free_port, unique_dir};
+
+/// A name that never resolves (RFC 6761 reserves `.invalid`).
+const UNRESOLVABLE: &str = "gitfeed-test.invalid";
+
+/// One fault on one transport, and what it must come to.
+struct Case {
+    transport: &'static str,
+    fault: &'static str,
+    source: Source,
+    reason: Reason,
+    class: ErrorKind,
+}
+
+/// What each fault must come to, whatever the transport.
+fn expected(fault: &str) -> (Reason, ErrorKind) {
+    match fault {
+        "unresolvable host" => (Reason::NameResolution, ErrorKind::Transient),
+        "refused" => (Reason::ConnectionRefused, ErrorKind::Transient),
+        "reset" => (Reason::ConnectionReset, ErrorKind::Transient),
+        "hang" => (Reason::Timeout, ErrorKind::Transient),
+        "server error" => (Reason::ServerError, ErrorKind::Transient),
+        "missing repository" => (Reason::RepositoryNotFound, ErrorKind::Permanent),
+        "missing ref" => (Reason::RefNotFound, ErrorKind::Permanent),
+        "commit not served" => (Reason::ObjectNotAdvertised, ErrorKind::Permanent),
+        "authentication refused" => (Reason::AuthenticationRefused, ErrorKind::Permanent),
+        "unknown host key" => (Reason::HostKey, ErrorKind::Permanent),
+        other => panic!("no expectation for {other}"),
+    }
+}
+
+/// A commit id no repository here has.
+const ABSENT_COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+/// Servers that must outlive the cases that use them.
+struct Servers {
+    remote: Remote,
+    daemon: GitDaemon,
+    http: HttpServer,
+    http_500: HttpServer,
+    http_reset: HttpServer,
+    http_silent: HttpServer,
+    http_auth: HttpServer,
+    git_500: FaultServer,
+    reset: FaultServer,
+    silent: FaultServer,
+    sshd: Sshd,
+}
+
+impl Servers {
+    fn start() -> Servers {
+        let remote = Remote::new();
+        let http_with = |fault: Fault| {
+            let server = HttpServer::start(&remote.root());
+            server.set_fault(fault);
+            server
+        };
+        let http_auth = HttpServer::start(&remote.root());
+        http_auth.require_auth(&["Bearer not-what-the-source-sends"]);
+        Servers {
+            daemon: GitDaemon::start(&remote.root()),
+            http: HttpServer::start(&remote.root()),
+            http_500: http_with(Fault::Status500),
+            http_reset: http_with(Fault::Reset),
+            http_silent: http_with(Fault::Silent),
+            http_auth,
+            git_500: FaultServer::start(Fault::Status500),
+            reset: FaultServer::start(Fault::Reset),
+            silent: FaultServer::start(Fault::Silent),
+            sshd: Sshd::start(),
+            remote,
+        }
+    }
+
+    /// Every case, as a table: (transport, fault, URL, ssh command, ref).
+    fn cases(&self) -> Vec<Case> {
+        let remote = &self.remote;
+        let name = remote.name();
+        let missing_path = remote.root().join("missing.git");
+        let missing_path = missing_path.to_string_lossy().into_owned();
+        let user = self.sshd.user();
+        let ssh = Some(self.sshd.ssh_command());
+        // An ssh command that knows no host key at all.
+        let ssh_without_host_keys = Some(format!(
+            "ssh -F /dev/null -i {} -o UserKnownHostsFile=/dev/null -o GlobalKnownHostsFile=/dev/null \
+             -o StrictHostKeyChecking=yes -o BatchMode=yes -o IdentitiesOnly=yes",
+            crate::util::shell_quote(&self.sshd.client_key().to_string_lossy())
+        ));
+        let ssh_at = |port: u16| format!("ssh://{user}@127.0.0.1:{port}/srv/repo.git");
+        let bare = remote.bare_path().to_string_lossy().into_owned();
+        let table = vec![
+            // path and file://
+            (
+                "path",
+                "missing repository",
+                missing_path.clone(),
+                None,
+                None,
+            ),
+            (
+                "path",
+                "missing ref",
+                bare.clone(),
+                None,
+                Some("no-such-branch"),
+            ),
+            (
+                "path",
+                "commit not served",
+                bare.clone(),
+                None,
+                Some(ABSENT_COMMIT),
+            ),
+            (
+                "file",
+                "missing repository",
+                format!("file://{missing_path}"),
+                None,
+                None,
+            ),
+            (
+                "file",
+                "missing ref",
+                remote.file_url(),
+                None,
+                Some("no-such-branch"),
+            ),
+            (
+                "file",
+                "commit not served",
+                remote.file_url(),
+                None,
+                Some(ABSENT_COMMIT),
+            ),
+            // git://
+            (
+                "git",
+                "unresolvable host",
+                format!("git://{UNRESOLVABLE}/{name}"),
+                None,
+                None,
+            ),
+            (
+                "git",
+                "refused",
+                format!("git://127.0.0.1:{}/{name}", free_port()),
+                None,
+                None,
+            ),
+            ("git", "reset", self.reset.url(name), None, None),
+            ("git", "hang", self.silent.url(name), None, None),
+            ("git", "server error", self.git_500.url(name), None, None),
+            (
+                "git",
+                "missing repository",
+                self.daemon.url("missing.git"),
+                None,
+                None,
+            ),
+            (
+                "git",
+                "missing ref",
+                self.daemon.url(name),
+                None,
+                Some("no-such-branch"),
+            ),
+            (
+                "git",
+                "commit not served",
+                self.daemon.url(name),
+                None,
+                Some(ABSENT_COMMIT),
+            ),
+            // http://
+            (
+                "http",
+                "unresolvable host",
+                format!("http://{UNRESOLVABLE}/{name}"),
+                None,
+                None,
+            ),
+            (
+                "http",
+                "refused",
+                format!("http://127.0.0.1:{}/{name}", free_port()),
+                None,
+                None,
+            ),
+            ("http", "reset", self.http_reset.url(name), None, None),
+            ("http", "hang", self.http_silent.url(name), None, None),
+            ("http", "server error", self.http_500.url(name), None, None),
+            (
+                "http",
+                "missing repository",
+                self.http.url("missing.git"),
+                None,
+                None,
+            ),
+            (
+                "http",
+                "missing ref",
+                self.http.url(name),
+                None,
+                Some("no-such-branch"),
+            ),
+            (
+                "http",
+                "commit not served",
+                self.http.url(name),
+                None,
+                Some(ABSENT_COMMIT),
+            ),
+            (
+                "http",
+                "authentication refused",
+                self.http_auth.url(name),
+                None,
+                None,
+            ),
+            // ssh://
+            (
+                "ssh",
+                "unresolvable host",
+                format!("ssh://{UNRESOLVABLE}/{name}"),
+                ssh.clone(),
+                None,
+            ),
+            ("ssh", "refused", ssh_at(free_port()), ssh.clone(), None),
+            ("ssh", "reset", ssh_at(self.reset.port()), ssh.clone(), None),
+            ("ssh", "hang", ssh_at(self.silent.port()), ssh.clone(), None),
+            (
+                "ssh",
+                "missing repository",
+                self.sshd.url(std::path::Path::new(&missing_path)),
+                ssh.clone(),
+                None,
+            ),
+            (
+                "ssh",
+                "missing ref",
+                self.sshd.url(&remote.bare_path()),
+                ssh.clone(),
+                Some("no-such-branch"),
+            ),
+            (
+                "ssh",
+                "commit not served",
+                self.sshd.url(&remote.bare_path()),
+                ssh.clone(),
+                Some(ABSENT_COMMIT),
+            ),
+            (
+                "ssh",
+                "authentication refused",
+                self.sshd
+                    .url(&remote.bare_path())
+                    .replacen(user, "gitfeed-nobody", 1),
+                ssh.clone(),
+                None,
+            ),
+            (
+                "ssh",
+                "unknown host key",
+                self.sshd.url(&remote.bare_path()),
+                ssh_without_host_keys,
+                None,
+            ),
+            // scp-like
+            (
+                "scp-like",
+                "unresolvable host",
+                format!("{user}@{UNRESOLVABLE}:{bare}"),
+                ssh.clone(),
+                None,
+            ),
+        ];
+        table
+            .into_iter()
+            .map(|(transport, fault, url, ssh_command, reference)| {
+                let mut source = Source::new("f", url);
+                source.ssh_command = ssh_command;
+                source.reference = reference.map(str::to_owned);
+                // A hang costs the whole timeout; every other case has room on a loaded machine.
+                source.timeout = if fault == "hang" {
+                    Duration::from_secs(3)
+                } else {
+                    Duration::from_secs(20)
+                };
+                let (reason, class) = expected(fault);
+                Case {
+                    transport,
+                    fault,
+                    source,
+                    reason,
+                    class,
+                }
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn each_fault_has_one_reason_and_class_on_every_transport() {
+    let servers = Servers::start();
+    let mut wrong = Vec::new();
+    for case in servers.cases() {
+        let cache = unique_dir();
+        let what = format!("{} on {}", case.fault, case.transport);
+        match gitfeed::sync_once(cache.path(), &case.source) {
+            Ok(update) => wrong.push(format!("{what}: succeeded with {update:?}")),
+            Err(err) => {
+                if err.reason != case.reason || err.kind != case.class {
+                    wrong.push(format!(
+                        "{what}: {} ({:?}), expected {} ({:?}): {}",
+                        err.reason, err.kind, case.reason, case.class, err.message
+                    ));
+                }
+                assert_eq!(err.kind, err.reason.kind(), "{what}: {err}");
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+}
+
+/// The reason reaches the consumer in the state event, and the status beside the message.
+#[test]
+fn state_events_and_status_carry_the_reason() {
+    let url = format!("git://{UNRESOLVABLE}/repo.git");
+    let feed = Running::start(vec![quick_source("r", &url)]);
+    let state = feed.state(Duration::from_secs(10));
+    assert_eq!(state.state, gitfeed::SourceState::Backoff, "{state:?}");
+    assert_eq!(state.reason, Some(Reason::NameResolution), "{state:?}");
+    let line = serde_json::to_string(&gitfeed::Event::State(state)).expect("serializes");
+    assert!(line.contains(r#""reason":"name_resolution""#), "{line}");
+    // The status is written as the attempt ends, before its state event is sent.
+    let cache = feed.cache_dir().to_owned();
+    let status = gitfeed::status(&cache).expect("status");
+    assert_eq!(status[0].reason, Some(Reason::NameResolution), "{status:?}");
+}
+
+/// A failed source is not a dead end: it is probed again every `failed_interval`, each failed
+/// state says when, and the probe that finds the remote fixed delivers and recovers.
+#[test]
+fn a_failed_source_is_probed_again_and_recovers() {
+    const PATIENCE: Duration = Duration::from_secs(20);
+    let remote = Remote::new();
+    let mut source = quick_source("p", &remote.file_url());
+    source.reference = Some("later".into());
+    source.failed_interval = Duration::from_millis(300);
+    let feed = Running::start(vec![source]);
+    let probe_due = |state: &gitfeed::StateChange| {
+        assert_eq!(state.state, gitfeed::SourceState::Failed, "{state:?}");
+        assert_eq!(state.reason, Some(Reason::RefNotFound), "{state:?}");
+        let due = state.retry_in_ms.expect("the next probe is announced");
+        assert!((240..=300).contains(&due), "{state:?}");
+    };
+    let first = feed.state(PATIENCE);
+    probe_due(&first);
+    assert_eq!(first.attempt, Some(1));
+    // Still missing at the probe: failed again, counted, with the next probe due.
+    let again = feed.state(PATIENCE);
+    probe_due(&again);
+    assert_eq!(again.attempt, Some(2));
+
+    remote.push_branch("later", "HEAD");
+    let update = loop {
+        match feed.next(PATIENCE, "the update a probe delivers") {
+            gitfeed::Event::Update(update) => break update,
+            gitfeed::Event::State(state) => probe_due(&state),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(update.reference, "refs/heads/later");
+    assert_eq!(update.new, remote.head());
+    let healthy = feed.state(PATIENCE);
+    assert_eq!(healthy.state, gitfeed::SourceState::Idle, "{healthy:?}");
+    assert_eq!(healthy.reason, None);
+    feed.stop();
+}
