@@ -11,6 +11,8 @@
 //!   cache size, descriptors, threads and resident memory (after the first update and as the
 //!   fetches go on). With `large`, the repository also holds three 48 MiB files of random
 //!   bytes, which every pack consolidation copies.
+//! - `long-cli [N]`: the same N fetches through the `gitfeed watch` command (built beside this
+//!   example), each asked for with `SIGHUP`; its resident memory as the fetches go on.
 //!
 //! Run with: cargo run --release --example measure -- faults 1000
 
@@ -43,7 +45,10 @@ fn main() {
             count.unwrap_or(1000),
             args.next().is_some_and(|arg| arg == "large"),
         ),
-        _ => eprintln!("usage: measure faults [N] | deadline | poll [N] | long [N] [large]"),
+        "long-cli" => long_cli(count.unwrap_or(1000)),
+        _ => eprintln!(
+            "usage: measure faults [N] | deadline | poll [N] | long [N] [large] | long-cli [N]"
+        ),
     }
 }
 
@@ -356,6 +361,78 @@ fn long(fetches: usize, large: bool) {
     );
 }
 
+fn long_cli(fetches: usize) {
+    use std::io::BufRead;
+
+    let remote = Remote::new();
+    let cache = util::unique_dir();
+    let program = std::env::current_exe()
+        .expect("own path")
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/examples/measure")
+        .join("gitfeed");
+    let mut child = Command::new(&program)
+        .args([
+            "watch",
+            &remote.file_url(),
+            "--name",
+            "long",
+            "--interval",
+            "1h",
+        ])
+        .arg("--cache-dir")
+        .arg(cache.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("run {}: {err}", program.display()));
+    let pid = child.id();
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+    let mut wait_update = |commit: Option<&str>| loop {
+        let line = lines
+            .next()
+            .expect("gitfeed exited")
+            .expect("read its output");
+        if line.contains(r#""type":"update""#) && commit.is_none_or(|c| line.contains(c)) {
+            return;
+        }
+        assert!(!line.contains(r#""state":"failed""#), "{line}");
+    };
+    wait_update(None);
+    let status = |field| pid_status_kib(pid, field);
+    let first_rss = status("VmRSS:");
+    println!(
+        "after the first update: RSS {first_rss} KiB (anonymous {} KiB, files {} KiB)",
+        status("RssAnon:"),
+        status("RssFile:")
+    );
+    let started = Instant::now();
+    let hangup = rustix::process::Pid::from_raw(pid as i32).expect("a child's pid");
+    for i in 1..=fetches {
+        let new = remote.commit(
+            &[(&format!("f{}.txt", i % 13), Some(&format!("{i}\n")))],
+            "next",
+        );
+        rustix::process::kill_process(hangup, rustix::process::Signal::HUP).expect("signal");
+        wait_update(Some(&new));
+        if i % (fetches / 4).max(1) == 0 {
+            let rss = status("VmRSS:");
+            println!(
+                "after {i} fetches: {:.1} s, packs {}, RSS {rss} KiB ({:+.1}% of the first \
+                 update's; anonymous {} KiB, files {} KiB), threads {}",
+                started.elapsed().as_secs_f64(),
+                packs(cache.path()),
+                (rss as f64 / first_rss as f64 - 1.0) * 100.0,
+                status("RssAnon:"),
+                status("RssFile:"),
+                status("Threads:"),
+            );
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// This process's resident memory, from `/proc/self/status`.
 fn rss_kib() -> u64 {
     status_kib("VmRSS:")
@@ -363,7 +440,18 @@ fn rss_kib() -> u64 {
 
 /// A `/proc/self/status` field in KiB (0 when missing).
 fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    read_status_kib("/proc/self/status", field)
+}
+
+/// A `/proc/<pid>/status` field of another process in KiB (0 when missing); `Threads:` is a
+/// count.
+fn pid_status_kib(pid: u32, field: &str) -> u64 {
+    read_status_kib(&format!("/proc/{pid}/status"), field)
+}
+
+/// A field of a `/proc/*/status` file in KiB (0 when missing).
+fn read_status_kib(path: &str, field: &str) -> u64 {
+    std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
         .find_map(|line| line.strip_prefix(field))

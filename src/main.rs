@@ -87,7 +87,27 @@ stderr); 2 for bad arguments.";
 /// The largest file whose content `--contents` attaches, unless `--contents-limit` says.
 const DEFAULT_CONTENTS_LIMIT: u64 = 1 << 20;
 
+/// Keeps glibc's allocator from holding memory per thread that a long-running feed never
+/// gives back. Every fetch attempt runs on a thread of its own, and gix indexes and counts
+/// objects on threads of its own: with glibc's defaults each of them may get an arena of its
+/// own, and each arena keeps freed memory, so a feed's resident memory rose by about a fifth
+/// over its first hundred updates and stayed there. One arena, and giving memory back above
+/// 128 KiB of free space at the top of the heap (which also stops glibc from raising its
+/// mmap threshold after large frees), keep it within a few percent. The threads seldom
+/// allocate at the same time, so sharing one arena costs nothing measurable. A program that
+/// embeds the library can do the same, or set `MALLOC_ARENA_MAX=1` and
+/// `MALLOC_TRIM_THRESHOLD_=131072` in the environment.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; it is called before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
+    }
+}
+
 fn main() -> ExitCode {
+    tune_allocator();
     if let Some(status) = pid1::run_as_init() {
         return status;
     }
