@@ -56,6 +56,10 @@
 //! a reader that is part-way through one full swap to finish; a reader that finds a file gone
 //! resolves `current` again and starts over.
 //!
+//! A reader that keeps a snapshot's directory open (or works inside it) past that point may
+//! find the directory reused for a later snapshot, as the spare described above: resolve
+//! `current` again for every pass.
+//!
 //! One writer at a time per directory: [`SnapshotDir::recover`] removes whatever another
 //! writer has in progress.
 //!
@@ -278,8 +282,19 @@ impl SnapshotDir {
         let pointed = self.current();
         // A snapshot `current` already points to stays usable even without a manifest (one
         // written before manifests existed): removing it would leave `current` dangling.
+        // The files of the snapshots kept besides the spare (this one and the one before it,
+        // which is what `keep_snapshots = 2` keeps), by inode: the spare keeps only those.
+        let mut kept_inodes = HashSet::new();
+        let mut add_inodes = |manifest: &Manifest| {
+            kept_inodes.extend(manifest.files.values().map(|record| record.ino));
+        };
         let (written, shared) =
             if self.manifest(commit).is_some() || pointed.as_deref() == Some(commit) {
+                for commit in [Some(commit), pointed.as_deref()].into_iter().flatten() {
+                    if let Some(manifest) = self.manifest(commit) {
+                        add_inodes(&manifest);
+                    }
+                }
                 (plan.len(), 0)
             } else {
                 self.discard(commit)
@@ -291,11 +306,16 @@ impl SnapshotDir {
                 let previous = previous
                     .as_ref()
                     .map(|(dir, manifest)| (dir.as_path(), manifest));
-                build(&snapshots, commit, &plan, read, previous, &mut skipped)?
+                if let Some((_, manifest)) = previous {
+                    add_inodes(manifest);
+                }
+                let built = build(&snapshots, commit, &plan, read, previous, &mut skipped)?;
+                kept_inodes.extend(built.inodes);
+                (built.written, built.shared)
             };
         crash_point()?;
         self.switch(commit)?;
-        let _ = self.prune(commit);
+        let _ = self.prune(commit, &kept_inodes);
 
         skipped.sort_by_key(|(rank, _)| *rank);
         Ok(Report {
@@ -395,7 +415,11 @@ impl SnapshotDir {
     /// as the filesystem's clock, so quick swaps tie, and making an existing snapshot current
     /// again would mean touching it. Snapshots the file does not list (written, then a crash
     /// before the switch) count as the oldest.
-    fn prune(&self, current: &str) -> io::Result<()> {
+    ///
+    /// The newest snapshot removed becomes the spare instead, unless there is one already. Its
+    /// files whose inode is not in `kept_inodes` hold bytes no kept snapshot shares, and are
+    /// removed from it.
+    fn prune(&self, current: &str, kept_inodes: &HashSet<u64>) -> io::Result<()> {
         let snapshots = self.snapshots();
         let mut order = read_order(&snapshots);
         order.retain(|commit| commit != current);
@@ -429,8 +453,16 @@ impl SnapshotDir {
 
         // Whatever `current` really points to stays, even if the order file disagrees.
         let pointed = self.current();
+        let removable = |commit: &&String| *commit != current && pointed.as_deref() != Some(commit);
+        let spare = snapshots.join(SPARE);
+        // The newest of those pruned is the closest to the next snapshot. Its manifest is read
+        // before it goes, to know its files.
+        let spared = match fs::symlink_metadata(&spare) {
+            Ok(_) => None,
+            Err(_) => old.iter().rev().find(removable),
+        };
+        let spared_files = spared.and_then(|commit| self.manifest(commit));
         let mut doomed = Vec::new();
-        let mut spared = false;
         // A manifest goes before its snapshot, so nothing half-removed is ever trusted; so do
         // those left without a snapshot.
         for commit in &manifests {
@@ -440,23 +472,23 @@ impl SnapshotDir {
                 crash_point_io()?;
             }
         }
-        // The newest of those pruned is the closest to the next snapshot: it becomes the spare.
-        for commit in old.iter().rev() {
-            if commit != current && pointed.as_deref() != Some(commit) {
-                let from = snapshots.join(commit);
-                if !spared && keep_spare(&snapshots, &from)? {
-                    spared = true;
-                    crash_point_io()?;
-                    continue;
-                }
-                let label = format!("old-{commit}");
-                let (to, ()) = create_unique(&snapshots, &label, |path| fs::rename(&from, path))?;
+        for commit in old.iter().filter(removable) {
+            let from = snapshots.join(commit);
+            if spared == Some(commit) {
+                fs::rename(&from, &spare)?;
                 crash_point_io()?;
-                doomed.push(to);
+                continue;
             }
+            let label = format!("old-{commit}");
+            let (to, ()) = create_unique(&snapshots, &label, |path| fs::rename(&from, path))?;
+            crash_point_io()?;
+            doomed.push(to);
         }
-        if !doomed.is_empty() || spared {
+        if !doomed.is_empty() || spared.is_some() {
             sync_dir(&snapshots)?;
+        }
+        if spared.is_some() {
+            trim_spare(&spare, spared_files.as_ref(), kept_inodes)?;
         }
         for path in doomed {
             fs::remove_dir_all(path)?;
@@ -730,7 +762,6 @@ fn check_target(
 /// Writes the plan into a new temporary directory, makes it durable, renames it to
 /// `snapshots/<commit>` and puts its manifest beside it. Files `previous` (a finished snapshot
 /// and its manifest) holds unchanged are linked from it instead of being read and written.
-/// Returns how many entries are in the snapshot, and how many of them were shared.
 fn build(
     snapshots: &Path,
     commit: &str,
@@ -738,7 +769,7 @@ fn build(
     read: &mut ReadBlob<'_>,
     previous: Option<(&Path, &Manifest)>,
     skipped: &mut Vec<(usize, Skipped)>,
-) -> Result<(usize, usize), SnapshotError> {
+) -> Result<Built, SnapshotError> {
     let fail = |err| SnapshotError::io("could not create a temporary directory", err);
     let spare = snapshots.join(SPARE);
     let recycled = match fs::symlink_metadata(&spare) {
@@ -865,7 +896,22 @@ fn build(
     manifest_temporary.armed = false;
     crash_point()?;
     sync_dir(snapshots).map_err(fail)?;
-    Ok((written, shared))
+    Ok(Built {
+        written,
+        shared,
+        inodes: files.iter().map(|(_, record)| record.ino).collect(),
+    })
+}
+
+/// What [`build`] wrote.
+#[derive(Debug)]
+struct Built {
+    /// How many entries are in the snapshot.
+    written: usize,
+    /// How many of them were shared with the snapshot before it.
+    shared: usize,
+    /// The inodes of its regular files.
+    inodes: HashSet<u64>,
 }
 
 /// Turns the spare snapshot renamed to `root` into a start of the snapshot `plan` describes:
@@ -911,53 +957,65 @@ fn recycle(
                 }
                 continue;
             }
-            let kept = kind.is_file()
-                && wanted
-                    .get(&path)
-                    .and_then(|&index| {
-                        let EntryKind::File { executable } = plan[index].entry.kind else {
-                            return None;
-                        };
-                        let record = previous?.1.files.get(&path)?;
-                        let same = record.executable == executable
-                            && record.id == plan[index].entry.id
-                            && item
-                                .metadata()
-                                .is_ok_and(|metadata| record.describes(&metadata));
-                        same.then(|| present.insert(index, record.clone()))
-                    })
-                    .is_some();
-            if !kept {
-                fs::remove_file(item.path())?;
+            // The current snapshot's record of this path, if the plan wants the same there.
+            let wanted_record = wanted.get(&path).and_then(|&index| {
+                let EntryKind::File { executable } = plan[index].entry.kind else {
+                    return None;
+                };
+                let record = previous?.1.files.get(&path)?;
+                (record.executable == executable && record.id == plan[index].entry.id)
+                    .then_some((index, record))
+            });
+            match wanted_record {
+                Some((index, record))
+                    if kind.is_file()
+                        && item
+                            .metadata()
+                            .is_ok_and(|metadata| record.describes(&metadata)) =>
+                {
+                    present.insert(index, record.clone());
+                }
+                _ => fs::remove_file(item.path())?,
             }
         }
     }
     Ok(present)
 }
 
-/// Keeps the snapshot directory `from`, just pruned, as the spare the next snapshot starts
-/// from, with only the files another snapshot shares: a file no one else links to holds bytes
-/// of its own, which the spare may not keep on disk. Nothing is done if a spare exists.
-/// Returns whether `from` became the spare.
-fn keep_spare(snapshots: &Path, from: &Path) -> io::Result<bool> {
-    let spare = snapshots.join(SPARE);
-    if fs::symlink_metadata(&spare).is_ok() {
-        return Ok(false);
+/// Removes from the spare the files that hold bytes of their own, which the spare may not keep
+/// on disk: by its manifest, each file whose inode no kept snapshot has (`kept_inodes`); with
+/// no manifest, each file no other name links to. Symlinks and anything else are left to
+/// [`recycle`].
+fn trim_spare(
+    spare: &Path,
+    manifest: Option<&Manifest>,
+    kept_inodes: &HashSet<u64>,
+) -> io::Result<()> {
+    if let Some(manifest) = manifest {
+        for (path, record) in &manifest.files {
+            // Only paths gitfeed could have written, which never leave the spare.
+            let plain = path
+                .split(|&b| b == b'/')
+                .all(|component| component_problem(component).is_none());
+            if plain && !kept_inodes.contains(&record.ino) {
+                remove_if_present(&spare.join(OsStr::from_bytes(path)))?;
+            }
+        }
+        return Ok(());
     }
-    fs::rename(from, &spare)?;
-    let mut pending = vec![spare];
+    let mut pending = vec![spare.to_path_buf()];
     while let Some(dir) = pending.pop() {
         for item in fs::read_dir(&dir)? {
             let item = item?;
             let kind = item.file_type()?;
             if kind.is_dir() {
                 pending.push(item.path());
-            } else if !kind.is_file() || item.metadata()?.nlink() < 2 {
+            } else if kind.is_file() && item.metadata()?.nlink() < 2 {
                 fs::remove_file(item.path())?;
             }
         }
     }
-    Ok(true)
+    Ok(())
 }
 
 /// The directories of a snapshot being written.
@@ -2343,9 +2401,10 @@ mod tests {
             snapshot_names(&dir),
             kept_and_spare(&[commit(2), commit(3)])
         );
-        // Commit 1's own `a` and its symlink are gone; the shared files stay.
+        // Commit 1's own `a` is gone; the shared files stay, and so does the symlink (a few
+        // bytes) until the spare is used.
         let listed: Vec<PathBuf> = listing(&spare).into_iter().collect();
-        let names = ["b", "dir", "dir/c", "dir/deeper", "dir/deeper/d"];
+        let names = ["b", "dir", "dir/c", "dir/deeper", "dir/deeper/d", "link"];
         assert_eq!(listed, names.map(PathBuf::from));
         for path in ["b", "dir/c", "dir/deeper/d"] {
             let metadata = fs::symlink_metadata(spare.join(path)).unwrap();
