@@ -294,8 +294,13 @@ pub struct SyncError {
     pub reason: Reason,
     /// Whether retrying could help; mostly [`Reason::kind`].
     pub kind: ErrorKind,
-    /// What went wrong, on one line, without credentials.
+    /// What failed, on one line, in plain words: the source's name, its URL without
+    /// credentials, and what went wrong, like `policies (https://example.org/p.git): could not
+    /// resolve host example.org`.
     pub message: String,
+    /// What the transport, a helper program or the server said underneath, when it was not
+    /// gitfeed's own words (the headline leaves it out).
+    pub detail: Option<String>,
 }
 
 impl fmt::Display for SyncError {
@@ -365,6 +370,7 @@ impl Follower {
             reason: Reason::Configuration,
             kind: Reason::Configuration.kind(),
             message: err.to_string(),
+            detail: None,
         })?;
         let (events, _) = async_channel::bounded(1);
         let (running, shutdown) = async_channel::bounded(1);
@@ -376,6 +382,7 @@ impl Follower {
                     reason: err.reason,
                     kind: err.kind,
                     message: err.message,
+                    detail: err.detail,
                 }
             })?;
         Ok(Self {
@@ -405,11 +412,6 @@ impl Follower {
             &mut self.handle,
             &self.many_refs,
         ))
-        .map_err(|err| SyncError {
-            reason: err.reason,
-            kind: err.kind,
-            message: err.message,
-        })
     }
 
     /// Records that the consumer has applied the update to `commit`.
@@ -430,6 +432,7 @@ pub fn acknowledge(
             reason: Reason::Configuration,
             kind: Reason::Configuration.kind(),
             message: format!("`{commit}` is not a commit id"),
+            detail: None,
         });
     }
     crate::cache::Entry::new(cache_dir.as_ref(), &source.normalized().cache_key())
@@ -440,6 +443,7 @@ pub fn acknowledge(
                 reason: err.reason,
                 kind: err.kind,
                 message: err.message,
+                detail: err.detail,
             }
         })
 }

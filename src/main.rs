@@ -20,7 +20,7 @@ Usage: gitfeed watch <URL> [OPTIONS]
 <URL> is a path, file://, git://, http(s)://, ssh:// or scp-like user@host:path remote.
 
 `status` prints the last known state of every source in the cache, one JSON object per
-line, whether or not a feed is running.
+line, whether or not a feed is running; `watch --once` writes it too.
 
 `gc` removes the clones that no source has used for --unused-for [default: 168h, a week] and
 that no running feed or --once run has open; delivery state is kept. It prints one JSON object.

@@ -24,7 +24,7 @@ use gix::bstr::ByteSlice;
 use gix::remote::Direction;
 use gix::remote::fetch::{Shallow, Tags};
 
-pub(crate) use self::error::FetchError;
+pub(crate) use self::error::{FetchError, remote_host};
 pub(crate) use self::filter::Matcher;
 pub(crate) use self::read::{FileKind, ReadFailure, TreeFile, representable};
 pub(crate) use self::transport::Cancel;
@@ -498,7 +498,7 @@ impl Repo {
                         Reason::HostKey,
                         format!(
                             "the host key of {host}:{port} is unknown or has changed; check known_hosts ({})",
-                            err.message
+                            err.detail_or_message()
                         ),
                     )
                 } else {
