@@ -114,8 +114,11 @@ pub(crate) fn duration(duration: Duration) -> String {
     let ms = duration.as_millis();
     match ms {
         0..1_000 => format!("{ms}ms"),
-        1_000..10_000 if ms % 1_000 != 0 => format!("{:.1}s", duration.as_secs_f64()),
-        1_000..120_000 => format!("{}s", (ms + 500) / 1_000),
+        1_000..10_000 => {
+            let text = format!("{:.1}", duration.as_secs_f64());
+            format!("{}s", text.strip_suffix(".0").unwrap_or(&text))
+        }
+        10_000..120_000 => format!("{}s", (ms + 500) / 1_000),
         120_000..7_200_000 => format!("{}m", (ms + 30_000) / 60_000),
         _ => format!("{}h", (ms + 1_800_000) / 3_600_000),
     }
@@ -197,6 +200,7 @@ mod tests {
             (850, "850ms"),
             (1_600, "1.6s"),
             (8_000, "8s"),
+            (2_020, "2s"),
             (30_400, "30s"),
             (600_000, "10m"),
             (7_200_000, "2h"),
