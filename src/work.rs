@@ -460,7 +460,14 @@ fn fetch_any(
             http_auth: http_auth.clone(),
             ..target.clone()
         };
-        match repo.fetch(&target, cancel) {
+        let fetched = repo.fetch(&target, cancel).map_err(|mut err| {
+            // The failure is told with the URL it happened on.
+            if index > 0 {
+                err.url = Some(url.clone());
+            }
+            err
+        });
+        match fetched {
             // A refused secret read from a file may be rotated: keep trying. This is the one
             // failure whose class the source decides rather than the reason.
             Err(mut err)

@@ -436,6 +436,25 @@ fn errors_name_the_source_and_url_in_plain_words() {
     assert_eq!(status[0].detail.as_deref(), Some(detail.as_str()));
 }
 
+/// When the source and its mirrors all fail, the error names the URL that failed last.
+#[test]
+fn an_error_names_the_mirror_that_failed_last() {
+    let primary = format!("git://127.0.0.1:{}/repo.git", free_port());
+    let mirror = format!("git://127.0.0.1:{}/repo.git", free_port());
+    let mut source = quick_source("m", &primary);
+    source.mirrors = vec![mirror.clone()];
+    let err = gitfeed::sync_once(unique_dir().path(), &source).expect_err("nothing listens");
+    assert_eq!(err.reason, Reason::ConnectionRefused, "{err}");
+    let port = mirror
+        .rsplit(':')
+        .next()
+        .and_then(|rest| rest.split('/').next());
+    let words = format!("could not connect to 127.0.0.1:{}", port.expect("a port"));
+    if let Some(problem) = wording_problem(&err.message, "m", &mirror, &words) {
+        panic!("the error {problem}: {err}");
+    }
+}
+
 /// A failed source is not a dead end: it is probed again every `failed_interval`, each failed
 /// state says when, and the probe that finds the remote fixed delivers and recovers.
 #[test]
