@@ -639,11 +639,13 @@ fn millis(duration: Duration) -> u64 {
 /// One attempt outside any feed: fetch and diff against the acknowledged commit. `handle` is
 /// the clone kept from the previous attempt, if any, and is left holding what this one keeps.
 /// The source's status is written as a feed writes it, so `gitfeed status` shows the attempt.
+/// `warnings` is left holding what was left out of the update (or why there is none).
 pub(crate) async fn once(
     shared: &Shared,
     source: &Source,
     handle: &mut Option<Repo>,
     many_refs: &Arc<AtomicBool>,
+    warnings: &mut Vec<String>,
 ) -> Result<Option<Update>, SyncError> {
     let mut paths = work::Paths::new(&shared.cache_dir, source);
     paths.turn = shared.clone_turn(paths.clone.dir());
@@ -675,6 +677,7 @@ pub(crate) async fn once(
     for warning in &attempt.warnings {
         log::warn!("{}: {warning}", source.name);
     }
+    warnings.clone_from(&attempt.warnings);
     record_once(entry, source, &attempt);
     // As in a feed: a failure gives the handle back (and the attempt deleted a corrupt clone).
     if attempt.result.is_ok() {

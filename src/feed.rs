@@ -356,6 +356,7 @@ pub struct Follower {
     source: Source,
     handle: Option<crate::git::Repo>,
     many_refs: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    warnings: Vec<String>,
     // Never closed while the follower lives: `shared.shutdown` only closes with it.
     _running: Sender<()>,
     /// Keeps [`gc`](crate::gc) from removing the clone while the follower lives.
@@ -397,6 +398,7 @@ impl Follower {
             source,
             handle: None,
             many_refs: Default::default(),
+            warnings: Vec::new(),
             _running: running,
             _user: Some(user),
         })
@@ -411,7 +413,15 @@ impl Follower {
             &self.source,
             &mut self.handle,
             &self.many_refs,
+            &mut self.warnings,
         ))
+    }
+
+    /// What the last [`poll`](Follower::poll) left out, as a feed's `warning` events say it:
+    /// submodules an update moved, entries a snapshot refused to write, a commit refused for
+    /// its signature. Empty after a poll that left nothing out.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// Records that the consumer has applied the update to `commit`.

@@ -219,10 +219,15 @@ fn status_prints_each_source() {
             .expect("run status")
     };
     // The status is written once the first attempt has ended, the acknowledgement once the
-    // update's line was flushed.
+    // update's line was flushed. The one-shot source `s` has acknowledged it already.
     let acknowledged = format!("\"acknowledged\":\"{}\"", remote.head());
+    let watched_acknowledged = || {
+        String::from_utf8_lossy(&status_out().stdout)
+            .lines()
+            .any(|line| line.contains("\"source\":\"w\"") && line.contains(&acknowledged))
+    };
     crate::util::settle(
-        || usize::from(!String::from_utf8_lossy(&status_out().stdout).contains(&acknowledged)),
+        || usize::from(!watched_acknowledged()),
         0,
         std::time::Duration::from_secs(10),
     );
@@ -461,4 +466,53 @@ fn once_writes_the_status_like_watch() {
         .find(|status| status["url"] == url.as_str() && status["source"] == "good")
         .unwrap_or_else(|| panic!("no status for good at {url}: {all:?}"));
     assert_eq!(earlier["state"], "idle", "{earlier}");
+}
+
+/// `watch --once` prints what an update left out as `watch` does: a warning line before the
+/// update it concerns.
+#[test]
+fn once_prints_warnings_before_the_update() {
+    let remote = Remote::new();
+    let other = Remote::named("other.git");
+    std::fs::create_dir_all(remote.work_path().join("deps/lib")).expect("submodule directory");
+    remote.git(&[
+        "update-index",
+        "--add",
+        "--cacheinfo",
+        &format!("160000,{},deps/lib", other.head()),
+    ]);
+    let new = remote.commit(&[], "a submodule");
+    let cache = unique_dir();
+    let out = gitfeed()
+        .args(["watch", &remote.file_url(), "--once", "--cache-dir"])
+        .arg(cache.path())
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    let events: Vec<gitfeed::Event> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("an event"))
+        .collect();
+    let [
+        gitfeed::Event::State(warning),
+        gitfeed::Event::Update(update),
+    ] = &events[..]
+    else {
+        panic!("expected a warning, then the update: {stdout}");
+    };
+    assert_eq!(warning.state, gitfeed::SourceState::Warning, "{warning:?}");
+    assert!(
+        warning
+            .error
+            .as_deref()
+            .is_some_and(|said| said.contains("`deps/lib` (added)")),
+        "{warning:?}"
+    );
+    assert_eq!(update.new, new);
+    assert!(update.changes.iter().all(|c| c.path != "deps/lib"));
 }
