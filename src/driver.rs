@@ -20,6 +20,8 @@ use smol::lock::Semaphore;
 use crate::cache;
 use crate::clock;
 use crate::event::{Event, SourceState, StateChange, Update};
+use crate::failure::{self, Told};
+use crate::feed::SyncError;
 use crate::git::{self, Cancel, FetchError, Repo};
 use crate::machine::{Action, ErrorKind, Health, Machine, Outcome, State};
 use crate::reason::Reason;
@@ -109,6 +111,7 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
     let mut due: Option<Instant> = None;
     // Why the last attempt failed, for the state event the machine asks for next.
     let mut reason: Option<Reason> = None;
+    let mut detail: Option<String> = None;
     // Outlives reopened clones: see `Target::many_refs`.
     let many_refs = Arc::new(AtomicBool::new(false));
     loop {
@@ -142,6 +145,7 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
                         status.last_success_ms = status.last_attempt_ms;
                         status.last_error = None;
                         status.reason = None;
+                        status.detail = None;
                         status.current = Some(tip.clone()).filter(|tip| !tip.is_empty());
                         status.served_by = Some(git::redact_url(served_by));
                     }
@@ -180,21 +184,27 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
                             Outcome::Success
                         }
                         Err(err) => {
+                            let told = failure::tell(&source, &err);
                             if shared.shutdown.is_closed() {
                                 // Interrupted on purpose: the feed is stopping.
-                                log::debug!("{}: {}", source.name, err.message);
+                                log::debug!("{}", told.headline);
                             } else {
-                                log::warn!("{}: {}", source.name, err.message);
+                                log::warn!("{}", told.headline);
                             }
-                            status.last_error = Some(err.message.clone());
+                            if let Some(detail) = &told.detail {
+                                log::debug!("{}: {detail}", source.name);
+                            }
+                            status.last_error = Some(told.headline.clone());
                             status.reason = Some(err.reason);
+                            status.detail.clone_from(&told.detail);
                             reason = Some(err.reason);
+                            detail = told.detail;
                             if err.kind != ErrorKind::Transient {
                                 handle.take();
                             }
                             Outcome::Failure {
                                 kind: err.kind,
-                                error: err.message,
+                                error: told.headline,
                             }
                         }
                     };
@@ -209,7 +219,9 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
                         pending.push(message);
                     }
                 }
-                Action::Emit(health) => emit_health(&shared, &source.name, health, reason).await,
+                Action::Emit(health) => {
+                    emit_health(&shared, &source.name, health, reason, detail.clone()).await
+                }
             }
             for message in pending.drain(..) {
                 apply(
@@ -441,7 +453,10 @@ async fn attempt(
             } else {
                 FetchError::new(
                     Reason::Timeout,
-                    format!("timed out after {} ms", attempt_limit(source).as_millis()),
+                    format!(
+                        "timed out after {}",
+                        failure::duration(attempt_limit(source))
+                    ),
                 )
             });
         }
@@ -486,6 +501,7 @@ async fn emit_warning(shared: &Shared, name: &str, warning: String) {
         attempt: None,
         reason: None,
         error: Some(warning),
+        detail: None,
         retry_in_ms: None,
     };
     let _ = shared.events.send(Event::State(change)).await;
@@ -510,8 +526,15 @@ fn into_update(source: &Source, synced: Synced) -> Update {
     }
 }
 
-/// Sends the state event for `health`; `reason` is why the last attempt failed.
-async fn emit_health(shared: &Shared, name: &str, health: Health, reason: Option<Reason>) {
+/// Sends the state event for `health`; `reason` is why the last attempt failed and `detail`
+/// what was said underneath. The error says what happens next, after what failed.
+async fn emit_health(
+    shared: &Shared,
+    name: &str,
+    health: Health,
+    reason: Option<Reason>,
+    detail: Option<String>,
+) {
     let change = match health {
         Health::Backoff {
             attempt,
@@ -522,7 +545,11 @@ async fn emit_health(shared: &Shared, name: &str, health: Health, reason: Option
             state: SourceState::Backoff,
             attempt: Some(attempt),
             reason,
-            error: Some(error),
+            error: Some(format!(
+                "{error}; will retry in {}",
+                failure::duration(retry_in)
+            )),
+            detail,
             retry_in_ms: Some(millis(retry_in)),
         },
         Health::Failed {
@@ -530,19 +557,21 @@ async fn emit_health(shared: &Shared, name: &str, health: Health, reason: Option
             error,
             retry_in,
         } => {
-            match retry_in {
-                Some(retry_in) => log::error!(
-                    "{name}: failed: {error}; probing again in {} s",
-                    retry_in.as_secs()
+            let error = match retry_in {
+                Some(retry_in) => format!(
+                    "{error}; gave up, will probe again in {}",
+                    failure::duration(retry_in)
                 ),
-                None => log::error!("{name}: giving up: {error}"),
-            }
+                None => format!("{error}; gave up until triggered or changed"),
+            };
+            log::error!("{error}");
             StateChange {
                 source: name.to_owned(),
                 state: SourceState::Failed,
                 attempt: Some(attempt),
                 reason,
                 error: Some(error),
+                detail,
                 retry_in_ms: retry_in.map(millis),
             }
         }
@@ -554,6 +583,7 @@ async fn emit_health(shared: &Shared, name: &str, health: Health, reason: Option
                 attempt: None,
                 reason: None,
                 error: None,
+                detail: None,
                 retry_in_ms: None,
             }
         }
@@ -608,12 +638,15 @@ fn millis(duration: Duration) -> u64 {
 
 /// One attempt outside any feed: fetch and diff against the acknowledged commit. `handle` is
 /// the clone kept from the previous attempt, if any, and is left holding what this one keeps.
+/// The source's status is written as a feed writes it, so `gitfeed status` shows the attempt.
+/// `warnings` is left holding what was left out of the update (or why there is none).
 pub(crate) async fn once(
     shared: &Shared,
     source: &Source,
     handle: &mut Option<Repo>,
     many_refs: &Arc<AtomicBool>,
-) -> Result<Option<Update>, FetchError> {
+    warnings: &mut Vec<String>,
+) -> Result<Option<Update>, SyncError> {
     let mut paths = work::Paths::new(&shared.cache_dir, source);
     paths.turn = shared.clone_turn(paths.clone.dir());
     let entry = &paths.entry;
@@ -632,16 +665,39 @@ pub(crate) async fn once(
         many_refs,
     )
     .await
-    .ok_or_else(|| FetchError::new(Reason::Cancelled, "the feed is shutting down"))?;
+    .unwrap_or_else(|| Attempt {
+        handle: None,
+        result: Err(FetchError::new(
+            Reason::Cancelled,
+            "the feed is shutting down",
+        )),
+        warnings: Vec::new(),
+        tip: None,
+    });
     for warning in &attempt.warnings {
         log::warn!("{}: {warning}", source.name);
     }
+    warnings.clone_from(&attempt.warnings);
+    record_once(entry, source, &attempt);
     // As in a feed: a failure gives the handle back (and the attempt deleted a corrupt clone).
     if attempt.result.is_ok() {
         *handle = attempt.handle;
     }
-    let Some(synced) = attempt.result? else {
-        return Ok(None);
+    let synced = match attempt.result {
+        Ok(Some(synced)) => synced,
+        Ok(None) => return Ok(None),
+        Err(err) => {
+            let Told { headline, detail } = failure::tell(source, &err);
+            if let Some(detail) = &detail {
+                log::info!("{}: {detail}", source.name);
+            }
+            return Err(SyncError {
+                reason: err.reason,
+                kind: err.kind,
+                message: headline,
+                detail,
+            });
+        }
     };
     if synced.is_empty() {
         let mut seen = seen;
@@ -649,4 +705,47 @@ pub(crate) async fn once(
         return Ok(None);
     }
     Ok(Some(into_update(source, synced)))
+}
+
+/// Writes the status of a source after one attempt outside any feed, continuing from the
+/// status it had: failures count up across attempts and the last success is remembered. The
+/// state is what a feed would be in: `backoff` after a failure that may clear, `failed` after
+/// one that will not fix itself soon or once `max_failures` is reached.
+fn record_once(entry: &cache::Entry, source: &Source, attempt: &Attempt) {
+    let mut status = Status::read(entry.dir()).unwrap_or_default();
+    status.source.clone_from(&source.name);
+    status.url = git::redact_url(&source.url);
+    status.reference.clone_from(&source.reference);
+    status.last_attempt_ms = Some(now_ms());
+    status.acknowledged = entry.delivered();
+    match (&attempt.result, &attempt.tip) {
+        (Ok(_), Some((tip, served_by))) => {
+            status.state = "idle".into();
+            status.attempt = 0;
+            status.last_success_ms = status.last_attempt_ms;
+            status.last_error = None;
+            status.reason = None;
+            status.detail = None;
+            status.current = Some(tip.clone()).filter(|tip| !tip.is_empty());
+            status.served_by = Some(git::redact_url(served_by));
+        }
+        (Ok(_), None) => status.state = "idle".into(),
+        (Err(err), _) => {
+            let told = failure::tell(source, err);
+            status.attempt = status.attempt.saturating_add(1);
+            let given_up = source.max_failures.is_some_and(|max| status.attempt >= max);
+            status.state = if err.kind == ErrorKind::Permanent || given_up {
+                "failed"
+            } else {
+                "backoff"
+            }
+            .into();
+            status.last_error = Some(told.headline);
+            status.reason = Some(err.reason);
+            status.detail = told.detail;
+        }
+    }
+    if let Err(err) = status.write(entry.dir()) {
+        log::debug!("{}: cannot write its status: {err}", source.name);
+    }
 }

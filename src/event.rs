@@ -109,7 +109,7 @@ pub enum ChangeKind {
 /// A source's health changed.
 ///
 /// ```
-/// let line = r#"{"type":"state","source":"p","state":"backoff","attempt":3,"reason":"server_error","error":"http 500 from remote","retry_in_ms":1600}"#;
+/// let line = r#"{"type":"state","source":"p","state":"backoff","attempt":3,"reason":"server_error","error":"p (https://example.org/p.git): the server at example.org reported an error; will retry in 1.6s","detail":"Received HTTP status 500","retry_in_ms":1600}"#;
 /// let event: gitfeed::Event = serde_json::from_str(line).unwrap();
 /// assert_eq!(serde_json::to_string(&event).unwrap(), line);
 /// ```
@@ -126,9 +126,16 @@ pub struct StateChange {
     /// Written in snake case, like `"name_resolution"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<Reason>,
-    /// Why the last attempt failed (`backoff` and `failed` only).
+    /// What failed, for people (`backoff` and `failed`), on one line: the source's name, its
+    /// URL without credentials, what failed in plain words and what happens next, like
+    /// `policies (https://example.org/p.git): could not resolve host example.org; will retry
+    /// in 8s`. For a `warning`, what was left out of the update that follows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What the transport, a helper program or the server said underneath `error`, when it was
+    /// not gitfeed's own words (`backoff` and `failed` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
     /// Milliseconds until the next attempt: the retry (`backoff`), or the probe of a failed
     /// source (`failed`; absent when nothing but a trigger or a change will try again).
     #[serde(default, skip_serializing_if = "Option::is_none")]

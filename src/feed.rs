@@ -294,8 +294,13 @@ pub struct SyncError {
     pub reason: Reason,
     /// Whether retrying could help; mostly [`Reason::kind`].
     pub kind: ErrorKind,
-    /// What went wrong, on one line, without credentials.
+    /// What failed, on one line, in plain words: the source's name, its URL without
+    /// credentials, and what went wrong, like `policies (https://example.org/p.git): could not
+    /// resolve host example.org`.
     pub message: String,
+    /// What the transport, a helper program or the server said underneath, when it was not
+    /// gitfeed's own words (the headline leaves it out).
+    pub detail: Option<String>,
 }
 
 impl fmt::Display for SyncError {
@@ -351,6 +356,7 @@ pub struct Follower {
     source: Source,
     handle: Option<crate::git::Repo>,
     many_refs: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    warnings: Vec<String>,
     // Never closed while the follower lives: `shared.shutdown` only closes with it.
     _running: Sender<()>,
     /// Keeps [`gc`](crate::gc) from removing the clone while the follower lives.
@@ -365,6 +371,7 @@ impl Follower {
             reason: Reason::Configuration,
             kind: Reason::Configuration.kind(),
             message: err.to_string(),
+            detail: None,
         })?;
         let (events, _) = async_channel::bounded(1);
         let (running, shutdown) = async_channel::bounded(1);
@@ -376,6 +383,7 @@ impl Follower {
                     reason: err.reason,
                     kind: err.kind,
                     message: err.message,
+                    detail: err.detail,
                 }
             })?;
         Ok(Self {
@@ -390,6 +398,7 @@ impl Follower {
             source,
             handle: None,
             many_refs: Default::default(),
+            warnings: Vec::new(),
             _running: running,
             _user: Some(user),
         })
@@ -404,12 +413,15 @@ impl Follower {
             &self.source,
             &mut self.handle,
             &self.many_refs,
+            &mut self.warnings,
         ))
-        .map_err(|err| SyncError {
-            reason: err.reason,
-            kind: err.kind,
-            message: err.message,
-        })
+    }
+
+    /// What the last [`poll`](Follower::poll) left out, as a feed's `warning` events say it:
+    /// submodules an update moved, entries a snapshot refused to write, a commit refused for
+    /// its signature. Empty after a poll that left nothing out.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// Records that the consumer has applied the update to `commit`.
@@ -430,6 +442,7 @@ pub fn acknowledge(
             reason: Reason::Configuration,
             kind: Reason::Configuration.kind(),
             message: format!("`{commit}` is not a commit id"),
+            detail: None,
         });
     }
     crate::cache::Entry::new(cache_dir.as_ref(), &source.normalized().cache_key())
@@ -440,6 +453,7 @@ pub fn acknowledge(
                 reason: err.reason,
                 kind: err.kind,
                 message: err.message,
+                detail: err.detail,
             }
         })
 }

@@ -43,6 +43,7 @@ mod cache;
 mod clock;
 mod driver;
 mod event;
+mod failure;
 mod feed;
 mod git;
 pub mod machine;

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use gitfeed::{Event, Feed, FeedHandle, Source, parse_duration};
+use gitfeed::{Event, Feed, FeedHandle, Source, SourceState, StateChange, parse_duration};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -20,7 +20,7 @@ Usage: gitfeed watch <URL> [OPTIONS]
 <URL> is a path, file://, git://, http(s)://, ssh:// or scp-like user@host:path remote.
 
 `status` prints the last known state of every source in the cache, one JSON object per
-line, whether or not a feed is running.
+line, whether or not a feed is running; `watch --once` writes it too.
 
 `gc` removes the clones that no source has used for --unused-for [default: 168h, a week] and
 that no running feed or --once run has open; delivery state is kept. It prints one JSON object.
@@ -68,7 +68,8 @@ Options:
   --keep-snapshots <N>   snapshots kept in the checkout directory [default: 2]
   --index-threads <N>    threads resolving the deltas of a received pack, 0 for one
                          per core; each holds an object and its base [default: 1]
-  --once                 sync once, print the update if there is one, and exit
+  --once                 sync once, print the update if there is one (after the warnings
+                         about what it left out), write the status, and exit
   -h, --help             print this help
 
 Durations are written like 250ms, 30s, 5m or 1h.
@@ -149,8 +150,30 @@ fn main() -> ExitCode {
 }
 
 fn watch_once(cache_dir: &std::path::Path, source: &Source) -> ExitCode {
-    match gitfeed::sync_once(cache_dir, source) {
+    let mut follower = match gitfeed::Follower::new(cache_dir, source) {
+        Ok(follower) => follower,
+        Err(err) => {
+            eprintln!("gitfeed: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    match follower.poll() {
         Ok(update) => {
+            // As `watch` prints them: what was left out, before the update it concerns.
+            for warning in follower.warnings() {
+                let warning = StateChange {
+                    source: source.name.clone(),
+                    state: SourceState::Warning,
+                    attempt: None,
+                    reason: None,
+                    error: Some(warning.clone()),
+                    detail: None,
+                    retry_in_ms: None,
+                };
+                if print(&Event::State(warning)).is_err() {
+                    return ExitCode::from(1);
+                }
+            }
             if let Some(update) = update {
                 let new = update.new.clone();
                 if print(&Event::Update(update)).is_err() {

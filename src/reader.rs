@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::Path;
 
 use crate::cache;
-use crate::git::{FileKind, Matcher, ReadFailure, Repo, representable};
+use crate::git::{FileKind, Matcher, ReadFailure, Repo, TreeFile, representable};
 use crate::source::Source;
 
 /// Reads the files of commits in a source's cache, straight from the object database,
@@ -39,7 +39,7 @@ pub struct Reader {
 pub struct File {
     /// The path from the repository root, `/`-separated.
     pub path: String,
-    /// The blob id (a gitlink's commit id for submodules).
+    /// The blob id.
     pub id: String,
     /// Size in bytes.
     pub size: u64,
@@ -57,8 +57,6 @@ pub enum FileType {
     Executable,
     /// A symbolic link; its content is the target.
     Symlink,
-    /// A submodule: a commit of another repository, with no content here.
-    Submodule,
 }
 
 /// Why a read failed.
@@ -153,25 +151,37 @@ impl Reader {
     }
 
     /// The files of `commit` that the source's filter delivers, sorted by path. Entries whose
-    /// names cannot be part of a path (`..`, `.git`, names with `/`: hostile trees) are left
-    /// out, as they are from updates and snapshots.
+    /// names cannot be part of a path (`..`, `.git`, names with `/`: hostile trees) and
+    /// submodules (whose content is another repository's) are left out, as they are from
+    /// updates and snapshots.
     pub fn files(&self, commit: &str) -> Result<Vec<File>, ReadError> {
+        Ok(self
+            .listing(commit)?
+            .into_iter()
+            .filter_map(|file| {
+                let kind = match file.kind {
+                    FileKind::File { executable: false } => FileType::Regular,
+                    FileKind::File { executable: true } => FileType::Executable,
+                    FileKind::Symlink => FileType::Symlink,
+                    FileKind::Gitlink => return None,
+                };
+                Some(File {
+                    path: file.path,
+                    id: file.id,
+                    size: file.size,
+                    kind,
+                })
+            })
+            .collect())
+    }
+
+    /// Every entry of `commit` the filter accepts and whose path can be used, submodules too.
+    fn listing(&self, commit: &str) -> Result<Vec<TreeFile>, ReadError> {
         Ok(self
             .repo
             .files(commit, &self.matcher)?
             .into_iter()
             .filter(|file| file.components.iter().all(|name| representable(name)))
-            .map(|file| File {
-                path: file.path,
-                id: file.id,
-                size: file.size,
-                kind: match file.kind {
-                    FileKind::File { executable: false } => FileType::Regular,
-                    FileKind::File { executable: true } => FileType::Executable,
-                    FileKind::Symlink => FileType::Symlink,
-                    FileKind::Gitlink => FileType::Submodule,
-                },
-            })
             .collect())
     }
 
@@ -185,17 +195,19 @@ impl Reader {
     /// Writes the bytes of the file at `path` in `commit` to `out`; returns how many.
     pub fn read_to(&self, commit: &str, path: &str, out: &mut dyn Write) -> Result<u64, ReadError> {
         let file = self
-            .files(commit)?
+            .listing(commit)?
             .into_iter()
             .find(|file| file.path == path)
             .ok_or_else(|| ReadError {
                 kind: ReadErrorKind::NotFound,
                 message: format!("no file `{path}` in {commit}"),
             })?;
-        if file.kind == FileType::Submodule {
+        if file.kind == FileKind::Gitlink {
             return Err(ReadError {
                 kind: ReadErrorKind::NotFound,
-                message: format!("`{path}` in {commit} is a submodule, with no content here"),
+                message: format!(
+                    "`{path}` in {commit} is a submodule; submodules are not followed"
+                ),
             });
         }
         Ok(self.repo.read_blob(&file.id, self.max_file_size, out)?)

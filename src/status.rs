@@ -42,12 +42,17 @@ pub struct Status {
     /// When the last successful attempt ended, in milliseconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_success_ms: Option<u64>,
-    /// Why the last failed attempt failed, until an attempt succeeds.
+    /// Why the last failed attempt failed, until an attempt succeeds: one line naming the
+    /// source and its URL and saying what failed in plain words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
     /// The reason of `last_error`, the same on every transport, like `"timeout"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<Reason>,
+    /// What the transport, a helper program or the server said underneath `last_error`, when
+    /// it was not gitfeed's own words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
     /// The last commit the consumer acknowledged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acknowledged: Option<String>,
@@ -60,6 +65,12 @@ pub struct Status {
 }
 
 impl Status {
+    /// The status kept in `entry_dir`, if there is a readable one.
+    pub(crate) fn read(entry_dir: &Path) -> Option<Status> {
+        let text = fs::read(entry_dir.join("status.json")).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
     pub(crate) fn write(&self, entry_dir: &Path) -> io::Result<()> {
         fs::create_dir_all(entry_dir)?;
         let temporary = entry_dir.join("status.json.tmp");

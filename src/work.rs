@@ -401,6 +401,16 @@ fn fetch_and_diff(
             found.skipped.join(", ")
         ));
     }
+    if !found.submodules.is_empty() {
+        // One warning per update, naming every submodule that moved: its content is another
+        // repository's, so it is in neither the changes, the contents nor the snapshot.
+        warnings.push(format!(
+            "{} left out {} (submodules are not followed): {}",
+            tip.commit,
+            count(found.submodules.len(), "submodule", "submodules"),
+            found.submodules.join(", ")
+        ));
+    }
     let (mut changes, forced) = (found.changes, found.forced);
     if let Some(limit) = source.contents {
         attach_contents(repo, &mut changes, limit.min(source.max_file_size));
@@ -450,7 +460,14 @@ fn fetch_any(
             http_auth: http_auth.clone(),
             ..target.clone()
         };
-        match repo.fetch(&target, cancel) {
+        let fetched = repo.fetch(&target, cancel).map_err(|mut err| {
+            // The failure is told with the URL it happened on.
+            if index > 0 {
+                err.url = Some(url.clone());
+            }
+            err
+        });
+        match fetched {
             // A refused secret read from a file may be rotated: keep trying. This is the one
             // failure whose class the source decides rather than the reason.
             Err(mut err)
@@ -590,7 +607,11 @@ fn write_snapshot(
         ));
     }
     let mut entries = Vec::with_capacity(files.len());
-    for file in files {
+    // Submodules are never written; the update's warning names them.
+    for file in files
+        .into_iter()
+        .filter(|file| file.kind != FileKind::Gitlink)
+    {
         if file.size > source.max_file_size {
             return Err(FetchError::new(
                 Reason::SnapshotTooLarge,
@@ -640,6 +661,11 @@ fn write_snapshot(
         ));
     }
     Ok(())
+}
+
+/// `n` and the noun for it: "1 submodule", "2 submodules".
+fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// What the git layer needs to know about `source` for one attempt.

@@ -207,7 +207,8 @@ fn status_prints_each_source() {
         .output()
         .expect("run");
     assert!(out.status.success());
-    // A one-shot sync keeps no status; a short watch does.
+    // A one-shot sync keeps its status (see `once_writes_the_status_like_watch`); so does a
+    // short watch.
     let (mut child, mut lines) = spawn_watch(&remote.file_url(), "w", "1h", cache.path());
     let _ = lines.next();
     let status_out = || {
@@ -218,10 +219,15 @@ fn status_prints_each_source() {
             .expect("run status")
     };
     // The status is written once the first attempt has ended, the acknowledgement once the
-    // update's line was flushed.
+    // update's line was flushed. The one-shot source `s` has acknowledged it already.
     let acknowledged = format!("\"acknowledged\":\"{}\"", remote.head());
+    let watched_acknowledged = || {
+        String::from_utf8_lossy(&status_out().stdout)
+            .lines()
+            .any(|line| line.contains("\"source\":\"w\"") && line.contains(&acknowledged))
+    };
     crate::util::settle(
-        || usize::from(!String::from_utf8_lossy(&status_out().stdout).contains(&acknowledged)),
+        || usize::from(!watched_acknowledged()),
         0,
         std::time::Duration::from_secs(10),
     );
@@ -230,8 +236,14 @@ fn status_prints_each_source() {
     let out = status_out();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).expect("utf-8");
-    let status: serde_json::Value =
-        serde_json::from_str(text.lines().next().expect("a line")).expect("json");
+    let all: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("json"))
+        .collect();
+    // One line per source, sorted by name.
+    assert_eq!(all.len(), 2, "{text}");
+    assert_eq!(all[0]["source"], "s");
+    let status = &all[1];
     assert_eq!(status["source"], "w");
     assert_eq!(status["state"], "idle");
     assert_eq!(status["current"], remote.head().as_str());
@@ -358,4 +370,149 @@ fn gc_removes_an_unused_clone_and_prints_what_it_did() {
         .output()
         .expect("run");
     assert_eq!(bad.status.code(), Some(2));
+}
+
+/// `watch --once` writes the source's status as `watch` does, after a success and after a
+/// failure, so `gitfeed status` shows it afterwards; failures count up across runs.
+#[test]
+fn once_writes_the_status_like_watch() {
+    let remote = Remote::new();
+    let cache = unique_dir();
+    let once = |name: &str, url: &str, extra: &[&str]| {
+        gitfeed()
+            .args(["watch", url, "--once", "--name", name, "--timeout", "10s"])
+            .args(extra)
+            .arg("--cache-dir")
+            .arg(cache.path())
+            .output()
+            .expect("run")
+    };
+    let status = || -> Vec<serde_json::Value> {
+        let out = gitfeed()
+            .args(["status", "--cache-dir"])
+            .arg(cache.path())
+            .output()
+            .expect("run status");
+        assert!(out.status.success());
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("json"))
+            .collect()
+    };
+    let of = |all: &[serde_json::Value], name: &str| {
+        all.iter()
+            .find(|status| status["source"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no status for {name}: {all:?}"))
+    };
+
+    let url = remote.file_url();
+    assert!(once("good", &url, &[]).status.success());
+    let good = of(&status(), "good");
+    assert_eq!(good["state"], "idle", "{good}");
+    assert_eq!(good["attempt"], 0, "{good}");
+    assert_eq!(good["url"], url.as_str(), "{good}");
+    assert_eq!(good["current"], remote.head().as_str(), "{good}");
+    assert_eq!(good["acknowledged"], remote.head().as_str(), "{good}");
+    assert!(good["last_success_ms"].as_u64().is_some(), "{good}");
+    assert_eq!(good.get("last_error"), None, "{good}");
+
+    // A permanent failure: `failed`, with the reason and the one-line error the run printed.
+    for attempt in 1..=2 {
+        let out = once("bad", &url, &["--branch", "nope"]);
+        assert_eq!(out.status.code(), Some(1));
+        let printed = String::from_utf8_lossy(&out.stderr).trim_end().to_owned();
+        let bad = of(&status(), "bad");
+        assert_eq!(bad["state"], "failed", "{bad}");
+        assert_eq!(bad["attempt"], attempt, "{bad}");
+        assert_eq!(bad["reason"], "ref_not_found", "{bad}");
+        let error = bad["last_error"].as_str().expect("last_error");
+        assert!(
+            error.starts_with(&format!("bad ({url}): branch `nope` not found")),
+            "{bad}"
+        );
+        assert_eq!(printed, format!("gitfeed: {error}"));
+        assert_eq!(bad.get("last_success_ms"), None, "{bad}");
+    }
+
+    // A failure that may clear: `backoff`, and the last success is kept.
+    let refused = format!("git://127.0.0.1:{}/repo.git", crate::util::free_port());
+    let out = once("good", &refused, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let all = status();
+    let flaky = all
+        .iter()
+        .find(|status| status["url"] == refused.as_str())
+        .unwrap_or_else(|| panic!("no status for {refused}: {all:?}"));
+    assert_eq!(flaky["state"], "backoff", "{flaky}");
+    assert_eq!(flaky["attempt"], 1, "{flaky}");
+    assert_eq!(flaky["reason"], "connection_refused", "{flaky}");
+    assert!(
+        flaky["last_error"]
+            .as_str()
+            .is_some_and(|error| error.starts_with(&format!("good ({refused}): could not connect"))),
+        "{flaky}"
+    );
+    assert!(
+        flaky["detail"]
+            .as_str()
+            .is_some_and(|detail| !detail.is_empty()),
+        "{flaky}"
+    );
+    // The earlier source of that name, at another URL, keeps its own status.
+    let earlier = all
+        .iter()
+        .find(|status| status["url"] == url.as_str() && status["source"] == "good")
+        .unwrap_or_else(|| panic!("no status for good at {url}: {all:?}"));
+    assert_eq!(earlier["state"], "idle", "{earlier}");
+}
+
+/// `watch --once` prints what an update left out as `watch` does: a warning line before the
+/// update it concerns.
+#[test]
+fn once_prints_warnings_before_the_update() {
+    let remote = Remote::new();
+    let other = Remote::named("other.git");
+    std::fs::create_dir_all(remote.work_path().join("deps/lib")).expect("submodule directory");
+    remote.git(&[
+        "update-index",
+        "--add",
+        "--cacheinfo",
+        &format!("160000,{},deps/lib", other.head()),
+    ]);
+    let new = remote.commit(&[], "a submodule");
+    let cache = unique_dir();
+    let out = gitfeed()
+        .args(["watch", &remote.file_url(), "--once", "--cache-dir"])
+        .arg(cache.path())
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    let events: Vec<gitfeed::Event> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("an event"))
+        .collect();
+    let [
+        gitfeed::Event::State(warning),
+        gitfeed::Event::Update(update),
+    ] = &events[..]
+    else {
+        panic!("expected a warning, then the update: {stdout}");
+    };
+    assert_eq!(warning.state, gitfeed::SourceState::Warning, "{warning:?}");
+    assert!(
+        warning
+            .error
+            .as_deref()
+            .is_some_and(|said| said.contains("`deps/lib` (added)")),
+        "{warning:?}"
+    );
+    assert_eq!(update.new, new);
+    assert!(update.changes.iter().all(|c| c.path != "deps/lib"));
 }

@@ -37,6 +37,52 @@ fn expected(fault: &str) -> (Reason, ErrorKind) {
     }
 }
 
+/// The plain words each fault must be told in, whatever the transport said underneath.
+fn told(fault: &str) -> String {
+    match fault {
+        "unresolvable host" => format!("could not resolve host {UNRESOLVABLE}"),
+        "refused" => "could not connect to 127.0.0.1:".into(),
+        "reset" => "was cut off".into(),
+        "hang" => "timed out after 3s".into(),
+        "server error" => "reported an error".into(),
+        "missing repository" => "there is no git repository at this URL".into(),
+        "missing ref" => "branch `no-such-branch` not found".into(),
+        "commit not served" => {
+            format!("the remote does not serve the pinned commit {ABSENT_COMMIT}")
+        }
+        "authentication refused" => "the remote refused authentication".into(),
+        "unknown host key" => "is unknown or has changed; check known_hosts".into(),
+        other => panic!("no wording for {other}"),
+    }
+}
+
+/// What a transport says underneath, which a person should not have to read first.
+const LAYERS: [&str; 5] = [
+    "Transport handshake failed",
+    "An IO error occurred",
+    "failed to fill whole buffer",
+    "Could not decode server reply",
+    "os error",
+];
+
+/// Checks that `message`, the error of source `name` at `url`, is one line that names the
+/// source and the URL and then says `words`; returns what is wrong, if anything.
+fn wording_problem(message: &str, name: &str, url: &str, words: &str) -> Option<String> {
+    let named = format!("{name} ({url}): ");
+    if message.contains(['\n', '\r']) {
+        Some("more than one line".into())
+    } else if !message.starts_with(&named) {
+        Some(format!("does not start with {named:?}"))
+    } else if !message.contains(words) {
+        Some(format!("does not say {words:?}"))
+    } else {
+        LAYERS
+            .iter()
+            .find(|layer| message.contains(*layer))
+            .map(|layer| format!("carries {layer:?}"))
+    }
+}
+
 /// A commit id no repository here has.
 const ABSENT_COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
@@ -323,6 +369,14 @@ fn each_fault_has_one_reason_and_class_on_every_transport() {
                         err.reason, err.kind, case.reason, case.class, err.message
                     ));
                 }
+                let words = told(case.fault);
+                if let Some(problem) = wording_problem(&err.message, "f", &case.source.url, &words)
+                {
+                    wrong.push(format!("{what}: the message {problem}: {}", err.message));
+                }
+                if err.detail.as_deref().is_some_and(str::is_empty) {
+                    wrong.push(format!("{what}: an empty detail"));
+                }
                 assert_eq!(err.kind, err.reason.kind(), "{what}: {err}");
             }
         }
@@ -346,6 +400,61 @@ fn state_events_and_status_carry_the_reason() {
     assert_eq!(status[0].reason, Some(Reason::NameResolution), "{status:?}");
 }
 
+/// The state event and the status tell a failure in one plain line naming the source and its
+/// URL without the password, with what happens next in the event and what the transport said
+/// apart, as the detail.
+#[test]
+fn errors_name_the_source_and_url_in_plain_words() {
+    let url = format!("http://reader:s3cret@{UNRESOLVABLE}/repo.git");
+    let shown = format!("http://reader@{UNRESOLVABLE}/repo.git");
+    let mut source = quick_source("policies", &url);
+    source.backoff_initial = Duration::from_secs(8);
+    source.backoff_max = Duration::from_secs(8);
+    let feed = Running::start(vec![source]);
+    let state = feed.state(Duration::from_secs(20));
+    assert_eq!(state.reason, Some(Reason::NameResolution), "{state:?}");
+    let error = state.error.clone().unwrap_or_default();
+    let words = format!("could not resolve host {UNRESOLVABLE}; will retry in ");
+    if let Some(problem) = wording_problem(&error, "policies", &shown, &words) {
+        panic!("the state event's error {problem}: {error}");
+    }
+    // Jittered below the 8 s the backoff allows.
+    let retry_in = state.retry_in_ms.expect("a retry");
+    assert!(error.ends_with('s') && retry_in <= 8_000, "{state:?}");
+    let detail = state.detail.clone().expect("what curl said");
+    assert!(detail.contains(UNRESOLVABLE), "{detail}");
+    for text in [&error, &detail] {
+        assert!(!text.contains("s3cret"), "{text}");
+    }
+    let status = gitfeed::status(feed.cache_dir()).expect("status");
+    feed.stop();
+    let last_error = status[0].last_error.clone().unwrap_or_default();
+    assert_eq!(
+        last_error,
+        format!("policies ({shown}): could not resolve host {UNRESOLVABLE}")
+    );
+    assert_eq!(status[0].detail.as_deref(), Some(detail.as_str()));
+}
+
+/// When the source and its mirrors all fail, the error names the URL that failed last.
+#[test]
+fn an_error_names_the_mirror_that_failed_last() {
+    let primary = format!("git://127.0.0.1:{}/repo.git", free_port());
+    let mirror = format!("git://127.0.0.1:{}/repo.git", free_port());
+    let mut source = quick_source("m", &primary);
+    source.mirrors = vec![mirror.clone()];
+    let err = gitfeed::sync_once(unique_dir().path(), &source).expect_err("nothing listens");
+    assert_eq!(err.reason, Reason::ConnectionRefused, "{err}");
+    let port = mirror
+        .rsplit(':')
+        .next()
+        .and_then(|rest| rest.split('/').next());
+    let words = format!("could not connect to 127.0.0.1:{}", port.expect("a port"));
+    if let Some(problem) = wording_problem(&err.message, "m", &mirror, &words) {
+        panic!("the error {problem}: {err}");
+    }
+}
+
 /// A failed source is not a dead end: it is probed again every `failed_interval`, each failed
 /// state says when, and the probe that finds the remote fixed delivers and recovers.
 #[test]
@@ -365,6 +474,11 @@ fn a_failed_source_is_probed_again_and_recovers() {
     let first = feed.state(PATIENCE);
     probe_due(&first);
     assert_eq!(first.attempt, Some(1));
+    let error = first.error.clone().unwrap_or_default();
+    let words = "branch `later` not found on remote; check --branch; gave up, will probe again in ";
+    if let Some(problem) = wording_problem(&error, "p", &remote.file_url(), words) {
+        panic!("the failed state's error {problem}: {error}");
+    }
     // Still missing at the probe: failed again, counted, with the next probe due.
     let again = feed.state(PATIENCE);
     probe_due(&again);

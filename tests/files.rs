@@ -469,3 +469,105 @@ fn a_filtered_out_commit_never_acknowledges_an_update_still_pending() {
     assert_eq!(paths(&again), paths(&first));
     feed.stop();
 }
+
+/// Submodules (gitlinks) are left out of changes, contents, snapshots and the reader's listing
+/// alike; an update that adds, moves or deletes one says so in one warning naming them all, and
+/// polls that find nothing new say nothing.
+#[test]
+fn submodules_are_left_out_everywhere_and_reported_once_per_update() {
+    let remote = Remote::new();
+    let other = Remote::named("other.git");
+    let work = remote.work_path();
+    // An uninitialized submodule is an empty directory, which `git add -A` leaves alone.
+    let gitlink = |path: &str, commit: &str| {
+        std::fs::create_dir_all(work.join(path)).expect("submodule directory");
+        remote.git(&[
+            "update-index",
+            "--add",
+            "--cacheinfo",
+            &format!("160000,{commit},{path}"),
+        ]);
+    };
+    gitlink("deps/lib", &other.head());
+    gitlink("deps/tool", &other.head());
+    let first = remote.commit(&[("a.txt", Some("a\n"))], "two submodules");
+
+    let root = unique_dir();
+    let checkout = root.path().join("checkout");
+    let mut source = quick_source("s", &remote.file_url());
+    source.contents = Some(1 << 20);
+    source.checkout = Some(checkout.clone());
+    let feed = Running::start(vec![source.clone()]);
+    let warning = feed.state(PATIENCE);
+    assert_eq!(warning.state, SourceState::Warning, "{warning:?}");
+    let said = warning.error.clone().unwrap_or_default();
+    assert!(said.contains(&first), "{said}");
+    assert!(said.contains("2 submodules"), "{said}");
+    assert!(said.contains("`deps/lib` (added)"), "{said}");
+    assert!(said.contains("`deps/tool` (added)"), "{said}");
+    // One warning: the next event is the update itself.
+    let update = feed.update(PATIENCE);
+    assert_eq!(update.new, first);
+    assert!(
+        update.changes.iter().all(|c| !c.path.starts_with("deps")),
+        "{:?}",
+        update.changes
+    );
+    assert!(paths(&update).contains(&"a.txt"));
+    for change in &update.changes {
+        assert!(change.content.is_some(), "{change:?}");
+        assert_eq!(change.omitted, None, "{change:?}");
+    }
+    let current = std::fs::canonicalize(checkout.join("current")).expect("current");
+    assert_eq!(
+        std::fs::read_to_string(current.join("a.txt")).expect("a.txt"),
+        "a\n"
+    );
+    assert!(!current.join("deps").exists(), "no submodule is written");
+
+    // An update that leaves the submodules alone says nothing about them.
+    let second = remote.commit(&[("b.txt", Some("b\n"))], "no submodule moves");
+    let update = feed.update(PATIENCE);
+    assert_eq!(
+        (update.new.as_str(), paths(&update)),
+        (second.as_str(), vec!["b.txt"])
+    );
+
+    // One that moves one names that one only.
+    let moved = other.commit(&[("x.txt", Some("x\n"))], "newer");
+    gitlink("deps/lib", &moved);
+    let third = remote.commit(&[("c.txt", Some("c\n"))], "one submodule moves");
+    let warning = feed.state(PATIENCE);
+    let said = warning.error.clone().unwrap_or_default();
+    assert_eq!(warning.state, SourceState::Warning, "{warning:?}");
+    assert!(
+        said.contains("1 submodule ") && said.contains(&third),
+        "{said}"
+    );
+    assert!(said.contains("`deps/lib` (modified)"), "{said}");
+    assert!(!said.contains("deps/tool"), "{said}");
+    let update = feed.update(PATIENCE);
+    assert_eq!(
+        (update.new.as_str(), paths(&update)),
+        (third.as_str(), vec!["c.txt"])
+    );
+    // Later polls find nothing new and repeat nothing.
+    feed.assert_quiet(Duration::from_millis(600));
+    feed.stop();
+
+    // Outside a feed, as the reader lists them.
+    source.checkout = None;
+    let cache = unique_dir();
+    let synced = sync_once(cache.path(), &source)
+        .expect("sync")
+        .expect("update");
+    assert!(synced.changes.iter().all(|c| !c.path.starts_with("deps")));
+    let reader = Reader::open(cache.path(), &source).expect("open");
+    let files = reader.files(&third).expect("files");
+    let listed: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+    assert!(listed.contains(&"c.txt"), "{listed:?}");
+    assert!(!listed.iter().any(|p| p.starts_with("deps")), "{listed:?}");
+    let err = reader.read(&third, "deps/lib").expect_err("a submodule");
+    assert_eq!(err.kind(), ReadErrorKind::NotFound, "{err}");
+    assert!(err.to_string().contains("submodule"), "{err}");
+}

@@ -249,9 +249,13 @@ fn ssh_key_with_a_passphrase_fails_without_waiting() {
         started.elapsed()
     );
     assert_eq!(err.kind, ErrorKind::Permanent, "{err}");
+    assert_eq!(err.reason, gitfeed::Reason::AuthenticationRefused, "{err}");
+    assert!(err.message.contains("refused authentication"), "{err}");
     assert!(
-        err.message.to_lowercase().contains("permission denied"),
-        "{err}"
+        err.detail
+            .as_deref()
+            .is_some_and(|detail| detail.to_lowercase().contains("permission denied")),
+        "{err:?}"
     );
 }
 

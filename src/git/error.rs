@@ -24,8 +24,13 @@ pub(crate) struct FetchError {
     /// (delete the clone, retry): the reason's class, [`Reason::kind`], unless the source
     /// overrides it (a secret read from a file, see `work::fetch_any`).
     pub kind: ErrorKind,
-    /// A one-line description for the consumer. Never contains credentials.
+    /// What failed, on one line, in gitfeed's own words. Never contains credentials.
     pub message: String,
+    /// What the transport, a helper program or the server said underneath, on one line, when
+    /// it was not gitfeed's own words.
+    pub detail: Option<String>,
+    /// The URL the failure happened on, when it was a mirror's rather than the source's own.
+    pub url: Option<String>,
 }
 
 impl FetchError {
@@ -35,7 +40,24 @@ impl FetchError {
             reason,
             kind: reason.kind(),
             message: one_line(message.into()),
+            detail: None,
+            url: None,
         }
+    }
+
+    /// The same failure, with what was said underneath it.
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        let detail = one_line(detail.into());
+        self.detail = Some(match self.detail.take() {
+            Some(before) => format!("{before}: {detail}"),
+            None => detail,
+        });
+        self
+    }
+
+    /// The detail, or the message when gitfeed's own words are all there is.
+    pub fn detail_or_message(&self) -> &str {
+        self.detail.as_deref().unwrap_or(&self.message)
     }
 
     /// A local filesystem failure: permanent when only the operator can fix it (a read-only
@@ -50,6 +72,17 @@ impl FetchError {
             reason => Self::new(reason, message),
         }
     }
+}
+
+/// The host of a network remote's URL as a person names it, with the port when the URL
+/// gives one (`example.org`, `127.0.0.1:9418`); `None` for a remote on this machine.
+pub(crate) fn remote_host(url: &str) -> Option<String> {
+    let parsed = gix::url::parse(url.as_bytes().as_bstr()).ok()?;
+    let host = parsed.host()?;
+    Some(match parsed.port {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    })
 }
 
 /// The reason of a local filesystem failure of this kind.
@@ -143,29 +176,33 @@ pub(crate) fn describe_std(err: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// Classes a failed network operation by its [`Reason`].
+/// Classes a failed network operation by its [`Reason`]: the message is the reason's plain
+/// words, gix's chain of errors the detail.
 pub(crate) fn classify(err: &gix::Error, target: &Target, cancel: &Cancel) -> FetchError {
-    let message = describe(err);
+    let chain = describe(err);
     if cancel.is_cancelled() {
         return FetchError::new(
             Reason::Timeout,
             format!(
-                "timed out after {} ms ({message})",
-                target.timeout.as_millis()
+                "timed out after {}",
+                crate::failure::duration(target.timeout)
             ),
-        );
+        )
+        .with_detail(chain);
     }
-    match reason_of(err) {
-        Reason::AuthenticationRefused => FetchError::new(
-            Reason::AuthenticationRefused,
-            format!("authentication refused: {message}"),
-        ),
-        Reason::CacheNotWritable => FetchError::new(
-            Reason::CacheNotWritable,
-            format!("{message}; the cache directory must be writable"),
-        ),
-        reason => FetchError::new(reason, message),
-    }
+    let reason = reason_of(err);
+    let words = crate::failure::words(reason);
+    // A local failure's own words (a full disk) say what to fix; the layers above them do not.
+    let local = err
+        .iter_errors()
+        .filter_map(|cause| cause.downcast_ref::<io::Error>())
+        .last()
+        .filter(|_| matches!(reason, Reason::LocalIo | Reason::CacheNotWritable));
+    let message = match local {
+        Some(io) => format!("{words}: {io}"),
+        None => words.to_owned(),
+    };
+    FetchError::new(reason, message).with_detail(chain)
 }
 
 /// The reason of a gix error, from the types in its chain, most telling first.
@@ -315,14 +352,22 @@ pub(crate) fn with_helper_output(mut err: FetchError, stderr: &str) -> FetchErro
     if said.is_empty() {
         return err;
     }
-    err.message = one_line(format!("{}: {}", err.message, said.join("; ")));
     if vague(err.reason)
         && let Some(reason) = words::reason(stderr)
     {
-        err.reason = reason;
-        err.kind = reason.kind();
+        err = retold(err, reason);
     }
-    err
+    err.with_detail(said.join("; "))
+}
+
+/// `err` for the better `reason` its remote's words gave: gitfeed's words for that reason,
+/// and everything said before as the detail.
+fn retold(err: FetchError, reason: Reason) -> FetchError {
+    let before = err.detail_or_message().to_owned();
+    FetchError {
+        url: err.url,
+        ..FetchError::new(reason, crate::failure::words(reason)).with_detail(before)
+    }
 }
 
 /// True for the reasons of a failure whose cause the remote's own words may tell better: a
@@ -338,15 +383,12 @@ fn vague(reason: Reason) -> bool {
 /// Adds the `ERR` line an HTTP remote sent to a failure gix could only see as malformed
 /// data, and takes its reason from the line: the remote refused, so without more telling
 /// words it is the server's error, as an unexplained `ERR` line is over `git://`.
-pub(crate) fn with_error_line(mut err: FetchError, line: &str) -> FetchError {
+pub(crate) fn with_error_line(err: FetchError, line: &str) -> FetchError {
     if !vague(err.reason) {
         return err;
     }
-    err.message = one_line(format!("{}: the remote said: {line}", err.message));
     let reason = words::reason(line).unwrap_or(Reason::ServerError);
-    err.reason = reason;
-    err.kind = reason.kind();
-    err
+    retold(err, reason).with_detail(format!("the remote said: {line}"))
 }
 
 /// The only place gitfeed reads an error's words: what a helper program (`ssh`,

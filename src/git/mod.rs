@@ -24,9 +24,9 @@ use gix::bstr::ByteSlice;
 use gix::remote::Direction;
 use gix::remote::fetch::{Shallow, Tags};
 
-pub(crate) use self::error::FetchError;
+pub(crate) use self::error::{FetchError, remote_host};
 pub(crate) use self::filter::Matcher;
-pub(crate) use self::read::{FileKind, ReadFailure, representable};
+pub(crate) use self::read::{FileKind, ReadFailure, TreeFile, representable};
 pub(crate) use self::transport::Cancel;
 use crate::event::Change;
 use crate::reason::Reason;
@@ -498,7 +498,7 @@ impl Repo {
                         Reason::HostKey,
                         format!(
                             "the host key of {host}:{port} is unknown or has changed; check known_hosts ({})",
-                            err.message
+                            err.detail_or_message()
                         ),
                     )
                 } else {
@@ -698,6 +698,7 @@ impl Repo {
             changes,
             forced,
             skipped: diff.skipped,
+            submodules: diff.submodules,
         })
     }
 }
@@ -711,6 +712,8 @@ pub(crate) struct Changes {
     pub forced: bool,
     /// Entries left out because their names cannot be a path (hostile trees).
     pub skipped: Vec<String>,
+    /// Submodules that differ, left out of the changes: `` `path` (kind) ``.
+    pub submodules: Vec<String>,
 }
 
 /// For a remote on this machine (a path or `file://`), the name of the wanted ref when it

@@ -223,6 +223,10 @@ pub(crate) fn representable(name: &[u8]) -> bool {
 pub(crate) struct TreeDiff {
     pub changes: Vec<Change>,
     pub skipped: Vec<String>,
+    /// Submodules (gitlinks) the filter accepts that differ between the trees, as
+    /// `` `path` (kind) ``: they are never changes, since their content is not in this
+    /// repository.
+    pub submodules: Vec<String>,
 }
 
 type Listing = BTreeMap<Vec<u8>, (EntryKind, gix::ObjectId)>;
@@ -241,6 +245,7 @@ pub(crate) fn diff_trees(
     let mut out = TreeDiff {
         changes: Vec::new(),
         skipped: Vec::new(),
+        submodules: Vec::new(),
     };
     let mut stack: Vec<(Option<gix::ObjectId>, Option<gix::ObjectId>, String, usize)> =
         vec![(old, Some(new), String::new(), 0)];
@@ -266,11 +271,27 @@ pub(crate) fn diff_trees(
                 entry.and_then(|(kind, id)| (kind == EntryKind::Tree).then_some(id))
             };
             let file = |entry: Option<(EntryKind, gix::ObjectId)>| {
-                entry.and_then(|(kind, id)| (kind != EntryKind::Tree).then_some(id))
+                entry.and_then(|(kind, id)| {
+                    (kind != EntryKind::Tree && kind != EntryKind::Commit).then_some(id)
+                })
+            };
+            let gitlink = |entry: Option<(EntryKind, gix::ObjectId)>| {
+                entry.and_then(|(kind, id)| (kind == EntryKind::Commit).then_some(id))
             };
             let (old_tree, new_tree) = (tree(before), tree(after));
             if old_tree.is_some() || new_tree.is_some() {
                 stack.push((old_tree, new_tree, format!("{path}/"), depth + 1));
+            }
+            let submodule = match (gitlink(before), gitlink(after)) {
+                (None, None) => None,
+                (Some(_), None) => Some("deleted"),
+                (None, Some(_)) => Some("added"),
+                (Some(old), Some(new)) => (old != new).then_some("modified"),
+            };
+            if let Some(kind) = submodule
+                && matcher.accepts(&path)
+            {
+                out.submodules.push(format!("`{path}` ({kind})"));
             }
             let kind = match (file(before), file(after)) {
                 (None, None) => continue,
@@ -291,6 +312,7 @@ pub(crate) fn diff_trees(
         }
     }
     out.changes.sort_by(|a, b| a.path.cmp(&b.path));
+    out.submodules.sort();
     Ok(out)
 }
 

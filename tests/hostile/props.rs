@@ -876,6 +876,7 @@ fn event(rng: &mut Rng) -> Event {
                 ][rng.usize(..4)]
             }),
             error: maybe(rng, text),
+            detail: maybe(rng, text),
             retry_in_ms: maybe(rng, |rng| rng.u64(..)),
         })
     }

@@ -1231,9 +1231,10 @@ fn local_path_starting_with_a_dash_is_not_an_option() {
         let sandbox = unique_dir();
         let mut source = Source::new("local", url);
         source.timeout = TIMEOUT;
+        // What git-upload-pack said is the error's detail.
         let message = match gitfeed::sync_once(sandbox.path().join("cache"), &source) {
             Ok(update) => panic!("{url}: synced from nowhere: {update:?}"),
-            Err(err) => err.message,
+            Err(err) => format!("{} ({})", err.message, err.detail.unwrap_or_default()),
         };
         println!("{url}: {message}");
         let absolute = std::env::current_dir()
