@@ -646,7 +646,7 @@ fn write_snapshot(
 pub(crate) fn target(source: &Source) -> Target {
     Target {
         url: source.url.clone(),
-        reference: source.full_ref(),
+        reference: source.wanted_ref(),
         tip_ref: source.tip_ref(),
         depth: source.depth,
         ssh_command: source.ssh_command.clone(),
