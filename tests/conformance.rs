@@ -4,8 +4,8 @@
 //! `ssh://` remote and must give the same result on each.
 //!
 //! Each transport is one test with one server, and each cell has a repository of its own on
-//! it, so the transports run side by side. A failing cell does not hide the others: the test
-//! runs every cell and then names each one that failed.
+//! it, so the transports, and the cells of one transport, run side by side. A failing cell
+//! does not hide the others: the test runs every cell and then names each one that failed.
 
 use std::path::{Path, PathBuf};
 
@@ -414,15 +414,36 @@ const CELLS: &[(&str, Cell)] = &[
     ("mirror", mirror),
 ];
 
+/// Cells of one transport run at once: most of a cell's time is spent waiting for git
+/// processes and servers, not computing.
+const WORKERS: usize = 4;
+
 /// Runs every cell on `transport`; fails naming each cell that failed.
 fn matrix(name: &str, transport: Transport) {
-    let failed: Vec<&str> = CELLS
-        .iter()
-        .filter(|(_, cell)| {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cell(&transport))).is_err()
-        })
-        .map(|(cell, _)| *cell)
-        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..WORKERS {
+            scope.spawn(|| {
+                loop {
+                    let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((cell, run)) = CELLS.get(index) else {
+                        return;
+                    };
+                    let run = std::panic::AssertUnwindSafe(|| run(&transport));
+                    if std::panic::catch_unwind(run).is_err() {
+                        failed
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push(*cell);
+                    }
+                }
+            });
+        }
+    });
+    let failed = failed
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     assert!(failed.is_empty(), "{name}: failed cells: {failed:?}");
 }
 
