@@ -448,9 +448,11 @@ impl Repo {
         let ours = tip_id(&repo, &target.tip_ref);
         // Protocol v1 answers a no-change poll in one exchange, but cannot fetch a commit no
         // ref points at (git's upload-pack refuses it: "not our ref"): a pinned commit, which is
-        // fetched once and never polled, is asked for with v2 from the start.
+        // fetched once and never polled, is asked for with v2 from the start. So is a shallow
+        // source's first clone, which v1 could not fetch either and which has nothing to poll.
         let pinned = target.reference.as_deref().is_some_and(is_commit_id);
-        let protocol = if target.many_refs.load(Ordering::Relaxed) || pinned {
+        let first_shallow = target.depth.is_some() && ours.is_none();
+        let protocol = if target.many_refs.load(Ordering::Relaxed) || pinned || first_shallow {
             Protocol::V2
         } else {
             Protocol::V1
@@ -474,10 +476,12 @@ impl Repo {
                 // second connection.
                 receive::Outcome::NeedsV2 => match connection.receive(Protocol::V2)? {
                     receive::Outcome::Received(reference) => reference,
+                    // Fetched over an older protocol, the history would come whole.
                     receive::Outcome::NeedsV2 => {
                         return Err(FetchError::new(
-                            Reason::Protocol,
-                            "the remote answered protocol v2 with an older protocol, which cannot fetch what was asked",
+                            Reason::UnsupportedRemote,
+                            "the remote does not speak git protocol v2, which a shallow fetch \
+                             needs; follow it without a depth",
                         ));
                     }
                 },
