@@ -26,8 +26,9 @@ line, whether or not a feed is running; `watch --once` writes it too.
 that no running feed or --once run has open; delivery state is kept. It prints one JSON object.
 
 Options:
-  --branch <B>           branch, full ref (refs/tags/v1) or commit id (pinned: synced once)
-                         to follow [default: the remote's HEAD branch]
+  --branch <B>           branch or tag (main, v1: a branch first, then a tag), full ref
+                         (refs/tags/v1), HEAD or commit id (pinned: synced once) to follow
+                         [default: the remote's HEAD branch]
   --mirror <URL>         another URL serving the same repository, tried in order when the
                          ones before fail (repeatable)
   --name <N>             the source's name in events [default: the URL's last path segment]

@@ -71,8 +71,8 @@ pub enum Reason {
     /// The remote does not serve the pinned commit ("not our ref"). Permanent.
     ObjectNotAdvertised,
     /// The remote's ref cannot be followed: it names no commit yet, points to something other
-    /// than a commit, has an invalid name, or the repository uses another object hash.
-    /// Permanent.
+    /// than a commit, has an invalid name, or the repository uses another object hash; or the
+    /// source is shallow and the remote does not speak protocol v2. Permanent.
     UnsupportedRemote,
     /// The remote sent more than the source allows (`max_pack_size`, or a ref advertisement
     /// over 32 MiB). Permanent.

@@ -37,10 +37,12 @@ pub struct Source {
     /// backwards.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mirrors: Vec<String>,
-    /// The branch (`main`), full ref name (`refs/heads/main`, `refs/tags/v1`: an annotated tag
-    /// resolves to its commit, and a moved tag is an update) or commit id (40 hex digits:
-    /// pinned, synced once and then no longer polled) to follow; `None` follows the remote's
-    /// default branch (its `HEAD`).
+    /// The branch or tag (`main`, `v1`: a bare name resolves as `git clone --branch` does, to
+    /// the branch of that name, else the tag), full ref name (`refs/heads/main`,
+    /// `refs/tags/v1`), `HEAD`, or commit id (40 hex digits: pinned, synced once and then no
+    /// longer polled) to follow; `None` or `HEAD` follows the remote's default branch (the
+    /// branch its `HEAD` names). An annotated tag resolves to its commit, and a moved tag is an
+    /// update.
     #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
     pub reference: Option<String>,
     /// Time between the end of one successful poll and the start of the next, at most: each
@@ -350,9 +352,21 @@ impl Source {
         Ok(())
     }
 
-    /// The full ref name this source follows, when one was given.
+    /// The ref name this source's identity in the cache is made of, when one was given: a
+    /// bare name counts as the branch it names first (`main` → `refs/heads/main`), as it did
+    /// before bare tag names were accepted, so existing caches keep their delivery state.
     pub(crate) fn full_ref(&self) -> Option<String> {
         self.reference.as_deref().map(git::full_ref_name)
+    }
+
+    /// What the remote is asked for: a full ref or commit id as given, a bare name as it is
+    /// (resolved on the remote as a branch first, then as a tag), and `None` for `HEAD` or no
+    /// ref (the remote's `HEAD`).
+    pub(crate) fn wanted_ref(&self) -> Option<String> {
+        self.reference
+            .as_deref()
+            .filter(|name| *name != "HEAD")
+            .map(str::to_owned)
     }
 
     /// The directory name of this source's cache entry, which holds its delivery state:

@@ -672,7 +672,7 @@ fn count(n: usize, one: &str, many: &str) -> String {
 pub(crate) fn target(source: &Source) -> Target {
     Target {
         url: source.url.clone(),
-        reference: source.full_ref(),
+        reference: source.wanted_ref(),
         tip_ref: source.tip_ref(),
         depth: source.depth,
         ssh_command: source.ssh_command.clone(),

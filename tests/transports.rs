@@ -195,6 +195,42 @@ fn http_no_change_poll_is_one_request() {
     assert_eq!(fetch.len(), 2, "{fetch:?}");
 }
 
+/// A shallow fetch needs protocol v2, which a no-change poll does not: the poll stays one
+/// request, and only a fetch that brings objects asks again with v2.
+#[test]
+fn http_shallow_source_polls_in_one_request_and_fetches_with_protocol_v2() {
+    let remote = Remote::new();
+    remote.commit(&[("a.txt", Some("a\n"))], "a");
+    let server = HttpServer::start(&remote.root());
+    let cache = unique_dir();
+    let mut source = Source::new("shallow", server.url(remote.name()));
+    source.depth = Some(1);
+    let mut follower = Follower::new(cache.path(), &source).expect("valid");
+    let is_v2 =
+        |request: &crate::util::RequestLog| request.git_protocol.as_deref() == Some("version=2");
+    let (delivered, clone) = requests_of_one_poll(&server, &mut follower);
+    assert_eq!(delivered, Some(remote.head()));
+    assert!(
+        clone.iter().any(|r| r.method == "POST" && is_v2(r)),
+        "{clone:?}"
+    );
+    let (delivered, poll) = requests_of_one_poll(&server, &mut follower);
+    assert_eq!(delivered, None);
+    assert_eq!(poll.len(), 1, "{poll:?}");
+    assert_eq!(
+        (poll[0].method.as_str(), poll[0].git_protocol.as_deref()),
+        ("GET", None)
+    );
+    let new = remote.commit(&[("b.txt", Some("b\n"))], "b");
+    let (delivered, fetch) = requests_of_one_poll(&server, &mut follower);
+    assert_eq!(delivered, Some(new));
+    let posts: Vec<_> = fetch.iter().filter(|r| r.method == "POST").collect();
+    assert!(
+        !posts.is_empty() && posts.iter().all(|r| is_v2(r)),
+        "{fetch:?}"
+    );
+}
+
 #[test]
 fn http_remote_with_many_refs_is_polled_with_protocol_v2() {
     let remote = Remote::new();

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use gix::bstr::ByteSlice;
+use gix::protocol::transport::Protocol;
 use gix::remote::Direction;
 use gix::remote::fetch::{Shallow, Tags};
 
@@ -49,7 +50,8 @@ const MAX_PACKS: usize = 8;
 pub(crate) struct Target {
     /// The remote URL as the user gave it.
     pub url: String,
-    /// The full ref to follow, or `None` for the remote's `HEAD`.
+    /// The ref to follow: a full ref, a commit id or a bare name (the branch of that name,
+    /// else the tag); `None` for the remote's `HEAD`.
     pub reference: Option<String>,
     /// The local ref that holds this source's fetched tip. Sources sharing a clone each have
     /// their own, so no fetch moves another source's tip and every tip is a root that pack
@@ -423,12 +425,13 @@ impl Repo {
     /// removed by gix as the attempt unwinds.
     pub fn fetch(&self, target: &Target, cancel: &Cancel) -> Result<Tip, FetchError> {
         let repo = self.repo.to_thread_local();
-        let source = target.reference.as_deref().unwrap_or("HEAD");
-        let spec = format!("+{source}:{}", target.tip_ref);
         let url = absolute_local_path(&target.url);
+        let specs = fetch_specs(target.reference.as_deref(), &target.tip_ref);
         let remote = repo
             .remote_at(url.as_str())
-            .and_then(|remote| remote.with_refspecs([spec.as_str()], Direction::Fetch))
+            .and_then(|remote| {
+                remote.with_refspecs(specs.iter().map(String::as_str), Direction::Fetch)
+            })
             .map_err(|err| {
                 FetchError::new(
                     Reason::Configuration,
@@ -436,10 +439,6 @@ impl Repo {
                 )
             })?
             .with_fetch_tags(Tags::None);
-        let shallow = match target.depth.and_then(NonZeroU32::new) {
-            Some(depth) => Shallow::DepthAtRemote(depth),
-            None => Shallow::NoChange,
-        };
         let parsed = gix::url::parse(url.as_bytes().as_bstr()).map_err(|err| {
             FetchError::new(
                 Reason::Configuration,
@@ -447,90 +446,46 @@ impl Repo {
             )
         })?;
         let ours = tip_id(&repo, &target.tip_ref);
-        let protocol = if target.many_refs.load(Ordering::Relaxed) {
-            gix::protocol::transport::Protocol::V2
+        // Protocol v1 answers a no-change poll in one exchange, but cannot fetch a commit no
+        // ref points at (git's upload-pack refuses it: "not our ref"): a pinned commit, which is
+        // fetched once and never polled, is asked for with v2 from the start. So is a shallow
+        // source's first clone, which v1 could not fetch either and which has nothing to poll.
+        let pinned = target.reference.as_deref().is_some_and(is_commit_id);
+        let first_shallow = target.depth.is_some() && ours.is_none();
+        let protocol = if target.many_refs.load(Ordering::Relaxed) || pinned || first_shallow {
+            Protocol::V2
         } else {
-            gix::protocol::transport::Protocol::V1
+            Protocol::V1
         };
         let reference = if let Some(reference) = unchanged_local_ref(&repo, &parsed, target) {
             reference
-        } else if let Some(connection) = transport::git_daemon_stream(
-            &target.url,
-            target.timeout,
-            target.max_pack_size,
-            protocol,
-            cancel,
-        )? {
-            receive::receive(
-                &repo,
-                remote.to_connection_with_transport(connection),
-                None,
-                target,
-                shallow,
-                cancel,
-                ours,
-            )?
-        } else if let Some((connection, helper)) = transport::spawn_helper(
-            &parsed,
-            &ssh_invocation(target),
-            target.max_pack_size,
-            cancel,
-        )? {
-            let result = receive::receive(
-                &repo,
-                remote.to_connection_with_transport(connection),
-                None,
-                target,
-                shallow,
-                cancel,
-                ours,
-            );
-            // Forget the helper's group before it is reaped, so a late cancel cannot signal
-            // a reused process id.
-            cancel.forget_helper();
-            let stderr = helper.finish();
-            result.map_err(|err| {
-                let err = error::with_helper_output(err, &stderr);
-                if err.reason == Reason::HostKey {
-                    let host = parsed.host().unwrap_or_default();
-                    let port = parsed.port.unwrap_or(22);
-                    FetchError::new(
-                        Reason::HostKey,
-                        format!(
-                            "the host key of {host}:{port} is unknown or has changed; check known_hosts ({})",
-                            err.detail_or_message()
-                        ),
-                    )
-                } else {
-                    err
-                }
-            })?
-        } else if matches!(
-            parsed.scheme,
-            gix::url::Scheme::Http | gix::url::Scheme::Https
-        ) {
-            let http = transport::BoundedHttp::new(target.max_pack_size, cancel);
-            let words = http.words();
-            let transport =
-                gix::protocol::transport::client::blocking_io::http::Transport::new_http(
-                    http,
-                    parsed.clone(),
-                    protocol,
-                    false,
-                );
-            let connection = remote.to_connection_with_transport(transport);
-            let options = http_options(&repo, &url, target);
-            receive::receive(&repo, connection, options, target, shallow, cancel, ours).map_err(
-                |err| match words.error_line() {
-                    Some(line) => error::with_error_line(err, &line),
-                    None => err,
-                },
-            )?
         } else {
-            let connection = remote
-                .connect(Direction::Fetch)
-                .map_err(|err| error::classify(&err, target, cancel))?;
-            receive::receive(&repo, connection, None, target, shallow, cancel, ours)?
+            let connection = Connection {
+                repo: &repo,
+                remote: &remote,
+                parsed: &parsed,
+                url: &url,
+                target,
+                cancel,
+                ours,
+            };
+            match connection.receive(protocol)? {
+                receive::Outcome::Received(reference) => reference,
+                // The ref moved, and what was asked (a shallow fetch) needs v2: the poll
+                // stays one exchange, and only a fetch that brings objects pays for a
+                // second connection.
+                receive::Outcome::NeedsV2 => match connection.receive(Protocol::V2)? {
+                    receive::Outcome::Received(reference) => reference,
+                    // Fetched over an older protocol, the history would come whole.
+                    receive::Outcome::NeedsV2 => {
+                        return Err(FetchError::new(
+                            Reason::UnsupportedRemote,
+                            "the remote does not speak git protocol v2, which a shallow fetch \
+                             needs; follow it without a depth",
+                        ));
+                    }
+                },
+            }
         };
         let commit = repo
             .find_reference(target.tip_ref.as_str())
@@ -716,6 +671,118 @@ pub(crate) struct Changes {
     pub submodules: Vec<String>,
 }
 
+/// One fetch attempt's view of the remote: everything needed to connect over any transport
+/// and receive, possibly twice (see [`receive::Outcome::NeedsV2`]).
+struct Connection<'a, 'r> {
+    repo: &'a gix::Repository,
+    remote: &'a gix::Remote<'r>,
+    parsed: &'a gix::Url,
+    /// The URL with a relative local path made absolute.
+    url: &'a str,
+    target: &'a Target,
+    cancel: &'a Cancel,
+    /// Where the source's tip ref points now, if anywhere.
+    ours: Option<gix::ObjectId>,
+}
+
+impl Connection<'_, '_> {
+    /// Connects over the URL's transport and receives the wanted ref. `protocol` is what
+    /// git:// and HTTP remotes are asked for; local and ssh remotes always speak v2.
+    fn receive(&self, protocol: Protocol) -> Result<receive::Outcome, FetchError> {
+        let Connection {
+            repo,
+            remote,
+            parsed,
+            url,
+            target,
+            cancel,
+            ours,
+        } = *self;
+        let shallow = match target.depth.and_then(NonZeroU32::new) {
+            Some(depth) => Shallow::DepthAtRemote(depth),
+            None => Shallow::NoChange,
+        };
+        if let Some(connection) = transport::git_daemon_stream(
+            &target.url,
+            target.timeout,
+            target.max_pack_size,
+            protocol,
+            cancel,
+        )? {
+            receive::receive(
+                repo,
+                remote.to_connection_with_transport(connection),
+                None,
+                target,
+                shallow,
+                cancel,
+                ours,
+            )
+        } else if let Some((connection, helper)) = transport::spawn_helper(
+            parsed,
+            &ssh_invocation(target),
+            target.max_pack_size,
+            cancel,
+        )? {
+            let result = receive::receive(
+                repo,
+                remote.to_connection_with_transport(connection),
+                None,
+                target,
+                shallow,
+                cancel,
+                ours,
+            );
+            // Forget the helper's group before it is reaped, so a late cancel cannot signal
+            // a reused process id.
+            cancel.forget_helper();
+            let stderr = helper.finish();
+            result.map_err(|err| {
+                let err = error::with_helper_output(err, &stderr);
+                if err.reason == Reason::HostKey {
+                    let host = parsed.host().unwrap_or_default();
+                    let port = parsed.port.unwrap_or(22);
+                    FetchError::new(
+                        Reason::HostKey,
+                        format!(
+                            "the host key of {host}:{port} is unknown or has changed; check known_hosts ({})",
+                            err.detail_or_message()
+                        ),
+                    )
+                } else {
+                    err
+                }
+            })
+        } else if matches!(
+            parsed.scheme,
+            gix::url::Scheme::Http | gix::url::Scheme::Https
+        ) {
+            let http = transport::BoundedHttp::new(target.max_pack_size, cancel);
+            let words = http.words();
+            let transport =
+                gix::protocol::transport::client::blocking_io::http::Transport::new_http(
+                    http,
+                    parsed.clone(),
+                    protocol,
+                    false,
+                );
+            let connection = remote.to_connection_with_transport(transport);
+            let options = http_options(repo, url, target);
+            receive::receive(repo, connection, options, target, shallow, cancel, ours).map_err(
+                |err| match words.error_line() {
+                    Some(line) => error::with_error_line(err, &line),
+                    None => err,
+                },
+            )
+        } else {
+            let connection = remote
+                .connect(Direction::Fetch)
+                .map_err(|err| error::classify(&err, target, cancel))?;
+            receive::receive(repo, connection, None, target, shallow, cancel, ours)
+        }
+    }
+}
+
 /// For a remote on this machine (a path or `file://`), the name of the wanted ref when it
 /// still points where the clone's copy does, read from the remote's ref store without running
 /// `git-upload-pack`: a no-change poll of a local remote then costs a few file reads. `None`
@@ -732,7 +799,25 @@ fn unchanged_local_ref(repo: &gix::Repository, url: &gix::Url, target: &Target) 
     let ours = tip_id(repo, &target.tip_ref)?;
     let path = gix::path::from_bstr(url.path.as_bstr()).ok()?;
     let remote = gix::open_opts(path, gix::open::Options::isolated()).ok()?;
-    let mut reference = remote.find_reference(wanted).ok()?;
+    // A bare name is the branch of that name, else the tag, as a fetch resolves it.
+    let candidates = if is_bare_name(wanted) {
+        vec![
+            format!("refs/heads/{wanted}"),
+            format!("refs/tags/{wanted}"),
+        ]
+    } else {
+        vec![wanted.to_owned()]
+    };
+    let mut found = None;
+    for candidate in candidates {
+        // An unreadable ref says nothing about the next candidate: leave it to the fetch.
+        if let Some(reference) = remote.try_find_reference(candidate.as_str()).ok()? {
+            found = Some((candidate, reference));
+            break;
+        }
+    }
+    let (wanted, mut reference) = found?;
+    let wanted = wanted.as_str();
     // HEAD is reported by the branch it names, as a fetch would.
     let name = match reference.target().try_name() {
         Some(name) => name.as_bstr().to_str().ok()?.to_owned(),
@@ -793,7 +878,7 @@ fn identity(path: &Path) -> Option<(u64, u64)> {
 /// permanent; seen before, it was deleted on the remote and may come back, so it is retried.
 fn missing_ref(wanted: &str, seen_before: bool) -> FetchError {
     let short = wanted.strip_prefix("refs/heads/").unwrap_or(wanted);
-    let what = if wanted.starts_with("refs/heads/") {
+    let what = if wanted.starts_with("refs/heads/") || is_bare_name(wanted) {
         "branch"
     } else {
         "ref"
@@ -808,6 +893,24 @@ fn missing_ref(wanted: &str, seen_before: bool) -> FetchError {
             Reason::RefNotFound,
             format!("{what} `{short}` not found on remote; check --branch"),
         )
+    }
+}
+
+/// A name that is neither a full ref (`refs/…`), `HEAD` nor a commit id: `main`, `v1`. The
+/// remote resolves it as `git clone --branch` does, to the branch of that name, else the tag.
+pub(crate) fn is_bare_name(name: &str) -> bool {
+    !(name.starts_with("refs/") || name == "HEAD" || is_commit_id(name))
+}
+
+/// The refspecs that fetch `wanted` (`None`: the remote's `HEAD`) into `tip_ref`. A bare name
+/// asks for both the branch and the tag of that name, without a destination each (two
+/// sources may not share one); [`receive`] keeps the branch when both exist.
+fn fetch_specs(wanted: Option<&str>, tip_ref: &str) -> Vec<String> {
+    match wanted {
+        Some(name) if is_bare_name(name) => {
+            vec![format!("+refs/heads/{name}"), format!("+refs/tags/{name}")]
+        }
+        wanted => vec![format!("+{}:{tip_ref}", wanted.unwrap_or("HEAD"))],
     }
 }
 

@@ -22,8 +22,20 @@ use crate::reason::Reason;
 /// How gitfeed names itself to servers.
 const USER_AGENT: &str = concat!("gitfeed/", env!("CARGO_PKG_VERSION"));
 
+/// How [`receive`] ended.
+#[derive(Debug)]
+pub(super) enum Outcome {
+    /// The source's tip ref points at the remote's object, named by the ref's name on the
+    /// remote.
+    Received(String),
+    /// The ref moved, and bringing it needs protocol v2, which this connection does not
+    /// speak: a shallow fetch (over v1 one brought the whole history and no `shallow` file).
+    /// Nothing was written; the caller connects again asking for v2.
+    NeedsV2,
+}
+
 /// Negotiates and receives the pack over `transport`, then points the source's tip ref at the remote's
-/// object. Returns the ref's name on the remote. `options` configure the transport (HTTP).
+/// object. `options` configure the transport (HTTP).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn receive<T: Transport>(
     repo: &gix::Repository,
@@ -33,7 +45,7 @@ pub(super) fn receive<T: Transport>(
     shallow: Shallow,
     cancel: &Cancel,
     ours: Option<gix::ObjectId>,
-) -> Result<String, FetchError> {
+) -> Result<Outcome, FetchError> {
     let wanted = target.reference.as_deref().unwrap_or("HEAD");
     let classify = |err: gix::Error| error::classify(&err, target, cancel);
     let mut connection = connection;
@@ -67,7 +79,7 @@ pub(super) fn receive<T: Transport>(
     )
     .map_err(classify)?;
     let user_agent = ("agent", Some(USER_AGENT.to_owned()));
-    let ref_map = handshake
+    let mut ref_map = handshake
         .prepare_lsrefs_or_extract_refmap(
             user_agent.clone(),
             true,
@@ -91,6 +103,21 @@ pub(super) fn receive<T: Transport>(
                 repo.object_hash()
             ),
         ));
+    }
+    if super::is_bare_name(wanted) {
+        // Asked for as both a branch and a tag: the branch wins, as with `git clone --branch`,
+        // and only the winner is negotiated.
+        let branch = format!("refs/heads/{wanted}");
+        let is_branch = |mapping: &gix::protocol::fetch::refmap::Mapping| {
+            mapping
+                .remote
+                .as_name()
+                .is_some_and(|name| name == branch.as_bytes())
+        };
+        if ref_map.mappings.iter().any(is_branch) {
+            ref_map.mappings.retain(is_branch);
+        }
+        ref_map.mappings.truncate(1);
     }
     let Some(mapping) = ref_map.mappings.first() else {
         return Err(missing_ref(wanted, target.seen_before));
@@ -120,7 +147,7 @@ pub(super) fn receive<T: Transport>(
     if Some(theirs) == ours {
         // Nothing moved: end the conversation here instead of negotiating and updating the
         // ref to where it already points.
-        return Ok(remote_name);
+        return Ok(Outcome::Received(remote_name));
     }
     if target.peek {
         // A look without the clone's lock: it must not write, so it ends where a fetch would
@@ -129,6 +156,11 @@ pub(super) fn receive<T: Transport>(
             Reason::Other,
             format!("`{remote_name}` moved"),
         ));
+    }
+    if shallow != Shallow::NoChange
+        && handshake.server_protocol_version != gix::protocol::transport::Protocol::V2
+    {
+        return Ok(Outcome::NeedsV2);
     }
 
     let mut graph = repo.revision_graph(None);
@@ -229,7 +261,7 @@ pub(super) fn receive<T: Transport>(
             ),
         )
     })?;
-    Ok(remote_name)
+    Ok(Outcome::Received(remote_name))
 }
 
 /// A pack in place in the repository.

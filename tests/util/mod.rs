@@ -25,6 +25,8 @@ pub mod proc;
 pub mod repo;
 /// A private sshd.
 pub mod ssh;
+/// Smart HTTP behind TLS, with a test CA.
+pub mod tls;
 
 pub use daemon::GitDaemon;
 pub use fault::{Fault, FaultServer, refused_url};
@@ -32,6 +34,7 @@ pub use http::{HttpServer, RequestLog};
 pub use proc::{child_pids, fd_count, settle, thread_count};
 pub use repo::{Remote, git_command, git_in, name_status};
 pub use ssh::Sshd;
+pub use tls::HttpsServer;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
 
