@@ -6,7 +6,9 @@ use std::time::Duration;
 use gitfeed::{ErrorKind, Reason, Source};
 
 use crate::harness::{Running, quick_source};
-use crate::util::{Fault, FaultServer, GitDaemon, HttpServer, Remote, Sshd, free_port, unique_dir};
+use crate::util::{
+    Fault, FaultServer, GitDaemon, HttpServer, HttpsServer, Remote, Sshd, free_port, unique_dir,
+};
 
 /// A name that never resolves (RFC 6761 reserves `.invalid`).
 const UNRESOLVABLE: &str = "gitfeed-test.invalid";
@@ -453,6 +455,32 @@ fn an_error_names_the_mirror_that_failed_last() {
     if let Some(problem) = wording_problem(&err.message, "m", &mirror, &words) {
         panic!("the error {problem}: {err}");
     }
+}
+
+/// A server whose certificate no trusted CA signed is a `certificate` failure, permanent; the
+/// same server with its CA given is fetched from.
+#[test]
+fn an_untrusted_certificate_is_a_certificate_failure() {
+    let root = unique_dir();
+    let remote = Remote::new_in(root.path(), "repo.git");
+    let server = HttpsServer::start(root.path());
+    let url = server.url("repo.git");
+    let mut source = Source::new("f", &url);
+    source.timeout = Duration::from_secs(10);
+    let err = gitfeed::sync_once(unique_dir().path(), &source).expect_err("the CA is not trusted");
+    assert_eq!(
+        (err.reason, err.kind),
+        (Reason::Certificate, ErrorKind::Permanent),
+        "{err}"
+    );
+    assert!(err.message.starts_with(&format!("f ({url}): ")), "{err}");
+    assert!(!err.message.contains('\n'), "{err}");
+
+    source.ca_file = Some(server.ca_file().to_owned());
+    let update = gitfeed::sync_once(unique_dir().path(), &source)
+        .expect("the CA is given")
+        .expect("a first update");
+    assert_eq!(update.new, remote.head());
 }
 
 /// A failed source is not a dead end: it is probed again every `failed_interval`, each failed
