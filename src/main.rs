@@ -16,6 +16,7 @@ Follow a git branch and print what changed, one JSON event per line.
 Usage: gitfeed watch <URL> [OPTIONS]
        gitfeed status [--cache-dir <D>]
        gitfeed gc [--cache-dir <D>] [--unused-for <T>]
+       gitfeed --version
 
 <URL> is a path, file://, git://, http(s)://, ssh:// or scp-like user@host:path remote.
 
@@ -117,14 +118,19 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let command = match parse(&args) {
         Ok(command) => command,
+        // One line: the problem, and where the whole usage is.
         Err(problem) => {
-            eprintln!("gitfeed: {problem}\n\n{USAGE}");
+            eprintln!("gitfeed: {problem} (see `gitfeed --help`)");
             return ExitCode::from(2);
         }
     };
     match command {
         Command::Help => {
             println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Command::Version => {
+            println!("gitfeed {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
         Command::Status { cache_dir } => print_status(&cache_dir),
@@ -138,7 +144,7 @@ fn main() -> ExitCode {
             once,
         } => {
             if let Err(err) = source.validate() {
-                eprintln!("gitfeed: {err}\n\n{USAGE}");
+                eprintln!("gitfeed: {err} (see `gitfeed --help`)");
                 return ExitCode::from(2);
             }
             if once {
@@ -200,7 +206,7 @@ fn watch(cache_dir: PathBuf, source: Source) -> ExitCode {
     let handle = feed.handle();
     let name = source.name.clone();
     if let Err(err) = feed.add(source) {
-        eprintln!("gitfeed: {err}");
+        eprintln!("gitfeed: {err} (see `gitfeed --help`)");
         return ExitCode::from(2);
     }
     let signals = match SignalActions::start(handle.clone(), name) {
@@ -322,6 +328,7 @@ const DEFAULT_UNUSED_FOR: std::time::Duration = std::time::Duration::from_secs(7
 #[derive(Debug)]
 enum Command {
     Help,
+    Version,
     Status {
         cache_dir: PathBuf,
     },
@@ -341,6 +348,7 @@ fn parse(args: &[String]) -> Result<Command, String> {
     match args.next().map(String::as_str) {
         None => return Err("no command given".into()),
         Some("-h" | "--help" | "help") => return Ok(Command::Help),
+        Some("-V" | "--version" | "version") => return Ok(Command::Version),
         Some("watch") => {}
         Some("status") => return parse_status(args.as_slice()),
         Some("gc") => return parse_gc(args.as_slice()),

@@ -58,7 +58,7 @@ fn help_documents_every_flag() {
 }
 
 #[test]
-fn bad_arguments_exit_2_with_usage() {
+fn bad_arguments_exit_2_with_one_line() {
     for args in [
         vec![],
         vec!["watch"],
@@ -69,11 +69,28 @@ fn bad_arguments_exit_2_with_usage() {
     ] {
         let out = gitfeed().args(&args).output().expect("run");
         assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("gitfeed: "), "{args:?}: {stderr}");
         assert!(
-            String::from_utf8_lossy(&out.stderr).contains("Usage: gitfeed watch"),
-            "{args:?}"
+            stderr.ends_with("(see `gitfeed --help`)\n"),
+            "{args:?}: {stderr}"
         );
         assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn version_as_a_flag_and_a_command() {
+    for arg in ["--version", "-V", "version"] {
+        let out = gitfeed().arg(arg).output().expect("run");
+        assert!(out.status.success(), "{arg}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("gitfeed {}\n", env!("CARGO_PKG_VERSION")),
+            "{arg}"
+        );
+        assert!(out.stderr.is_empty(), "{arg}");
     }
 }
 
