@@ -2,7 +2,7 @@
 
 mod pid1;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -14,7 +14,7 @@ const USAGE: &str = "\
 Follow a git branch and print what changed, one JSON event per line.
 
 Usage: gitfeed watch <URL> [OPTIONS]
-       gitfeed status [--cache-dir <D>]
+       gitfeed status [--cache-dir <D>] [--json | --table]
        gitfeed gc [--cache-dir <D>] [--unused-for <T>]
        gitfeed --version
 
@@ -133,7 +133,10 @@ fn main() -> ExitCode {
             println!("gitfeed {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Status { cache_dir } => print_status(&cache_dir),
+        Command::Status { cache_dir, table } => {
+            let table = table.unwrap_or_else(|| std::io::stdout().is_terminal());
+            print_status(&cache_dir, table)
+        }
         Command::Gc {
             cache_dir,
             unused_for,
@@ -279,8 +282,15 @@ fn print(event: &Event) -> std::io::Result<()> {
 }
 
 /// Prints every source's status snapshot, one JSON line each.
-fn print_status(cache_dir: &std::path::Path) -> ExitCode {
+fn print_status(cache_dir: &std::path::Path, table: bool) -> ExitCode {
     match gitfeed::status(cache_dir) {
+        Ok(all) if table => {
+            let text = status_table(&all, std::time::SystemTime::now());
+            if std::io::stdout().lock().write_all(text.as_bytes()).is_err() {
+                return ExitCode::from(1);
+            }
+            ExitCode::SUCCESS
+        }
         Ok(all) => {
             let mut stdout = std::io::stdout().lock();
             for status in all {
@@ -298,6 +308,57 @@ fn print_status(cache_dir: &std::path::Path) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The sources' status as a table for a person: one line per source, columns aligned.
+fn status_table(all: &[gitfeed::Status], now: std::time::SystemTime) -> String {
+    let now_ms = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64);
+    let ago = |ms: Option<u64>| match ms {
+        None => "never".to_owned(),
+        Some(ms) => {
+            let seconds = now_ms.saturating_sub(ms) / 1000;
+            match seconds {
+                0..60 => format!("{seconds}s ago"),
+                60..3600 => format!("{}m ago", seconds / 60),
+                3600..86400 => format!("{}h ago", seconds / 3600),
+                _ => format!("{}d ago", seconds / 86400),
+            }
+        }
+    };
+    let mut rows = vec![[
+        "SOURCE".to_owned(),
+        "STATE".to_owned(),
+        "CURRENT".to_owned(),
+        "LAST SUCCESS".to_owned(),
+        "LAST ERROR".to_owned(),
+    ]];
+    for status in all {
+        let current = status.current.as_deref().unwrap_or("-");
+        rows.push([
+            status.source.clone(),
+            status.state.clone(),
+            current.chars().take(12).collect(),
+            ago(status.last_success_ms),
+            status.last_error.clone().unwrap_or_else(|| "-".to_owned()),
+        ]);
+    }
+    let mut widths = [0; 4];
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut text = String::new();
+    for row in &rows {
+        for (width, cell) in widths.iter().zip(row) {
+            text.push_str(&format!("{cell:<width$}  "));
+        }
+        text.push_str(&row[4]);
+        text.push('\n');
+    }
+    text
 }
 
 /// Removes unused clones and prints what was done, as one JSON object.
@@ -331,6 +392,8 @@ enum Command {
     Version,
     Status {
         cache_dir: PathBuf,
+        /// A table (`--table`) or JSON lines (`--json`); unset: a table on a terminal.
+        table: Option<bool>,
     },
     Gc {
         cache_dir: PathBuf,
@@ -462,6 +525,7 @@ fn auth(source: &mut Source) -> &mut gitfeed::Auth {
 
 fn parse_status(args: &[String]) -> Result<Command, String> {
     let mut cache_dir = None;
+    let mut table = None;
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.split_once('=') {
@@ -471,11 +535,14 @@ fn parse_status(args: &[String]) -> Result<Command, String> {
                 cache_dir = Some(PathBuf::from(dir));
             }
             _ if arg == "-h" || arg == "--help" => return Ok(Command::Help),
+            _ if arg == "--json" => table = Some(false),
+            _ if arg == "--table" => table = Some(true),
             _ => return Err(format!("unexpected argument `{arg}` for status")),
         }
     }
     Ok(Command::Status {
         cache_dir: cache_dir.unwrap_or_else(default_cache_dir),
+        table,
     })
 }
 
@@ -582,6 +649,46 @@ impl log::Log for Logger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The table aligns its columns, shortens the commit, and says how long ago a success was.
+    #[test]
+    fn status_table_for_a_person() {
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        let mut ok = gitfeed::Status::default();
+        ok.source = "policies".into();
+        ok.state = "idle".into();
+        ok.current = Some("0123456789abcdef0123456789abcdef01234567".into());
+        ok.last_success_ms = Some(1_000_000_000 - 90_000);
+        let mut down = gitfeed::Status::default();
+        down.source = "gw".into();
+        down.state = "backoff".into();
+        down.last_error = Some("gw (git://h/r.git): could not resolve host h".into());
+        let table = status_table(&[ok, down], now);
+        assert_eq!(
+            table,
+            "SOURCE    STATE    CURRENT       LAST SUCCESS  LAST ERROR\n\
+             policies  idle     0123456789ab  1m ago        -\n\
+             gw        backoff  -             never         gw (git://h/r.git): could not resolve host h\n"
+        );
+        assert!(matches!(
+            parse(&args("status --table")),
+            Ok(Command::Status {
+                table: Some(true),
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse(&args("status --json")),
+            Ok(Command::Status {
+                table: Some(false),
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse(&args("status")),
+            Ok(Command::Status { table: None, .. })
+        ));
+    }
 
     fn args(line: &str) -> Vec<String> {
         line.split_whitespace().map(str::to_owned).collect()
