@@ -142,12 +142,7 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
                     handle.keep(attempt.handle);
                     status.last_attempt_ms = Some(now_ms());
                     if let Some((tip, served_by)) = &attempt.tip {
-                        status.last_success_ms = status.last_attempt_ms;
-                        status.last_error = None;
-                        status.reason = None;
-                        status.detail = None;
-                        status.current = Some(tip.clone()).filter(|tip| !tip.is_empty());
-                        status.served_by = Some(git::redact_url(served_by));
+                        status.record_success(tip, served_by);
                     }
                     let outcome = match attempt.result {
                         Ok(synced) => {
@@ -722,12 +717,7 @@ fn record_once(entry: &cache::Entry, source: &Source, attempt: &Attempt) {
         (Ok(_), Some((tip, served_by))) => {
             status.state = "idle".into();
             status.attempt = 0;
-            status.last_success_ms = status.last_attempt_ms;
-            status.last_error = None;
-            status.reason = None;
-            status.detail = None;
-            status.current = Some(tip.clone()).filter(|tip| !tip.is_empty());
-            status.served_by = Some(git::redact_url(served_by));
+            status.record_success(tip, served_by);
         }
         (Ok(_), None) => status.state = "idle".into(),
         (Err(err), _) => {

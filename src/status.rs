@@ -81,6 +81,17 @@ impl Status {
         // No fsync: a status lost in a crash is rewritten by the next attempt.
         fs::rename(&temporary, entry_dir.join("status.json"))
     }
+
+    /// Records the success of the last attempt, which found `tip` at `served_by`: clears the
+    /// failure fields and remembers the tip (an empty tip is a remote without the ref yet).
+    pub(crate) fn record_success(&mut self, tip: &str, served_by: &str) {
+        self.last_success_ms = self.last_attempt_ms;
+        self.last_error = None;
+        self.reason = None;
+        self.detail = None;
+        self.current = Some(tip.to_owned()).filter(|tip| !tip.is_empty());
+        self.served_by = Some(crate::git::redact_url(served_by));
+    }
 }
 
 /// Milliseconds since the Unix epoch, now.
