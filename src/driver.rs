@@ -144,7 +144,7 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
                     if let Some((tip, served_by)) = &attempt.tip {
                         status.record_success(tip, served_by);
                     }
-                    let outcome = match attempt.result {
+                    let result = match attempt.result {
                         Ok(synced) => {
                             // Warnings first: the consumer hears what was left out before it
                             // applies the update.
@@ -156,28 +156,36 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
                                     emit_warning(&shared, &source.name, warning).await;
                                 }
                             }
-                            if let Some(synced) = synced {
-                                let caught_up = seen.acknowledged == synced.old;
-                                seen.sent = Some(synced.new.clone());
-                                if synced.is_empty() {
-                                    // Nothing the consumer wants moved: nothing to apply. It
-                                    // is acknowledged on the consumer's behalf only when the
-                                    // consumer has acknowledged everything before it, or an
-                                    // update still unacknowledged would be lost on restart.
-                                    if caught_up {
-                                        record_acknowledged(
-                                            &entry,
-                                            &source.name,
-                                            &mut seen,
-                                            &synced.new,
-                                        );
+                            match synced {
+                                Some(synced) => {
+                                    let caught_up = seen.acknowledged == synced.old;
+                                    seen.sent = Some(synced.new.clone());
+                                    if synced.is_empty() {
+                                        // Nothing the consumer wants moved: nothing to apply.
+                                        // It is acknowledged on the consumer's behalf only when
+                                        // the consumer has acknowledged everything before it,
+                                        // or an update still unacknowledged would be lost on
+                                        // restart.
+                                        if caught_up {
+                                            record_acknowledged(
+                                                &entry,
+                                                &source.name,
+                                                &mut seen,
+                                                &synced.new,
+                                            );
+                                        }
+                                        Ok(())
+                                    } else {
+                                        deliver(&shared, &source, &entry, &mut seen, synced).await
                                     }
-                                } else {
-                                    deliver(&shared, &source, synced).await;
                                 }
+                                None => Ok(()),
                             }
-                            Outcome::Success
                         }
+                        Err(err) => Err(err),
+                    };
+                    let outcome = match result {
+                        Ok(()) => Outcome::Success,
                         Err(err) => {
                             let told = failure::tell(&source, &err);
                             if shared.shutdown.is_closed() {
@@ -474,7 +482,15 @@ async fn attempt(
     }))
 }
 
-async fn deliver(shared: &Shared, source: &Source, synced: Synced) {
+/// Sends the update, and runs the source's `exec` command for it if it has one: the update
+/// is acknowledged when the command succeeds, and sent again after the backoff when it fails.
+async fn deliver(
+    shared: &Shared,
+    source: &Source,
+    entry: &cache::Entry,
+    seen: &mut Seen,
+    synced: Synced,
+) -> Result<(), FetchError> {
     log::info!(
         "{}: {} -> {} ({} changes{})",
         source.name,
@@ -484,8 +500,24 @@ async fn deliver(shared: &Shared, source: &Source, synced: Synced) {
         if synced.forced { ", forced" } else { "" }
     );
     let update = into_update(source, synced);
+    let exec = source
+        .exec
+        .as_ref()
+        .map(|command| (command, update.clone()));
     // A consumer that dropped its receiver gets nothing more.
     let _ = shared.events.send(Event::Update(update)).await;
+    if let Some((command, update)) = exec {
+        if let Err(err) =
+            crate::exec::run(source, command, &update, entry.dir(), &shared.shutdown).await
+        {
+            // Not applied: the next attempt diffs from the acknowledged commit again, so the
+            // same update is delivered again.
+            seen.sent.clone_from(&seen.acknowledged);
+            return Err(err);
+        }
+        record_acknowledged(entry, &source.name, seen, &update.new);
+    }
+    Ok(())
 }
 
 async fn emit_warning(shared: &Shared, name: &str, warning: String) {
@@ -681,25 +713,46 @@ pub(crate) async fn once(
     let synced = match attempt.result {
         Ok(Some(synced)) => synced,
         Ok(None) => return Ok(None),
-        Err(err) => {
-            let Told { headline, detail } = failure::tell(source, &err);
-            if let Some(detail) = &detail {
-                log::info!("{}: {detail}", source.name);
-            }
-            return Err(SyncError {
-                reason: err.reason,
-                kind: err.kind,
-                message: headline,
-                detail,
-            });
-        }
+        Err(err) => return Err(sync_error(source, &err)),
     };
+    let mut seen = seen;
     if synced.is_empty() {
-        let mut seen = seen;
         record_acknowledged(entry, &source.name, &mut seen, &synced.new);
         return Ok(None);
     }
-    Ok(Some(into_update(source, synced)))
+    let update = into_update(source, synced);
+    if let Some(command) = &source.exec {
+        // As in a feed, the command's success acknowledges the update; its failure leaves the
+        // update to the next attempt.
+        if let Err(err) =
+            crate::exec::run(source, command, &update, entry.dir(), &shared.shutdown).await
+        {
+            // The status shows what a feed's would: backing off, for the command.
+            let mut status = Status::read(entry.dir()).unwrap_or_default();
+            count_failure(&mut status, source, &err);
+            if let Err(err) = status.write(entry.dir()) {
+                log::debug!("{}: cannot write its status: {err}", source.name);
+            }
+            return Err(sync_error(source, &err));
+        }
+        record_acknowledged(entry, &source.name, &mut seen, &update.new);
+    }
+    Ok(Some(update))
+}
+
+/// A failure outside any feed, told as a feed tells it; what was said underneath goes to the
+/// log.
+fn sync_error(source: &Source, err: &FetchError) -> SyncError {
+    let Told { headline, detail } = failure::tell(source, err);
+    if let Some(detail) = &detail {
+        log::info!("{}: {detail}", source.name);
+    }
+    SyncError {
+        reason: err.reason,
+        kind: err.kind,
+        message: headline,
+        detail,
+    }
 }
 
 /// Writes the status of a source after one attempt outside any feed, continuing from the
@@ -720,22 +773,25 @@ fn record_once(entry: &cache::Entry, source: &Source, attempt: &Attempt) {
             status.record_success(tip, served_by);
         }
         (Ok(_), None) => status.state = "idle".into(),
-        (Err(err), _) => {
-            let told = failure::tell(source, err);
-            status.attempt = status.attempt.saturating_add(1);
-            let given_up = source.max_failures.is_some_and(|max| status.attempt >= max);
-            status.state = if err.kind == ErrorKind::Permanent || given_up {
-                "failed"
-            } else {
-                "backoff"
-            }
-            .into();
-            status.last_error = Some(told.headline);
-            status.reason = Some(err.reason);
-            status.detail = told.detail;
-        }
+        (Err(err), _) => count_failure(&mut status, source, err),
     }
     if let Err(err) = status.write(entry.dir()) {
         log::debug!("{}: cannot write its status: {err}", source.name);
     }
+}
+
+/// Counts a failure outside any feed in the source's status.
+fn count_failure(status: &mut Status, source: &Source, err: &FetchError) {
+    let told = failure::tell(source, err);
+    status.attempt = status.attempt.saturating_add(1);
+    let given_up = source.max_failures.is_some_and(|max| status.attempt >= max);
+    status.state = if err.kind == ErrorKind::Permanent || given_up {
+        "failed"
+    } else {
+        "backoff"
+    }
+    .into();
+    status.last_error = Some(told.headline);
+    status.reason = Some(err.reason);
+    status.detail = told.detail;
 }

@@ -162,7 +162,9 @@ impl Feed {
             clone_turns: Default::default(),
             shutdown: shutdown_rx,
         });
-        let mut sources: HashMap<String, (String, Sender<Control>)> = HashMap::new();
+        // Per source: its cache key, its task's control channel, and whether its `exec`
+        // command acknowledges its updates (the consumer's acknowledgements are then ignored).
+        let mut sources: HashMap<String, (String, Sender<Control>, bool)> = HashMap::new();
         let mut tasks = Vec::new();
         loop {
             let command = async { commands.recv().await.ok() };
@@ -176,9 +178,11 @@ impl Feed {
             match command {
                 Command::Add(source) => {
                     let key = source.cache_key();
-                    if let Some((old_key, control)) = sources.get(&source.name)
+                    let exec = source.exec.is_some();
+                    if let Some((old_key, control, by_exec)) = sources.get_mut(&source.name)
                         && *old_key == key
                     {
+                        *by_exec = exec;
                         let _ = control.try_send(Control::Change(source));
                         continue;
                     }
@@ -191,20 +195,22 @@ impl Feed {
                         *source,
                         control_rx,
                     )));
-                    sources.insert(name, (key, control_tx));
+                    sources.insert(name, (key, control_tx, exec));
                 }
                 Command::Remove(name) => {
                     sources.remove(&name);
                 }
                 Command::Trigger(name, hint) => {
-                    if let Some((_, control)) = sources.get(&name) {
+                    if let Some((_, control, _)) = sources.get(&name) {
                         let _ = control.try_send(Control::Trigger(hint));
                     }
                 }
                 Command::Acknowledge(name, commit) => {
                     // Recorded here rather than by the source's task, which may already have
                     // ended when a shutdown follows the acknowledgement at once.
-                    if let Some((key, control)) = sources.get(&name) {
+                    if let Some((_, _, true)) = sources.get(&name) {
+                        log::debug!("{name}: acknowledged by its exec command, not the consumer");
+                    } else if let Some((key, control, _)) = sources.get(&name) {
                         match crate::cache::Entry::new(&shared.cache_dir, key)
                             .set_delivered(&commit)
                         {
@@ -273,6 +279,9 @@ impl FeedHandle {
     /// update's `new`). The acknowledged commit is kept in the cache: after a restart, the
     /// first update starts from it, so an update that was sent but never acknowledged is sent
     /// again. Delivery is at least once; a consumer can deduplicate on `new`.
+    ///
+    /// A source with an [`exec`](Source::exec) command is acknowledged by the command's
+    /// success alone; acknowledging it here has no effect.
     pub fn acknowledge(&self, name: &str, commit: &str) -> Result<(), FeedError> {
         self.commands
             .try_send(Command::Acknowledge(name.to_owned(), commit.to_owned()))

@@ -43,6 +43,7 @@ mod cache;
 mod clock;
 mod driver;
 mod event;
+mod exec;
 mod failure;
 mod feed;
 mod git;

@@ -1,5 +1,6 @@
 //! The `gitfeed` command: follow a git branch and print its events as NDJSON.
 
+mod config;
 mod pid1;
 
 use std::io::{IsTerminal, Write};
@@ -10,15 +11,25 @@ use gitfeed::{Event, Feed, FeedHandle, Source, SourceState, StateChange, parse_d
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-const USAGE: &str = "\
-Follow a git branch and print what changed, one JSON event per line.
+const USAGE: &str = r#"Follow a git branch and print what changed, one JSON event per line.
 
 Usage: gitfeed watch <URL> [OPTIONS]
+       gitfeed run --config <FILE> [--cache-dir <D>]
        gitfeed status [--cache-dir <D>] [--json | --table]
        gitfeed gc [--cache-dir <D>] [--unused-for <T>]
        gitfeed --version
 
 <URL> is a path, file://, git://, http(s)://, ssh:// or scp-like user@host:path remote.
+
+`run` follows every source of a JSON file, events from all of them on one stdout:
+  {"cache_dir": "/var/cache/gitfeed", "concurrent_fetches": 4,
+   "sources": [{"name": "policies", "url": "https://h/p.git", "checkout": "/srv/p",
+                "exec": "reload-policies", "exec_timeout": "30s"}, …]}
+Each source takes the options below by their long names with `_` for `-` (`ref` for
+--branch, durations as strings); the README lists them. The file is applied again when it
+changes and on SIGHUP: added, removed and changed sources take effect, unchanged ones keep
+their clone, schedule and state, and an invalid file is reported (stderr and a `warning`
+event) while the running configuration stays.
 
 `status` prints the last known state of every source in the cache, one JSON object per
 line, whether or not a feed is running; `watch --once` writes it too.
@@ -70,6 +81,11 @@ Options:
   --keep-snapshots <N>   snapshots kept in the checkout directory [default: 2]
   --index-threads <N>    threads resolving the deltas of a received pack, 0 for one
                          per core; each holds an object and its base [default: 1]
+  --exec <CMD>           run CMD with `sh -c` for each update, after the snapshot swap;
+                         the update counts as acknowledged only when CMD exits 0, and
+                         is delivered again after the backoff otherwise (see below)
+  --exec-timeout <T>     the longest CMD may run before its process group is killed
+                         [default: 60s]
   --once                 sync once, print the update if there is one (after the warnings
                          about what it left out), write the status, and exit
   -h, --help             print this help
@@ -80,12 +96,18 @@ Events go to stdout, one line each; an update counts as acknowledged once its li
 written and flushed. Logs go to stderr, at the level set by RUST_LOG (error, warn, info,
 debug, trace or off; default warn).
 
-Signals: SIGHUP makes `watch` poll at once; SIGTERM and SIGINT stop it cleanly (exit 0).
+With --exec, CMD gets the update's JSON on stdin and GITFEED_SOURCE, GITFEED_REF,
+GITFEED_OLD (empty on a first update), GITFEED_NEW and, with --checkout, GITFEED_CHECKOUT
+(the snapshot's resolved path) in its environment. Its output goes to the log (RUST_LOG=info),
+each line prefixed with the source. It runs in a process group of its own, killed when CMD
+exits, times out or gitfeed stops; a failure is a `state` event with reason exec_failed.
+
+Signals: SIGHUP makes `watch` and `run` poll at once (`run` reads its file first); SIGTERM and SIGINT stop it cleanly (exit 0).
 Started as PID 1 (in a container), gitfeed runs itself as a child and stays as a minimal
 init: it reaps orphaned helper processes and forwards TERM, INT, HUP and QUIT.
 
 Exit status: 0 on success; 1 when --once or status fails (the error is printed on
-stderr); 2 for bad arguments.";
+stderr); 2 for bad arguments."#;
 
 /// The largest file whose content `--contents` attaches, unless `--contents-limit` says.
 const DEFAULT_CONTENTS_LIMIT: u64 = 1 << 20;
@@ -141,6 +163,7 @@ fn main() -> ExitCode {
             cache_dir,
             unused_for,
         } => collect_garbage(&cache_dir, unused_for),
+        Command::Run { config, cache_dir } => run_config(config, cache_dir),
         Command::Watch {
             source,
             cache_dir,
@@ -205,15 +228,50 @@ fn watch_once(cache_dir: &std::path::Path, source: &Source) -> ExitCode {
 
 fn watch(cache_dir: PathBuf, source: Source) -> ExitCode {
     let feed = Feed::new(cache_dir);
-    let events = feed.events();
-    let handle = feed.handle();
     let name = source.name.clone();
     if let Err(err) = feed.add(source) {
         eprintln!("gitfeed: {err} (see `gitfeed --help`)");
         return ExitCode::from(2);
     }
-    let signals = match SignalActions::start(handle.clone(), name) {
-        Ok(signals) => signals,
+    serve(feed, Sources::One(name))
+}
+
+/// `gitfeed run --config FILE`: every source of the file in one feed, the file applied again
+/// when it changes on disk or `SIGHUP` arrives.
+fn run_config(path: PathBuf, cache_dir: Option<PathBuf>) -> ExitCode {
+    let config = match config::Config::load(&path) {
+        Ok(config) => config,
+        Err(problem) => {
+            eprintln!("gitfeed: {}: {problem}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let cache_dir = config
+        .cache_dir
+        .clone()
+        .or(cache_dir)
+        .unwrap_or_else(default_cache_dir);
+    let mut feed = Feed::new(cache_dir);
+    if let Some(n) = config.concurrent_fetches {
+        feed = feed.concurrent_fetches(n);
+    }
+    let applied = match config::Applied::start(path, config, &feed.handle()) {
+        Ok(applied) => applied,
+        Err(problem) => {
+            eprintln!("gitfeed: {problem}");
+            return ExitCode::from(1);
+        }
+    };
+    serve(feed, Sources::File(Box::new(applied)))
+}
+
+/// Runs `feed` until a signal stops it or stdout closes: events are printed, and acknowledged
+/// once printed.
+fn serve(feed: Feed, sources: Sources) -> ExitCode {
+    let events = feed.events();
+    let handle = feed.handle();
+    let control = match Control::start(handle.clone(), sources) {
+        Ok(control) => control,
         Err(err) => {
             eprintln!("gitfeed: cannot handle signals: {err}");
             return ExitCode::from(1);
@@ -227,48 +285,142 @@ fn watch(cache_dir: PathBuf, source: Source) -> ExitCode {
                 break;
             }
             if let Event::Update(update) = &event {
+                // A source with an exec command is acknowledged by the command instead.
                 let _ = handle.acknowledge(&update.source, &update.new);
             }
         }
     });
     feed.run();
-    signals.stop();
+    control.stop();
     let _ = printer.join();
     ExitCode::SUCCESS
 }
 
-/// While the feed runs: SIGHUP polls the source now, SIGTERM and SIGINT shut the feed down, so
-/// the process ends cleanly (exit status 0) once the attempts in flight are interrupted.
-struct SignalActions {
-    handle: signal_hook::iterator::Handle,
-    thread: std::thread::JoinHandle<()>,
+/// What a running command follows: one source given on the command line, or a config file's.
+enum Sources {
+    One(String),
+    File(Box<config::Applied>),
 }
 
-impl SignalActions {
-    /// Installs the handlers and starts the thread that acts on them.
-    fn start(feed: FeedHandle, source: String) -> std::io::Result<SignalActions> {
+impl Sources {
+    fn names(&self) -> Vec<String> {
+        match self {
+            Sources::One(name) => vec![name.clone()],
+            Sources::File(applied) => applied.names().map(str::to_owned).collect(),
+        }
+    }
+
+    /// Applies the config file again, if there is one and `always` or it changed on disk. An
+    /// invalid file changes nothing; it is reported on stderr and as a `warning` event.
+    fn reload(&mut self, feed: &FeedHandle, always: bool) {
+        let Sources::File(applied) = self else {
+            return;
+        };
+        if !always && !applied.changed() {
+            return;
+        }
+        match applied.reload(feed) {
+            Ok(notes) => {
+                for note in notes {
+                    log::warn!("{}: {note}", applied.path().display());
+                }
+            }
+            Err(problem) => {
+                let path = applied.path().display().to_string();
+                eprintln!("gitfeed: {path}: {problem}; keeping the running configuration");
+                let warning = StateChange {
+                    source: path,
+                    state: SourceState::Warning,
+                    attempt: None,
+                    reason: Some(gitfeed::Reason::Configuration),
+                    error: Some(format!("{problem}; keeping the running configuration")),
+                    detail: None,
+                    retry_in_ms: None,
+                };
+                let _ = print(&Event::State(warning));
+            }
+        }
+    }
+}
+
+/// While the feed runs: SIGHUP applies the config file again and polls every source at once;
+/// SIGTERM and SIGINT shut the feed down, so the process ends cleanly (exit status 0) once the
+/// attempts in flight are interrupted. A config file is also applied again when it changes on
+/// disk (looked at every second).
+struct Control {
+    handle: signal_hook::iterator::Handle,
+    threads: [std::thread::JoinHandle<()>; 2],
+}
+
+/// How often a config file is looked at for changes.
+const CONFIG_LOOK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Control {
+    /// Installs the handlers and starts the threads that act on them.
+    fn start(feed: FeedHandle, mut sources: Sources) -> std::io::Result<Control> {
         let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT])?;
         let handle = signals.handle();
-        let act = move || {
+        let (received, signal) = std::sync::mpsc::channel();
+        let forward = move || {
             for signal in signals.forever() {
-                if signal == SIGHUP {
-                    // Fails only once the feed has stopped, when there is nothing to poll.
-                    let _ = feed.trigger(&source);
-                } else {
-                    feed.shutdown();
+                if received.send(signal).is_err() {
+                    break;
                 }
             }
         };
-        let thread = std::thread::Builder::new()
+        let look = match sources {
+            Sources::One(_) => None,
+            Sources::File(_) => Some(CONFIG_LOOK_INTERVAL),
+        };
+        let act = move || {
+            use std::sync::mpsc::RecvTimeoutError;
+            loop {
+                let next = match look {
+                    Some(interval) => signal.recv_timeout(interval),
+                    None => signal.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                };
+                match next {
+                    Ok(SIGHUP) => {
+                        sources.reload(&feed, true);
+                        for name in sources.names() {
+                            // Fails only once the feed has stopped, when there is nothing to
+                            // poll.
+                            let _ = feed.trigger(&name);
+                        }
+                    }
+                    Ok(_) => feed.shutdown(),
+                    Err(RecvTimeoutError::Timeout) => sources.reload(&feed, false),
+                    // The handlers were closed: the feed has stopped.
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+        };
+        let forwarder = std::thread::Builder::new()
             .name("gitfeed-signals".into())
-            .spawn(act)?;
-        Ok(SignalActions { handle, thread })
+            .spawn(forward)?;
+        let actor = match std::thread::Builder::new()
+            .name("gitfeed-control".into())
+            .spawn(act)
+        {
+            Ok(actor) => actor,
+            Err(err) => {
+                handle.close();
+                let _ = forwarder.join();
+                return Err(err);
+            }
+        };
+        Ok(Control {
+            handle,
+            threads: [forwarder, actor],
+        })
     }
 
-    /// Ends the thread and unregisters the handlers, so nothing outlives the feed.
+    /// Ends the threads and unregisters the handlers, so nothing outlives the feed.
     fn stop(self) {
         self.handle.close();
-        let _ = self.thread.join();
+        for thread in self.threads {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -404,6 +556,10 @@ enum Command {
         cache_dir: PathBuf,
         once: bool,
     },
+    Run {
+        config: PathBuf,
+        cache_dir: Option<PathBuf>,
+    },
 }
 
 fn parse(args: &[String]) -> Result<Command, String> {
@@ -413,6 +569,7 @@ fn parse(args: &[String]) -> Result<Command, String> {
         Some("-h" | "--help" | "help") => return Ok(Command::Help),
         Some("-V" | "--version" | "version") => return Ok(Command::Version),
         Some("watch") => {}
+        Some("run") => return parse_run(args.as_slice()),
         Some("status") => return parse_status(args.as_slice()),
         Some("gc") => return parse_gc(args.as_slice()),
         Some(other) => return Err(format!("unknown command `{other}`")),
@@ -487,6 +644,8 @@ fn parse(args: &[String]) -> Result<Command, String> {
             "--checkout" => source.checkout = Some(PathBuf::from(value()?)),
             "--keep-snapshots" => source.keep_snapshots = number(value()?)? as usize,
             "--index-threads" => source.index_threads = number(value()?)? as usize,
+            "--exec" => source.exec = Some(value()?),
+            "--exec-timeout" => source.exec_timeout = duration(value()?)?,
             flag if flag.starts_with('-') && flag.len() > 1 => {
                 return Err(format!("unknown option `{flag}`"));
             }
@@ -523,6 +682,46 @@ fn auth(source: &mut Source) -> &mut gitfeed::Auth {
     source.auth.get_or_insert_with(gitfeed::Auth::default)
 }
 
+/// `--flag=value` as the flag and its value; any other argument as itself.
+fn split_flag(arg: &str) -> (&str, Option<String>) {
+    match arg.split_once('=') {
+        Some((flag, value)) => (flag, Some(value.to_owned())),
+        None => (arg, None),
+    }
+}
+
+/// The value of `flag`: given inline, or the next argument.
+fn flag_value(
+    flag: &str,
+    inline: &Option<String>,
+    args: &mut std::slice::Iter<'_, String>,
+) -> Result<String, String> {
+    inline
+        .clone()
+        .or_else(|| args.next().cloned())
+        .ok_or(format!("{flag} needs a value"))
+}
+
+fn parse_run(args: &[String]) -> Result<Command, String> {
+    let mut config = None;
+    let mut cache_dir = None;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let (flag, inline) = split_flag(arg);
+        let mut value = || flag_value(flag, &inline, &mut args);
+        match flag {
+            "--config" => config = Some(PathBuf::from(value()?)),
+            "--cache-dir" => cache_dir = Some(PathBuf::from(value()?)),
+            "-h" | "--help" => return Ok(Command::Help),
+            _ => return Err(format!("unexpected argument `{arg}` for run")),
+        }
+    }
+    Ok(Command::Run {
+        config: config.ok_or("run needs --config <FILE>")?,
+        cache_dir,
+    })
+}
+
 fn parse_status(args: &[String]) -> Result<Command, String> {
     let mut cache_dir = None;
     let mut table = None;
@@ -551,16 +750,8 @@ fn parse_gc(args: &[String]) -> Result<Command, String> {
     let mut unused_for = DEFAULT_UNUSED_FOR;
     let mut args = args.iter();
     while let Some(arg) = args.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((flag, value)) => (flag, Some(value.to_owned())),
-            None => (arg.as_str(), None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| args.next().cloned())
-                .ok_or(format!("{flag} needs a value"))
-        };
+        let (flag, inline) = split_flag(arg);
+        let mut value = || flag_value(flag, &inline, &mut args);
         match flag {
             "--cache-dir" => cache_dir = Some(PathBuf::from(value()?)),
             "--unused-for" => {

@@ -97,6 +97,10 @@ pub enum Reason {
     LocalIo,
     /// The attempt was stopped because the feed is shutting down. Transient.
     Cancelled,
+    /// The source's `exec` command did not finish with exit status 0 within its
+    /// `exec_timeout`: it failed, was killed, timed out or could not be started. The update
+    /// stays unacknowledged and is delivered again after the backoff. Transient.
+    ExecFailed,
     /// A failure gitfeed cannot place. Transient.
     #[serde(other)]
     Other,
@@ -114,9 +118,8 @@ impl Reason {
         use Reason::*;
         match self {
             NameResolution | ConnectionRefused | ConnectionReset | Timeout | ServerError
-            | HttpStatus | Protocol | RefDeleted | CloneBusy | LocalIo | Cancelled | Other => {
-                ErrorKind::Transient
-            }
+            | HttpStatus | Protocol | RefDeleted | CloneBusy | LocalIo | Cancelled | ExecFailed
+            | Other => ErrorKind::Transient,
             AuthenticationRefused
             | Credentials
             | HostKey
@@ -163,6 +166,7 @@ impl Reason {
             CacheNotWritable => "cache_not_writable",
             LocalIo => "local_io",
             Cancelled => "cancelled",
+            ExecFailed => "exec_failed",
             Other => "other",
         }
     }
@@ -178,7 +182,7 @@ impl fmt::Display for Reason {
 mod tests {
     use super::*;
 
-    const ALL: [Reason; 26] = [
+    const ALL: [Reason; 27] = [
         Reason::NameResolution,
         Reason::ConnectionRefused,
         Reason::ConnectionReset,
@@ -204,6 +208,7 @@ mod tests {
         Reason::CacheNotWritable,
         Reason::LocalIo,
         Reason::Cancelled,
+        Reason::ExecFailed,
         Reason::Other,
     ];
 

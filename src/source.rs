@@ -130,6 +130,24 @@ pub struct Source {
     /// deltas.
     #[serde(default = "defaults::index_threads")]
     pub index_threads: usize,
+    /// A shell command (run by `sh -c`) for each update, after the snapshot swap when there
+    /// is a [`checkout`](Source::checkout). It gets the update's JSON on stdin and
+    /// `GITFEED_SOURCE`, `GITFEED_REF`, `GITFEED_OLD` (empty on a first update),
+    /// `GITFEED_NEW` and, with a checkout, `GITFEED_CHECKOUT` (the snapshot's resolved path) in
+    /// its environment; its output goes to the log, line by line, prefixed with the source.
+    ///
+    /// The update counts as acknowledged only when the command exits with status 0: the feed
+    /// records it then, and ignores [`FeedHandle::acknowledge`](crate::FeedHandle::acknowledge)
+    /// for this source. Otherwise the source backs off with reason
+    /// [`Reason::ExecFailed`](crate::Reason::ExecFailed) and the update is delivered, and the
+    /// command run, again; after a restart too. The command runs in a process group of its
+    /// own, which is killed when the command exits (nothing it started in the background
+    /// outlives it), when `exec_timeout` passes, and when the feed shuts down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<String>,
+    /// The longest the [`exec`](Source::exec) command may run.
+    #[serde(default = "defaults::exec_timeout", with = "duration_serde")]
+    pub exec_timeout: Duration,
 }
 
 /// Which commits a source may deliver: those signed with SSH (namespace `git`) by a key in an
@@ -226,6 +244,9 @@ mod defaults {
     pub fn index_threads() -> usize {
         1
     }
+    pub fn exec_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
 }
 
 impl Source {
@@ -267,6 +288,8 @@ impl Source {
             max_snapshot_size: defaults::max_snapshot_size(),
             max_pack_size: defaults::max_pack_size(),
             index_threads: defaults::index_threads(),
+            exec: None,
+            exec_timeout: defaults::exec_timeout(),
         }
     }
 
@@ -274,10 +297,11 @@ impl Source {
     ///
     /// Rejects an empty name or one with control characters, a malformed URL, a scheme other
     /// than those listed on [`Source::url`], a malformed ref name, a zero interval, timeout,
-    /// initial backoff or `failed_interval`, a backoff cap below the initial backoff, a zero
-    /// `max_failures`, a zero `depth`, an invalid filter pattern, a zero `keep_snapshots`, an
-    /// `https://` URL when the build's libcurl has no TLS, and a [`verify`](Source::verify)
-    /// setting in a build without the `verify` feature.
+    /// initial backoff, `failed_interval` or `exec_timeout`, a backoff cap below the initial
+    /// backoff, a zero `max_failures`, a zero `depth`, an invalid filter pattern, a zero
+    /// `keep_snapshots`, an empty `exec` command, an `https://` URL when the build's libcurl
+    /// has no TLS, and a [`verify`](Source::verify) setting in a build without the `verify`
+    /// feature.
     ///
     /// ```
     /// let source = gitfeed::Source::new("p", "ftp://example.org/p.git");
@@ -314,6 +338,7 @@ impl Source {
             ("timeout", self.timeout),
             ("backoff_initial", self.backoff_initial),
             ("failed_interval", self.failed_interval),
+            ("exec_timeout", self.exec_timeout),
         ] {
             if value.is_zero() {
                 return fail(format!("{what} must be greater than zero"));
@@ -348,6 +373,13 @@ impl Source {
             .is_some_and(|dir| dir.as_os_str().is_empty())
         {
             return fail("checkout directory is empty".into());
+        }
+        if self
+            .exec
+            .as_ref()
+            .is_some_and(|command| command.trim().is_empty())
+        {
+            return fail("exec command is empty".into());
         }
         Ok(())
     }

@@ -51,6 +51,11 @@ fn help_documents_every_flag() {
         "--keep-snapshots",
         "--index-threads",
         "--once",
+        "--exec",
+        "--exec-timeout",
+        "GITFEED_CHECKOUT",
+        "gitfeed run",
+        "--config",
         "RUST_LOG",
     ] {
         assert!(help.contains(flag), "--help does not mention {flag}");

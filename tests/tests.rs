@@ -4,8 +4,10 @@ mod util;
 
 mod cache;
 mod cli;
+mod config;
 mod conformance;
 mod durable;
+mod exec;
 mod failures;
 mod feed;
 mod files;

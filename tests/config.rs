@@ -1,0 +1,217 @@
+//! `gitfeed run --config FILE`: many sources in one process, the file applied again when it
+//! changes and on SIGHUP.
+
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+use crate::util::{Remote, unique_dir};
+
+const WITHIN: Duration = Duration::from_secs(20);
+
+/// `gitfeed run --config`, its stdout lines arriving on a channel.
+struct Run {
+    child: Child,
+    lines: Receiver<serde_json::Value>,
+}
+
+impl Run {
+    fn start(config: &Path, stderr: &Path) -> Run {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gitfeed"))
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(stderr).expect("stderr file"))
+            .spawn()
+            .expect("spawn gitfeed");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let (send, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                let event = serde_json::from_str(&line).expect("every line is JSON");
+                if send.send(event).is_err() {
+                    break;
+                }
+            }
+        });
+        Run { child, lines }
+    }
+
+    fn next(&self, what: &str) -> serde_json::Value {
+        self.lines
+            .recv_timeout(WITHIN)
+            .unwrap_or_else(|_| panic!("no event within {WITHIN:?} while waiting for {what}"))
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("pid");
+        rustix::process::kill_process(pid, signal).expect("signal");
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Replaces the file in one step, as a configuration manager does.
+fn write_config(path: &Path, cache: &Path, sources: &[(&str, &Remote, &str)]) {
+    let sources: Vec<serde_json::Value> = sources
+        .iter()
+        .map(|(name, remote, interval)| {
+            serde_json::json!({"name": name, "url": remote.file_url(), "interval": interval})
+        })
+        .collect();
+    let config = serde_json::json!({"cache_dir": cache, "sources": sources});
+    write_text(path, &config.to_string());
+}
+
+fn write_text(path: &Path, text: &str) {
+    let staged = path.with_extension("new");
+    std::fs::write(&staged, text).expect("write config");
+    std::fs::rename(&staged, path).expect("rename config");
+}
+
+#[test]
+fn sources_come_and_go_with_the_file_and_unchanged_ones_keep_their_state() {
+    let (a, b, c) = (Remote::named("a"), Remote::named("b"), Remote::named("c"));
+    let dir = unique_dir();
+    let cache = dir.path().join("cache");
+    let config = dir.path().join("gitfeed.json");
+    let stderr = dir.path().join("stderr");
+    write_config(&config, &cache, &[("a", &a, "100ms"), ("b", &b, "100ms")]);
+    let run = Run::start(&config, &stderr);
+    let mut first = std::collections::BTreeMap::new();
+    for _ in 0..2 {
+        let update = run.next("the first updates");
+        assert_eq!(update["type"], "update", "{update}");
+        assert_eq!(update["old"], serde_json::Value::Null);
+        first.insert(
+            update["source"].as_str().expect("source").to_owned(),
+            update,
+        );
+    }
+    assert_eq!(first.keys().collect::<Vec<_>>(), ["a", "b"]);
+
+    // b goes, c comes, a changes its interval: it keeps its delivery state.
+    write_config(&config, &cache, &[("a", &a, "150ms"), ("c", &c, "100ms")]);
+    let update = run.next("c's first update");
+    assert_eq!(update["source"], "c", "{update}");
+    assert_eq!(update["old"], serde_json::Value::Null);
+    b.commit(&[("b.txt", Some("b\n"))], "b");
+    let new_a = a.commit(&[("a.txt", Some("a\n"))], "a");
+    let update = run.next("a's next update");
+    assert_eq!(update["source"], "a", "{update}");
+    assert_eq!(update["old"], first["a"]["new"], "a started afresh");
+    assert_eq!(update["new"], new_a.as_str());
+    let new_c = c.commit(&[("c.txt", Some("c\n"))], "c");
+    let update = run.next("c's next update");
+    assert_eq!(update["source"], "c", "b is still followed: {update}");
+    assert_eq!(update["new"], new_c.as_str());
+
+    // An invalid file changes nothing: a warning, and the sources go on.
+    write_text(&config, r#"{"sources": [{"name": "a"}]}"#);
+    let warning = run.next("the warning about the invalid file");
+    assert_eq!(warning["type"], "state");
+    assert_eq!(warning["state"], "warning");
+    assert_eq!(warning["reason"], "configuration");
+    assert_eq!(warning["source"], config.display().to_string());
+    let error = warning["error"].as_str().expect("error");
+    assert!(error.contains("missing field `url`"), "{error}");
+    assert!(
+        error.ends_with("keeping the running configuration"),
+        "{error}"
+    );
+    let newer_a = a.commit(&[("a.txt", Some("aa\n"))], "aa");
+    let update = run.next("a's update under the kept configuration");
+    assert_eq!(update["source"], "a", "{update}");
+    assert_eq!(update["new"], newer_a.as_str());
+    let log = std::fs::read_to_string(&stderr).expect("stderr");
+    assert!(
+        log.lines().any(|line| line.contains("missing field `url`")
+            && line.ends_with("keeping the running configuration")),
+        "{log}"
+    );
+
+    // `gitfeed status` covers every source the process has followed.
+    let out = Command::new(env!("CARGO_BIN_EXE_gitfeed"))
+        .args(["status", "--json", "--cache-dir"])
+        .arg(&cache)
+        .output()
+        .expect("status");
+    let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| {
+            let status: serde_json::Value = serde_json::from_str(line).expect("json");
+            status["source"].as_str().expect("source").to_owned()
+        })
+        .collect();
+    assert_eq!(names, ["a", "b", "c"]);
+
+    run.signal(rustix::process::Signal::TERM);
+    let mut run = run;
+    let status = run.child.wait().expect("reap");
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn sighup_reads_the_file_and_polls_every_source() {
+    let (a, b) = (Remote::named("a"), Remote::named("b"));
+    let dir = unique_dir();
+    let cache = dir.path().join("cache");
+    let config = dir.path().join("gitfeed.json");
+    let stderr = dir.path().join("stderr");
+    write_config(&config, &cache, &[("a", &a, "1h")]);
+    let run = Run::start(&config, &stderr);
+    assert_eq!(run.next("a's first update")["source"], "a");
+    // Polled only on the signal: an hour is longer than the test.
+    let new_a = a.commit(&[("a.txt", Some("a\n"))], "a");
+    write_config(&config, &cache, &[("a", &a, "1h"), ("b", &b, "1h")]);
+    run.signal(rustix::process::Signal::HUP);
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..2 {
+        let update = run.next("the updates after SIGHUP");
+        assert_eq!(update["type"], "update", "{update}");
+        seen.insert(
+            update["source"].as_str().expect("source").to_owned(),
+            update,
+        );
+    }
+    assert_eq!(seen["a"]["new"], new_a.as_str());
+    assert_eq!(seen["b"]["old"], serde_json::Value::Null);
+}
+
+#[test]
+fn run_needs_a_valid_config_to_start() {
+    let dir = unique_dir();
+    let config = dir.path().join("gitfeed.json");
+    let run = |args: &[&std::ffi::OsStr]| {
+        Command::new(env!("CARGO_BIN_EXE_gitfeed"))
+            .arg("run")
+            .args(args)
+            .output()
+            .expect("run")
+    };
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("run needs --config <FILE>"));
+    let out = run(&["--config".as_ref(), config.as_os_str()]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot read it"), "{stderr}");
+    std::fs::write(
+        &config,
+        r#"{"sources": [{"name": "x", "url": "/a"}, {"name": "x", "url": "/b"}]}"#,
+    )
+    .expect("write");
+    let out = run(&["--config".as_ref(), config.as_os_str()]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("two sources are named `x`"), "{stderr}");
+}
