@@ -111,8 +111,15 @@ fn fire_due(queue: &Shared, now: Instant) -> Option<Instant> {
     next
 }
 
-/// Completes at `at`: on a [`block_on`] loop through its queue, elsewhere through smol.
-pub(crate) async fn sleep_until(at: Instant) {
+/// Completes at `at`: on a [`block_on`] loop through its queue, with no reactor thread;
+/// elsewhere through smol's timer. For tasks of your own that share the feed's thread.
+///
+/// ```
+/// let at = std::time::Instant::now() + std::time::Duration::from_millis(10);
+/// gitfeed::block_on(gitfeed::sleep_until(at));
+/// assert!(std::time::Instant::now() >= at);
+/// ```
+pub async fn sleep_until(at: Instant) {
     match CURRENT.with(|current| current.borrow().clone()) {
         Some(queue) => {
             Sleep {

@@ -205,6 +205,11 @@ fn supervise(spec: Spec, stop: &AtomicBool, output: &mut Output) -> std::io::Res
         .arg("-c")
         .arg(&spec.command)
         .envs(spec.env)
+        // The service manager's channel is gitfeed's alone: a command must not report
+        // readiness or liveness in its name.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
         .stdin(Stdio::from(spec.input))
         .stdout(writer.try_clone()?)
         .stderr(writer)

@@ -2,6 +2,7 @@
 
 mod config;
 mod pid1;
+mod systemd;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -103,6 +104,8 @@ each line prefixed with the source. It runs in a process group of its own, kille
 exits, times out or gitfeed stops; a failure is a `state` event with reason exec_failed.
 
 Signals: SIGHUP makes `watch` and `run` poll at once (`run` reads its file first); SIGTERM and SIGINT stop it cleanly (exit 0).
+Under a service manager (systemd's Type=notify), gitfeed reports readiness, stopping and,
+with WATCHDOG_USEC, liveness on NOTIFY_SOCKET.
 Started as PID 1 (in a container), gitfeed runs itself as a child and stays as a minimal
 init: it reaps orphaned helper processes and forwards TERM, INT, HUP and QUIT.
 
@@ -290,7 +293,11 @@ fn serve(feed: Feed, sources: Sources) -> ExitCode {
             }
         }
     });
-    feed.run();
+    // The feed's own loop, with the service manager's notifications as a task beside it: the
+    // watchdog is fed only while this loop runs.
+    let executor = smol::LocalExecutor::new();
+    let _notifier = systemd::Notifier::from_env().map(|notifier| executor.spawn(notifier.run()));
+    gitfeed::block_on(executor.run(feed.run_on(&executor)));
     control.stop();
     let _ = printer.join();
     ExitCode::SUCCESS
@@ -388,7 +395,12 @@ impl Control {
                             let _ = feed.trigger(&name);
                         }
                     }
-                    Ok(_) => feed.shutdown(),
+                    Ok(_) => {
+                        if let Some(notifier) = systemd::Notifier::from_env() {
+                            notifier.send("STOPPING=1");
+                        }
+                        feed.shutdown();
+                    }
                     Err(RecvTimeoutError::Timeout) => sources.reload(&feed, false),
                     // The handlers were closed: the feed has stopped.
                     Err(RecvTimeoutError::Disconnected) => break,

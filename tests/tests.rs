@@ -13,4 +13,5 @@ mod feed;
 mod files;
 mod harness;
 mod secrets;
+mod systemd;
 mod transports;
