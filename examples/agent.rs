@@ -4,6 +4,8 @@
 //! By default it follows the repository it is run from, so committing in another terminal
 //! shows the flow end to end. Arguments: an optional URL, then optional extensions to keep.
 //!
+//! Its cache is `$AGENT_CACHE_DIR`, or `gitfeed-agent` in the temporary directory.
+//!
 //! Run with: cargo run --example agent -- . rs md
 
 use std::collections::BTreeMap;
@@ -19,12 +21,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut source = Source::new("agent", url);
     source.interval = Duration::from_secs(2);
     source.contents = Some(1 << 20);
+    // The agent keeps its files in memory only: after a restart it needs all of them again,
+    // not only what changed since the last update it acknowledged.
+    source.list_on_start = true;
     source.filter = Filter {
         extensions,
         ..Filter::default()
     };
 
-    let feed = Feed::new(std::env::temp_dir().join("gitfeed-agent"));
+    let cache = std::env::var_os("AGENT_CACHE_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("gitfeed-agent"));
+    let feed = Feed::new(cache);
     let events = feed.events();
     let handle = feed.handle();
     feed.add(source)?;

@@ -91,11 +91,7 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
     };
     // After a restart the next update starts from what the consumer acknowledged, so an
     // update that was sent but never acknowledged is sent again.
-    let acknowledged = entry.delivered();
-    let mut seen = Seen {
-        sent: acknowledged.clone(),
-        acknowledged,
-    };
+    let mut seen = Seen::at_start(&entry, &source);
     let mut status = Status {
         source: source.name.clone(),
         url: git::redact_url(&source.url),
@@ -677,11 +673,7 @@ pub(crate) async fn once(
     let mut paths = work::Paths::new(&shared.cache_dir, source);
     paths.turn = shared.clone_turn(paths.clone.dir());
     let entry = &paths.entry;
-    let acknowledged = entry.delivered();
-    let seen = Seen {
-        sent: acknowledged.clone(),
-        acknowledged,
-    };
+    let seen = Seen::at_start(entry, source);
     let attempt = attempt(
         shared,
         source,

@@ -433,10 +433,31 @@ impl Follower {
         &self.warnings
     }
 
+    /// The commit last acknowledged; see [`acknowledged`].
+    pub fn acknowledged(&self) -> Option<String> {
+        acknowledged(&self.shared.cache_dir, &self.source)
+    }
+
     /// Records that the consumer has applied the update to `commit`.
     pub fn acknowledge(&self, commit: &str) -> Result<(), SyncError> {
         acknowledge(&self.shared.cache_dir, &self.source, commit)
     }
+}
+
+/// The commit the consumer last acknowledged for `source` in `cache_dir` (by
+/// [`FeedHandle::acknowledge`], [`acknowledge`] or an `exec` command's success), if any: where
+/// the source's next update starts. It needs no running feed, and `None` also means the cache
+/// has never seen the source.
+///
+/// ```no_run
+/// let source = gitfeed::Source::new("p", "https://example.org/p.git");
+/// match gitfeed::acknowledged("/var/cache/gitfeed", &source) {
+///     Some(commit) => println!("applied up to {commit}"),
+///     None => println!("nothing applied yet"),
+/// }
+/// ```
+pub fn acknowledged(cache_dir: impl AsRef<Path>, source: &Source) -> Option<String> {
+    crate::cache::Entry::new(cache_dir.as_ref(), &source.normalized().cache_key()).delivered()
 }
 
 /// Records, outside any feed, that the consumer has applied `source`'s update to `commit`;

@@ -63,7 +63,7 @@ pub use clock::{block_on, sleep_until};
 pub use event::{Change, ChangeKind, Encoding, Event, SourceState, StateChange, Update};
 pub use feed::{
     DEFAULT_CONCURRENT_FETCHES, Feed, FeedError, FeedHandle, Follower, SyncError, acknowledge,
-    sync_once,
+    acknowledged, sync_once,
 };
 pub use machine::ErrorKind;
 pub use reader::{File, FileType, ReadError, ReadErrorKind, Reader};

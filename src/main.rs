@@ -82,6 +82,9 @@ Options:
   --keep-snapshots <N>   snapshots kept in the checkout directory [default: 2]
   --index-threads <N>    threads resolving the deltas of a received pack, 0 for one
                          per core; each holds an object and its base [default: 1]
+  --list-on-start        make the first update after a start a full listing (old: null) of
+                         the commit reached, even when it was acknowledged before: the
+                         whole state for a consumer that keeps it in memory
   --exec <CMD>           run CMD with `sh -c` for each update, after the snapshot swap;
                          the update counts as acknowledged only when CMD exits 0, and
                          is delivered again after the backoff otherwise (see below)
@@ -656,6 +659,7 @@ fn parse(args: &[String]) -> Result<Command, String> {
             "--checkout" => source.checkout = Some(PathBuf::from(value()?)),
             "--keep-snapshots" => source.keep_snapshots = number(value()?)? as usize,
             "--index-threads" => source.index_threads = number(value()?)? as usize,
+            "--list-on-start" if inline.is_none() => source.list_on_start = true,
             "--exec" => source.exec = Some(value()?),
             "--exec-timeout" => source.exec_timeout = duration(value()?)?,
             flag if flag.starts_with('-') && flag.len() > 1 => {

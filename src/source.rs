@@ -130,6 +130,14 @@ pub struct Source {
     /// deltas.
     #[serde(default = "defaults::index_threads")]
     pub index_threads: usize,
+    /// Start with a full listing: the first update after the source starts (a feed's start, a
+    /// [`Follower`](crate::Follower)'s or [`sync_once`](crate::sync_once)'s every attempt) has
+    /// `old: None` and lists every file of the commit reached, the acknowledged one when the
+    /// remote has not moved. For a consumer that keeps its state in memory: after a restart it
+    /// is handed the whole state instead of nothing (acknowledged updates are not sent again).
+    /// Once the listing is applied and acknowledged, updates are incremental as usual.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub list_on_start: bool,
     /// A shell command (run by `sh -c`) for each update, after the snapshot swap when there
     /// is a [`checkout`](Source::checkout). It gets the update's JSON on stdin and
     /// `GITFEED_SOURCE`, `GITFEED_REF`, `GITFEED_OLD` (empty on a first update),
@@ -288,6 +296,7 @@ impl Source {
             max_snapshot_size: defaults::max_snapshot_size(),
             max_pack_size: defaults::max_pack_size(),
             index_threads: defaults::index_threads(),
+            list_on_start: false,
             exec: None,
             exec_timeout: defaults::exec_timeout(),
         }

@@ -51,6 +51,7 @@ fn help_documents_every_flag() {
         "--keep-snapshots",
         "--index-threads",
         "--once",
+        "--list-on-start",
         "--exec",
         "--exec-timeout",
         "GITFEED_CHECKOUT",

@@ -12,6 +12,7 @@ mod failures;
 mod feed;
 mod files;
 mod harness;
+mod listing;
 mod secrets;
 mod systemd;
 mod transports;
