@@ -19,7 +19,7 @@ use smol::lock::Semaphore;
 
 use crate::cache;
 use crate::clock;
-use crate::event::{Event, SourceState, StateChange, Update};
+use crate::event::{Event, SourceState, StateChange, Update, Warning};
 use crate::failure::{self, Told};
 use crate::feed::SyncError;
 use crate::git::{self, Cancel, FetchError, Repo};
@@ -142,14 +142,18 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
                     }
                     let result = match attempt.result {
                         Ok(synced) => {
+                            let delivering = synced.as_ref().is_some_and(|s| !s.is_empty());
+                            let about = synced.as_ref().map(|synced| synced.new.clone());
                             // Warnings first: the consumer hears what was left out before it
                             // applies the update.
                             for warning in attempt.warnings {
-                                // The same refusal every poll (an unsigned tip that stays) is
+                                // A warning about an update goes with every sending of it; one
+                                // with no update (an unsigned tip that stays, every poll) is
                                 // news once.
-                                if last_warning.as_ref() != Some(&warning) {
+                                if delivering || last_warning.as_ref() != Some(&warning) {
                                     last_warning = Some(warning.clone());
-                                    emit_warning(&shared, &source.name, warning).await;
+                                    emit_warning(&shared, &source.name, about.clone(), warning)
+                                        .await;
                                 }
                             }
                             match synced {
@@ -516,18 +520,14 @@ async fn deliver(
     Ok(())
 }
 
-async fn emit_warning(shared: &Shared, name: &str, warning: String) {
-    log::warn!("{name}: {warning}");
-    let change = StateChange {
+async fn emit_warning(shared: &Shared, name: &str, commit: Option<String>, message: String) {
+    log::warn!("{name}: {message}");
+    let warning = Warning {
         source: name.to_owned(),
-        state: SourceState::Warning,
-        attempt: None,
-        reason: None,
-        error: Some(warning),
-        detail: None,
-        retry_in_ms: None,
+        commit,
+        message,
     };
-    let _ = shared.events.send(Event::State(change)).await;
+    let _ = shared.events.send(Event::Warning(warning)).await;
 }
 
 fn record_acknowledged(entry: &cache::Entry, name: &str, seen: &mut Seen, commit: &str) {

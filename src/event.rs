@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 use crate::reason::Reason;
 
 /// One message from a feed. Serialized with `serde_json`, it is one line of the event contract
-/// documented in the README (`{"type":"update",…}` or `{"type":"state",…}`).
+/// documented in the README (`{"type":"update",…}`, `{"type":"state",…}` or
+/// `{"type":"warning",…}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 #[non_exhaustive]
@@ -14,6 +15,9 @@ pub enum Event {
     Update(Update),
     /// A source's health changed.
     State(StateChange),
+    /// Something was left out or refused; health is unchanged. A warning about an update is
+    /// sent just before that update, every time the update is sent.
+    Warning(Warning),
 }
 
 /// The followed ref moved from `old` to `new`.
@@ -129,7 +133,7 @@ pub struct StateChange {
     /// What failed, for people (`backoff` and `failed`), on one line: the source's name, its
     /// URL without credentials, what failed in plain words and what happens next, like
     /// `policies (https://example.org/p.git): could not resolve host example.org; will retry
-    /// in 8s`. For a `warning`, what was left out of the update that follows.
+    /// in 8s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// What the transport, a helper program or the server said underneath `error`, when it was
@@ -155,7 +159,27 @@ pub enum SourceState {
     /// Polling stops; the remote is probed again after `retry_in_ms` (the source's
     /// `failed_interval`), or at once when the source is triggered or changed.
     Failed,
-    /// The last update was delivered, but something was left out of it; `error` says what
-    /// (for example hostile tree entries a snapshot refused to write). Health is unchanged.
-    Warning,
+}
+
+/// Something a source left out or refused, in plain words: submodules an update moved,
+/// entries a snapshot refused to write, a commit refused for its signature, an invalid
+/// configuration file on the command line.
+///
+/// ```
+/// let line = r#"{"type":"warning","source":"p","commit":"1111111111111111111111111111111111111111","message":"1111111111111111111111111111111111111111 left out 1 submodule (submodules are not followed): `lib` (added)"}"#;
+/// let event: gitfeed::Event = serde_json::from_str(line).unwrap();
+/// assert_eq!(serde_json::to_string(&event).unwrap(), line);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Warning {
+    /// The source's name (on the command line, a configuration file's path for a warning
+    /// about that file).
+    pub source: String,
+    /// The commit of the update the warning is about, when it is about one: the update that
+    /// follows it, or the commit reached when only what was left out moved. A refusal names
+    /// the commit it refused in `message`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// What was left out or refused, and why, on one line.
+    pub message: String,
 }

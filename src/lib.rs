@@ -60,7 +60,7 @@ mod work;
 pub use auth::Auth;
 pub use cache::{GcReport, gc};
 pub use clock::{block_on, sleep_until};
-pub use event::{Change, ChangeKind, Encoding, Event, SourceState, StateChange, Update};
+pub use event::{Change, ChangeKind, Encoding, Event, SourceState, StateChange, Update, Warning};
 pub use feed::{
     DEFAULT_CONCURRENT_FETCHES, Feed, FeedError, FeedHandle, Follower, SyncError, acknowledge,
     acknowledged, sync_once,

@@ -8,7 +8,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use gitfeed::{Event, Feed, FeedHandle, Source, SourceState, StateChange, parse_duration};
+use gitfeed::{Event, Feed, FeedHandle, Source, Warning, parse_duration};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -199,17 +199,13 @@ fn watch_once(cache_dir: &std::path::Path, source: &Source) -> ExitCode {
     match follower.poll() {
         Ok(update) => {
             // As `watch` prints them: what was left out, before the update it concerns.
-            for warning in follower.warnings() {
-                let warning = StateChange {
+            for message in follower.warnings() {
+                let warning = Warning {
                     source: source.name.clone(),
-                    state: SourceState::Warning,
-                    attempt: None,
-                    reason: None,
-                    error: Some(warning.clone()),
-                    detail: None,
-                    retry_in_ms: None,
+                    commit: update.as_ref().map(|update| update.new.clone()),
+                    message: message.clone(),
                 };
-                if print(&Event::State(warning)).is_err() {
+                if print(&Event::Warning(warning)).is_err() {
                     return ExitCode::from(1);
                 }
             }
@@ -338,16 +334,12 @@ impl Sources {
             Err(problem) => {
                 let path = applied.path().display().to_string();
                 eprintln!("gitfeed: {path}: {problem}; keeping the running configuration");
-                let warning = StateChange {
+                let warning = Warning {
                     source: path,
-                    state: SourceState::Warning,
-                    attempt: None,
-                    reason: Some(gitfeed::Reason::Configuration),
-                    error: Some(format!("{problem}; keeping the running configuration")),
-                    detail: None,
-                    retry_in_ms: None,
+                    commit: None,
+                    message: format!("{problem}; keeping the running configuration"),
                 };
-                let _ = print(&Event::State(warning));
+                let _ = print(&Event::Warning(warning));
             }
         }
     }

@@ -185,7 +185,8 @@ pub(crate) const VERIFY_MISSING: &str =
 /// Which files of the repository a source delivers.
 ///
 /// A file is delivered when it lies under one of `directories` (if any), has one of
-/// `extensions` (if any), matches `include` (if any) and does not match `exclude`. Patterns
+/// `extensions` or matches `include` (if either is given: `extensions: ["rego"]` with
+/// `include: ["data.json"]` delivers both kinds), and does not match `exclude`. Patterns
 /// follow gitignore rules: a pattern without `/` matches a name at any depth, a leading `/`
 /// anchors it at the root, a trailing `/` matches a directory and everything in it, `**`
 /// spans directories, and a later `!pattern` re-includes what an earlier one matched.
@@ -201,11 +202,12 @@ pub(crate) const VERIFY_MISSING: &str =
 pub struct Filter {
     /// Subtrees to deliver, like `policies` or `config/prod`.
     pub directories: Vec<String>,
-    /// Patterns a file must match.
+    /// Patterns of files to deliver, besides those with one of `extensions`.
     pub include: Vec<String>,
     /// Patterns a file must not match.
     pub exclude: Vec<String>,
-    /// File extensions to deliver, with or without the dot.
+    /// File extensions to deliver (with or without the dot), besides the files `include`
+    /// matches.
     pub extensions: Vec<String>,
 }
 

@@ -40,10 +40,11 @@ pub(crate) struct Synced {
 }
 
 impl Synced {
-    /// True when the filter left nothing to report between two commits. A first update (no
-    /// `old`) is never empty: it tells the consumer where it stands.
+    /// True when there is nothing to report: the filter left no change, or the trees are the
+    /// same (a commit and its revert). Such an update is never sent, a first one neither; the
+    /// status still shows the commit reached.
     pub fn is_empty(&self) -> bool {
-        self.old.is_some() && self.changes.is_empty()
+        self.changes.is_empty()
     }
 }
 
@@ -394,11 +395,14 @@ fn fetch_and_diff(
         warnings.push(refusal);
         return Ok((seen.sent.clone().unwrap_or_default(), served_by, None));
     }
-    // The snapshot comes first: once the consumer hears of a commit, `current` shows it.
-    if let Some(dir) = &source.checkout {
-        write_snapshot(repo, source, &matcher, dir, &tip.commit, warnings)?;
-    }
     let sent = seen.sent.as_deref();
+    // The snapshot comes first: once the consumer hears of a commit, `current` shows it. It
+    // is gone through again when the commit is sent again (after a restart, say), so the
+    // warnings about what it left out go with every sending.
+    if let Some(dir) = &source.checkout {
+        let sending = sent != Some(tip.commit.as_str());
+        write_snapshot(repo, source, &matcher, dir, &tip.commit, sending, warnings)?;
+    }
     if sent == Some(tip.commit.as_str()) {
         return Ok((tip.commit, served_by, None));
     }
@@ -601,10 +605,11 @@ fn write_snapshot(
     matcher: &Matcher,
     dir: &std::path::Path,
     commit: &str,
+    sending: bool,
     warnings: &mut Vec<String>,
 ) -> Result<(), FetchError> {
     let snapshots = SnapshotDir::new(dir, source.keep_snapshots);
-    if snapshots.current().as_deref() == Some(commit) {
+    if !sending && snapshots.current().as_deref() == Some(commit) {
         return Ok(());
     }
     let files = repo.files(commit, matcher)?;

@@ -522,18 +522,15 @@ fn once_prints_warnings_before_the_update() {
         .map(|line| serde_json::from_str(line).expect("an event"))
         .collect();
     let [
-        gitfeed::Event::State(warning),
+        gitfeed::Event::Warning(warning),
         gitfeed::Event::Update(update),
     ] = &events[..]
     else {
         panic!("expected a warning, then the update: {stdout}");
     };
-    assert_eq!(warning.state, gitfeed::SourceState::Warning, "{warning:?}");
+    assert_eq!(warning.commit.as_deref(), Some(new.as_str()));
     assert!(
-        warning
-            .error
-            .as_deref()
-            .is_some_and(|said| said.contains("`deps/lib` (added)")),
+        warning.message.contains("`deps/lib` (added)"),
         "{warning:?}"
     );
     assert_eq!(update.new, new);

@@ -117,11 +117,10 @@ fn sources_come_and_go_with_the_file_and_unchanged_ones_keep_their_state() {
     // An invalid file changes nothing: a warning, and the sources go on.
     write_text(&config, r#"{"sources": [{"name": "a"}]}"#);
     let warning = run.next("the warning about the invalid file");
-    assert_eq!(warning["type"], "state");
-    assert_eq!(warning["state"], "warning");
-    assert_eq!(warning["reason"], "configuration");
+    assert_eq!(warning["type"], "warning");
     assert_eq!(warning["source"], config.display().to_string());
-    let error = warning["error"].as_str().expect("error");
+    assert_eq!(warning.get("commit"), None);
+    let error = warning["message"].as_str().expect("message");
     assert!(error.contains("missing field `url`"), "{error}");
     assert!(
         error.ends_with("keeping the running configuration"),

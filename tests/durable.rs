@@ -374,6 +374,20 @@ fn cache_removed_while_running() {
         0,
         PATIENCE,
     );
+    // The source's task writes its status once it hears of the acknowledgement; removing the
+    // directory while that file is being replaced would fail (a new file appears midway).
+    crate::util::settle(
+        || {
+            let status = gitfeed::status(cache.path()).unwrap_or_default();
+            usize::from(
+                !status
+                    .iter()
+                    .any(|s| s.acknowledged.as_ref() == Some(&first.new)),
+            )
+        },
+        0,
+        PATIENCE,
+    );
     // Everything goes: clone, acknowledgement, the cache directory itself.
     std::fs::remove_dir_all(cache.path()).expect("remove the cache");
     let new = remote.commit(&[("n.txt", Some("n\n"))], "n");

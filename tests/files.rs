@@ -6,9 +6,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use gitfeed::{
-    ChangeKind, Encoding, Filter, ReadErrorKind, Reader, Source, SourceState, sync_once,
-};
+use gitfeed::{ChangeKind, Encoding, Filter, ReadErrorKind, Reader, Source, sync_once};
 
 use crate::harness::{Running, quick_source};
 use crate::util::{Remote, git_command, unique_dir};
@@ -388,10 +386,7 @@ fn hostile_trees_never_write_outside_the_checkout() {
     let mut said = String::new();
     let update = loop {
         match feed.next(PATIENCE, "warnings, then the update") {
-            gitfeed::Event::State(state) => {
-                assert_eq!(state.state, SourceState::Warning, "{state:?}");
-                said.push_str(&state.error.unwrap_or_default());
-            }
+            gitfeed::Event::Warning(warning) => said.push_str(&warning.message),
             gitfeed::Event::Update(update) => break update,
             other => panic!("unexpected {other:?}"),
         }
@@ -498,9 +493,9 @@ fn submodules_are_left_out_everywhere_and_reported_once_per_update() {
     source.contents = Some(1 << 20);
     source.checkout = Some(checkout.clone());
     let feed = Running::start(vec![source.clone()]);
-    let warning = feed.state(PATIENCE);
-    assert_eq!(warning.state, SourceState::Warning, "{warning:?}");
-    let said = warning.error.clone().unwrap_or_default();
+    let warning = feed.warning(PATIENCE);
+    assert_eq!(warning.commit.as_deref(), Some(first.as_str()));
+    let said = warning.message.clone();
     assert!(said.contains(&first), "{said}");
     assert!(said.contains("2 submodules"), "{said}");
     assert!(said.contains("`deps/lib` (added)"), "{said}");
@@ -537,9 +532,9 @@ fn submodules_are_left_out_everywhere_and_reported_once_per_update() {
     let moved = other.commit(&[("x.txt", Some("x\n"))], "newer");
     gitlink("deps/lib", &moved);
     let third = remote.commit(&[("c.txt", Some("c\n"))], "one submodule moves");
-    let warning = feed.state(PATIENCE);
-    let said = warning.error.clone().unwrap_or_default();
-    assert_eq!(warning.state, SourceState::Warning, "{warning:?}");
+    let warning = feed.warning(PATIENCE);
+    let said = warning.message.clone();
+    assert_eq!(warning.commit.as_deref(), Some(third.as_str()));
     assert!(
         said.contains("1 submodule ") && said.contains(&third),
         "{said}"

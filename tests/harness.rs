@@ -100,6 +100,14 @@ impl Running {
         }
     }
 
+    /// The next event, which must be a warning.
+    pub fn warning(&self, within: Duration) -> gitfeed::Warning {
+        match self.next(within, "a warning") {
+            Event::Warning(warning) => warning,
+            other => panic!("expected a warning, got {other:?}"),
+        }
+    }
+
     /// Asserts that no event arrives for `quiet`.
     pub fn assert_quiet(&self, quiet: Duration) {
         let receive = async { self.events.recv().await.ok() };

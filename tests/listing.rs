@@ -44,7 +44,10 @@ fn a_restarted_consumer_gets_a_listing_then_updates() {
     let listing = running.update(WITHIN);
     assert_eq!(listing.old, None);
     assert_eq!(listing.new, first.new);
-    assert_eq!(paths(&listing), ["README.md", "a.txt", "b.txt", "src/lib.txt"]);
+    assert_eq!(
+        paths(&listing),
+        ["README.md", "a.txt", "b.txt", "src/lib.txt"]
+    );
     running
         .handle
         .acknowledge("l", &listing.new)
@@ -57,7 +60,10 @@ fn a_restarted_consumer_gets_a_listing_then_updates() {
     let listing = running.update(WITHIN);
     assert_eq!(listing.old, None);
     assert_eq!(listing.new, moved);
-    assert_eq!(paths(&listing), ["README.md", "b.txt", "c.txt", "src/lib.txt"]);
+    assert_eq!(
+        paths(&listing),
+        ["README.md", "b.txt", "c.txt", "src/lib.txt"]
+    );
     running
         .handle
         .acknowledge("l", &listing.new)

@@ -328,9 +328,9 @@ fn only_commits_signed_by_an_allowed_signer_are_delivered() {
     ] {
         let refused = signers.commit(&remote, file, key);
         feed.handle.trigger("v").expect("running");
-        let state = feed.state(PATIENCE);
-        assert_eq!(state.state, SourceState::Warning, "{state:?}");
-        let said = state.error.unwrap_or_default();
+        let warning = feed.warning(PATIENCE);
+        assert_eq!(warning.commit, None, "no update follows a refusal");
+        let said = warning.message;
         assert!(said.contains(&refused) && said.contains(reason), "{said}");
         feed.assert_quiet(Duration::from_millis(300));
     }

@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod conformance;
 mod durable;
+mod events;
 mod exec;
 mod failures;
 mod feed;

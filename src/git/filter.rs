@@ -7,8 +7,8 @@ use gix::glob::{Pattern, pattern::Case, wildmatch};
 use crate::source::Filter;
 
 /// A [`Filter`] compiled for matching. A path passes when it lies under one of the
-/// directories (if any are given), has one of the extensions (if any), matches the include
-/// patterns (if any), and does not match the exclude patterns.
+/// directories (if any are given), has one of the extensions or matches the include patterns
+/// (if either is given: they add up), and does not match the exclude patterns.
 #[derive(Debug, Default)]
 pub(crate) struct Matcher {
     directories: Vec<String>,
@@ -53,18 +53,17 @@ impl Matcher {
                 path.strip_prefix(dir.as_str())
                     .is_some_and(|rest| rest.starts_with('/'))
             });
-        let has_extension = self.extensions.is_empty()
-            || self.extensions.iter().any(|ext| {
-                path.rsplit('/').next().is_some_and(|name| {
-                    name.len() > ext.len() + 1
-                        && name.ends_with(ext.as_str())
-                        && name[..name.len() - ext.len()].ends_with('.')
-                })
-            });
-        in_directory
-            && has_extension
-            && (self.include.is_empty() || matches(&self.include, path))
-            && !matches(&self.exclude, path)
+        let has_extension = self.extensions.iter().any(|ext| {
+            path.rsplit('/').next().is_some_and(|name| {
+                name.len() > ext.len() + 1
+                    && name.ends_with(ext.as_str())
+                    && name[..name.len() - ext.len()].ends_with('.')
+            })
+        });
+        let wanted = (self.extensions.is_empty() && self.include.is_empty())
+            || has_extension
+            || matches(&self.include, path);
+        in_directory && wanted && !matches(&self.exclude, path)
     }
 }
 
@@ -184,5 +183,20 @@ mod tests {
         assert!(doublestar.accepts("a/z.txt"));
         assert!(doublestar.accepts("a/b/c/z.txt"));
         assert!(!doublestar.accepts("b/a/z.txt"));
+    }
+
+    /// Extensions and include patterns add up; directories narrow both; exclusions win.
+    #[test]
+    fn extensions_and_includes_add_up() {
+        let m = matcher(&["policies"], &["data.json"], &["*_test.rego"], &["rego"]);
+        assert!(m.accepts("policies/a.rego"));
+        assert!(m.accepts("policies/data.json"));
+        assert!(m.accepts("policies/sub/data.json"));
+        assert!(!m.accepts("data.json"), "outside the directory");
+        assert!(!m.accepts("policies/other.json"));
+        assert!(!m.accepts("policies/a_test.rego"));
+        let m = matcher(&[], &["data.json"], &[], &["rego"]);
+        assert!(m.accepts("a.rego") && m.accepts("data.json"));
+        assert!(!m.accepts("README.md"));
     }
 }

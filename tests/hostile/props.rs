@@ -830,6 +830,9 @@ fn text(rng: &mut Rng) -> String {
 }
 
 fn event(rng: &mut Rng) -> Event {
+    if rng.u8(..3) == 0 {
+        return warning(rng);
+    }
     if rng.bool() {
         let changes = (0..rng.usize(0..4))
             .map(|_| Change {
@@ -860,12 +863,7 @@ fn event(rng: &mut Rng) -> Event {
     } else {
         Event::State(StateChange {
             source: text(rng),
-            state: [
-                SourceState::Idle,
-                SourceState::Backoff,
-                SourceState::Failed,
-                SourceState::Warning,
-            ][rng.usize(..4)],
+            state: [SourceState::Idle, SourceState::Backoff, SourceState::Failed][rng.usize(..3)],
             attempt: maybe(rng, |rng| rng.u32(..)),
             reason: maybe(rng, |rng| {
                 [
@@ -880,6 +878,14 @@ fn event(rng: &mut Rng) -> Event {
             retry_in_ms: maybe(rng, |rng| rng.u64(..)),
         })
     }
+}
+
+fn warning(rng: &mut Rng) -> Event {
+    Event::Warning(gitfeed::Warning {
+        source: text(rng),
+        commit: maybe(rng, text),
+        message: text(rng),
+    })
 }
 
 /// Characters some line readers break on although JSON allows them raw inside strings.

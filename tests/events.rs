@@ -1,0 +1,92 @@
+//! Which events a consumer gets: a warning with every sending of the update it is about, and
+//! no update when there is nothing to apply.
+
+use std::time::Duration;
+
+use crate::harness::{Running, quick_source};
+use crate::util::{Remote, unique_dir};
+
+const WITHIN: Duration = Duration::from_secs(20);
+
+#[test]
+fn a_warning_goes_with_every_sending_of_its_update() {
+    let remote = Remote::new();
+    // A symlink out of the tree: the snapshot leaves it out and says so.
+    std::os::unix::fs::symlink("/etc/passwd", remote.work_path().join("out")).expect("symlink");
+    let new = remote.commit(&[("a.txt", Some("a\n"))], "a link out");
+    let cache = unique_dir();
+    let root = unique_dir();
+    let mut source = quick_source("w", &remote.file_url());
+    source.checkout = Some(root.path().join("checkout"));
+    for run in 1..=2 {
+        // Never acknowledged: a restart sends the update again, with its snapshot kept.
+        let running = Running::start_at(cache.path(), vec![source.clone()], |feed| feed);
+        let warning = running.warning(WITHIN);
+        assert_eq!(warning.commit.as_deref(), Some(new.as_str()), "run {run}");
+        assert!(
+            warning.message.contains("`out`"),
+            "run {run}: {}",
+            warning.message
+        );
+        let update = running.update(WITHIN);
+        assert_eq!(update.new, new, "run {run}");
+        let _ = running.stop();
+    }
+}
+
+#[test]
+fn an_update_with_nothing_to_apply_is_never_sent() {
+    let remote = Remote::new();
+    let mut source = quick_source("n", &remote.file_url());
+    source.interval = Duration::from_secs(3600);
+    source.filter.extensions = vec!["rego".into()];
+    let running = Running::start(vec![source.clone()]);
+    let status = |running: &Running| gitfeed::status(running.cache_dir()).expect("status");
+    // No .rego file at all: not even a first update.
+    crate::util::settle(
+        || {
+            usize::from(
+                status(&running).first().and_then(|s| s.current.clone()) != Some(remote.head()),
+            )
+        },
+        0,
+        WITHIN,
+    );
+    running.assert_quiet(Duration::from_millis(300));
+    let first = remote.head();
+    assert_eq!(
+        status(&running)[0].acknowledged.as_deref(),
+        Some(first.as_str())
+    );
+
+    let rego = remote.commit(&[("p.rego", Some("package p\n"))], "policy");
+    running.handle.trigger("n").expect("running");
+    let update = running.update(WITHIN);
+    assert_eq!(update.old.as_deref(), Some(first.as_str()));
+    assert_eq!(update.new, rego);
+    running.handle.acknowledge("n", &rego).expect("running");
+
+    // A change and its revert: the tree is back where it was, so nothing is sent, and the
+    // status shows the commit reached.
+    remote.commit(&[("p.rego", Some("package q\n"))], "change");
+    let revert = remote.commit(&[("p.rego", Some("package p\n"))], "revert");
+    running.handle.trigger("n").expect("running");
+    crate::util::settle(
+        || usize::from(status(&running)[0].current.as_deref() != Some(revert.as_str())),
+        0,
+        WITHIN,
+    );
+    running.assert_quiet(Duration::from_millis(300));
+    // Nothing to apply, and the consumer had applied everything before: acknowledged for it.
+    crate::util::settle(
+        || usize::from(status(&running)[0].acknowledged.as_deref() != Some(revert.as_str())),
+        0,
+        WITHIN,
+    );
+    // The next change starts from the revert.
+    let next = remote.commit(&[("q.rego", Some("package q\n"))], "q");
+    running.handle.trigger("n").expect("running");
+    let update = running.update(WITHIN);
+    assert_eq!(update.old.as_deref(), Some(revert.as_str()));
+    assert_eq!(update.new, next);
+}
