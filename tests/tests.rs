@@ -14,6 +14,7 @@ mod feed;
 mod files;
 mod harness;
 mod listing;
+mod policy_agent;
 mod secrets;
 mod systemd;
 mod transports;
