@@ -103,3 +103,40 @@ fn a_follower_lists_on_every_poll() {
     assert_eq!(again.old, None);
     assert_eq!(again.new, first.new);
 }
+
+/// `examples/agent.rs` keeps its files in memory: after a restart, and a commit while it was
+/// down, it holds every file again, not only the one that changed.
+#[test]
+fn the_agent_example_holds_every_file_after_a_restart() {
+    use std::io::BufRead;
+    let remote = Remote::new();
+    remote.commit(&[("a.txt", Some("a\n"))], "a");
+    let cache = unique_dir();
+    let run = || {
+        let mut child = std::process::Command::new(crate::util::example("agent"))
+            .arg(remote.file_url())
+            .env("AGENT_CACHE_DIR", cache.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run the agent");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let (send, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                let _ = send.send(line);
+            }
+        });
+        let line = lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the agent applies an update");
+        let _ = child.kill();
+        let _ = child.wait();
+        line
+    };
+    let first = run();
+    assert!(first.ends_with("+3 ~0 -0 -> 3 files, 40 bytes held"), "{first}");
+    remote.commit(&[("a.txt", Some("changed\n"))], "change a");
+    let after = run();
+    assert!(after.ends_with("+3 ~0 -0 -> 3 files, 46 bytes held"), "{after}");
+}

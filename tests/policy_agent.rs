@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{OnceLock, mpsc};
+use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
@@ -27,71 +27,6 @@ const BROKEN: &str = "package policy\n\nallow if {\n";
 const DATA_OPEN: &str = r#"{"settings": {"open": true}}"#;
 const DATA_CLOSED: &str = r#"{"settings": {"open": false}}"#;
 
-/// The example's executable, built once per test run by the cargo that runs the tests, in the
-/// profile of this test binary. `cargo test` builds the examples already (then this is a
-/// no-op), `cargo test --test tests` does not, and examples have no `CARGO_BIN_EXE_*`.
-///
-/// The variables cargo sets for the package under test are left out: build scripts that
-/// watch one of them (`CARGO_PKG_VERSION`) would otherwise see a change and rebuild, here and
-/// again at the next build from a shell.
-fn policy_agent() -> &'static Path {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        // target/<profile dir>/deps/<this binary>
-        let exe = std::env::current_exe().expect("the test binary's path");
-        let profile = match exe
-            .parent()
-            .and_then(Path::parent)
-            .and_then(Path::file_name)
-            .and_then(|name| name.to_str())
-        {
-            Some("debug") | None => "dev".to_owned(),
-            Some(other) => other.to_owned(),
-        };
-        let mut cargo = Command::new(env!("CARGO"));
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy();
-            if [
-                "CARGO_PKG_",
-                "CARGO_MANIFEST_",
-                "CARGO_CRATE_NAME",
-                "CARGO_BIN_",
-                "CARGO_PRIMARY_PACKAGE",
-                "CARGO_TARGET_TMPDIR",
-            ]
-            .iter()
-            .any(|prefix| name.starts_with(prefix))
-            {
-                cargo.env_remove(&*name);
-            }
-        }
-        let out = cargo
-            .args(["build", "--example", "policy_agent", "--profile", &profile])
-            .args([
-                "--message-format",
-                "json-render-diagnostics",
-                "--manifest-path",
-            ])
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-            .output()
-            .expect("run cargo build --example policy_agent");
-        assert!(
-            out.status.success(),
-            "cargo build --example policy_agent failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .find(|message| {
-                message["reason"] == "compiler-artifact"
-                    && message["target"]["name"] == "policy_agent"
-            })
-            .and_then(|message| message["executable"].as_str().map(PathBuf::from))
-            .expect("cargo names the example's executable")
-    })
-}
-
 /// A running policy agent and what it prints.
 struct Agent {
     child: Child,
@@ -101,7 +36,7 @@ struct Agent {
 
 impl Agent {
     fn start(url: &str, state: &Path) -> Agent {
-        let mut child = Command::new(policy_agent())
+        let mut child = Command::new(crate::util::example("policy_agent"))
             .arg(url)
             .arg("data.policy.allow")
             .arg("--state")

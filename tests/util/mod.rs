@@ -36,7 +36,11 @@ pub use repo::{Remote, git_command, git_in, name_status};
 pub use ssh::Sshd;
 pub use tls::HttpsServer;
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
 
 /// The only address any test server binds or any test client dials.
 pub const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
@@ -82,4 +86,72 @@ pub fn shell_quote(s: &str) -> String {
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
     }
+}
+
+/// The executable of example `name`, built once per test run by the cargo that runs the
+/// tests, in the profile of this test binary. `cargo test` builds the examples already (then this is a
+/// no-op), `cargo test --test tests` does not, and examples have no `CARGO_BIN_EXE_*`.
+///
+/// The variables cargo sets for the package under test are left out: build scripts that
+/// watch one of them (`CARGO_PKG_VERSION`) would otherwise see a change and rebuild, here and
+/// again at the next build from a shell.
+pub fn example(name: &str) -> PathBuf {
+    static BUILT: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
+    let mut built = BUILT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let path = built.entry(name.to_owned()).or_insert_with(|| {
+        // target/<profile dir>/deps/<this binary>
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let profile = match exe
+            .parent()
+            .and_then(Path::parent)
+            .and_then(Path::file_name)
+            .and_then(|dir| dir.to_str())
+        {
+            Some("debug") | None => "dev".to_owned(),
+            Some(other) => other.to_owned(),
+        };
+        let mut cargo = Command::new(env!("CARGO"));
+        for (var, _) in std::env::vars_os() {
+            let var = var.to_string_lossy();
+            if [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+            ]
+            .iter()
+            .any(|prefix| var.starts_with(prefix))
+            {
+                cargo.env_remove(&*var);
+            }
+        }
+        let out = cargo
+            .args(["build", "--example", name, "--profile", &profile])
+            .args([
+                "--message-format",
+                "json-render-diagnostics",
+                "--manifest-path",
+            ])
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+            .output()
+            .unwrap_or_else(|err| panic!("cannot run cargo build --example {name}: {err}"));
+        assert!(
+            out.status.success(),
+            "cargo build --example {name} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find(|message| {
+                message["reason"] == "compiler-artifact" && message["target"]["name"] == name
+            })
+            .and_then(|message| message["executable"].as_str().map(PathBuf::from))
+            .expect("cargo names the example's executable")
+    });
+    path.clone()
 }
