@@ -2,7 +2,7 @@
 //! leaves the last good policies in force, and restarts that lose nothing.
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
