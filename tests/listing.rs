@@ -135,8 +135,14 @@ fn the_agent_example_holds_every_file_after_a_restart() {
         line
     };
     let first = run();
-    assert!(first.ends_with("+3 ~0 -0 -> 3 files, 40 bytes held"), "{first}");
+    assert!(
+        first.ends_with("+3 ~0 -0 -> 3 files, 40 bytes held"),
+        "{first}"
+    );
     remote.commit(&[("a.txt", Some("changed\n"))], "change a");
     let after = run();
-    assert!(after.ends_with("+3 ~0 -0 -> 3 files, 46 bytes held"), "{after}");
+    assert!(
+        after.ends_with("+3 ~0 -0 -> 3 files, 46 bytes held"),
+        "{after}"
+    );
 }
