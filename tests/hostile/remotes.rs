@@ -712,11 +712,24 @@ fn commit_body(tree: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// A valid commit with an empty tree, and a pack holding both.
+/// A valid commit of one file (an update with nothing in it is not sent), and a pack holding
+/// the commit, its tree and the file.
 fn honest_pack() -> (String, Arc<Vec<u8>>) {
-    let commit = commit_body(EMPTY_TREE);
+    let blob: &[u8] = b"honest\n";
+    let mut tree = b"100644 honest.txt\0".to_vec();
+    let blob_id = wire::object_id(Kind::Blob, blob);
+    let raw: Vec<u8> = (0..blob_id.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(&blob_id[at..at + 2], 16).expect("hex"))
+        .collect();
+    tree.extend_from_slice(&raw);
+    let commit = commit_body(&wire::object_id(Kind::Tree, &tree));
     let id = wire::object_id(Kind::Commit, &commit);
-    let pack = wire::pack(&[(Kind::Tree, b""), (Kind::Commit, &commit)]);
+    let pack = wire::pack(&[
+        (Kind::Blob, blob),
+        (Kind::Tree, &tree),
+        (Kind::Commit, &commit),
+    ]);
     (id, Arc::new(pack))
 }
 
