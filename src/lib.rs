@@ -47,6 +47,7 @@ mod failure;
 mod feed;
 mod git;
 pub mod machine;
+mod progress;
 mod reader;
 mod reason;
 mod snapshot;
@@ -65,6 +66,7 @@ pub use feed::{
     sync_once,
 };
 pub use machine::ErrorKind;
+pub use progress::{Progress, ProgressPhase};
 pub use reader::{File, FileType, ReadError, ReadErrorKind, Reader};
 pub use reason::Reason;
 pub use source::{Filter, Source, SourceError, Verify, parse_duration};

@@ -1,6 +1,7 @@
 //! The `gitfeed` command: follow a git branch and print its events as NDJSON.
 
 mod pid1;
+mod progress_line;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -9,6 +10,8 @@ use std::process::ExitCode;
 use gitfeed::{Event, Feed, FeedHandle, Source, SourceState, StateChange, parse_duration};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
+
+use crate::progress_line::ProgressLine;
 
 const USAGE: &str = "\
 Follow a git branch and print what changed, one JSON event per line.
@@ -78,7 +81,9 @@ Durations are written like 250ms, 30s, 5m or 1h.
 
 Events go to stdout, one line each; an update counts as acknowledged once its line is
 written and flushed. Logs go to stderr, at the level set by RUST_LOG (error, warn, info,
-debug, trace or off; default warn).
+debug, trace or off; default warn). A clone or fetch that receives a pack for longer than a
+second shows its progress on stderr: one line rewritten in place on a terminal, otherwise an
+info log line about once a second.
 
 Signals: SIGHUP makes `watch` poll at once; SIGTERM and SIGINT stop it cleanly (exit 0).
 Started as PID 1 (in a container), gitfeed runs itself as a child and stays as a minimal
@@ -167,7 +172,12 @@ fn watch_once(cache_dir: &std::path::Path, source: &Source) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match follower.poll() {
+    let shown = ProgressLine::wanted().then(|| ProgressLine::start(follower.progress()));
+    let polled = follower.poll();
+    if let Some(shown) = shown {
+        shown.stop();
+    }
+    match polled {
         Ok(update) => {
             // As `watch` prints them: what was left out, before the update it concerns.
             for warning in follower.warnings() {
@@ -231,7 +241,11 @@ fn watch(cache_dir: PathBuf, source: Source) -> ExitCode {
             }
         }
     });
+    let shown = ProgressLine::wanted().then(|| ProgressLine::start(feed.progress()));
     feed.run();
+    if let Some(shown) = shown {
+        shown.stop();
+    }
     signals.stop();
     let _ = printer.join();
     ExitCode::SUCCESS
@@ -274,6 +288,7 @@ impl SignalActions {
 
 /// Writes one event as a line and flushes it, so a consumer reading the pipe sees it at once.
 fn print(event: &Event) -> std::io::Result<()> {
+    progress_line::clear();
     let mut line = serde_json::to_vec(event).map_err(std::io::Error::other)?;
     line.push(b'\n');
     let mut stdout = std::io::stdout().lock();
@@ -634,6 +649,7 @@ impl log::Log for Logger {
 
     fn log(&self, record: &log::Record<'_>) {
         if self.enabled(record.metadata()) {
+            progress_line::clear();
             let level = record.level().as_str().to_lowercase();
             let _ = writeln!(
                 std::io::stderr().lock(),

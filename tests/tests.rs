@@ -10,5 +10,6 @@ mod failures;
 mod feed;
 mod files;
 mod harness;
+mod progress;
 mod secrets;
 mod transports;
