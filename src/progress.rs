@@ -141,7 +141,7 @@ impl fmt::Display for Bytes {
 /// How often samples are sent at most.
 const INTERVAL: Duration = Duration::from_secs(1);
 
-/// How often an attempt that has not started receiving a pack yet looks again.
+/// How often the counter is looked at once the attempt has run for a second.
 const CHECK: Duration = Duration::from_millis(200);
 
 /// Samples an [`Outlet`] keeps for a reader that falls behind; older ones are dropped.
@@ -271,8 +271,8 @@ pub(crate) struct Reporter<'a> {
     source: &'a str,
     counter: &'a Counter,
     started: Instant,
-    /// The phase of the last sample sent, if any.
-    last: Cell<Option<ProgressPhase>>,
+    /// The phase of the last sample sent and when it was taken, if any was.
+    last: Cell<Option<(ProgressPhase, Instant)>>,
 }
 
 impl<'a> Reporter<'a> {
@@ -291,20 +291,22 @@ impl<'a> Reporter<'a> {
         }
     }
 
-    /// Sends a sample about once a second while a pack arrives; never returns. The first comes
-    /// a second after the attempt started, each next one a second after the one before at the
-    /// earliest, however late the timer fires.
+    /// Sends a sample about once a second while a pack arrives, and the `finished` one soon
+    /// after it is in; never returns. Nothing is sent in the attempt's first second, and
+    /// samples of a pack arriving are a second apart at least, however late the timer fires.
     pub async fn run<T>(&self) -> T {
         let mut next = self.started + INTERVAL;
         loop {
             clock::sleep_until(next).await;
             let now = Instant::now();
-            next = now + if self.publish(now) { INTERVAL } else { CHECK };
+            self.publish(now);
+            next = now + CHECK;
         }
     }
 
-    /// Sends the sample of `now`, if there is anything to tell: a pack arriving or being
-    /// resolved, or one that finished after earlier samples. Returns whether it sent one.
+    /// Sends the sample of `now`, if it is time to tell anything: a pack arriving or being
+    /// resolved, a second after the sample before; or that it is in, when earlier samples
+    /// told it was coming. Returns whether it sent one.
     fn publish(&self, now: Instant) -> bool {
         let Some(sample) = self
             .counter
@@ -312,29 +314,33 @@ impl<'a> Reporter<'a> {
         else {
             return false;
         };
-        if sample.phase == ProgressPhase::Finished
-            && matches!(self.last.get(), None | Some(ProgressPhase::Finished))
-        {
+        let due = match (sample.phase, self.last.get()) {
             // Finished before anyone was told it started, or already told.
-            return false;
+            (ProgressPhase::Finished, None | Some((ProgressPhase::Finished, _))) => false,
+            (ProgressPhase::Finished, Some(_)) | (_, None) => true,
+            (_, Some((_, at))) => now >= at + INTERVAL,
+        };
+        if due {
+            self.send(sample, now);
         }
-        self.send(sample);
-        true
+        due
     }
 
     /// After the attempt: the last sample, unless none was sent or the last one sent said so.
     pub fn finish(&self) {
-        if matches!(self.last.get(), None | Some(ProgressPhase::Finished)) {
+        if matches!(self.last.get(), None | Some((ProgressPhase::Finished, _))) {
             return;
         }
-        if let Some(mut sample) = self.counter.sample(self.source, self.started.elapsed()) {
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.started);
+        if let Some(mut sample) = self.counter.sample(self.source, elapsed) {
             sample.phase = ProgressPhase::Finished;
-            self.send(sample);
+            self.send(sample, now);
         }
     }
 
-    fn send(&self, sample: Progress) {
-        self.last.set(Some(sample.phase));
+    fn send(&self, sample: Progress, now: Instant) {
+        self.last.set(Some((sample.phase, now)));
         // A reader that falls behind loses the oldest samples, never the newest; a closed
         // channel means nobody reads any more.
         let _ = self.sink.force_send(sample);
@@ -435,9 +441,14 @@ mod tests {
             ),
             (ProgressPhase::Receiving, 4, 10, 4_000, 1_400)
         );
+        assert!(!reporter.publish(at(2_399)), "a second apart");
+        assert!(reporter.publish(at(2_400)));
+        assert_eq!(receiver.try_recv().expect("a sample").elapsed_ms, 2_400);
+        counter.resolving();
+        assert!(!reporter.publish(at(3_000)), "a second apart");
         counter.objects(10);
         counter.done();
-        assert!(reporter.publish(at(2_400)));
+        assert!(reporter.publish(at(3_000)), "told at once");
         assert_eq!(
             receiver.try_recv().expect("the last sample").phase,
             ProgressPhase::Finished
