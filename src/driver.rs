@@ -54,6 +54,8 @@ pub(crate) struct Shared {
     /// write it queue here instead of failing on the clone's file lock, which only has to keep
     /// other processes out.
     pub clone_turns: std::sync::Mutex<HashMap<PathBuf, Arc<std::sync::Mutex<()>>>>,
+    /// Where progress samples go, when someone asked for them.
+    pub progress: crate::progress::Outlet,
 }
 
 impl Shared {
@@ -371,6 +373,7 @@ async fn attempt(
 
     let mut target = work::target(source);
     target.many_refs = Arc::clone(many_refs);
+    let counter = Arc::clone(&target.progress);
     let cancel = Arc::new(Cancel::default());
     let holding = Arc::new(AtomicBool::new(false));
     let (done_tx, done_rx) = async_channel::bounded(1);
@@ -433,7 +436,23 @@ async fn attempt(
             }
         }
     };
-    let mut outcome = finished.or(deadline).or(stopped).or(oversized).await;
+    // Samples of what the thread receives, about once a second, for whoever asked for them.
+    let reporter = shared
+        .progress
+        .sender()
+        .map(|sink| crate::progress::Reporter::new(sink, &source.name, &counter, started));
+    let report = async {
+        match &reporter {
+            Some(reporter) => reporter.run().await,
+            None => smol::future::pending().await,
+        }
+    };
+    let mut outcome = finished
+        .or(deadline)
+        .or(stopped)
+        .or(oversized)
+        .or(report)
+        .await;
     if outcome.is_none() {
         let too_large = receiving() > source.max_pack_size;
         cancel.cancel();
@@ -466,6 +485,9 @@ async fn attempt(
     }
     // The thread sent its outcome as its last act; joining returns at once.
     let _ = thread.join();
+    if let Some(reporter) = &reporter {
+        reporter.finish();
+    }
     log::debug!(
         "{}: attempt took {} ms",
         source.name,

@@ -12,6 +12,7 @@ use smol::lock::Semaphore;
 use crate::driver::{self, Control, Shared};
 use crate::event::{Event, Update};
 use crate::machine::ErrorKind;
+use crate::progress::{Outlet, Progress};
 use crate::reason::Reason;
 use crate::source::{Source, SourceError};
 
@@ -49,6 +50,7 @@ pub struct Feed {
     events_tx: Sender<Event>,
     events_rx: Receiver<Event>,
     shutdown_rx: Receiver<()>,
+    progress: Outlet,
 }
 
 /// Controls a [`Feed`] from anywhere: cheap to clone, `Send` and `Sync`.
@@ -103,6 +105,7 @@ impl Feed {
             events_tx,
             events_rx,
             shutdown_rx,
+            progress: Outlet::default(),
         }
     }
 
@@ -116,6 +119,28 @@ impl Feed {
     /// It closes when the feed has stopped.
     pub fn events(&self) -> Receiver<Event> {
         self.events_rx.clone()
+    }
+
+    /// The channel of progress samples: how each attempt that receives a pack for longer than
+    /// a second is getting on, about once a second per source (see [`Progress`]). Apart from
+    /// the events, so progress never holds an event back.
+    ///
+    /// Nothing is sampled until this is called, nor once every receiver it handed out is
+    /// dropped. The channel holds the latest 64 samples: when the consumer falls behind, the
+    /// oldest are dropped, and the fetch never waits for it. Every clone receives a share of
+    /// the samples, not a copy of each. It closes when the feed has stopped.
+    ///
+    /// ```no_run
+    /// let feed = gitfeed::Feed::new("/var/cache/gitfeed");
+    /// let progress = feed.progress();
+    /// std::thread::spawn(move || {
+    ///     while let Ok(sample) = progress.recv_blocking() {
+    ///         eprintln!("{sample}"); // policies: receiving objects 12,345/45,000, 61.2 MiB
+    ///     }
+    /// });
+    /// ```
+    pub fn progress(&self) -> Receiver<Progress> {
+        self.progress.receiver()
     }
 
     /// A handle to add, remove and trigger sources and to shut the feed down.
@@ -150,6 +175,7 @@ impl Feed {
             events_tx,
             events_rx: _,
             shutdown_rx,
+            progress,
         } = self;
         // Only the handles given out keep the command channel open; the feed's own copy must
         // not, or the loop below would never see the last handle go away.
@@ -161,6 +187,7 @@ impl Feed {
             kept_handles: Default::default(),
             clone_turns: Default::default(),
             shutdown: shutdown_rx,
+            progress,
         });
         // Per source: its cache key, its task's control channel, and whether its `exec`
         // command acknowledges its updates (the consumer's acknowledgements are then ignored).
@@ -232,6 +259,7 @@ impl Feed {
             task.await;
         }
         shared.events.close();
+        shared.progress.close();
     }
 }
 
@@ -403,6 +431,7 @@ impl Follower {
                 kept_handles: Default::default(),
                 clone_turns: Default::default(),
                 shutdown,
+                progress: Outlet::default(),
             },
             source,
             handle: None,
@@ -436,6 +465,30 @@ impl Follower {
     /// The commit last acknowledged; see [`acknowledged`].
     pub fn acknowledged(&self) -> Option<String> {
         acknowledged(&self.shared.cache_dir, &self.source)
+    }
+
+    /// The channel of progress samples of this follower's polls, as [`Feed::progress`] gives
+    /// them: about once a second while a poll receives a pack for longer than a second, ending
+    /// with a [`Finished`](crate::ProgressPhase::Finished) sample. [`poll`](Follower::poll)
+    /// holds the calling thread, so read it on another one. It closes when the follower is
+    /// dropped.
+    ///
+    /// ```no_run
+    /// let source = gitfeed::Source::new("p", "https://example.org/p.git");
+    /// let mut follower = gitfeed::Follower::new("/var/cache/gitfeed", &source)?;
+    /// let progress = follower.progress();
+    /// let shown = std::thread::spawn(move || {
+    ///     while let Ok(sample) = progress.recv_blocking() {
+    ///         eprintln!("{sample}");
+    ///     }
+    /// });
+    /// let update = follower.poll()?;
+    /// drop(follower);
+    /// shown.join().unwrap();
+    /// # Ok::<(), gitfeed::SyncError>(())
+    /// ```
+    pub fn progress(&self) -> Receiver<Progress> {
+        self.shared.progress.receiver()
     }
 
     /// Records that the consumer has applied the update to `commit`.

@@ -4,7 +4,8 @@
 //! of an attempt), runs on a smol executor, and sends [`Event`]s on a channel: an [`Update`]
 //! listing the [`Change`]s between the last delivered commit and the new one, and a
 //! [`StateChange`] whenever a source's health changes, with the [`Reason`] of a failure, which
-//! is the same on every transport.
+//! is the same on every transport. A long clone or fetch reports its [`Progress`] on a channel
+//! of its own, for a consumer that asks ([`Feed::progress`]).
 //!
 //! Every fetch attempt ends on time and gives back what it took: a hung remote costs one attempt
 //! deadline, never a stuck thread, a descriptor or a child process. The pure [`machine::Machine`]
@@ -48,6 +49,7 @@ mod failure;
 mod feed;
 mod git;
 pub mod machine;
+mod progress;
 mod reader;
 mod reason;
 mod snapshot;
@@ -66,6 +68,7 @@ pub use feed::{
     acknowledged, sync_once,
 };
 pub use machine::ErrorKind;
+pub use progress::{Progress, ProgressPhase};
 pub use reader::{File, FileType, ReadError, ReadErrorKind, Reader};
 pub use reason::Reason;
 pub use source::{Filter, Source, SourceError, Verify, parse_duration};

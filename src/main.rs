@@ -2,6 +2,7 @@
 
 mod config;
 mod pid1;
+mod progress_line;
 mod systemd;
 
 use std::io::{IsTerminal, Write};
@@ -11,6 +12,8 @@ use std::process::ExitCode;
 use gitfeed::{Event, Feed, FeedHandle, Source, Warning, parse_duration};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
+
+use crate::progress_line::ProgressLine;
 
 const USAGE: &str = r#"Follow a git branch and print what changed, one JSON event per line.
 
@@ -98,7 +101,9 @@ Durations are written like 250ms, 30s, 5m or 1h.
 
 Events go to stdout, one line each; an update counts as acknowledged once its line is
 written and flushed. Logs go to stderr, at the level set by RUST_LOG (error, warn, info,
-debug, trace or off; default warn).
+debug, trace or off; default warn). A clone or fetch that receives a pack for longer than a
+second shows its progress on stderr: one line rewritten in place on a terminal, otherwise an
+info log line about once a second.
 
 With --exec, CMD gets the update's JSON on stdin and GITFEED_SOURCE, GITFEED_REF,
 GITFEED_OLD (empty on a first update), GITFEED_NEW and, with --checkout, GITFEED_CHECKOUT
@@ -196,7 +201,12 @@ fn watch_once(cache_dir: &std::path::Path, source: &Source) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match follower.poll() {
+    let shown = ProgressLine::wanted().then(|| ProgressLine::start(follower.progress()));
+    let polled = follower.poll();
+    if let Some(shown) = shown {
+        shown.stop();
+    }
+    match polled {
         Ok(update) => {
             // As `watch` prints them: what was left out, before the update it concerns.
             for message in follower.warnings() {
@@ -292,11 +302,15 @@ fn serve(feed: Feed, sources: Sources) -> ExitCode {
             }
         }
     });
+    let shown = ProgressLine::wanted().then(|| ProgressLine::start(feed.progress()));
     // The feed's own loop, with the service manager's notifications as a task beside it: the
     // watchdog is fed only while this loop runs.
     let executor = smol::LocalExecutor::new();
     let _notifier = systemd::Notifier::from_env().map(|notifier| executor.spawn(notifier.run()));
     gitfeed::block_on(executor.run(feed.run_on(&executor)));
+    if let Some(shown) = shown {
+        shown.stop();
+    }
     control.stop();
     let _ = printer.join();
     ExitCode::SUCCESS
@@ -433,6 +447,7 @@ impl Control {
 
 /// Writes one event as a line and flushes it, so a consumer reading the pipe sees it at once.
 fn print(event: &Event) -> std::io::Result<()> {
+    progress_line::clear();
     let mut line = serde_json::to_vec(event).map_err(std::io::Error::other)?;
     line.push(b'\n');
     let mut stdout = std::io::stdout().lock();
@@ -833,6 +848,7 @@ impl log::Log for Logger {
 
     fn log(&self, record: &log::Record<'_>) {
         if self.enabled(record.metadata()) {
+            progress_line::clear();
             let level = record.level().as_str().to_lowercase();
             let _ = writeln!(
                 std::io::stderr().lock(),

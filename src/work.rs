@@ -704,5 +704,6 @@ pub(crate) fn target(source: &Source) -> Target {
         index_threads: source.index_threads,
         many_refs: Default::default(),
         peek: false,
+        progress: Default::default(),
     }
 }

@@ -15,6 +15,7 @@ mod files;
 mod harness;
 mod listing;
 mod policy_agent;
+mod progress;
 mod secrets;
 mod systemd;
 mod transports;

@@ -24,6 +24,8 @@ use std::sync::atomic::AtomicBool;
 use gix::error::ErrorExt;
 use gix_pack::data::entry::Header;
 
+use crate::progress::Counter;
+
 /// Bytes inflated per step while an entry streams past.
 const CHUNK: usize = 64 * 1024;
 
@@ -49,7 +51,8 @@ pub(super) enum Failure {
 
 /// Streams the pack from `reader` into a temporary file in `pack_dir`, indexes it with
 /// `threads` threads (`0`: one per core) and moves both into place as `pack-<hash>.{pack,idx}`.
-/// An empty pack (no objects) writes nothing and returns `Ok(None)`.
+/// An empty pack (no objects) writes nothing and returns `Ok(None)`. `progress` counts the
+/// objects and bytes as they arrive.
 ///
 /// Memory: besides 64 KiB buffers and about 100 bytes per object, only what resolving deltas
 /// needs. An object stored whole that no delta builds on (a large file, typically) is hashed
@@ -61,11 +64,13 @@ pub(super) fn write(
     threads: usize,
     object_hash: gix::hash::Kind,
     should_interrupt: &AtomicBool,
+    progress: &Counter,
 ) -> Result<Option<Written>, Failure> {
     let other = |err: io::Error| Failure::Other(err.raise());
     let temp = TempPath::new(pack_dir);
     let file = File::create(&temp.0).map_err(other)?;
-    let mut entries = Entries::new(reader, file, object_hash, should_interrupt).map_err(other)?;
+    let mut entries =
+        Entries::new(reader, file, object_hash, should_interrupt, progress).map_err(other)?;
     let version = entries.version;
     // The count comes from the remote: a lying header must not reserve memory up front.
     let mut records = Vec::with_capacity((entries.objects_left as usize).min(1 << 16));
@@ -77,6 +82,7 @@ pub(super) fn write(
         return Ok(None);
     };
     drop(entries);
+    progress.resolving();
 
     // The bases deltas need must go through gix's delta resolution; every other object stored
     // whole already has its id.
@@ -272,6 +278,7 @@ struct Entries<'a> {
     tee: Tee<'a>,
     version: gix_pack::data::Version,
     objects_left: u32,
+    objects: u32,
     object_hash: gix::hash::Kind,
     inflate: gix::zlib::Decompress,
     buf: Vec<u8>,
@@ -295,8 +302,10 @@ impl<'a> Entries<'a> {
         file: File,
         object_hash: gix::hash::Kind,
         should_interrupt: &'a AtomicBool,
+        progress: &'a Counter,
     ) -> io::Result<Self> {
         let mut tee = Tee {
+            progress,
             inner: reader,
             out: BufWriter::with_capacity(CHUNK, file),
             pack_hash: Some(gix::hash::hasher(object_hash)),
@@ -308,10 +317,12 @@ impl<'a> Entries<'a> {
         tee.read_exact(&mut header)?;
         let (version, objects_left) = gix_pack::data::header::decode(&header)
             .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err.to_string()))?;
+        progress.start(u64::from(objects_left));
         Ok(Entries {
             tee,
             version,
             objects_left,
+            objects: objects_left,
             object_hash,
             inflate: gix::zlib::Decompress::new(),
             buf: vec![0; CHUNK],
@@ -377,6 +388,9 @@ impl<'a> Entries<'a> {
         let compressed_size = self.tee.offset - pack_offset - header_size;
         let crc32 = self.tee.crc.take().map(crc32fast::Hasher::finalize);
         self.objects_left -= 1;
+        self.tee
+            .progress
+            .objects(u64::from(self.objects - self.objects_left));
         if self.objects_left == 0 {
             self.trailer = Some(self.finish()?);
         }
@@ -445,6 +459,8 @@ impl Iterator for Entries<'_> {
 /// checksumming) every byte that is consumed.
 struct Tee<'a> {
     inner: &'a mut dyn BufRead,
+    /// Told the pack's size so far after every step.
+    progress: &'a Counter,
     out: BufWriter<File>,
     /// Over everything before the trailer; taken when the trailer is read.
     pack_hash: Option<gix::hash::Hasher>,
@@ -492,6 +508,7 @@ impl Tee<'_> {
             crc.update(bytes);
         }
         self.offset += bytes.len() as u64;
+        self.progress.bytes(self.offset);
         let consumed = bytes.len();
         self.inner.consume(consumed);
         result
@@ -502,6 +519,8 @@ impl Tee<'_> {
 mod tests {
     use std::process::{Command, Stdio};
     use std::sync::atomic::AtomicBool;
+
+    use crate::progress::Counter;
 
     fn git(dir: &std::path::Path, args: &[&str], input: Option<&[u8]>) -> Vec<u8> {
         let mut child = Command::new("git")
@@ -589,12 +608,14 @@ mod tests {
         let out = dir.path().join("out");
         std::fs::create_dir(&out).expect("output directory");
         let mut reader = std::io::BufReader::new(std::fs::File::open(&pack).expect("the pack"));
+        let progress = Counter::default();
         let written = super::write(
             &mut reader,
             &out,
             2,
             gix::hash::Kind::Sha1,
             &AtomicBool::new(false),
+            &progress,
         )
         .unwrap_or_else(|err| panic!("{err:?}"))
         .expect("a pack with objects");
@@ -602,6 +623,14 @@ mod tests {
             written.data_path.file_name(),
             pack.file_name(),
             "named after the same checksum"
+        );
+        // Every object and every byte of the pack was counted.
+        let size = std::fs::metadata(&pack).expect("the pack").len();
+        let objects = u64::try_from(expected.len() - 8 - 256 * 4 - 40).expect("size") / 28;
+        assert_eq!(
+            progress.totals(),
+            (objects, objects, size),
+            "objects received, objects announced, bytes received"
         );
         let index = std::fs::read(written.data_path.with_extension("idx")).expect("our index");
         assert!(index == expected, "the index differs from git's");
@@ -650,6 +679,7 @@ mod tests {
             1,
             gix::hash::Kind::Sha1,
             &AtomicBool::new(false),
+            &Counter::default(),
         );
         match result {
             Err(super::Failure::Thin(path)) => {

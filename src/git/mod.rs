@@ -88,6 +88,8 @@ pub(crate) struct Target {
     /// Only ask the remote where the ref points: fail instead of receiving anything when it
     /// moved, and write nothing. See [`Repo::peek`].
     pub peek: bool,
+    /// What the attempt has received of the pack so far, for its progress samples.
+    pub progress: Arc<crate::progress::Counter>,
 }
 
 /// The followed ref on the remote after a fetch.

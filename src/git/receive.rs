@@ -184,15 +184,17 @@ pub(super) fn receive<T: Transport>(
     let outcome = gix::protocol::fetch(
         &mut negotiate,
         |reader, progress, should_interrupt| {
-            written = receive_pack(
+            let received = receive_pack(
                 repo,
                 reader,
                 progress,
                 should_interrupt,
                 &pack_dir,
-                target.index_threads,
+                target,
                 thin_options,
-            )?;
+            );
+            target.progress.done();
+            written = received?;
             Ok(true)
         },
         gix::progress::Discard,
@@ -271,19 +273,27 @@ struct Received {
     created: bool,
 }
 
-/// Writes and indexes the pack `reader` delivers; a thin pack is completed from the
-/// repository's objects by gix. `None` for an empty pack.
+/// Writes and indexes the pack `reader` delivers, counting what arrives in the target's
+/// progress; a thin pack is completed from the repository's objects by gix. `None` for an
+/// empty pack.
 fn receive_pack(
     repo: &gix::Repository,
     reader: &mut dyn std::io::BufRead,
     progress: &mut dyn gix::progress::DynNestedProgress,
     should_interrupt: &std::sync::atomic::AtomicBool,
     pack_dir: &std::path::Path,
-    threads: usize,
+    target: &Target,
     thin_options: gix_pack::bundle::write::Options,
 ) -> gix::Result<Option<Received>> {
     let object_hash = repo.object_hash();
-    match indexer::write(reader, pack_dir, threads, object_hash, should_interrupt) {
+    match indexer::write(
+        reader,
+        pack_dir,
+        target.index_threads,
+        object_hash,
+        should_interrupt,
+        &target.progress,
+    ) {
         Ok(written) => Ok(written.map(|written| Received {
             data_path: written.data_path,
             created: written.created,

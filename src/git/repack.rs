@@ -681,6 +681,8 @@ fn write_pack(
         thread_limit.unwrap_or(0),
         object_hash,
         should_interrupt,
+        // Consolidation is not a transfer: nobody samples this.
+        &crate::progress::Counter::default(),
     );
     let generating_failure = || reader.into_inner().encoder.input.failure.take();
     match result {

@@ -413,12 +413,15 @@ pub struct FaultServer {
 
 struct GitFaults {
     backend: Option<u16>,
+    /// Bytes a second the backend's answers are relayed at, at most; `None`: as fast as they
+    /// come.
+    rate: Option<u64>,
 }
 
 impl Service for GitFaults {
     fn serve(&self, ctx: &Ctx, stream: TcpStream) {
         match self.backend {
-            Some(port) => relay(ctx, stream, port),
+            Some(port) => relay(ctx, stream, port, self.rate),
             None => close_politely(stream),
         }
     }
@@ -440,8 +443,9 @@ impl Service for GitFaults {
 }
 
 /// Copies bytes both ways between `client` and the backend on `port` until
-/// both directions are finished.
-fn relay(ctx: &Ctx, client: TcpStream, port: u16) {
+/// both directions are finished; what the backend sends goes at `rate` bytes
+/// a second at most.
+fn relay(ctx: &Ctx, client: TcpStream, port: u16, rate: Option<u64>) {
     let Ok(backend) = TcpStream::connect(super::loopback(port)) else {
         return close_politely(client);
     };
@@ -453,16 +457,43 @@ fn relay(ctx: &Ctx, client: TcpStream, port: u16) {
             let _ = io::copy(&mut &client, &mut &backend);
             let _ = backend.shutdown(Shutdown::Write);
         });
-        let _ = io::copy(&mut &backend, &mut &client);
+        let _ = match rate {
+            Some(rate) => copy_slowly(ctx, &backend, &client, rate),
+            None => io::copy(&mut &backend, &mut &client),
+        };
         let _ = client.shutdown(Shutdown::Write);
     });
+}
+
+/// Copies `from` to `to` in slices of a tenth of `rate`, each sent when the
+/// bytes before it have taken their time at `rate` bytes a second.
+fn copy_slowly(ctx: &Ctx, from: &TcpStream, to: &TcpStream, rate: u64) -> io::Result<u64> {
+    let started = Instant::now();
+    let mut buf = vec![0u8; (rate / 10).max(1) as usize];
+    let mut sent = 0u64;
+    loop {
+        let n = (&*from).read(&mut buf)?;
+        if n == 0 {
+            return Ok(sent);
+        }
+        let due = started + Duration::from_secs_f64(sent as f64 / rate as f64);
+        if !ctx.pause(due.saturating_duration_since(Instant::now())) {
+            return Ok(sent);
+        }
+        (&*to).write_all(&buf[..n])?;
+        sent += n as u64;
+    }
 }
 
 impl FaultServer {
     /// A git:// server with nothing behind it, starting with `fault`.
     pub fn start(fault: Fault) -> FaultServer {
+        let service = GitFaults {
+            backend: None,
+            rate: None,
+        };
         FaultServer {
-            acceptor: Acceptor::start(Arc::new(GitFaults { backend: None }), fault),
+            acceptor: Acceptor::start(Arc::new(service), fault),
         }
     }
 
@@ -472,9 +503,23 @@ impl FaultServer {
     pub fn in_front_of(backend_port: u16, fault: Fault) -> FaultServer {
         let service = GitFaults {
             backend: Some(backend_port),
+            rate: None,
         };
         FaultServer {
             acceptor: Acceptor::start(Arc::new(service), fault),
+        }
+    }
+
+    /// A git:// server that relays to 127.0.0.1:`backend_port` and sends
+    /// what the backend answers at `bytes_per_second` at most: a clone of a
+    /// few MiB then takes seconds on any machine.
+    pub fn throttled(backend_port: u16, bytes_per_second: u64) -> FaultServer {
+        let service = GitFaults {
+            backend: Some(backend_port),
+            rate: Some(bytes_per_second),
+        };
+        FaultServer {
+            acceptor: Acceptor::start(Arc::new(service), Fault::None),
         }
     }
 
