@@ -910,7 +910,7 @@ fn run_feed_child(sources: usize) -> ! {
             }
         })
         .detach();
-    gitfeed::block_on(executor.run(feed.run_on(&executor)));
+    gitfeed::block_on(executor.run(feed.run_async()));
     std::process::exit(0)
 }
 

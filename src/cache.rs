@@ -83,6 +83,12 @@ impl Entry {
         let state = State {
             delivered: Some(commit.to_owned()),
         };
+        // A consumer's thread and the feed's may both record at once: one at a time, or they
+        // would write the same temporary file.
+        static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _writing = WRITING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let temporary = self.dir.join("state.json.tmp");
         let result = (|| {
             let mut file = fs::File::create(&temporary)?;

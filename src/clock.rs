@@ -4,7 +4,7 @@
 //! keeps it for the life of the process. A feed needs nothing from a reactor but timers: on
 //! its own loop ([`block_on`]), its timers go into a queue that the loop checks before it
 //! parks the thread until the earliest deadline or a wakeup. On any other executor (a
-//! caller's, through `Feed::run_on`), [`sleep_until`] falls back to smol's timer.
+//! caller's, through `Feed::run_async`), [`sleep_until`] falls back to smol's timer.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -64,14 +64,13 @@ impl Drop for Restore {
 /// let events = feed.events();
 /// let _handle = feed.handle();
 /// let executor = smol::LocalExecutor::new();
-/// executor
-///     .spawn(async move {
-///         while let Ok(event) = events.recv().await {
-///             println!("{event:?}");
-///         }
-///     })
-///     .detach();
-/// gitfeed::block_on(executor.run(feed.run_on(&executor)));
+/// executor.spawn(feed.run_async()).detach();
+/// // Until the feed shuts down and its channel closes.
+/// gitfeed::block_on(executor.run(async move {
+///     while let Ok(event) = events.recv().await {
+///         println!("{event:?}");
+///     }
+/// }));
 /// ```
 ///
 /// Futures that need smol's reactor (its timers, `Async` IO) still work under it: the reactor

@@ -237,6 +237,7 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
                     message,
                 );
             }
+            note_acknowledged(&entry, &machine, &mut status, &seen);
         }
         let timeout = machine.poll_timeout();
         let wake = async {
@@ -267,10 +268,15 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
             ),
             Wake::Removed => return,
         }
-        if status.acknowledged != seen.acknowledged {
-            status.acknowledged.clone_from(&seen.acknowledged);
-            record_status(&entry, &machine, &mut status);
-        }
+        note_acknowledged(&entry, &machine, &mut status, &seen);
+    }
+}
+
+/// Writes the status again when the consumer has acknowledged something since it was written.
+fn note_acknowledged(entry: &cache::Entry, machine: &Machine, status: &mut Status, seen: &Seen) {
+    if status.acknowledged != seen.acknowledged {
+        status.acknowledged.clone_from(&seen.acknowledged);
+        record_status(entry, machine, status);
     }
 }
 

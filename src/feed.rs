@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 
 use async_channel::{Receiver, Sender};
 use smol::LocalExecutor;
@@ -23,7 +24,7 @@ pub const DEFAULT_CONCURRENT_FETCHES: usize = 4;
 /// Follows a set of sources and sends their [`Event`]s on a channel.
 ///
 /// Build it with [`Feed::new`], keep [`Feed::events`] and a [`Feed::handle`], then run it:
-/// [`Feed::run`] on a thread of its own, or [`Feed::run_on`] on your `LocalExecutor`. Sources
+/// [`Feed::run`] on a thread of its own, or [`Feed::run_async`] as a task beside your own. Sources
 /// can be added, changed, triggered and removed before and while it runs, from any thread.
 ///
 /// ```no_run
@@ -58,6 +59,19 @@ pub struct Feed {
 pub struct FeedHandle {
     commands: Sender<Command>,
     shutdown: Sender<()>,
+    cache_dir: PathBuf,
+    /// The sources added and not removed, by name, so that an acknowledgement is checked and
+    /// recorded by the caller, at once.
+    sources: Arc<Mutex<HashMap<String, Registered>>>,
+}
+
+/// What [`FeedHandle::acknowledge`] needs to know of a source.
+#[derive(Debug, Clone)]
+struct Registered {
+    /// Its entry in the cache, where the acknowledged commit is kept.
+    key: String,
+    /// Whether its `exec` command acknowledges its updates instead of the consumer.
+    by_exec: bool,
 }
 
 #[derive(Debug)]
@@ -68,18 +82,29 @@ enum Command {
     Acknowledge(String, String),
 }
 
-/// A command sent to a feed that has already stopped.
+/// Why a command to a feed was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FeedError {
     /// The feed shut down; the command had no effect.
     Stopped,
+    /// No source of this name was added (or it was removed).
+    UnknownSource(String),
+    /// Not a commit id (40 hexadecimal digits).
+    NotACommit(String),
+    /// The acknowledgement could not be written to the cache; the system's words.
+    CannotRecord(String),
 }
 
 impl fmt::Display for FeedError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FeedError::Stopped => f.write_str("the feed has stopped"),
+            FeedError::UnknownSource(name) => write!(f, "there is no source named `{name}`"),
+            FeedError::NotACommit(text) => write!(f, "`{text}` is not a commit id"),
+            FeedError::CannotRecord(why) => {
+                write!(f, "cannot record the acknowledgement: {why}")
+            }
         }
     }
 }
@@ -100,6 +125,8 @@ impl Feed {
             handle: FeedHandle {
                 commands: commands_tx,
                 shutdown,
+                cache_dir: cache_dir.as_ref().to_owned(),
+                sources: Default::default(),
             },
             commands,
             events_tx,
@@ -157,16 +184,35 @@ impl Feed {
     /// [`FeedHandle::shutdown`]. While no attempt runs, the feed holds that thread alone: its
     /// timers need no reactor thread, and each attempt's thread ends with the attempt.
     pub fn run(self) {
-        let executor = LocalExecutor::new();
-        crate::clock::block_on(executor.run(self.run_on(&executor)));
+        crate::clock::block_on(self.run_async());
     }
 
-    /// Runs the feed's source tasks on `executor`; the future completes after
+    /// The feed as a future: whatever polls it runs the feed, and it completes after
     /// [`FeedHandle::shutdown`], once every attempt has been interrupted and every fetch thread
-    /// has ended. Driven by [`block_on`](crate::block_on), the feed holds no thread but the
-    /// calling one while idle; driven by another runtime, its timers are smol's, whose reactor
-    /// keeps a thread of its own.
-    pub async fn run_on(self, executor: &LocalExecutor<'_>) {
+    /// has ended. It borrows nothing, so it can be spawned as a task on your executor, or
+    /// driven directly. Driven by [`block_on`](crate::block_on) (alone or with your
+    /// `LocalExecutor`), the feed holds no thread but the calling one while idle; driven by
+    /// another runtime, its timers are smol's, whose reactor keeps a thread of its own.
+    ///
+    /// ```no_run
+    /// let feed = gitfeed::Feed::new("/var/cache/gitfeed");
+    /// let events = feed.events();
+    /// let executor = smol::LocalExecutor::new();
+    /// executor.spawn(feed.run_async()).detach();
+    /// gitfeed::block_on(executor.run(async {
+    ///     while let Ok(event) = events.recv().await {
+    ///         println!("{event:?}");
+    ///     }
+    /// }));
+    /// ```
+    pub async fn run_async(self) {
+        // The source tasks run on an executor of the feed's own, which this future drives: the
+        // feed never depends on the caller running an executor it was handed.
+        let executor = LocalExecutor::new();
+        executor.run(self.serve(&executor)).await
+    }
+
+    async fn serve(self, executor: &LocalExecutor<'_>) {
         let Feed {
             cache_dir,
             concurrent_fetches,
@@ -189,9 +235,8 @@ impl Feed {
             shutdown: shutdown_rx,
             progress,
         });
-        // Per source: its cache key, its task's control channel, and whether its `exec`
-        // command acknowledges its updates (the consumer's acknowledgements are then ignored).
-        let mut sources: HashMap<String, (String, Sender<Control>, bool)> = HashMap::new();
+        // Per source: its cache key and its task's control channel.
+        let mut sources: HashMap<String, (String, Sender<Control>)> = HashMap::new();
         let mut tasks = Vec::new();
         loop {
             let command = async { commands.recv().await.ok() };
@@ -205,11 +250,9 @@ impl Feed {
             match command {
                 Command::Add(source) => {
                     let key = source.cache_key();
-                    let exec = source.exec.is_some();
-                    if let Some((old_key, control, by_exec)) = sources.get_mut(&source.name)
+                    if let Some((old_key, control)) = sources.get(&source.name)
                         && *old_key == key
                     {
-                        *by_exec = exec;
                         let _ = control.try_send(Control::Change(source));
                         continue;
                     }
@@ -222,32 +265,21 @@ impl Feed {
                         *source,
                         control_rx,
                     )));
-                    sources.insert(name, (key, control_tx, exec));
+                    sources.insert(name, (key, control_tx));
                 }
                 Command::Remove(name) => {
                     sources.remove(&name);
                 }
                 Command::Trigger(name, hint) => {
-                    if let Some((_, control, _)) = sources.get(&name) {
+                    if let Some((_, control)) = sources.get(&name) {
                         let _ = control.try_send(Control::Trigger(hint));
                     }
                 }
                 Command::Acknowledge(name, commit) => {
-                    // Recorded here rather than by the source's task, which may already have
-                    // ended when a shutdown follows the acknowledgement at once.
-                    if let Some((_, _, true)) = sources.get(&name) {
-                        log::debug!("{name}: acknowledged by its exec command, not the consumer");
-                    } else if let Some((key, control, _)) = sources.get(&name) {
-                        match crate::cache::Entry::new(&shared.cache_dir, key)
-                            .set_delivered(&commit)
-                        {
-                            Ok(()) => {
-                                let _ = control.try_send(Control::Acknowledged(commit));
-                            }
-                            Err(err) => {
-                                log::warn!("{name}: cannot record the acknowledgement: {err}")
-                            }
-                        }
+                    // Recorded by the caller already (see `FeedHandle::acknowledge`); the
+                    // source's task only needs to know.
+                    if let Some((_, control)) = sources.get(&name) {
+                        let _ = control.try_send(Control::Acknowledged(commit));
                     }
                 }
             }
@@ -274,9 +306,21 @@ impl FeedHandle {
         let source = source.normalized();
         source.validate()?;
         let name = source.name.clone();
+        let registered = Registered {
+            key: source.cache_key(),
+            by_exec: source.exec.is_some(),
+        };
         self.commands
             .try_send(Command::Add(Box::new(source)))
-            .map_err(|_| SourceError::new(&name, FeedError::Stopped.to_string()))
+            .map_err(|_| SourceError::new(&name, FeedError::Stopped.to_string()))?;
+        self.registry().insert(name, registered);
+        Ok(())
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, HashMap<String, Registered>> {
+        self.sources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Stops following the source named `name`. An attempt in flight is finished first; its
@@ -285,7 +329,9 @@ impl FeedHandle {
     pub fn remove(&self, name: &str) -> Result<(), FeedError> {
         self.commands
             .try_send(Command::Remove(name.to_owned()))
-            .map_err(|_| FeedError::Stopped)
+            .map_err(|_| FeedError::Stopped)?;
+        self.registry().remove(name);
+        Ok(())
     }
 
     /// Fetches the source named `name` now: cuts a backoff short and leaves `failed`.
@@ -308,12 +354,38 @@ impl FeedHandle {
     /// first update starts from it, so an update that was sent but never acknowledged is sent
     /// again. Delivery is at least once; a consumer can deduplicate on `new`.
     ///
+    /// The commit is written to the cache (atomically, and synced) before this returns, on the
+    /// calling thread: once it returns `Ok`, a crash can no longer lose it. It fails for a
+    /// source that was not added, for a text that is not a commit id, for a feed that has
+    /// stopped, and when the cache cannot be written.
+    ///
     /// A source with an [`exec`](Source::exec) command is acknowledged by the command's
     /// success alone; acknowledging it here has no effect.
     pub fn acknowledge(&self, name: &str, commit: &str) -> Result<(), FeedError> {
-        self.commands
-            .try_send(Command::Acknowledge(name.to_owned(), commit.to_owned()))
-            .map_err(|_| FeedError::Stopped)
+        if !crate::cache::is_commit_id(commit) {
+            return Err(FeedError::NotACommit(commit.to_owned()));
+        }
+        if self.commands.is_closed() {
+            return Err(FeedError::Stopped);
+        }
+        let registered = self
+            .registry()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| FeedError::UnknownSource(name.to_owned()))?;
+        if registered.by_exec {
+            log::debug!("{name}: acknowledged by its exec command, not the consumer");
+            return Ok(());
+        }
+        crate::cache::Entry::new(&self.cache_dir, &registered.key)
+            .set_delivered(commit)
+            .map_err(|err| FeedError::CannotRecord(err.to_string()))?;
+        // The source's task learns of it (for what it acknowledges on the consumer's behalf);
+        // a feed that stopped meanwhile has nothing left to tell.
+        let _ = self
+            .commands
+            .try_send(Command::Acknowledge(name.to_owned(), commit.to_owned()));
+        Ok(())
     }
 
     /// Stops the feed: attempts in flight are interrupted, and the feed's run returns once

@@ -28,6 +28,66 @@
 //! }
 //! # Ok::<(), gitfeed::SourceError>(())
 //! ```
+//!
+//! # Acknowledging
+//!
+//! Delivery is at least once. Once an update is applied, acknowledge it with
+//! [`FeedHandle::acknowledge`] (or [`acknowledge`] without a feed): the acknowledged commit is
+//! kept in the cache, and after a restart the first update starts from it, so an update that was
+//! sent but never acknowledged is sent again, with the same `new`. [`acknowledged`] says which
+//! commit that is. A source with an [`exec`](Source::exec) command is acknowledged by the
+//! command's success instead.
+//!
+//! # List, then watch
+//!
+//! A consumer that keeps its state in memory starts empty after a restart, and acknowledged
+//! updates are not sent again. With [`Source::list_on_start`], the first update after a start
+//! lists every file of the commit reached (`old: None`), then updates are incremental:
+//!
+//! ```no_run
+//! use std::collections::BTreeMap;
+//! use gitfeed::{ChangeKind, Event, Feed, Source};
+//!
+//! let mut source = Source::new("policies", "https://example.org/p.git");
+//! source.list_on_start = true;
+//! source.contents = Some(1 << 20); // the files' bytes ride along, up to 1 MiB each
+//! let feed = Feed::new("/var/cache/agent");
+//! let (events, handle) = (feed.events(), feed.handle());
+//! handle.add(source)?;
+//! std::thread::spawn(move || feed.run());
+//!
+//! let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+//! while let Ok(event) = events.recv_blocking() {
+//!     match event {
+//!         Event::Update(update) => {
+//!             if update.old.is_none() {
+//!                 files.clear(); // a full listing: the whole state
+//!             }
+//!             for change in &update.changes {
+//!                 match (change.kind, change.bytes()) {
+//!                     (ChangeKind::Deleted, _) => drop(files.remove(&change.path)),
+//!                     (_, Some(bytes)) => drop(files.insert(change.path.clone(), bytes)),
+//!                     (_, None) => eprintln!("{}: {:?}", change.path, change.omitted),
+//!                 }
+//!             }
+//!             handle.acknowledge(&update.source, &update.new)?;
+//!         }
+//!         // Left out of the update that follows (a submodule, a hostile name): sent with
+//!         // every sending of that update.
+//!         Event::Warning(warning) => eprintln!("{}: {}", warning.source, warning.message),
+//!         Event::State(state) => eprintln!("{} is {:?}", state.source, state.state),
+//!         _ => {}
+//!     }
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Reading files
+//!
+//! Without [`Source::contents`], read what an update names from the cache with a [`Reader`]:
+//! straight from the object database, honouring the source's filter and `max_file_size`. A
+//! [`Source::checkout`] writes each commit's files to a directory instead, for agents that load
+//! files from disk.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
@@ -73,3 +133,8 @@ pub use reader::{File, FileType, ReadError, ReadErrorKind, Reader};
 pub use reason::Reason;
 pub use source::{Filter, Source, SourceError, Verify, parse_duration};
 pub use status::{Status, status};
+
+// The README's Rust examples are compiled with the doctests, so they keep up with the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;

@@ -307,7 +307,7 @@ fn serve(feed: Feed, sources: Sources) -> ExitCode {
     // watchdog is fed only while this loop runs.
     let executor = smol::LocalExecutor::new();
     let _notifier = systemd::Notifier::from_env().map(|notifier| executor.spawn(notifier.run()));
-    gitfeed::block_on(executor.run(feed.run_on(&executor)));
+    gitfeed::block_on(executor.run(feed.run_async()));
     if let Some(shown) = shown {
         shown.stop();
     }

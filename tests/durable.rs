@@ -374,22 +374,20 @@ fn cache_removed_while_running() {
         0,
         PATIENCE,
     );
-    // The source's task writes its status once it hears of the acknowledgement; removing the
-    // directory while that file is being replaced would fail (a new file appears midway).
+    // The source's task writes its status file once it hears of the acknowledgement; removing
+    // the directory while that file is being replaced would fail (a new file appears midway).
+    let status = entry_dir(cache.path()).join("status.json");
+    let acknowledged = format!("\"acknowledged\":\"{}\"", first.new);
     crate::util::settle(
-        || {
-            let status = gitfeed::status(cache.path()).unwrap_or_default();
-            usize::from(
-                !status
-                    .iter()
-                    .any(|s| s.acknowledged.as_ref() == Some(&first.new)),
-            )
-        },
+        || usize::from(!std::fs::read_to_string(&status).is_ok_and(|s| s.contains(&acknowledged))),
         0,
         PATIENCE,
     );
     // Everything goes: clone, acknowledgement, the cache directory itself.
-    std::fs::remove_dir_all(cache.path()).expect("remove the cache");
+    if let Err(err) = std::fs::remove_dir_all(cache.path()) {
+        let left: Vec<_> = walk(cache.path());
+        panic!("remove the cache: {err}; left: {left:?}");
+    }
     let new = remote.commit(&[("n.txt", Some("n\n"))], "n");
     feed.handle.trigger("r").expect("running");
     let update = loop {
@@ -526,4 +524,16 @@ fn a_pack_over_the_limit_is_refused_and_removed() {
             .expect("within the limit")
             .is_some()
     );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        }
+        out.push(path);
+    }
+    out
 }

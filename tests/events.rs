@@ -90,3 +90,38 @@ fn an_update_with_nothing_to_apply_is_never_sent() {
     assert_eq!(update.old.as_deref(), Some(revert.as_str()));
     assert_eq!(update.new, next);
 }
+
+#[test]
+fn acknowledge_checks_what_it_is_given_and_records_before_it_returns() {
+    use gitfeed::FeedError;
+    let remote = Remote::new();
+    let source = quick_source("a", &remote.file_url());
+    let running = Running::start(vec![source.clone()]);
+    let update = running.update(WITHIN);
+    let handle = running.handle.clone();
+    assert_eq!(
+        handle.acknowledge("nobody", &update.new),
+        Err(FeedError::UnknownSource("nobody".into()))
+    );
+    assert_eq!(
+        handle.acknowledge("a", "not-a-commit"),
+        Err(FeedError::NotACommit("not-a-commit".into()))
+    );
+    assert_eq!(gitfeed::acknowledged(running.cache_dir(), &source), None);
+    handle.acknowledge("a", &update.new).expect("acknowledged");
+    // On disk when it returns, not some time later.
+    assert_eq!(
+        gitfeed::acknowledged(running.cache_dir(), &source),
+        Some(update.new.clone())
+    );
+    handle.remove("a").expect("running");
+    assert_eq!(
+        handle.acknowledge("a", &update.new),
+        Err(FeedError::UnknownSource("a".into()))
+    );
+    let _ = running.stop();
+    assert_eq!(
+        handle.acknowledge("a", &update.new),
+        Err(FeedError::Stopped)
+    );
+}
