@@ -178,7 +178,7 @@ impl Auth {
         let pair = format!("{user}:{password}");
         Ok(Secret(format!(
             "Authorization: Basic {}",
-            crate::base64::encode(pair.as_bytes())
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, pair.as_bytes())
         )))
     }
 }
@@ -240,7 +240,7 @@ mod tests {
             auth.header().unwrap().0,
             format!(
                 "Authorization: Basic {}",
-                crate::base64::encode(b"agent:s3cr3t")
+                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b"agent:s3cr3t")
             )
         );
         assert!(

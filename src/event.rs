@@ -92,7 +92,9 @@ impl Change {
     pub fn bytes(&self) -> Option<Vec<u8>> {
         let content = self.content.as_ref()?;
         match self.encoding {
-            Some(Encoding::Base64) => crate::base64::decode(content),
+            Some(Encoding::Base64) => {
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, content).ok()
+            }
             _ => Some(content.clone().into_bytes()),
         }
     }

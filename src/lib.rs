@@ -99,7 +99,6 @@ compile_error!(
 );
 
 mod auth;
-mod base64;
 mod cache;
 mod clock;
 mod driver;

@@ -5,7 +5,6 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::auth::Auth;
-use crate::base64;
 use crate::cache;
 use crate::event::{Change, ChangeKind, Encoding};
 use crate::git::{Cancel, FetchError, FileKind, Matcher, Repo, Target, Tip};
@@ -15,6 +14,8 @@ use crate::snapshot::{self, SnapshotDir};
 use crate::source::Source;
 #[cfg(feature = "verify")]
 use crate::verify::{AllowedSigners, Verdict};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 
 /// How one attempt ended.
 pub(crate) struct Attempt {
@@ -587,7 +588,7 @@ fn attach_contents(repo: &Repo, changes: &mut [Change], limit: u64) {
             Ok(_) => {
                 let (content, encoding) = match String::from_utf8(bytes) {
                     Ok(text) => (text, Encoding::Utf8),
-                    Err(err) => (base64::encode(err.as_bytes()), Encoding::Base64),
+                    Err(err) => (BASE64.encode(err.as_bytes()), Encoding::Base64),
                 };
                 change.content = Some(content);
                 change.encoding = Some(encoding);

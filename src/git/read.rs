@@ -209,14 +209,34 @@ impl From<ReadFailure> for FetchError {
 }
 
 /// True when a tree entry's name can stand as one component of a path the consumer uses:
-/// not empty, not `.` or `..`, no `/` or NUL, and not `.git` in any case.
+/// not empty, not `.` or `..`, no `/` or NUL, and not a name any filesystem takes for `.git`
+/// ([`names_git`]).
 pub(crate) fn representable(name: &[u8]) -> bool {
     !(name.is_empty()
         || name == b"."
         || name == b".."
         || name.contains(&b'/')
         || name.contains(&0)
-        || name.eq_ignore_ascii_case(b".git"))
+        || names_git(name))
+}
+
+/// Whether some filesystem would take `component` for `.git`: any case, with the code points
+/// HFS+ ignores, with the trailing dots and spaces NTFS drops, or NTFS's short name `git~1`.
+/// gix's check, which is git's `core.protectHFS` and `core.protectNTFS`; changes, reads and
+/// snapshots all use it.
+pub(crate) fn names_git(component: &[u8]) -> bool {
+    use gix::bstr::ByteSlice;
+    use gix::validate::path::component::{Error, Options};
+    let options = Options {
+        // Windows device names and characters are not `.git`: they are not this check's.
+        protect_windows: false,
+        protect_hfs: true,
+        protect_ntfs: true,
+    };
+    matches!(
+        gix::validate::path::component(component.as_bstr(), None, options),
+        Err(Error::DotGitDir)
+    )
 }
 
 /// What [`diff_trees`] found.
