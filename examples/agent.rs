@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use gitfeed::{ChangeKind, Event, Feed, Filter, Source};
+use gitfeed::{ChangeKind, Event, Feed, Source};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -24,10 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The agent keeps its files in memory only: after a restart it needs all of them again,
     // not only what changed since the last update it acknowledged.
     source.list_on_start = true;
-    source.filter = Filter {
-        extensions,
-        ..Filter::default()
-    };
+    source.filter.extensions = extensions;
 
     let cache = std::env::var_os("AGENT_CACHE_DIR")
         .map(std::path::PathBuf::from)

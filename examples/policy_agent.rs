@@ -60,7 +60,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use gitfeed::{Event, Feed, Filter, Source};
+use gitfeed::{Event, Feed, Source};
 use serde::{Deserialize, Serialize};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -71,12 +71,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut source = Source::new("policies", &options.url);
     source.interval = options.interval;
     source.checkout = Some(checkout.clone());
-    // Filters of different kinds must all match (a `data.json` has no `rego` extension), so
-    // both kinds of file are named by include patterns, which match when any one does.
-    source.filter = Filter {
-        include: vec!["*.rego".into(), "data.json".into()],
-        ..Filter::default()
-    };
+    // Extensions and include patterns add up: every policy, and the data beside them.
+    source.filter.extensions = vec!["rego".into()];
+    source.filter.include = vec!["data.json".into()];
     source.validate()?;
 
     let mut agent = Agent {

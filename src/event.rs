@@ -28,6 +28,7 @@ pub enum Event {
 /// assert_eq!(serde_json::to_string(&event).unwrap(), line);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Update {
     /// The source's name.
     pub source: String,
@@ -49,6 +50,7 @@ pub struct Update {
 
 /// One file that differs between two commits.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Change {
     /// The path from the repository root, `/`-separated.
     pub path: String,
@@ -120,6 +122,7 @@ pub enum ChangeKind {
 /// assert_eq!(serde_json::to_string(&event).unwrap(), line);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct StateChange {
     /// The source's name.
     pub source: String,
@@ -173,6 +176,7 @@ pub enum SourceState {
 /// assert_eq!(serde_json::to_string(&event).unwrap(), line);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Warning {
     /// The source's name (on the command line, a configuration file's path for a warning
     /// about that file).
@@ -184,4 +188,19 @@ pub struct Warning {
     pub commit: Option<String>,
     /// What was left out or refused, and why, on one line.
     pub message: String,
+}
+
+impl Warning {
+    /// A warning from `source`, about the update to `commit` if there is one.
+    pub fn new(
+        source: impl Into<String>,
+        commit: Option<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Warning {
+            source: source.into(),
+            commit,
+            message: message.into(),
+        }
+    }
 }

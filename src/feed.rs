@@ -398,6 +398,7 @@ impl FeedHandle {
 
 /// Why [`sync_once`] failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SyncError {
     /// Why the attempt failed, the same on every transport.
     pub reason: Reason,

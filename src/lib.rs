@@ -8,9 +8,9 @@
 //! of its own, for a consumer that asks ([`Feed::progress`]).
 //!
 //! Every fetch attempt ends on time and gives back what it took: a hung remote costs one attempt
-//! deadline, never a stuck thread, a descriptor or a child process. The pure [`machine::Machine`]
-//! decides when to fetch, how long to back off and when to give up; the driver carries its
-//! decisions out.
+//! deadline, never a stuck thread, a descriptor or a child process. A pure state machine per
+//! source decides when to fetch, how long to back off and when to give up; the driver carries
+//! its decisions out.
 //!
 //! # Examples
 //!
@@ -107,7 +107,7 @@ mod exec;
 mod failure;
 mod feed;
 mod git;
-pub mod machine;
+mod machine;
 mod progress;
 mod reader;
 mod reason;

@@ -256,6 +256,7 @@ impl Machine {
     }
 
     /// The settings in effect.
+    #[cfg(test)]
     pub fn policy(&self) -> &Policy {
         &self.policy
     }

@@ -148,8 +148,7 @@ fn main() -> ExitCode {
         return status;
     }
     Logger::install();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = match parse(&args) {
+    let command = match arguments().and_then(|args| parse(&args)) {
         Ok(command) => command,
         // One line: the problem, and where the whole usage is.
         Err(problem) => {
@@ -210,11 +209,8 @@ fn watch_once(cache_dir: &std::path::Path, source: &Source) -> ExitCode {
         Ok(update) => {
             // As `watch` prints them: what was left out, before the update it concerns.
             for message in follower.warnings() {
-                let warning = Warning {
-                    source: source.name.clone(),
-                    commit: update.as_ref().map(|update| update.new.clone()),
-                    message: message.clone(),
-                };
+                let commit = update.as_ref().map(|update| update.new.clone());
+                let warning = Warning::new(&source.name, commit, message);
                 if print(&Event::Warning(warning)).is_err() {
                     return ExitCode::from(1);
                 }
@@ -348,11 +344,8 @@ impl Sources {
             Err(problem) => {
                 let path = applied.path().display().to_string();
                 eprintln!("gitfeed: {path}: {problem}; keeping the running configuration");
-                let warning = Warning {
-                    source: path,
-                    commit: None,
-                    message: format!("{problem}; keeping the running configuration"),
-                };
+                let message = format!("{problem}; keeping the running configuration");
+                let warning = Warning::new(path, None, message);
                 let _ = print(&Event::Warning(warning));
             }
         }
@@ -584,6 +577,21 @@ enum Command {
     },
 }
 
+/// The command line's arguments; one that is not UTF-8 is a usage error, not a panic.
+fn arguments() -> Result<Vec<String>, String> {
+    std::env::args_os()
+        .skip(1)
+        .map(|arg| {
+            arg.into_string().map_err(|arg| {
+                format!(
+                    "argument `{}` is not valid UTF-8",
+                    arg.to_string_lossy().escape_debug()
+                )
+            })
+        })
+        .collect()
+}
+
 fn parse(args: &[String]) -> Result<Command, String> {
     let mut args = args.iter();
     match args.next().map(String::as_str) {
@@ -695,10 +703,9 @@ fn parse(args: &[String]) -> Result<Command, String> {
 }
 
 fn verify(allowed_signers: PathBuf, all_commits: bool) -> gitfeed::Verify {
-    gitfeed::Verify {
-        allowed_signers,
-        all_commits,
-    }
+    let mut verify = gitfeed::Verify::new(allowed_signers);
+    verify.all_commits = all_commits;
+    verify
 }
 
 fn auth(source: &mut Source) -> &mut gitfeed::Auth {

@@ -26,6 +26,7 @@ use crate::machine::Policy;
 /// [`Source::validate`] for what is rejected.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Source {
     /// A unique name within its feed, used in events and in the cache directory's layout.
     pub name: String,
@@ -170,12 +171,24 @@ pub struct Source {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Verify {
     /// The allowed-signers file, read on every attempt.
     pub allowed_signers: PathBuf,
     /// Check every commit between the last delivered one and the tip, not only the tip.
     #[serde(default)]
     pub all_commits: bool,
+}
+
+impl Verify {
+    /// Deliver only commits whose tip is signed by a key in `allowed_signers`; set
+    /// `all_commits` to check every new commit.
+    pub fn new(allowed_signers: impl Into<PathBuf>) -> Self {
+        Verify {
+            allowed_signers: allowed_signers.into(),
+            all_commits: false,
+        }
+    }
 }
 
 /// Why a source with [`Source::verify`] is refused by a build without signature checks.
@@ -199,6 +212,7 @@ pub(crate) const VERIFY_MISSING: &str =
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct Filter {
     /// Subtrees to deliver, like `policies` or `config/prod`.
     pub directories: Vec<String>,
@@ -256,6 +270,14 @@ mod defaults {
     }
     pub fn exec_timeout() -> Duration {
         Duration::from_secs(60)
+    }
+}
+
+/// A source with an empty name and URL and every default; set at least `name` and `url`
+/// (or use [`Source::new`]).
+impl Default for Source {
+    fn default() -> Self {
+        Source::new("", "")
     }
 }
 

@@ -536,3 +536,19 @@ fn once_prints_warnings_before_the_update() {
     assert_eq!(update.new, new);
     assert!(update.changes.iter().all(|c| c.path != "deps/lib"));
 }
+
+#[test]
+fn an_argument_that_is_not_utf8_is_a_usage_error() {
+    use std::os::unix::ffi::OsStrExt;
+    let out = gitfeed()
+        .args([
+            "watch".as_ref(),
+            std::ffi::OsStr::from_bytes(b"/srv/\xffrepo"),
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("is not valid UTF-8"), "{stderr}");
+}

@@ -46,10 +46,8 @@ fn first_update_with(filter: Filter) -> Vec<String> {
 
 #[test]
 fn filter_by_directory() {
-    let filter = Filter {
-        directories: vec!["policies/data".into(), "docs/".into()],
-        ..Filter::default()
-    };
+    let mut filter = Filter::default();
+    filter.directories = vec!["policies/data".into(), "docs/".into()];
     assert_eq!(
         first_update_with(filter),
         ["docs/index.md", "policies/data/roles.json"]
@@ -58,10 +56,8 @@ fn filter_by_directory() {
 
 #[test]
 fn filter_by_extension() {
-    let filter = Filter {
-        extensions: vec!["rego".into()],
-        ..Filter::default()
-    };
+    let mut filter = Filter::default();
+    filter.extensions = vec!["rego".into()];
     assert_eq!(
         first_update_with(filter),
         [
@@ -75,15 +71,13 @@ fn filter_by_extension() {
 
 #[test]
 fn filter_by_globs() {
-    let filter = Filter {
-        include: vec!["*.rego".into(), "*.json".into()],
-        exclude: vec![
-            "*_test.rego".into(),
-            "!keep_test.rego".into(),
-            "vendor/".into(),
-        ],
-        ..Filter::default()
-    };
+    let mut filter = Filter::default();
+    filter.include = vec!["*.rego".into(), "*.json".into()];
+    filter.exclude = vec![
+        "*_test.rego".into(),
+        "!keep_test.rego".into(),
+        "vendor/".into(),
+    ];
     assert_eq!(
         first_update_with(filter),
         [
@@ -97,10 +91,7 @@ fn filter_by_globs() {
 /// Source `f` following only `policies/` of `remote`, polled when triggered.
 fn policies_only(remote: &Remote) -> Source {
     let mut source = quick_source("f", &remote.file_url());
-    source.filter = Filter {
-        directories: vec!["policies".into()],
-        ..Filter::default()
-    };
+    source.filter.directories = vec!["policies".into()];
     source.interval = Duration::from_secs(3600);
     source
 }
@@ -205,10 +196,7 @@ fn reader_lists_and_reads_without_a_worktree() {
     let remote = files_remote();
     let cache = unique_dir();
     let mut source = quick_source("r", &remote.file_url());
-    source.filter = Filter {
-        extensions: vec!["rego".into()],
-        ..Filter::default()
-    };
+    source.filter.extensions = vec!["rego".into()];
     source.max_file_size = 14;
     let update = sync_once(cache.path(), &source)
         .expect("sync")
@@ -254,10 +242,7 @@ fn checkout_swaps_current_to_each_commit() {
     let dir = unique_dir();
     let mut source = quick_source("s", &remote.file_url());
     source.checkout = Some(dir.path().join("out"));
-    source.filter = Filter {
-        exclude: vec!["vendor/".into()],
-        ..Filter::default()
-    };
+    source.filter.exclude = vec!["vendor/".into()];
     source.interval = Duration::from_secs(3600);
     let feed = Running::start(vec![source]);
     let first = feed.update(PATIENCE);

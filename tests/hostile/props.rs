@@ -12,9 +12,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
 use fastrand::Rng;
-use gitfeed::{
-    Change, ChangeKind, Encoding, Event, Source, SourceState, StateChange, Update, parse_duration,
-};
+use gitfeed::{ChangeKind, Encoding, Event, Source, SourceState, parse_duration};
 use gix::bstr::ByteSlice;
 use serde_json::{Map, Value, json};
 
@@ -830,62 +828,64 @@ fn text(rng: &mut Rng) -> String {
 }
 
 fn event(rng: &mut Rng) -> Event {
-    if rng.u8(..3) == 0 {
-        return warning(rng);
-    }
-    if rng.bool() {
-        let changes = (0..rng.usize(0..4))
-            .map(|_| Change {
-                path: text(rng),
-                kind: [ChangeKind::Added, ChangeKind::Modified, ChangeKind::Deleted]
-                    [rng.usize(..3)],
-                id: maybe(rng, text),
-                content: maybe(rng, text),
-                encoding: maybe(rng, |rng| {
-                    if rng.bool() {
-                        Encoding::Utf8
-                    } else {
-                        Encoding::Base64
-                    }
-                }),
-                omitted: maybe(rng, text),
+    // Built through JSON: the event types are not constructed outside the crate.
+    let event = match rng.u8(..3) {
+        0 => serde_json::json!({
+            "type": "warning",
+            "source": text(rng),
+            "commit": maybe(rng, text),
+            "message": text(rng),
+        }),
+        1 => {
+            let changes: Vec<serde_json::Value> = (0..rng.usize(0..4))
+                .map(|_| {
+                    serde_json::json!({
+                        "path": text(rng),
+                        "kind": ([ChangeKind::Added, ChangeKind::Modified, ChangeKind::Deleted]
+                            [rng.usize(..3)]),
+                        "id": maybe(rng, text),
+                        "content": maybe(rng, text),
+                        "encoding": maybe(rng, |rng| {
+                            if rng.bool() {
+                                Encoding::Utf8
+                            } else {
+                                Encoding::Base64
+                            }
+                        }),
+                        "omitted": maybe(rng, text),
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "type": "update",
+                "source": text(rng),
+                "url": text(rng),
+                "ref": text(rng),
+                "old": maybe(rng, text),
+                "new": text(rng),
+                "forced": rng.bool(),
+                "changes": changes,
             })
-            .collect();
-        Event::Update(Update {
-            source: text(rng),
-            url: text(rng),
-            reference: text(rng),
-            old: maybe(rng, text),
-            new: text(rng),
-            forced: rng.bool(),
-            changes,
-        })
-    } else {
-        Event::State(StateChange {
-            source: text(rng),
-            state: [SourceState::Idle, SourceState::Backoff, SourceState::Failed][rng.usize(..3)],
-            attempt: maybe(rng, |rng| rng.u32(..)),
-            reason: maybe(rng, |rng| {
+        }
+        _ => serde_json::json!({
+            "type": "state",
+            "source": text(rng),
+            "state": ([SourceState::Idle, SourceState::Backoff, SourceState::Failed][rng.usize(..3)]),
+            "attempt": maybe(rng, |rng| rng.u32(..)),
+            "reason": (maybe(rng, |rng| {
                 [
                     gitfeed::Reason::NameResolution,
                     gitfeed::Reason::AuthenticationRefused,
                     gitfeed::Reason::CloneCorrupt,
                     gitfeed::Reason::Other,
                 ][rng.usize(..4)]
-            }),
-            error: maybe(rng, text),
-            detail: maybe(rng, text),
-            retry_in_ms: maybe(rng, |rng| rng.u64(..)),
-        })
-    }
-}
-
-fn warning(rng: &mut Rng) -> Event {
-    Event::Warning(gitfeed::Warning {
-        source: text(rng),
-        commit: maybe(rng, text),
-        message: text(rng),
-    })
+            })),
+            "error": maybe(rng, text),
+            "detail": maybe(rng, text),
+            "retry_in_ms": maybe(rng, |rng| rng.u64(..)),
+        }),
+    };
+    serde_json::from_value(event).expect("a valid event")
 }
 
 /// Characters some line readers break on although JSON allows them raw inside strings.
