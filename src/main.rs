@@ -976,6 +976,109 @@ mod tests {
         }
     }
 
+    /// The options of `watch`, as `--help` lists them.
+    fn usage_flags() -> std::collections::BTreeSet<String> {
+        let options = USAGE
+            .split("\nOptions:\n")
+            .nth(1)
+            .expect("an Options section");
+        let options = options.split("\n\n").next().unwrap_or_default();
+        options
+            .lines()
+            .filter_map(|line| line.split_whitespace().next())
+            .filter(|word| word.starts_with("--"))
+            .map(|flag| flag.trim_end_matches(',').to_owned())
+            .collect()
+    }
+
+    /// The usage text, the README's table and the parser agree on `watch`'s options: each
+    /// flag `--help` lists is in the README and parses, and the README lists no other.
+    #[test]
+    fn usage_readme_and_parser_agree() {
+        let usage = usage_flags();
+        assert!(usage.len() > 30, "{usage:?}");
+        let readme = include_str!("../README.md");
+        let table: std::collections::BTreeSet<String> = readme
+            .lines()
+            .filter(|line| line.starts_with("| `--"))
+            .flat_map(|line| {
+                let cell = line.split('|').nth(1).unwrap_or_default();
+                cell.split('`')
+                    .filter(|part| part.starts_with("--"))
+                    .filter_map(|part| part.split_whitespace().next())
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let only_help: Vec<_> = usage.difference(&table).collect();
+        let only_readme: Vec<_> = table.difference(&usage).collect();
+        assert!(
+            only_help.is_empty() && only_readme.is_empty(),
+            "only in --help: {only_help:?}; only in the README: {only_readme:?}"
+        );
+        let flags_with_values = [
+            "--branch",
+            "--mirror",
+            "--name",
+            "--cache-dir",
+            "--interval",
+            "--timeout",
+            "--backoff-initial",
+            "--backoff-max",
+            "--max-failures",
+            "--failed-interval",
+            "--depth",
+            "--ssh-command",
+            "--ssh-key",
+            "--known-hosts",
+            "--token-file",
+            "--token-env",
+            "--username",
+            "--password-file",
+            "--password-env",
+            "--allowed-signers",
+            "--ca-file",
+            "--dir",
+            "--include",
+            "--exclude",
+            "--ext",
+            "--contents-limit",
+            "--checkout",
+            "--keep-snapshots",
+            "--index-threads",
+            "--exec",
+            "--exec-timeout",
+        ];
+        for flag in &usage {
+            if flag == "--help" {
+                continue;
+            }
+            let value = match flag.as_str() {
+                "--interval" | "--timeout" | "--backoff-initial" | "--backoff-max"
+                | "--failed-interval" | "--exec-timeout" => Some("5s"),
+                "--max-failures" | "--depth" | "--contents-limit" | "--keep-snapshots"
+                | "--index-threads" => Some("3"),
+                "--username" => Some("u"),
+                _ if flags_with_values.contains(&flag.as_str()) => Some("x"),
+                _ => None,
+            };
+            let mut line = vec!["watch".to_owned(), "git://h/r.git".to_owned()];
+            if flag == "--verify-all-commits" {
+                line.extend(["--allowed-signers".to_owned(), "f".to_owned()]);
+            }
+            if matches!(flag.as_str(), "--username") {
+                line.extend(["--password-env".to_owned(), "P".to_owned()]);
+            }
+            line.push(flag.clone());
+            line.extend(value.map(str::to_owned));
+            assert!(
+                parse(&line).is_ok(),
+                "{flag} does not parse: {:?}",
+                parse(&line)
+            );
+        }
+    }
+
     #[test]
     fn default_names() {
         assert_eq!(default_name("https://h/org/policies.git"), "policies");
