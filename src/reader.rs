@@ -144,7 +144,7 @@ impl Reader {
         })?;
         Ok(Self {
             repo,
-            matcher: Matcher::new(&source.filter).map_err(invalid)?,
+            matcher: source.filter.matcher().map_err(invalid)?,
             max_file_size: source.max_file_size,
             _user: user,
         })

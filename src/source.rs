@@ -226,6 +226,16 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// The filter compiled for the git layer; an invalid pattern is reported with its text.
+    pub(crate) fn matcher(&self) -> Result<git::Matcher, String> {
+        git::Matcher::new(git::Patterns {
+            directories: &self.directories,
+            include: &self.include,
+            exclude: &self.exclude,
+            extensions: &self.extensions,
+        })
+    }
+
     /// True when the filter delivers every file.
     pub fn is_empty(&self) -> bool {
         self.directories.is_empty()
@@ -394,7 +404,7 @@ impl Source {
         if !cfg!(feature = "verify") && self.verify.is_some() {
             return fail(VERIFY_MISSING.into());
         }
-        if let Err(problem) = git::check_filter(&self.filter) {
+        if let Err(problem) = self.filter.matcher() {
             return fail(problem);
         }
         if self.keep_snapshots == 0 {

@@ -373,7 +373,9 @@ fn fetch_and_diff(
     cancel: &Cancel,
     warnings: &mut Vec<String>,
 ) -> Result<Fetched, FetchError> {
-    let matcher = Matcher::new(&source.filter)
+    let matcher = source
+        .filter
+        .matcher()
         .map_err(|problem| FetchError::new(Reason::Configuration, problem))?;
     let (tip, served_by) = fetch_any(repo, source, target, seen, cancel)?;
     if let Some(sent) = seen.sent.as_deref()

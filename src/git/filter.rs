@@ -4,8 +4,6 @@
 use gix::bstr::{BStr, ByteSlice};
 use gix::glob::{Pattern, pattern::Case, wildmatch};
 
-use crate::source::Filter;
-
 /// A [`Filter`] compiled for matching. A path passes when it lies under one of the
 /// directories (if any are given), has one of the extensions or matches the include patterns
 /// (if either is given: they add up), and does not match the exclude patterns.
@@ -17,9 +15,19 @@ pub(crate) struct Matcher {
     exclude: Vec<Pattern>,
 }
 
+/// What a [`Matcher`] is compiled from: the git layer's own view of a source's filter, so
+/// that this layer depends on nothing above it.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Patterns<'a> {
+    pub directories: &'a [String],
+    pub include: &'a [String],
+    pub exclude: &'a [String],
+    pub extensions: &'a [String],
+}
+
 impl Matcher {
     /// Compiles `filter`; an invalid pattern is reported with its text.
-    pub fn new(filter: &Filter) -> Result<Self, String> {
+    pub fn new(filter: Patterns<'_>) -> Result<Self, String> {
         let compile = |patterns: &[String]| -> Result<Vec<Pattern>, String> {
             patterns
                 .iter()
@@ -41,8 +49,8 @@ impl Matcher {
                 .iter()
                 .map(|ext| ext.trim_start_matches('.').to_owned())
                 .collect(),
-            include: compile(&filter.include)?,
-            exclude: compile(&filter.exclude)?,
+            include: compile(filter.include)?,
+            exclude: compile(filter.exclude)?,
         })
     }
 
@@ -115,12 +123,14 @@ mod tests {
         exclude: &[&str],
         extensions: &[&str],
     ) -> Matcher {
-        let owned = |list: &[&str]| list.iter().map(|s| s.to_string()).collect();
-        Matcher::new(&Filter {
-            directories: owned(directories),
-            include: owned(include),
-            exclude: owned(exclude),
-            extensions: owned(extensions),
+        let owned = |list: &[&str]| -> Vec<String> { list.iter().map(|s| s.to_string()).collect() };
+        let (directories, include) = (owned(directories), owned(include));
+        let (exclude, extensions) = (owned(exclude), owned(extensions));
+        Matcher::new(Patterns {
+            directories: &directories,
+            include: &include,
+            exclude: &exclude,
+            extensions: &extensions,
         })
         .unwrap()
     }

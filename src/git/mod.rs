@@ -26,7 +26,7 @@ use gix::remote::Direction;
 use gix::remote::fetch::{Shallow, Tags};
 
 pub(crate) use self::error::{FetchError, remote_host};
-pub(crate) use self::filter::Matcher;
+pub(crate) use self::filter::{Matcher, Patterns};
 pub(crate) use self::read::{FileKind, ReadFailure, TreeFile, names_git, representable};
 pub(crate) use self::transport::Cancel;
 use crate::event::Change;
@@ -1112,11 +1112,6 @@ pub(crate) fn check_url(url: &str) -> Result<(), String> {
 
 fn unsupported(scheme: &str) -> String {
     format!("unsupported url scheme `{scheme}`; use a path, file://, git://, http(s):// or ssh://")
-}
-
-/// Checks that every pattern of `filter` compiles.
-pub(crate) fn check_filter(filter: &crate::source::Filter) -> Result<(), String> {
-    Matcher::new(filter).map(|_| ())
 }
 
 /// Checks a branch or full ref name.
