@@ -38,7 +38,8 @@ pub(super) struct Inventory {
     pub(super) packs: BTreeMap<String, PackFiles>,
     /// Paths of loose objects.
     pub(super) loose_objects: Vec<PathBuf>,
-    /// Fan-out directories that held loose objects and may be empty afterwards.
+    /// Fan-out directories, which may be empty afterwards. Those that are empty already are
+    /// included: a run that stopped after deleting their objects left them behind.
     pub(super) fan_out_dirs: Vec<PathBuf>,
     /// Temporary files old enough to be leftovers of crashed writers.
     pub(super) stale_temporaries: Vec<PathBuf>,
@@ -77,7 +78,6 @@ impl Inventory {
         let loose_name_len = object_hash.len_in_hex() - 2;
         for (name, path, metadata) in list(objects_dir)? {
             if metadata.is_dir() && name.len() == 2 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
-                let mut holds_objects = false;
                 for (name, path, metadata) in list(&path)? {
                     if metadata.is_file()
                         && name.len() == loose_name_len
@@ -85,14 +85,11 @@ impl Inventory {
                     {
                         inventory.bytes += metadata.len();
                         inventory.loose_objects.push(path);
-                        holds_objects = true;
                     } else {
                         inventory.note_if_stale_temporary(&name, path, &metadata, now);
                     }
                 }
-                if holds_objects {
-                    inventory.fan_out_dirs.push(path);
-                }
+                inventory.fan_out_dirs.push(path);
             } else {
                 inventory.note_if_stale_temporary(&name, path, &metadata, now);
             }
