@@ -9,7 +9,7 @@ use gix::ObjectId;
 use super::{
     Error, ErrorKind, Stats,
     inventory::{Inventory, PackFiles},
-    open,
+    open, stop_point,
 };
 
 /// Delete what `before` lists except the pack named `new_pack` and protected packs, counting
@@ -28,6 +28,7 @@ pub(super) fn remove_previous(
         }
     };
     note(remove_derived_files(objects_dir));
+    stop_point()?;
     for (name, pack) in &before.packs {
         if name == new_pack {
             continue;
@@ -38,10 +39,12 @@ pub(super) fn remove_previous(
         }
         note(remove_pack(pack));
         stats.packs_removed += 1;
+        stop_point()?;
     }
     for path in &before.loose_objects {
         note(remove_if_present(path).map_err(|err| Error::io("could not remove", path, &err)));
         stats.loose_objects_removed += 1;
+        stop_point()?;
     }
     for dir in &before.fan_out_dirs {
         // Fails harmlessly when a concurrent writer put a new object there meanwhile.
@@ -50,6 +53,7 @@ pub(super) fn remove_previous(
     for path in &before.stale_temporaries {
         note(remove_if_present(path).map_err(|err| Error::io("could not remove", path, &err)));
     }
+    stop_point()?;
     for dir in &before.stale_staging_dirs {
         // Removal is retried by the next run if it fails.
         let _ = fs::remove_dir_all(dir);
@@ -136,6 +140,7 @@ fn remove_pack(pack: &PackFiles) -> Result<(), Error> {
     files.sort_by_key(|(ext, _)| ext != "idx");
     for (_, path) in files {
         remove_if_present(path).map_err(|err| Error::io("could not remove", path, &err))?;
+        stop_point()?;
     }
     Ok(())
 }

@@ -17,7 +17,7 @@ use super::{
 
 /// Git's default limit for delta chains. Chains grow when entries of a newer pack are linked to
 /// bases in an older one; past this depth an object is stored whole, which bounds reading cost.
-const MAX_DELTA_DEPTH: u16 = 50;
+pub(super) const MAX_DELTA_DEPTH: u16 = 50;
 
 /// An existing pack that entries are copied from.
 struct SourcePack {

@@ -10,7 +10,7 @@ use std::{
 
 use gix::ObjectId;
 
-use super::{Error, ErrorKind};
+use super::{Error, ErrorKind, crashed, stop_point};
 
 /// Name prefix of the directories new packs are written in, see [`Staging`].
 pub(super) const STAGING_PREFIX: &str = ".tmp-consolidate-";
@@ -38,12 +38,14 @@ pub(super) fn install(
             .and_then(|file| file.sync_all())
             .map_err(|err| Error::io("could not sync", path, &err))?;
     }
+    stop_point()?;
     for (path, ext) in [(data_path, "pack"), (index_path, "idx")] {
         let target = pack_dir.join(format!("{new_pack}.{ext}"));
         // Same name means same content: an unchanged repository yields the pack it already has.
         if !target.exists() {
             fs::rename(path, &target).map_err(|err| Error::io("could not move", path, &err))?;
         }
+        stop_point()?;
     }
     // Renames are durable only once the directory is; not every platform can sync directories.
     #[cfg(unix)]
@@ -75,6 +77,9 @@ impl Staging {
 
 impl Drop for Staging {
     fn drop(&mut self) {
+        if crashed() {
+            return;
+        }
         // Leftovers of a failed removal are cleaned up by a later run once they are stale.
         let _ = fs::remove_dir_all(&self.0);
     }

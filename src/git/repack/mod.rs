@@ -192,12 +192,15 @@ pub(crate) fn consolidate(
 
     // Taken before anything is written, so only files that existed up front are ever deleted.
     let before = Inventory::scan(&objects_dir, object_hash)?;
+    stop_point()?;
 
     let roots = reachable_roots(&odb, tips, &shallow, object_hash, should_interrupt)?;
+    stop_point()?;
     if should_interrupt.load(Ordering::Relaxed) {
         return Err(Error::interrupted());
     }
     let staging = Staging::create(&pack_dir)?;
+    stop_point()?;
     let (written, wanted) = write_pack(
         &odb,
         roots,
@@ -209,11 +212,13 @@ pub(crate) fn consolidate(
     )?;
     drop(odb);
     drop(repo);
+    stop_point()?;
     if should_interrupt.load(Ordering::Relaxed) {
         return Err(Error::interrupted());
     }
     let new_pack = install(&written, &wanted, &pack_dir, object_hash)?;
     drop(staging);
+    stop_point()?;
 
     // Point of no return: the new pack is complete, so the interrupt flag is not consulted any
     // more and deletion failures no longer affect readability.
@@ -223,6 +228,7 @@ pub(crate) fn consolidate(
         ..Stats::default()
     };
     let mut outcome = remove_previous(&before, &new_pack, &objects_dir, &mut stats);
+    stop_point()?;
     if !shallow.is_empty() {
         match prune_shallow(git_dir, &shallow_file, object_hash) {
             Ok(removed) => stats.shallow_entries_removed = removed,
@@ -230,8 +236,55 @@ pub(crate) fn consolidate(
         }
     }
     outcome?;
+    stop_point()?;
     stats.bytes_after = Inventory::scan(&objects_dir, object_hash)?.bytes;
     Ok(stats)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Where the test running on this thread stops a run, see [`stop_point()`].
+    static STOP: std::cell::RefCell<Option<(usize, tests::Stop)>> =
+        const { std::cell::RefCell::new(None) };
+    /// Whether this thread's run stopped as if the process had died.
+    static CRASHED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A point between two steps of a run where tests stop it, either as if the process died
+/// (nothing after it runs and nothing is cleaned up) or by raising the interrupt flag. A no-op
+/// outside tests.
+fn stop_point() -> Result<(), Error> {
+    #[cfg(test)]
+    {
+        if CRASHED.get() {
+            return Err(Error::new(ErrorKind::Io, "simulated crash"));
+        }
+        let stop = STOP.with_borrow_mut(|stop| match stop {
+            Some((left, _)) if *left > 1 => {
+                *left -= 1;
+                None
+            }
+            Some(_) => stop.take().map(|(_, stop)| stop),
+            None => None,
+        });
+        match stop {
+            Some(tests::Stop::Crash) => {
+                CRASHED.set(true);
+                return Err(Error::new(ErrorKind::Io, "simulated crash"));
+            }
+            Some(tests::Stop::Interrupt(flag)) => flag.store(true, Ordering::Relaxed),
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// Whether this thread's run stopped as if the process had died (never, outside tests).
+fn crashed() -> bool {
+    #[cfg(test)]
+    return CRASHED.get();
+    #[cfg(not(test))]
+    false
 }
 
 /// Open the repository for reading objects only, independent of user and system configuration.
@@ -249,3 +302,6 @@ fn open(git_dir: &Path) -> Result<gix::Repository, Error> {
     gix::open_opts(git_dir, options)
         .map_err(|err| Error::gix("could not open repository", &err, &never))
 }
+
+#[cfg(test)]
+mod tests;

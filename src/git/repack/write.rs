@@ -13,7 +13,7 @@ use std::{
 use gix::ObjectId;
 use gix_pack::data::output;
 
-use super::{Error, ErrorKind, entries::EntrySource};
+use super::{Error, ErrorKind, entries::EntrySource, stop_point};
 use crate::git::indexer;
 
 /// Entries per chunk handed to the pack encoder, at most.
@@ -54,6 +54,7 @@ pub(super) fn write_pack(
         },
     )
     .map_err(|err| Error::gix("could not count objects", &err, should_interrupt))?;
+    stop_point()?;
     if should_interrupt.load(Ordering::Relaxed) {
         return Err(Error::interrupted());
     }
