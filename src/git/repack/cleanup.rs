@@ -46,14 +46,16 @@ pub(super) fn remove_previous(
         stats.loose_objects_removed += 1;
         stop_point()?;
     }
-    for dir in &before.fan_out_dirs {
-        // Fails harmlessly when a concurrent writer put a new object there meanwhile.
-        let _ = fs::remove_dir(dir);
-    }
+    // Before the fan-out directories, as a writer that died may have left its temporary file in
+    // one of them.
     for path in &before.stale_temporaries {
         note(remove_if_present(path).map_err(|err| Error::io("could not remove", path, &err)));
     }
     stop_point()?;
+    for dir in &before.fan_out_dirs {
+        // Fails harmlessly when a concurrent writer put a new object there meanwhile.
+        let _ = fs::remove_dir(dir);
+    }
     for dir in &before.stale_staging_dirs {
         // Removal is retried by the next run if it fails.
         let _ = fs::remove_dir_all(dir);

@@ -15,7 +15,10 @@ use std::{
 
 use gix::ObjectId;
 
-use super::{CRASHED, ErrorKind, STOP, consolidate, entries::MAX_DELTA_DEPTH, pack_count};
+use super::{
+    CRASHED, ErrorKind, STOP, consolidate, entries::MAX_DELTA_DEPTH, install::STAGING_PREFIX,
+    pack_count,
+};
 
 /// How a test stops a run at a [`super::stop_point()`].
 pub(super) enum Stop {
@@ -625,4 +628,45 @@ fn an_interrupted_run_changes_nothing_until_the_new_pack_is_in_place() {
     // Interrupted after listing, walking, creating the staging directory, counting and writing.
     assert_eq!(interrupted, 5);
     assert!(completed > 0);
+}
+
+/// Temporary files and staging directories untouched for an hour are leftovers of writers
+/// that died and go, along with fan-out directories they leave empty; younger ones may belong
+/// to a writer still running and stay.
+#[test]
+fn stale_leftovers_go_and_young_ones_stay() {
+    let fixture = Fixture::several_packs(2);
+    let want = fixture.reachable();
+    let objects = fixture.mirror.join("objects");
+    let pack_dir = objects.join("pack");
+    let staging = pack_dir.join(format!("{STAGING_PREFIX}1-2"));
+    for dir in [objects.join("0a"), staging.clone()] {
+        fs::create_dir(dir).unwrap();
+    }
+    let stale = [
+        objects.join("0a/tmp_obj_stale"),
+        pack_dir.join(".tmp-stale-pack"),
+        pack_dir.join("tmp_pack_stale"),
+        staging.join("pack-0.pack"),
+    ];
+    for path in &stale {
+        fs::write(path, "partial").unwrap();
+    }
+    let young = [
+        objects.join("0b/tmp_obj_young"),
+        pack_dir.join(".tmp-young"),
+    ];
+    fs::create_dir(objects.join("0b")).unwrap();
+    for path in &young {
+        fs::write(path, "partial").unwrap();
+    }
+    age(&stale);
+    age(&[objects.join("0a"), staging]);
+
+    fixture.consolidate(&AtomicBool::new(false)).unwrap();
+    for path in &young {
+        fs::remove_file(path).expect("young leftovers stay");
+    }
+    fs::remove_dir(objects.join("0b")).unwrap();
+    fixture.assert_consolidated(&want, "stale leftovers");
 }
