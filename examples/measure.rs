@@ -13,6 +13,9 @@
 //!   bytes, which every pack consolidation copies.
 //! - `long-cli [N]`: the same N fetches through the `gitfeed watch` command (built beside this
 //!   example), each asked for with `SIGHUP`; its resident memory as the fetches go on.
+//! - `read [N]`: a commit of N files (default 2,000) read back through a [`gitfeed::Reader`]:
+//!   the time to list them, and to read every one of them, in all and for the longest single
+//!   call (the longest an executor running the reads would be held).
 //!
 //! Run with: cargo run --release --example measure -- faults 1000
 
@@ -46,8 +49,10 @@ fn main() {
             args.next().is_some_and(|arg| arg == "large"),
         ),
         "long-cli" => long_cli(count.unwrap_or(1000)),
+        "read" => read(count.unwrap_or(2000)),
         _ => eprintln!(
-            "usage: measure faults [N] | deadline | poll [N] | long [N] [large] | long-cli [N]"
+            "usage: measure faults [N] | deadline | poll [N] | long [N] [large] | long-cli [N] \
+             | read [N]"
         ),
     }
 }
@@ -431,6 +436,58 @@ fn long_cli(fetches: usize) {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+fn read(count: usize) {
+    let remote = Remote::new();
+    let contents: Vec<(String, String)> = (0..count)
+        .map(|i| (format!("dir{}/file{i}.txt", i % 20), format!("file {i}\n")))
+        .collect();
+    let files: Vec<(&str, Option<&str>)> = contents
+        .iter()
+        .map(|(path, text)| (path.as_str(), Some(text.as_str())))
+        .collect();
+    let commit = remote.commit(&files, "many files");
+    let cache = util::unique_dir();
+    let mut only = source("read", &remote.file_url(), Duration::from_secs(30));
+    only.filter.directories = (0..20).map(|i| format!("dir{i}")).collect();
+    gitfeed::sync_once(cache.path(), &only)
+        .expect("sync")
+        .expect("update");
+    let reader = gitfeed::Reader::open(cache.path(), &only).expect("reader");
+    let started = Instant::now();
+    let listed = reader.files(&commit).expect("files");
+    let listing = started.elapsed();
+    assert_eq!(listed.len(), count);
+    println!("| {count} files | calls | total | longest call |");
+    println!("|---|---|---|---|");
+    println!("| list (`files`) | 1 | {} | {} |", ms(listing), ms(listing));
+    let (total, longest) = timed(&listed, |file| {
+        reader.read(&commit, &file.path).expect("read").len()
+    });
+    println!(
+        "| read each by path (`read`) | {count} | {} | {} |",
+        ms(total),
+        ms(longest)
+    );
+}
+
+/// Runs `read` for each of `files`, checking each read returned the file's size; the total
+/// time and the longest call.
+fn timed(files: &[gitfeed::File], read: impl Fn(&gitfeed::File) -> usize) -> (Duration, Duration) {
+    let mut longest = Duration::ZERO;
+    let started = Instant::now();
+    for file in files {
+        let call = Instant::now();
+        let size = read(file);
+        longest = longest.max(call.elapsed());
+        assert_eq!(size as u64, file.size, "{}", file.path);
+    }
+    (started.elapsed(), longest)
+}
+
+fn ms(duration: Duration) -> String {
+    format!("{:.2} ms", duration.as_secs_f64() * 1e3)
 }
 
 /// This process's resident memory, from `/proc/self/status`.
