@@ -14,8 +14,10 @@
 //! - `long-cli [N]`: the same N fetches through the `gitfeed watch` command (built beside this
 //!   example), each asked for with `SIGHUP`; its resident memory as the fetches go on.
 //! - `read [N]`: a commit of N files (default 2,000) read back through a [`gitfeed::Reader`]:
-//!   the time to list them, and to read every one of them, in all and for the longest single
-//!   call (the longest an executor running the reads would be held).
+//!   the time to list them (at once and a file at a time), and to read every one of them by
+//!   path, by blob id, and by path the way `Reader::read` did before it looked paths up (the
+//!   whole commit listed for each file); in all and for the longest single call (the longest
+//!   an executor running the reads would be held).
 //!
 //! Run with: cargo run --release --example measure -- faults 1000
 
@@ -462,19 +464,50 @@ fn read(count: usize) {
     println!("| {count} files | calls | total | longest call |");
     println!("|---|---|---|---|");
     println!("| list (`files`) | 1 | {} | {} |", ms(listing), ms(listing));
-    let (total, longest) = timed(&listed, |file| {
-        reader.read(&commit, &file.path).expect("read").len()
+    let mut walk = reader.walk(&commit).expect("walk");
+    let (total, longest) = timed(&listed, |_| {
+        walk.next().expect("a file").expect("a step").size as usize
     });
     println!(
-        "| read each by path (`read`) | {count} | {} | {} |",
+        "| list a file at a time (`walk`) | {count} | {} | {} |",
         ms(total),
         ms(longest)
     );
+    let rows: [(&str, ReadOne); 3] = [
+        (
+            "read each by path, listing the commit each time (`read` before)",
+            &|file| {
+                let found = reader
+                    .files(&commit)
+                    .expect("files")
+                    .into_iter()
+                    .find(|listed| listed.path == file.path)
+                    .expect("listed");
+                reader.read_blob(&found.id).expect("read").len()
+            },
+        ),
+        ("read each by path (`read`)", &|file| {
+            reader.read(&commit, &file.path).expect("read").len()
+        }),
+        ("read each by blob id (`read_blob`)", &|file| {
+            reader.read_blob(&file.id).expect("read").len()
+        }),
+    ];
+    for (label, read) in rows {
+        let (total, longest) = timed(&listed, read);
+        println!("| {label} | {count} | {} | {} |", ms(total), ms(longest));
+    }
 }
+
+/// Reads one file; returns how many bytes it holds.
+type ReadOne<'a> = &'a dyn Fn(&gitfeed::File) -> usize;
 
 /// Runs `read` for each of `files`, checking each read returned the file's size; the total
 /// time and the longest call.
-fn timed(files: &[gitfeed::File], read: impl Fn(&gitfeed::File) -> usize) -> (Duration, Duration) {
+fn timed(
+    files: &[gitfeed::File],
+    mut read: impl FnMut(&gitfeed::File) -> usize,
+) -> (Duration, Duration) {
     let mut longest = Duration::ZERO;
     let started = Instant::now();
     for file in files {
