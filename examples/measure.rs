@@ -13,6 +13,11 @@
 //!   bytes, which every pack consolidation copies.
 //! - `long-cli [N]`: the same N fetches through the `gitfeed watch` command (built beside this
 //!   example), each asked for with `SIGHUP`; its resident memory as the fetches go on.
+//! - `read [N]`: a commit of N files (default 2,000) read back through a [`gitfeed::Reader`]:
+//!   the time to list them (at once and a file at a time), and to read every one of them by
+//!   path, by blob id, and by path the way `Reader::read` did before it looked paths up (the
+//!   whole commit listed for each file); in all and for the longest single call (the longest
+//!   an executor running the reads would be held).
 //!
 //! Run with: cargo run --release --example measure -- faults 1000
 
@@ -46,8 +51,10 @@ fn main() {
             args.next().is_some_and(|arg| arg == "large"),
         ),
         "long-cli" => long_cli(count.unwrap_or(1000)),
+        "read" => read(count.unwrap_or(2000)),
         _ => eprintln!(
-            "usage: measure faults [N] | deadline | poll [N] | long [N] [large] | long-cli [N]"
+            "usage: measure faults [N] | deadline | poll [N] | long [N] [large] | long-cli [N] \
+             | read [N]"
         ),
     }
 }
@@ -431,6 +438,89 @@ fn long_cli(fetches: usize) {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+fn read(count: usize) {
+    let remote = Remote::new();
+    let contents: Vec<(String, String)> = (0..count)
+        .map(|i| (format!("dir{}/file{i}.txt", i % 20), format!("file {i}\n")))
+        .collect();
+    let files: Vec<(&str, Option<&str>)> = contents
+        .iter()
+        .map(|(path, text)| (path.as_str(), Some(text.as_str())))
+        .collect();
+    let commit = remote.commit(&files, "many files");
+    let cache = util::unique_dir();
+    let mut only = source("read", &remote.file_url(), Duration::from_secs(30));
+    only.filter.directories = (0..20).map(|i| format!("dir{i}")).collect();
+    gitfeed::sync_once(cache.path(), &only)
+        .expect("sync")
+        .expect("update");
+    let reader = gitfeed::Reader::open(cache.path(), &only).expect("reader");
+    let started = Instant::now();
+    let listed = reader.files(&commit).expect("files");
+    let listing = started.elapsed();
+    assert_eq!(listed.len(), count);
+    println!("| {count} files | calls | total | longest call |");
+    println!("|---|---|---|---|");
+    println!("| list (`files`) | 1 | {} | {} |", ms(listing), ms(listing));
+    let mut walk = reader.walk(&commit).expect("walk");
+    let (total, longest) = timed(&listed, |_| {
+        walk.next().expect("a file").expect("a step").size as usize
+    });
+    println!(
+        "| list a file at a time (`walk`) | {count} | {} | {} |",
+        ms(total),
+        ms(longest)
+    );
+    let rows: [(&str, ReadOne); 3] = [
+        (
+            "read each by path, listing the commit each time (`read` before)",
+            &|file| {
+                let found = reader
+                    .files(&commit)
+                    .expect("files")
+                    .into_iter()
+                    .find(|listed| listed.path == file.path)
+                    .expect("listed");
+                reader.read_blob(&found.id).expect("read").len()
+            },
+        ),
+        ("read each by path (`read`)", &|file| {
+            reader.read(&commit, &file.path).expect("read").len()
+        }),
+        ("read each by blob id (`read_blob`)", &|file| {
+            reader.read_blob(&file.id).expect("read").len()
+        }),
+    ];
+    for (label, read) in rows {
+        let (total, longest) = timed(&listed, read);
+        println!("| {label} | {count} | {} | {} |", ms(total), ms(longest));
+    }
+}
+
+/// Reads one file; returns how many bytes it holds.
+type ReadOne<'a> = &'a dyn Fn(&gitfeed::File) -> usize;
+
+/// Runs `read` for each of `files`, checking each read returned the file's size; the total
+/// time and the longest call.
+fn timed(
+    files: &[gitfeed::File],
+    mut read: impl FnMut(&gitfeed::File) -> usize,
+) -> (Duration, Duration) {
+    let mut longest = Duration::ZERO;
+    let started = Instant::now();
+    for file in files {
+        let call = Instant::now();
+        let size = read(file);
+        longest = longest.max(call.elapsed());
+        assert_eq!(size as u64, file.size, "{}", file.path);
+    }
+    (started.elapsed(), longest)
+}
+
+fn ms(duration: Duration) -> String {
+    format!("{:.2} ms", duration.as_secs_f64() * 1e3)
 }
 
 /// This process's resident memory, from `/proc/self/status`.

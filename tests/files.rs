@@ -551,3 +551,349 @@ fn submodules_are_left_out_everywhere_and_reported_once_per_update() {
     assert_eq!(err.kind(), ReadErrorKind::NotFound, "{err}");
     assert!(err.to_string().contains("submodule"), "{err}");
 }
+
+/// A source of `remote` reading only `*.rego`, with `max_file_size` 14, synced once; its
+/// update and a reader on its cache.
+fn rego_reader(remote: &Remote, cache: &Path) -> (gitfeed::Update, Reader) {
+    let mut source = quick_source("r", &remote.file_url());
+    source.filter = Filter {
+        extensions: vec!["rego".into()],
+        ..Filter::default()
+    };
+    source.max_file_size = 14;
+    let update = sync_once(cache, &source).expect("sync").expect("update");
+    let reader = Reader::open(cache, &source).expect("open");
+    (update, reader)
+}
+
+#[test]
+fn reader_reads_blobs_by_the_id_a_change_carries() {
+    let remote = files_remote();
+    let cache = unique_dir();
+    let (update, reader) = rego_reader(&remote, cache.path());
+    let mut read = 0;
+    for change in &update.changes {
+        let id = change.id.as_deref().expect("an added file has an id");
+        match reader.read(&update.new, &change.path) {
+            Ok(bytes) => {
+                assert_eq!(reader.read_blob(id).expect("read by id"), bytes);
+                let mut streamed = Vec::new();
+                let size = reader.read_blob_to(id, &mut streamed).expect("stream");
+                assert_eq!((size, &streamed), (bytes.len() as u64, &bytes));
+                read += 1;
+            }
+            Err(err) => {
+                assert_eq!(err.kind(), ReadErrorKind::TooLarge, "{err}");
+                let by_id = reader.read_blob(id).expect_err("over max_file_size");
+                assert_eq!(by_id.kind(), ReadErrorKind::TooLarge, "{by_id}");
+                assert!(
+                    by_id.to_string().contains("over the limit of 14"),
+                    "{by_id}"
+                );
+            }
+        }
+    }
+    assert_eq!(read, 3, "all but authz_test.rego are small enough");
+
+    // A blob id names content, not a path: the filter does not apply to it.
+    let docs = remote.git_bare(&["rev-parse", "main:docs/index.md"]);
+    assert_eq!(reader.read_blob(&docs).expect("docs"), b"# docs\n");
+
+    let not_found = |id: &str, says: &str| {
+        let err = reader.read_blob(id).expect_err(id);
+        assert_eq!(err.kind(), ReadErrorKind::NotFound, "{id}: {err}");
+        assert!(err.to_string().contains(says), "{id}: {err}");
+    };
+    not_found(&"1".repeat(40), "is not in the cache");
+    for malformed in ["", "abc", &"a".repeat(39), &"g".repeat(40), &"a".repeat(41)] {
+        not_found(malformed, "is not a blob id");
+    }
+    not_found(
+        &remote.git_bare(&["rev-parse", "main^{tree}"]),
+        "is a tree, not a blob",
+    );
+    not_found(
+        &remote.git_bare(&["rev-parse", "main:policies"]),
+        "is a tree, not a blob",
+    );
+    not_found(&update.new, "is a commit, not a blob");
+
+    // A writer that fails is an IO error.
+    let lib = remote.git_bare(&["rev-parse", "main:vendor/lib.rego"]);
+    let err = reader
+        .read_blob_to(&lib, &mut Refusing)
+        .expect_err("the writer fails");
+    assert_eq!(err.kind(), ReadErrorKind::Io, "{err}");
+}
+
+/// A writer that refuses every write.
+struct Refusing;
+
+impl Write for Refusing {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::Error::other("full"))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn reader_reads_paths_in_nested_directories() {
+    let remote = Remote::new();
+    let commit = remote.commit(
+        &[
+            ("a-b", Some("a-b\n")),
+            ("a.txt", Some("a.txt\n")),
+            ("a/x", Some("a/x\n")),
+            ("a/b/c/deep.txt", Some("deep\n")),
+            ("a0", Some("a0\n")),
+            ("secret/key.txt", Some("key\n")),
+            ("notes.txt/file", Some("a directory named like a file\n")),
+        ],
+        "nested",
+    );
+    let cache = unique_dir();
+    let mut source = quick_source("n", &remote.file_url());
+    source.filter = Filter {
+        exclude: vec!["secret/".into()],
+        ..Filter::default()
+    };
+    sync_once(cache.path(), &source)
+        .expect("sync")
+        .expect("update");
+    let reader = Reader::open(cache.path(), &source).expect("open");
+    for path in [
+        "a-b",
+        "a.txt",
+        "a/x",
+        "a/b/c/deep.txt",
+        "a0",
+        "notes.txt/file",
+        "README.md",
+        "src/lib.txt",
+    ] {
+        let expected = remote.git_bare(&["cat-file", "blob", &format!("main:{path}")]);
+        let bytes = reader.read(&commit, path).expect(path);
+        assert_eq!(
+            String::from_utf8(bytes).expect("utf-8").trim_end(),
+            expected,
+            "{path}"
+        );
+    }
+    let not_found = |path: &str, says: &str| {
+        let err = reader.read(&commit, path).expect_err(path);
+        assert_eq!(err.kind(), ReadErrorKind::NotFound, "{path}: {err}");
+        assert!(err.to_string().contains(says), "{path}: {err}");
+    };
+    // Filtered out, missing, or not a usable path: all the same to the caller.
+    not_found("secret/key.txt", "no file `secret/key.txt`");
+    for missing in [
+        "missing.txt",
+        "a/missing",
+        "a/b/c/deep.txt/more",
+        "a.txt/x",
+        "A.TXT",
+        "",
+        "/a.txt",
+        "a//x",
+        "a/./x",
+        "a/../a.txt",
+        "a/x/",
+        ".git/config",
+    ] {
+        not_found(missing, "no file");
+    }
+    for directory in ["a", "a/b", "a/b/c", "notes.txt", "src"] {
+        not_found(directory, "is a directory");
+    }
+    let unknown = "1".repeat(40);
+    not_found(&unknown, "no file");
+    let err = reader.read(&unknown, "a.txt").expect_err("no such commit");
+    assert_eq!(err.kind(), ReadErrorKind::NotFound, "{err}");
+    assert!(err.to_string().contains("not in the cache"), "{err}");
+
+    // The listing is sorted by path components, which is not git's tree order (`a-b`, `a.txt`,
+    // `a/`, `a0`); walking gives the same files in the same order.
+    let files = reader.files(&commit).expect("files");
+    let listed: Vec<&str> = files.iter().map(|file| file.path.as_str()).collect();
+    assert_eq!(
+        listed,
+        [
+            "README.md",
+            "a/b/c/deep.txt",
+            "a/x",
+            "a-b",
+            "a.txt",
+            "a0",
+            "notes.txt/file",
+            "src/lib.txt"
+        ]
+    );
+    // The walk borrows the reader only, not the text it was given.
+    let walk = reader.walk(&commit.clone()).expect("walk");
+    let walked: Vec<gitfeed::File> = walk.collect::<Result<_, _>>().expect("every step");
+    assert_eq!(walked, files);
+    assert_eq!(
+        reader.walk(&unknown).err().map(|err| err.kind()),
+        Some(ReadErrorKind::NotFound)
+    );
+}
+
+/// The clone a cache holds for its only repository.
+fn cached_clone(cache: &Path) -> std::path::PathBuf {
+    let clones: Vec<_> = std::fs::read_dir(cache.join("clones"))
+        .expect("clones")
+        .map(|entry| entry.expect("entry").path().join("repo.git"))
+        .filter(|git_dir| git_dir.exists())
+        .collect();
+    assert_eq!(clones.len(), 1, "{clones:?}");
+    clones.into_iter().next().expect("one clone")
+}
+
+/// A read by path reads only the trees along the path: a commit whose other directory is
+/// missing from the cache can still be read where it is whole, while listing it fails and
+/// a walk stops at the damage.
+#[test]
+fn reading_a_path_reads_no_other_directory() {
+    let remote = Remote::new();
+    remote.commit(&[("ok.txt", Some("fine\n"))], "files");
+    let cache = unique_dir();
+    let source = quick_source("d", &remote.file_url());
+    sync_once(cache.path(), &source)
+        .expect("sync")
+        .expect("update");
+    let clone = cached_clone(cache.path());
+    let fine = blob(&clone, "fine\n");
+    // A commit written into the cache itself, whose directory `lost` names a tree the cache
+    // does not have.
+    let lost = "2".repeat(40);
+    let tree = raw_tree(
+        &clone,
+        &[
+            ("100644", b"a.txt", fine.clone()),
+            ("40000", b"lost", lost),
+            ("100644", b"ok.txt", fine),
+        ],
+    );
+    let commit = crate::util::git_in(&clone, &["commit-tree", &tree, "-m", "damaged"]);
+    let reader = Reader::open(cache.path(), &source).expect("open");
+    assert_eq!(reader.read(&commit, "ok.txt").expect("ok.txt"), b"fine\n");
+    let err = reader.read(&commit, "lost/file").expect_err("not there");
+    assert_eq!(err.kind(), ReadErrorKind::Corrupt, "{err}");
+    let err = reader.files(&commit).expect_err("a tree is missing");
+    assert_eq!(err.kind(), ReadErrorKind::Corrupt, "{err}");
+    let steps: Vec<Result<String, ReadErrorKind>> = reader
+        .walk(&commit)
+        .expect("walk")
+        .map(|step| step.map(|file| file.path).map_err(|err| err.kind()))
+        .collect();
+    assert_eq!(
+        steps,
+        [Ok("a.txt".to_owned()), Err(ReadErrorKind::Corrupt)],
+        "the walk ends at the damage"
+    );
+}
+
+/// A hostile tree may repeat a name: reading by path finds what the listing lists first,
+/// and the files of two subtrees of one name are listed together, sorted.
+#[test]
+fn reader_on_a_tree_that_repeats_names() {
+    let remote = Remote::new();
+    let bare = remote.bare_path();
+    let (one, two, three) = (blob(&bare, "1\n"), blob(&bare, "2\n"), blob(&bare, "3\n"));
+    let first = raw_tree(
+        &bare,
+        &[("100644", b"b", one.clone()), ("100644", b"d", two.clone())],
+    );
+    let second = raw_tree(&bare, &[("100644", b"c", three.clone())]);
+    let under_x = raw_tree(&bare, &[("100644", b"y", one.clone())]);
+    let tree = raw_tree(
+        &bare,
+        &[
+            ("40000", b"d", first),
+            ("40000", b"d", second),
+            ("40000", b"x", under_x),
+            ("100644", b"x", two.clone()),
+            ("100644", b"z", three.clone()),
+            ("100644", b"z", one.clone()),
+        ],
+    );
+    let parent = remote.head();
+    let commit = crate::util::git_in(&bare, &["commit-tree", &tree, "-p", &parent, "-m", "r"]);
+    crate::util::git_in(&bare, &["update-ref", "refs/heads/main", &commit]);
+    let cache = unique_dir();
+    let source = quick_source("r", &remote.file_url());
+    sync_once(cache.path(), &source)
+        .expect("sync")
+        .expect("update");
+    let reader = Reader::open(cache.path(), &source).expect("open");
+    let files = reader.files(&commit).expect("files");
+    let listed: Vec<(&str, &str)> = files
+        .iter()
+        .map(|file| (file.path.as_str(), file.id.as_str()))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("d/b", one.as_str()),
+            ("d/c", three.as_str()),
+            ("d/d", two.as_str()),
+            ("x", two.as_str()),
+            ("x/y", one.as_str()),
+            ("z", three.as_str()),
+            ("z", one.as_str()),
+        ]
+    );
+    for (path, content) in [
+        ("d/c", "3\n"),
+        ("d/d", "2\n"),
+        ("x", "2\n"),
+        ("x/y", "1\n"),
+        ("z", "3\n"),
+    ] {
+        assert_eq!(
+            reader.read(&commit, path).expect(path),
+            content.as_bytes(),
+            "{path}"
+        );
+    }
+}
+
+/// Trees nested more than 256 deep are refused, as the listing refuses them; a path that
+/// stays within that depth is read, and so is the rest of the commit.
+#[test]
+fn reader_refuses_paths_nested_too_deep() {
+    let remote = Remote::new();
+    let cache = unique_dir();
+    let source = quick_source("deep", &remote.file_url());
+    sync_once(cache.path(), &source)
+        .expect("sync")
+        .expect("update");
+    let clone = cached_clone(cache.path());
+    let fine = blob(&clone, "fine\n");
+    // The tree 257 directories down holds `f`; the one 256 down holds `g` and that tree.
+    let mut tree = raw_tree(&clone, &[("100644", b"f", fine.clone())]);
+    tree = raw_tree(
+        &clone,
+        &[("40000", b"d", tree), ("100644", b"g", fine.clone())],
+    );
+    for _ in 1..256 {
+        tree = raw_tree(&clone, &[("40000", b"d", tree)]);
+    }
+    let root = raw_tree(
+        &clone,
+        &[("40000", b"d", tree), ("100644", b"ok.txt", fine)],
+    );
+    let commit = crate::util::git_in(&clone, &["commit-tree", &root, "-m", "deep"]);
+    let reader = Reader::open(cache.path(), &source).expect("open");
+    let within = format!("{}g", "d/".repeat(256));
+    let beyond = format!("{}f", "d/".repeat(257));
+    assert_eq!(reader.read(&commit, "ok.txt").expect("ok.txt"), b"fine\n");
+    assert_eq!(reader.read(&commit, &within).expect("within"), b"fine\n");
+    let err = reader.read(&commit, &beyond).expect_err("too deep");
+    assert_eq!(err.kind(), ReadErrorKind::TooLarge, "{err}");
+    let err = reader.files(&commit).expect_err("too deep");
+    assert_eq!(err.kind(), ReadErrorKind::TooLarge, "{err}");
+}

@@ -54,84 +54,108 @@ pub(crate) enum ReadFailure {
 }
 
 impl Repo {
-    /// Every file of `commit`'s tree that `matcher` accepts, in tree order (sorted by path).
+    /// Every file of `commit`'s tree that `matcher` accepts, sorted by path (see
+    /// [`Repo::walk`]).
     pub fn files(&self, commit: &str, matcher: &Matcher) -> Result<Vec<TreeFile>, ReadFailure> {
-        let repo = self.repo.to_thread_local();
-        let id = parse_id(commit).map_err(|err| ReadFailure::NotFound(err.message))?;
-        let tree = repo
-            .find_commit(id)
-            .map_err(|_| ReadFailure::NotFound(format!("commit {commit} is not in the cache")))?
-            .tree_id()
-            .map_err(|err| ReadFailure::Corrupt(format!("commit {commit}: {err}")))?;
-        let mut out = Vec::new();
-        // Depth-first without recursion, children in tree order, so the result is sorted the
-        // way git sorts paths.
-        let mut stack = vec![(tree.detach(), Vec::<Vec<u8>>::new())];
-        while let Some((tree_id, prefix)) = stack.pop() {
-            if prefix.len() > MAX_DEPTH {
-                return Err(ReadFailure::TooLarge(format!(
-                    "commit {commit} nests trees deeper than {MAX_DEPTH} levels"
-                )));
-            }
-            let tree = repo
-                .find_tree(tree_id)
-                .map_err(|err| ReadFailure::Corrupt(format!("tree {tree_id}: {err}")))?;
-            let decoded = tree
-                .decode()
-                .map_err(|err| ReadFailure::Corrupt(format!("tree {tree_id}: {err}")))?;
-            let mut subtrees = Vec::new();
-            for entry in &decoded.entries {
-                let mut components = prefix.clone();
-                components.push(entry.filename.to_vec());
-                let kind = match entry.mode.kind() {
-                    EntryKind::Tree => {
-                        subtrees.push((entry.oid.to_owned(), components));
-                        continue;
-                    }
-                    EntryKind::Blob => FileKind::File { executable: false },
-                    EntryKind::BlobExecutable => FileKind::File { executable: true },
-                    EntryKind::Link => FileKind::Symlink,
-                    EntryKind::Commit => FileKind::Gitlink,
-                };
-                let path = components
-                    .iter()
-                    .map(|c| c.to_str_lossy())
-                    .collect::<Vec<_>>()
-                    .join("/");
-                if !matcher.accepts(&path) {
-                    continue;
-                }
-                let size = match kind {
-                    FileKind::Gitlink => 0,
-                    _ => repo
-                        .find_header(entry.oid)
-                        .map_err(|err| {
-                            ReadFailure::Corrupt(format!("blob {} at {path}: {err}", entry.oid))
-                        })?
-                        .size(),
-                };
-                out.push(TreeFile {
-                    components,
-                    path,
-                    kind,
-                    id: entry.oid.to_string(),
-                    size,
-                });
-            }
-            // Pushed in reverse so the first subtree is listed first.
-            stack.extend(subtrees.into_iter().rev());
-        }
-        out.sort_by(|a, b| a.components.cmp(&b.components));
-        Ok(out)
+        self.walk(commit, matcher)?.collect()
     }
 
-    /// The size of blob `id` without reading it.
+    /// The files of `commit`'s tree that `matcher` accepts, one at a time, sorted by their
+    /// path components compared as bytes (`a/x` before `a-b` and `a.txt`). Each step reads at most one
+    /// directory's trees and one object header, so a large tree costs a little per file
+    /// rather than all at once. An error ends the walk.
+    pub fn walk<'a>(
+        &self,
+        commit: &str,
+        matcher: &'a Matcher,
+    ) -> Result<TreeWalk<'a>, ReadFailure> {
+        let repo = self.repo.to_thread_local();
+        let tree = commit_tree(&repo, commit)?;
+        let root = directory(&repo, Vec::new(), &[tree])?;
+        Ok(TreeWalk {
+            repo,
+            matcher,
+            commit: commit.to_owned(),
+            stack: vec![root],
+        })
+    }
+
+    /// The entry at `path` in `commit`, found by reading only the trees along the path: its
+    /// kind and id. A path whose components cannot all be names of a path the consumer uses
+    /// (see [`representable`]), or that `matcher` refuses, is not found, exactly as it is
+    /// missing from [`Repo::walk`]. When the tree holds several entries the path could name
+    /// (a hostile tree may repeat a name, or hold names that are not UTF-8 and decode to the
+    /// same text), the one [`Repo::walk`] lists first is returned.
+    pub fn lookup(
+        &self,
+        commit: &str,
+        path: &str,
+        matcher: &Matcher,
+    ) -> Result<(FileKind, String), ReadFailure> {
+        let repo = self.repo.to_thread_local();
+        let tree = commit_tree(&repo, commit)?;
+        let missing = || ReadFailure::NotFound(format!("no file `{path}` in {commit}"));
+        let names: Vec<&str> = path.split('/').collect();
+        if !names.iter().all(|name| representable(name.as_bytes())) || !matcher.accepts(path) {
+            return Err(missing());
+        }
+        if names.len() > MAX_DEPTH + 1 {
+            return Err(too_deep(commit));
+        }
+        // Depth-first over the candidates of each component, in the walk's order, so the
+        // first file found is the one the walk lists first. A tree already searched at the
+        // same depth found nothing and is not searched again, which bounds the search by the
+        // trees in the repository however often a hostile tree repeats a name.
+        let mut searched = std::collections::HashSet::new();
+        let mut stack = vec![(tree, 0usize)];
+        let mut directory = false;
+        while let Some((tree, depth)) = stack.pop() {
+            if !searched.insert((tree, depth)) {
+                continue;
+            }
+            let last = depth + 1 == names.len();
+            let mut candidates = entries(&repo, tree, |name| name.to_str_lossy() == names[depth])?;
+            sort(&mut candidates);
+            if last {
+                if let Some((kind, id)) = candidates
+                    .iter()
+                    .find_map(|entry| file_kind(entry.kind).map(|kind| (kind, entry.id)))
+                {
+                    return Ok((kind, id.to_string()));
+                }
+                directory |= !candidates.is_empty();
+                continue;
+            }
+            stack.extend(
+                candidates
+                    .iter()
+                    .rev()
+                    .filter(|entry| entry.kind == EntryKind::Tree)
+                    .map(|entry| (entry.id, depth + 1)),
+            );
+        }
+        if directory {
+            return Err(ReadFailure::NotFound(format!(
+                "`{path}` in {commit} is a directory, not a file"
+            )));
+        }
+        Err(missing())
+    }
+
+    /// The size of blob `id` without reading it. An id that is not 40 hex digits, or names no
+    /// object here, or an object other than a blob, is not found.
     pub fn blob_size(&self, id: &str) -> Result<u64, ReadFailure> {
         let repo = self.repo.to_thread_local();
-        let oid = parse_id(id).map_err(|err| ReadFailure::NotFound(err.message))?;
-        repo.find_header(oid)
-            .map(|header| header.size())
-            .map_err(|_| ReadFailure::NotFound(format!("blob {id} is not in the cache")))
+        let oid = blob_id(id)?;
+        let header = repo
+            .find_header(oid)
+            .map_err(|_| ReadFailure::NotFound(format!("blob {id} is not in the cache")))?;
+        match header.kind() {
+            gix::objs::Kind::Blob => Ok(header.size()),
+            other => Err(ReadFailure::NotFound(format!(
+                "{id} is a {other}, not a blob"
+            ))),
+        }
     }
 
     /// Writes blob `id` to `out` if it is at most `limit` bytes; returns its size. For many
@@ -171,7 +195,7 @@ impl BlobReader<'_> {
                 "blob {id} is {size} bytes, over the limit of {limit}"
             )));
         }
-        let oid = parse_id(id).map_err(|err| ReadFailure::NotFound(err.message))?;
+        let oid = blob_id(id)?;
         if self.packed.stream(&oid, size, out)? {
             return Ok(size);
         }
@@ -183,6 +207,198 @@ impl BlobReader<'_> {
             .map_err(|err| ReadFailure::Io(format!("cannot write blob {id}: {err}")))?;
         Ok(size)
     }
+}
+
+/// The files of a commit, one at a time; see [`Repo::walk`].
+pub(crate) struct TreeWalk<'a> {
+    repo: gix::Repository,
+    matcher: &'a Matcher,
+    commit: String,
+    /// The directories being listed, outermost first.
+    stack: Vec<Directory>,
+}
+
+impl std::fmt::Debug for TreeWalk<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TreeWalk")
+            .field("commit", &self.commit)
+            .field("depth", &self.stack.len())
+            .finish()
+    }
+}
+
+/// One directory of a [`TreeWalk`]: the entries not listed yet, in the walk's order.
+struct Directory {
+    prefix: Vec<Vec<u8>>,
+    entries: std::vec::IntoIter<Entry>,
+}
+
+/// A tree entry, owned.
+struct Entry {
+    name: Vec<u8>,
+    kind: EntryKind,
+    id: gix::ObjectId,
+}
+
+impl Iterator for TreeWalk<'_> {
+    type Item = Result<TreeFile, ReadFailure>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let item = self.step();
+        if let Some(Err(_)) = item {
+            self.stack.clear();
+        }
+        item
+    }
+}
+
+impl TreeWalk<'_> {
+    fn step(&mut self) -> Option<Result<TreeFile, ReadFailure>> {
+        loop {
+            let current = self.stack.last_mut()?;
+            let Some(entry) = current.entries.next() else {
+                self.stack.pop();
+                continue;
+            };
+            let mut components = current.prefix.clone();
+            components.push(entry.name);
+            let Some(kind) = file_kind(entry.kind) else {
+                // A hostile tree may hold several subtrees of one name; their files are
+                // listed together, as one directory. They are next to each other (see
+                // [`sort`]).
+                let mut trees = vec![entry.id];
+                while let Some(next) = current.entries.as_slice().first()
+                    && next.kind == EntryKind::Tree
+                    && next.name == components[components.len() - 1]
+                {
+                    trees.push(next.id);
+                    current.entries.next();
+                }
+                if components.len() > MAX_DEPTH {
+                    return Some(Err(too_deep(&self.commit)));
+                }
+                match directory(&self.repo, components, &trees) {
+                    Ok(inner) => self.stack.push(inner),
+                    Err(failure) => return Some(Err(failure)),
+                }
+                continue;
+            };
+            let path = components
+                .iter()
+                .map(|c| c.to_str_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
+            if !self.matcher.accepts(&path) {
+                continue;
+            }
+            let size = match kind {
+                FileKind::Gitlink => 0,
+                _ => match self.repo.find_header(entry.id) {
+                    Ok(header) => header.size(),
+                    Err(err) => {
+                        return Some(Err(ReadFailure::Corrupt(format!(
+                            "blob {} at {path}: {err}",
+                            entry.id
+                        ))));
+                    }
+                },
+            };
+            return Some(Ok(TreeFile {
+                components,
+                path,
+                kind,
+                id: entry.id.to_string(),
+                size,
+            }));
+        }
+    }
+}
+
+/// The tree of `commit`.
+fn commit_tree(repo: &gix::Repository, commit: &str) -> Result<gix::ObjectId, ReadFailure> {
+    let id = parse_id(commit).map_err(|err| ReadFailure::NotFound(err.message))?;
+    Ok(repo
+        .find_commit(id)
+        .map_err(|_| ReadFailure::NotFound(format!("commit {commit} is not in the cache")))?
+        .tree_id()
+        .map_err(|err| ReadFailure::Corrupt(format!("commit {commit}: {err}")))?
+        .detach())
+}
+
+/// The directory at `prefix` made of `trees` (one, unless a hostile tree repeats a name).
+fn directory(
+    repo: &gix::Repository,
+    prefix: Vec<Vec<u8>>,
+    trees: &[gix::ObjectId],
+) -> Result<Directory, ReadFailure> {
+    let mut all = Vec::new();
+    for tree in trees {
+        all.extend(entries(repo, *tree, |_| true)?);
+    }
+    sort(&mut all);
+    Ok(Directory {
+        prefix,
+        entries: all.into_iter(),
+    })
+}
+
+/// The entries of tree `id` whose names `keep` accepts, in the order stored.
+fn entries(
+    repo: &gix::Repository,
+    id: gix::ObjectId,
+    keep: impl Fn(&[u8]) -> bool,
+) -> Result<Vec<Entry>, ReadFailure> {
+    let tree = repo
+        .find_tree(id)
+        .map_err(|err| ReadFailure::Corrupt(format!("tree {id}: {err}")))?;
+    let decoded = tree
+        .decode()
+        .map_err(|err| ReadFailure::Corrupt(format!("tree {id}: {err}")))?;
+    Ok(decoded
+        .entries
+        .iter()
+        .filter(|entry| keep(entry.filename))
+        .map(|entry| Entry {
+            name: entry.filename.to_vec(),
+            kind: entry.mode.kind(),
+            id: entry.oid.to_owned(),
+        })
+        .collect())
+}
+
+/// Puts a directory's entries in the walk's order: by name, bytewise, so that listing each
+/// subtree where its name falls sorts every path by its components. A file comes before a
+/// subtree of the same name, whose paths are longer; otherwise entries of one name keep the
+/// order they are stored in.
+fn sort(entries: &mut [Entry]) {
+    entries.sort_by(|a, b| {
+        a.name
+            .cmp(&b.name)
+            .then_with(|| (a.kind == EntryKind::Tree).cmp(&(b.kind == EntryKind::Tree)))
+    });
+}
+
+/// What a non-directory entry is; `None` for a subtree.
+fn file_kind(kind: EntryKind) -> Option<FileKind> {
+    match kind {
+        EntryKind::Tree => None,
+        EntryKind::Blob => Some(FileKind::File { executable: false }),
+        EntryKind::BlobExecutable => Some(FileKind::File { executable: true }),
+        EntryKind::Link => Some(FileKind::Symlink),
+        EntryKind::Commit => Some(FileKind::Gitlink),
+    }
+}
+
+fn too_deep(commit: &str) -> ReadFailure {
+    ReadFailure::TooLarge(format!(
+        "commit {commit} nests trees deeper than {MAX_DEPTH} levels"
+    ))
+}
+
+/// `id` as a blob id: 40 hex digits.
+fn blob_id(id: &str) -> Result<gix::ObjectId, ReadFailure> {
+    parse_id(id)
+        .map_err(|_| ReadFailure::NotFound(format!("`{id}` is not a blob id (40 hex digits)")))
 }
 
 impl std::fmt::Display for ReadFailure {
