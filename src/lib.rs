@@ -85,9 +85,25 @@
 //! # Reading files
 //!
 //! Without [`Source::contents`], read what an update names from the cache with a [`Reader`]:
-//! straight from the object database, honouring the source's filter and `max_file_size`. A
-//! [`Source::checkout`] writes each commit's files to a directory instead, for agents that load
-//! files from disk.
+//! straight from the object database, honouring the source's filter and `max_file_size`.
+//! [`Reader::read_blob`] reads a file by the blob id its [`Change`] carries, without reading
+//! any tree; [`Reader::read`] by path reads only the trees along the path; [`Reader::walk`]
+//! lists a commit's files one at a time, so a task on a shared executor can yield between
+//! them. A [`Source::checkout`] writes each commit's files to a directory instead, for agents
+//! that load files from disk.
+//!
+//! ```no_run
+//! # fn apply(_: &str, _: &[u8]) {}
+//! # let update: gitfeed::Update = unimplemented!();
+//! let source = gitfeed::Source::new("policies", "https://example.org/p.git");
+//! let reader = gitfeed::Reader::open("/var/cache/agent", &source)?;
+//! for change in &update.changes {
+//!     if let Some(id) = &change.id {
+//!         apply(&change.path, &reader.read_blob(id)?);
+//!     }
+//! }
+//! # Ok::<(), gitfeed::ReadError>(())
+//! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 

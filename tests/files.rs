@@ -556,10 +556,7 @@ fn submodules_are_left_out_everywhere_and_reported_once_per_update() {
 /// update and a reader on its cache.
 fn rego_reader(remote: &Remote, cache: &Path) -> (gitfeed::Update, Reader) {
     let mut source = quick_source("r", &remote.file_url());
-    source.filter = Filter {
-        extensions: vec!["rego".into()],
-        ..Filter::default()
-    };
+    source.filter.extensions = vec!["rego".into()];
     source.max_file_size = 14;
     let update = sync_once(cache, &source).expect("sync").expect("update");
     let reader = Reader::open(cache, &source).expect("open");
@@ -656,10 +653,7 @@ fn reader_reads_paths_in_nested_directories() {
     );
     let cache = unique_dir();
     let mut source = quick_source("n", &remote.file_url());
-    source.filter = Filter {
-        exclude: vec!["secret/".into()],
-        ..Filter::default()
-    };
+    source.filter.exclude = vec!["secret/".into()];
     sync_once(cache.path(), &source)
         .expect("sync")
         .expect("update");
