@@ -178,54 +178,8 @@ pub enum Outcome {
 ///   settings: it is not counted or reported, and a new attempt starts at once, after a
 ///   teardown.
 ///
-/// # Examples
-///
-/// ```
-/// use std::time::{Duration, Instant};
-///
-/// use gitfeed::machine::{Action, ErrorKind, Machine, Outcome, Policy};
-///
-/// let policy = Policy {
-///     interval: Duration::from_secs(60),
-///     backoff_initial: Duration::from_secs(1),
-///     backoff_max: Duration::from_secs(300),
-///     max_failures: Some(10),
-///     failed_interval: Some(Duration::from_secs(600)),
-/// };
-/// let mut now = Instant::now();
-/// let mut machine = Machine::new(policy, now);
-///
-/// // Stand-ins for real fetch attempts: the first one fails, the rest succeed.
-/// let mut outcomes = vec![
-///     Outcome::Failure { kind: ErrorKind::Transient, error: "connection reset".into() },
-///     Outcome::Success,
-///     Outcome::Success,
-/// ]
-/// .into_iter();
-///
-/// loop {
-///     while let Some(action) = machine.poll_action() {
-///         match action {
-///             Action::TearDown { delete_clone } => {
-///                 // Drop the repository handle; also remove the clone if `delete_clone`.
-///                 let _ = delete_clone;
-///             }
-///             Action::Fetch => {
-///                 // A real owner starts the attempt and reports it when it ends.
-///                 let Some(outcome) = outcomes.next() else { return };
-///                 let jitter = 0.5; // a random value in [0, 1)
-///                 machine.handle_fetch_done(now, outcome, jitter);
-///             }
-///             Action::Emit(health) => println!("health: {health:?}"),
-///         }
-///     }
-///     // A real owner sleeps until the timeout, or until a trigger arrives.
-///     if let Some(deadline) = machine.poll_timeout() {
-///         now = deadline;
-///         machine.handle_timeout(now);
-///     }
-/// }
-/// ```
+/// The test `a_walk_through` in this module's tests drives a machine through a failure and a
+/// recovery, as a driver does.
 #[derive(Debug, Clone)]
 pub struct Machine {
     policy: Policy,
