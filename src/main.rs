@@ -15,7 +15,8 @@ use signal_hook::iterator::Signals;
 
 use crate::progress_line::ProgressLine;
 
-const USAGE: &str = r#"Follow a git branch and print what changed, one JSON event per line.
+/// The usage text before the options of `watch`.
+const USAGE_HEAD: &str = r#"Follow a git branch and print what changed, one JSON event per line.
 
 Usage: gitfeed watch <URL> [OPTIONS]
        gitfeed run --config <FILE> [--cache-dir <D>]
@@ -41,62 +42,10 @@ line, whether or not a feed is running; `watch --once` writes it too.
 `gc` removes the clones that no source has used for --unused-for [default: 168h, a week] and
 that no running feed or --once run has open; delivery state is kept. It prints one JSON object.
 
-Options:
-  --branch <B>           branch or tag (main, v1: a branch first, then a tag), full ref
-                         (refs/tags/v1), HEAD or commit id (pinned: synced once) to follow
-                         [default: the remote's HEAD branch]
-  --mirror <URL>         another URL serving the same repository, tried in order when the
-                         ones before fail (repeatable)
-  --name <N>             the source's name in events [default: the URL's last path segment]
-  --cache-dir <D>        where clones and delivery state live
-                         [default: $XDG_CACHE_HOME/gitfeed, or ~/.cache/gitfeed]
-  --interval <T>         time between polls, at most (each comes up to a fifth early)
-                         [default: 30s]
-  --timeout <T>          the longest one attempt may take [default: 60s]
-  --backoff-initial <T>  delay after the first failure, doubling after each [default: 1s]
-  --backoff-max <T>      the longest delay between failed attempts [default: 5m]
-  --max-failures <N>     give up (failed) after N consecutive failures [default: never]
-  --failed-interval <T>  how long a failed source waits before it probes the remote again
-                         [default: 10m]
-  --depth <N>            shallow clone with N commits of history [default: full history]
-  --ssh-command <CMD>    ssh program and options, as git's core.sshCommand [default: ssh]
-  --ssh-key <F>          private key for ssh remotes (and no other identity)
-  --known-hosts <F>      known_hosts file for ssh remotes, checked strictly
-                         [default: ssh's own files, still strictly]
-  --token-file <F>       HTTPS bearer token, read from F on every attempt (rotation-safe)
-  --token-env <V>        HTTPS bearer token from environment variable V
-  --username <U>         HTTPS basic-auth user, with --password-file or --password-env
-  --password-file <F>    HTTPS basic-auth password, read from F on every attempt
-  --password-env <V>     HTTPS basic-auth password from environment variable V
-  --allowed-signers <F>  deliver only commits SSH-signed by a key in F (git's
-                         gpg.ssh.allowedSignersFile format)
-  --verify-all-commits   with --allowed-signers, check every new commit, not only the tip
-  --ca-file <F>          PEM file of CA certificates to trust for HTTPS
-  --insecure-skip-tls-verify
-                         do not check HTTPS certificates (logged loudly on every attempt)
-  --dir <D>              deliver only files under directory D (repeatable)
-  --include <GLOB>       deliver only files matching GLOB, gitignore syntax (repeatable)
-  --exclude <GLOB>       leave out files matching GLOB, gitignore syntax (repeatable)
-  --ext <E>              deliver only files with extension E (repeatable)
-  --contents             attach the content of added and modified files to updates
-  --contents-limit <N>   largest file whose content is attached, in bytes [default: 1048576]
-  --checkout <DIR>       write each new commit's files to DIR/.snapshots/<commit>/ and point
-                         the symlink DIR/current at it before printing the update
-  --keep-snapshots <N>   snapshots kept in the checkout directory [default: 2]
-  --index-threads <N>    threads resolving the deltas of a received pack, 0 for one
-                         per core; each holds an object and its base [default: 1]
-  --list-on-start        make the first update after a start a full listing (old: null) of
-                         the commit reached, even when it was acknowledged before: the
-                         whole state for a consumer that keeps it in memory
-  --exec <CMD>           run CMD with `sh -c` for each update, after the snapshot swap;
-                         the update counts as acknowledged only when CMD exits 0, and
-                         is delivered again after the backoff otherwise (see below)
-  --exec-timeout <T>     the longest CMD may run before its process group is killed
-                         [default: 60s]
-  --once                 sync once, print the update if there is one (after the warnings
-                         about what it left out), write the status, and exit
-  -h, --help             print this help
+"#;
 
+/// The usage text after the options of `watch`.
+const USAGE_TAIL: &str = r#"
 Durations are written like 250ms, 30s, 5m or 1h.
 
 Events go to stdout, one line each; an update counts as acknowledged once its line is
@@ -119,6 +68,401 @@ init: it reaps orphaned helper processes and forwards TERM, INT, HUP and QUIT.
 
 Exit status: 0 on success; 1 when --once or status fails (the error is printed on
 stderr); 2 for bad arguments."#;
+
+/// One option of `watch`: its flag, the name of its value (`None` for a switch), its help
+/// (one line of the usage text each), and what it sets.
+struct Opt {
+    flag: &'static str,
+    value: Option<&'static str>,
+    help: &'static str,
+    set: fn(&mut WatchArgs, &str, String) -> Result<(), String>,
+}
+
+/// What `watch`'s arguments set.
+#[derive(Default)]
+struct WatchArgs {
+    source: Source,
+    url: Option<String>,
+    name: Option<String>,
+    branch: Option<String>,
+    cache_dir: Option<PathBuf>,
+    once: bool,
+    verify_all: bool,
+}
+
+/// The options of `watch`, in the order `--help` lists them: the one place they are defined.
+/// The parser and the usage text both come from this table, and a test holds the README's
+/// table to it.
+const OPTIONS: &[Opt] = &[
+    Opt {
+        flag: "--branch",
+        value: Some("<B>"),
+        help: "branch or tag (main, v1: a branch first, then a tag), full ref\n(refs/tags/v1), HEAD or commit id (pinned: synced once) to follow\n[default: the remote's HEAD branch]",
+        set: |a, _, v| {
+            a.branch = Some(v);
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--mirror",
+        value: Some("<URL>"),
+        help: "another URL serving the same repository, tried in order when the\nones before fail (repeatable)",
+        set: |a, _, v| {
+            a.source.mirrors.push(v);
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--name",
+        value: Some("<N>"),
+        help: "the source's name in events [default: the URL's last path segment]",
+        set: |a, _, v| {
+            a.name = Some(v);
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--cache-dir",
+        value: Some("<D>"),
+        help: "where clones and delivery state live\n[default: $XDG_CACHE_HOME/gitfeed, or ~/.cache/gitfeed]",
+        set: |a, _, v| {
+            a.cache_dir = Some(PathBuf::from(v));
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--interval",
+        value: Some("<T>"),
+        help: "time between polls, at most (each comes up to a fifth early)\n[default: 30s]",
+        set: |a, f, v| {
+            a.source.interval = duration(f, &v)?;
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--timeout",
+        value: Some("<T>"),
+        help: "the longest one attempt may take [default: 60s]",
+        set: |a, f, v| {
+            a.source.timeout = duration(f, &v)?;
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--backoff-initial",
+        value: Some("<T>"),
+        help: "delay after the first failure, doubling after each [default: 1s]",
+        set: |a, f, v| {
+            a.source.backoff_initial = duration(f, &v)?;
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--backoff-max",
+        value: Some("<T>"),
+        help: "the longest delay between failed attempts [default: 5m]",
+        set: |a, f, v| {
+            a.source.backoff_max = duration(f, &v)?;
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--max-failures",
+        value: Some("<N>"),
+        help: "give up (failed) after N consecutive failures [default: never]",
+        set: |a, f, v| {
+            a.source.max_failures = Some(number(f, &v)?);
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--failed-interval",
+        value: Some("<T>"),
+        help: "how long a failed source waits before it probes the remote again\n[default: 10m]",
+        set: |a, f, v| {
+            a.source.failed_interval = duration(f, &v)?;
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--depth",
+        value: Some("<N>"),
+        help: "shallow clone with N commits of history [default: full history]",
+        set: |a, f, v| {
+            a.source.depth = Some(number(f, &v)?);
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--ssh-command",
+        value: Some("<CMD>"),
+        help: "ssh program and options, as git's core.sshCommand [default: ssh]",
+        set: |a, _, v| {
+            a.source.ssh_command = Some(v);
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--ssh-key",
+        value: Some("<F>"),
+        help: "private key for ssh remotes (and no other identity)",
+        set: |a, _, v| {
+            a.source.ssh_key = Some(PathBuf::from(v));
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--known-hosts",
+        value: Some("<F>"),
+        help: "known_hosts file for ssh remotes, checked strictly\n[default: ssh's own files, still strictly]",
+        set: |a, _, v| {
+            a.source.known_hosts = Some(PathBuf::from(v));
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--token-file",
+        value: Some("<F>"),
+        help: "HTTPS bearer token, read from F on every attempt (rotation-safe)",
+        set: |a, _, v| {
+            auth(&mut a.source).token_file = Some(PathBuf::from(v));
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--token-env",
+        value: Some("<V>"),
+        help: "HTTPS bearer token from environment variable V",
+        set: |a, _, v| {
+            auth(&mut a.source).token_env = Some(v);
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--username",
+        value: Some("<U>"),
+        help: "HTTPS basic-auth user, with --password-file or --password-env",
+        set: |a, _, v| {
+            auth(&mut a.source).username = Some(v);
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--password-file",
+        value: Some("<F>"),
+        help: "HTTPS basic-auth password, read from F on every attempt",
+        set: |a, _, v| {
+            auth(&mut a.source).password_file = Some(PathBuf::from(v));
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--password-env",
+        value: Some("<V>"),
+        help: "HTTPS basic-auth password from environment variable V",
+        set: |a, _, v| {
+            auth(&mut a.source).password_env = Some(v);
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--allowed-signers",
+        value: Some("<F>"),
+        help: "deliver only commits SSH-signed by a key in F (git's\ngpg.ssh.allowedSignersFile format)",
+        set: |a, _, v| {
+            let all = a
+                .source
+                .verify
+                .as_ref()
+                .is_some_and(|verify| verify.all_commits);
+            a.source.verify = Some(verify(PathBuf::from(v), all));
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--verify-all-commits",
+        value: None,
+        help: "with --allowed-signers, check every new commit, not only the tip",
+        set: |a, _, _| {
+            a.verify_all = true;
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--ca-file",
+        value: Some("<F>"),
+        help: "PEM file of CA certificates to trust for HTTPS",
+        set: |a, _, v| {
+            a.source.ca_file = Some(PathBuf::from(v));
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--insecure-skip-tls-verify",
+        value: None,
+        help: "do not check HTTPS certificates (logged loudly on every attempt)",
+        set: |a, _, _| {
+            a.source.insecure_skip_tls_verify = true;
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--dir",
+        value: Some("<D>"),
+        help: "deliver only files under directory D (repeatable)",
+        set: |a, _, v| {
+            a.source.filter.directories.push(v);
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--include",
+        value: Some("<GLOB>"),
+        help: "deliver only files matching GLOB, gitignore syntax (repeatable)",
+        set: |a, _, v| {
+            a.source.filter.include.push(v);
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--exclude",
+        value: Some("<GLOB>"),
+        help: "leave out files matching GLOB, gitignore syntax (repeatable)",
+        set: |a, _, v| {
+            a.source.filter.exclude.push(v);
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--ext",
+        value: Some("<E>"),
+        help: "deliver only files with extension E (repeatable)",
+        set: |a, _, v| {
+            a.source.filter.extensions.push(v);
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--contents",
+        value: None,
+        help: "attach the content of added and modified files to updates",
+        set: |a, _, _| {
+            a.source.contents.get_or_insert(DEFAULT_CONTENTS_LIMIT);
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--contents-limit",
+        value: Some("<N>"),
+        help: "largest file whose content is attached, in bytes [default: 1048576]",
+        set: |a, f, v| {
+            a.source.contents = Some(bytes(f, &v)?);
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--checkout",
+        value: Some("<DIR>"),
+        help: "write each new commit's files to DIR/.snapshots/<commit>/ and point\nthe symlink DIR/current at it before printing the update",
+        set: |a, _, v| {
+            a.source.checkout = Some(PathBuf::from(v));
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--keep-snapshots",
+        value: Some("<N>"),
+        help: "snapshots kept in the checkout directory [default: 2]",
+        set: |a, f, v| {
+            a.source.keep_snapshots = number(f, &v)? as usize;
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--index-threads",
+        value: Some("<N>"),
+        help: "threads resolving the deltas of a received pack, 0 for one\nper core; each holds an object and its base [default: 1]",
+        set: |a, f, v| {
+            a.source.index_threads = number(f, &v)? as usize;
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--list-on-start",
+        value: None,
+        help: "make the first update after a start a full listing (old: null) of\nthe commit reached, even when it was acknowledged before: the\nwhole state for a consumer that keeps it in memory",
+        set: |a, _, _| {
+            a.source.list_on_start = true;
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--exec",
+        value: Some("<CMD>"),
+        help: "run CMD with `sh -c` for each update, after the snapshot swap;\nthe update counts as acknowledged only when CMD exits 0, and\nis delivered again after the backoff otherwise (see below)",
+        set: |a, _, v| {
+            a.source.exec = Some(v);
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--exec-timeout",
+        value: Some("<T>"),
+        help: "the longest CMD may run before its process group is killed\n[default: 60s]",
+        set: |a, f, v| {
+            a.source.exec_timeout = duration(f, &v)?;
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--once",
+        value: None,
+        help: "sync once, print the update if there is one (after the warnings\nabout what it left out), write the status, and exit",
+        set: |a, _, _| {
+            a.once = true;
+            Ok(())
+        },
+    },
+];
+
+/// The whole usage text, its options rendered from [`OPTIONS`].
+fn usage() -> String {
+    let mut text = String::from(USAGE_HEAD);
+    text.push_str("Options:\n");
+    for opt in OPTIONS {
+        let head = match opt.value {
+            Some(value) => format!("{} {value}", opt.flag),
+            None => opt.flag.to_owned(),
+        };
+        let mut lines = opt.help.lines();
+        let first = lines.next().unwrap_or_default();
+        if head.len() <= 21 {
+            text.push_str(&format!("  {head:<23}{first}\n"));
+        } else {
+            text.push_str(&format!("  {head}\n{:25}{first}\n", ""));
+        }
+        for line in lines {
+            text.push_str(&format!("{:25}{line}\n", ""));
+        }
+    }
+    text.push_str("  -h, --help             print this help\n");
+    text.push_str(USAGE_TAIL);
+    text
+}
+
+fn duration(flag: &str, text: &str) -> Result<std::time::Duration, String> {
+    parse_duration(text).map_err(|err| format!("{flag}: {err}"))
+}
+
+fn number(flag: &str, text: &str) -> Result<u32, String> {
+    text.parse::<u32>()
+        .map_err(|_| format!("{flag}: `{text}` is not a whole number"))
+}
+
+fn bytes(flag: &str, text: &str) -> Result<u64, String> {
+    text.parse::<u64>()
+        .map_err(|_| format!("{flag}: `{text}` is not a number of bytes"))
+}
 
 /// The largest file whose content `--contents` attaches, unless `--contents-limit` says.
 const DEFAULT_CONTENTS_LIMIT: u64 = 1 << 20;
@@ -158,7 +502,7 @@ fn main() -> ExitCode {
     };
     match command {
         Command::Help => {
-            println!("{USAGE}");
+            println!("{}", usage());
             ExitCode::SUCCESS
         }
         Command::Version => {
@@ -604,86 +948,43 @@ fn parse(args: &[String]) -> Result<Command, String> {
         Some("gc") => return parse_gc(args.as_slice()),
         Some(other) => return Err(format!("unknown command `{other}`")),
     }
-    let mut url = None;
-    let mut name = None;
-    let mut branch = None;
-    let mut cache_dir = None;
-    let mut once = false;
-    let mut verify_all = false;
-    let mut source = Source::new("", "");
+    let mut parsed = WatchArgs::default();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
             Some((flag, value)) if flag.starts_with("--") => (flag, Some(value.to_owned())),
             _ => (arg.as_str(), None),
         };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| args.next().cloned())
-                .ok_or_else(|| format!("{flag} needs a value"))
-        };
-        let duration = |text: String| parse_duration(&text).map_err(|err| format!("{flag}: {err}"));
-        let number = |text: String| {
-            text.parse::<u32>()
-                .map_err(|_| format!("{flag}: `{text}` is not a whole number"))
-        };
-        let bytes = |text: String| {
-            text.parse::<u64>()
-                .map_err(|_| format!("{flag}: `{text}` is not a number of bytes"))
-        };
-        match flag {
-            "-h" | "--help" => return Ok(Command::Help),
-            "--once" if inline.is_none() => once = true,
-            "--branch" => branch = Some(value()?),
-            "--name" => name = Some(value()?),
-            "--cache-dir" => cache_dir = Some(PathBuf::from(value()?)),
-            "--interval" => source.interval = duration(value()?)?,
-            "--timeout" => source.timeout = duration(value()?)?,
-            "--backoff-initial" => source.backoff_initial = duration(value()?)?,
-            "--backoff-max" => source.backoff_max = duration(value()?)?,
-            "--max-failures" => source.max_failures = Some(number(value()?)?),
-            "--failed-interval" => source.failed_interval = duration(value()?)?,
-            "--depth" => source.depth = Some(number(value()?)?),
-            "--ssh-command" => source.ssh_command = Some(value()?),
-            "--mirror" => source.mirrors.push(value()?),
-            "--ssh-key" => source.ssh_key = Some(PathBuf::from(value()?)),
-            "--known-hosts" => source.known_hosts = Some(PathBuf::from(value()?)),
-            "--token-file" => auth(&mut source).token_file = Some(PathBuf::from(value()?)),
-            "--token-env" => auth(&mut source).token_env = Some(value()?),
-            "--username" => auth(&mut source).username = Some(value()?),
-            "--password-file" => auth(&mut source).password_file = Some(PathBuf::from(value()?)),
-            "--password-env" => auth(&mut source).password_env = Some(value()?),
-            "--ca-file" => source.ca_file = Some(PathBuf::from(value()?)),
-            "--allowed-signers" => {
-                let file = PathBuf::from(value()?);
-                let all_commits = source.verify.as_ref().is_some_and(|v| v.all_commits);
-                source.verify = Some(verify(file, all_commits));
-            }
-            "--verify-all-commits" if inline.is_none() => verify_all = true,
-            "--insecure-skip-tls-verify" if inline.is_none() => {
-                source.insecure_skip_tls_verify = true
-            }
-            "--dir" => source.filter.directories.push(value()?),
-            "--include" => source.filter.include.push(value()?),
-            "--exclude" => source.filter.exclude.push(value()?),
-            "--ext" => source.filter.extensions.push(value()?),
-            "--contents" if inline.is_none() => {
-                source.contents.get_or_insert(DEFAULT_CONTENTS_LIMIT);
-            }
-            "--contents-limit" => source.contents = Some(bytes(value()?)?),
-            "--checkout" => source.checkout = Some(PathBuf::from(value()?)),
-            "--keep-snapshots" => source.keep_snapshots = number(value()?)? as usize,
-            "--index-threads" => source.index_threads = number(value()?)? as usize,
-            "--list-on-start" if inline.is_none() => source.list_on_start = true,
-            "--exec" => source.exec = Some(value()?),
-            "--exec-timeout" => source.exec_timeout = duration(value()?)?,
-            flag if flag.starts_with('-') && flag.len() > 1 => {
-                return Err(format!("unknown option `{flag}`"));
-            }
-            _ if url.is_none() => url = Some(arg.clone()),
-            _ => return Err(format!("unexpected argument `{arg}`")),
+        if flag == "-h" || flag == "--help" {
+            return Ok(Command::Help);
+        }
+        if let Some(opt) = OPTIONS.iter().find(|opt| opt.flag == flag) {
+            let value = match (opt.value, inline) {
+                (Some(_), Some(value)) => value,
+                (Some(_), None) => args
+                    .next()
+                    .cloned()
+                    .ok_or_else(|| format!("{flag} needs a value"))?,
+                (None, Some(_)) => return Err(format!("{flag} takes no value")),
+                (None, None) => String::new(),
+            };
+            (opt.set)(&mut parsed, flag, value)?;
+        } else if flag.starts_with('-') && flag.len() > 1 {
+            return Err(format!("unknown option `{flag}`"));
+        } else if parsed.url.is_none() {
+            parsed.url = Some(arg.clone());
+        } else {
+            return Err(format!("unexpected argument `{arg}`"));
         }
     }
+    let WatchArgs {
+        mut source,
+        url,
+        name,
+        branch,
+        cache_dir,
+        once,
+        verify_all,
+    } = parsed;
     let url = url.ok_or("watch needs a URL")?;
     if verify_all {
         let verify = source
@@ -978,7 +1279,8 @@ mod tests {
 
     /// The options of `watch`, as `--help` lists them.
     fn usage_flags() -> std::collections::BTreeSet<String> {
-        let options = USAGE
+        let usage = usage();
+        let options = usage
             .split("\nOptions:\n")
             .nth(1)
             .expect("an Options section");
@@ -1016,39 +1318,6 @@ mod tests {
             only_help.is_empty() && only_readme.is_empty(),
             "only in --help: {only_help:?}; only in the README: {only_readme:?}"
         );
-        let flags_with_values = [
-            "--branch",
-            "--mirror",
-            "--name",
-            "--cache-dir",
-            "--interval",
-            "--timeout",
-            "--backoff-initial",
-            "--backoff-max",
-            "--max-failures",
-            "--failed-interval",
-            "--depth",
-            "--ssh-command",
-            "--ssh-key",
-            "--known-hosts",
-            "--token-file",
-            "--token-env",
-            "--username",
-            "--password-file",
-            "--password-env",
-            "--allowed-signers",
-            "--ca-file",
-            "--dir",
-            "--include",
-            "--exclude",
-            "--ext",
-            "--contents-limit",
-            "--checkout",
-            "--keep-snapshots",
-            "--index-threads",
-            "--exec",
-            "--exec-timeout",
-        ];
         for flag in &usage {
             if flag == "--help" {
                 continue;
@@ -1059,7 +1328,12 @@ mod tests {
                 "--max-failures" | "--depth" | "--contents-limit" | "--keep-snapshots"
                 | "--index-threads" => Some("3"),
                 "--username" => Some("u"),
-                _ if flags_with_values.contains(&flag.as_str()) => Some("x"),
+                _ if OPTIONS
+                    .iter()
+                    .any(|opt| opt.flag == flag && opt.value.is_some()) =>
+                {
+                    Some("x")
+                }
                 _ => None,
             };
             let mut line = vec!["watch".to_owned(), "git://h/r.git".to_owned()];
