@@ -528,22 +528,23 @@ async fn deliver(
         if synced.forced { ", forced" } else { "" }
     );
     let update = into_update(source, synced);
-    let exec = source
-        .exec
-        .as_ref()
-        .map(|command| (command, update.clone()));
+    let exec = match &source.exec {
+        Some(command) => {
+            let input = crate::exec::Input::stage(source, &update, entry.dir())?;
+            Some((command, input, update.old.clone(), update.new.clone()))
+        }
+        None => None,
+    };
     // A consumer that dropped its receiver gets nothing more.
     let _ = shared.events.send(Event::Update(update)).await;
-    if let Some((command, update)) = exec {
-        if let Err(err) =
-            crate::exec::run(source, command, &update, entry.dir(), &shared.shutdown).await
-        {
-            // Not applied: the next attempt diffs from the acknowledged commit again, so the
-            // same update is delivered again.
-            seen.sent.clone_from(&seen.acknowledged);
+    if let Some((command, input, old, new)) = exec {
+        if let Err(err) = crate::exec::run(source, command, input, &shared.shutdown).await {
+            // Not applied: the next attempt starts where this update started (a listing stays
+            // a listing), so the same update is delivered again.
+            seen.sent = old;
             return Err(err);
         }
-        record_acknowledged(entry, &source.name, seen, &update.new);
+        record_acknowledged(entry, &source.name, seen, &new);
     }
     Ok(())
 }
@@ -744,9 +745,9 @@ pub(crate) async fn once(
     if let Some(command) = &source.exec {
         // As in a feed, the command's success acknowledges the update; its failure leaves the
         // update to the next attempt.
-        if let Err(err) =
-            crate::exec::run(source, command, &update, entry.dir(), &shared.shutdown).await
-        {
+        let input = crate::exec::Input::stage(source, &update, entry.dir())
+            .map_err(|err| sync_error(source, &err))?;
+        if let Err(err) = crate::exec::run(source, command, input, &shared.shutdown).await {
             // The status shows what a feed's would: backing off, for the command.
             let mut status = Status::read(entry.dir()).unwrap_or_default();
             count_failure(&mut status, source, &err);

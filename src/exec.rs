@@ -36,23 +36,40 @@ const DRAIN: Duration = Duration::from_secs(1);
 /// How often the running thread looks at the command's exit and the stop request.
 const TICK: Duration = Duration::from_millis(50);
 
-/// Runs `source`'s command for `update`, at most for `source.exec_timeout`, and returns once
+/// What the command of one update is given: its stdin and its environment. Made before the
+/// update is sent, so the update itself need not be kept (or copied) while the command runs.
+#[derive(Debug)]
+pub(crate) struct Input {
+    stdin: std::fs::File,
+    env: Vec<(&'static str, OsString)>,
+}
+
+impl Input {
+    /// Stages `update` for `source`'s command; `scratch` is a directory where its JSON is
+    /// written to an unlinked file.
+    pub fn stage(source: &Source, update: &Update, scratch: &Path) -> Result<Input, FetchError> {
+        let stdin = stage_input(update, scratch)
+            .map_err(|err| FetchError::io("cannot stage the update for the exec command", &err))?;
+        Ok(Input {
+            stdin,
+            env: environment(source, update),
+        })
+    }
+}
+
+/// Runs `source`'s command with `input`, at most for `source.exec_timeout`, and returns once
 /// the command and everything in its process group are gone. `Ok` only for exit status 0.
-/// `scratch` is a directory where the update's JSON is staged for the command's stdin.
 pub(crate) async fn run(
     source: &Source,
     command: &str,
-    update: &Update,
-    scratch: &Path,
+    input: Input,
     shutdown: &async_channel::Receiver<()>,
 ) -> Result<(), FetchError> {
-    let input = stage_input(update, scratch)
-        .map_err(|err| FetchError::io("cannot stage the update for the exec command", &err))?;
     let spec = Spec {
         name: source.name.clone(),
         command: command.to_owned(),
-        env: environment(source, update),
-        input,
+        env: input.env,
+        input: input.stdin,
     };
     let stop = Arc::new(AtomicBool::new(false));
     let (done_tx, done_rx) = async_channel::bounded(1);
@@ -152,12 +169,15 @@ struct Ran {
 /// pipe, so a command that never reads its input cannot block the writer.
 fn stage_input(update: &Update, scratch: &Path) -> std::io::Result<std::fs::File> {
     std::fs::create_dir_all(scratch)?;
-    let path = scratch.join("exec-input.tmp");
+    // A name of this run's own: another process on the same cache (`watch --once` beside a
+    // feed) never opens the same file.
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let run = RUNS.fetch_add(1, Ordering::Relaxed);
+    let path = scratch.join(format!("exec-input.{}.{run}.tmp", std::process::id()));
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .open(&path)?;
     std::fs::remove_file(&path)?;
     let mut json = serde_json::to_vec(update).map_err(std::io::Error::other)?;

@@ -239,13 +239,31 @@ fn a_restart_while_the_command_runs_delivers_the_update_again() {
             shell_quote(&pid_file.display().to_string())
         ),
     );
-    let mut log = std::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
-    // The command says it started in the log; wait for that line (the read blocks until it).
-    let started = log
-        .by_ref()
-        .map_while(Result::ok)
-        .any(|line| line.contains("w: exec: started"));
-    assert!(started, "the command never started");
+    // The command says it started in the log: read the log on a thread, and wait for that
+    // line with a deadline.
+    let log = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let (send, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in log.lines().map_while(Result::ok) {
+            if send.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + WITHIN;
+    let started = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains("w: exec: started") => break true,
+            Ok(_) => {}
+            Err(_) => break false,
+        }
+    };
+    if !started {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the command never started within {WITHIN:?}");
+    }
     let command = read_pid(&pid_file);
     let stopping = Instant::now();
     rustix::process::kill_process(
@@ -300,4 +318,48 @@ fn once_fails_when_the_command_fails_and_records_it() {
     assert_eq!(status[0].reason, Some(Reason::ExecFailed));
     assert_eq!(status[0].detail.as_deref(), Some("nope"));
     assert_eq!(status[0].acknowledged, None);
+}
+
+/// A command that fails on a listing gets the listing again, not a diff from the commit
+/// acknowledged before the start.
+#[test]
+fn a_failed_listing_is_sent_again_as_a_listing() {
+    let remote = Remote::new();
+    let cache = unique_dir();
+    let work = unique_dir();
+    let count = work.path().join("count");
+    let mut source = quick_source("l", &remote.file_url());
+    source.exec = Some("true".into());
+    // The first run acknowledges the head through its command.
+    let running = Running::start_at(cache.path(), vec![source.clone()], |feed| feed);
+    let first = running.update(WITHIN);
+    crate::util::settle(
+        || usize::from(acknowledged(cache.path()).as_deref() != Some(first.new.as_str())),
+        0,
+        WITHIN,
+    );
+    let _ = running.stop();
+    // The remote moves; the next start lists, and its command fails once.
+    let moved = remote.commit(&[("b.txt", Some("b\n"))], "b");
+    source.list_on_start = true;
+    source.exec = Some(format!(
+        "n=$(cat {count} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {count}; [ $n -ge 2 ]",
+        count = shell_quote(&count.display().to_string())
+    ));
+    let running = Running::start_at(cache.path(), vec![source], |feed| feed);
+    let listing = running.update(WITHIN);
+    assert_eq!(
+        (listing.old.as_deref(), listing.new.as_str()),
+        (None, moved.as_str())
+    );
+    let state = running.state(WITHIN);
+    assert_eq!(state.reason, Some(Reason::ExecFailed), "{state:?}");
+    let again = running.update(WITHIN);
+    assert_eq!(again, listing, "the same update, a listing again");
+    crate::util::settle(
+        || usize::from(acknowledged(cache.path()).as_deref() != Some(moved.as_str())),
+        0,
+        WITHIN,
+    );
+    let _ = running.stop();
 }
