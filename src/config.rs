@@ -20,14 +20,21 @@ pub struct Config {
     pub concurrent_fetches: Option<usize>,
     /// The sources, each in the JSON form of [`Source`].
     pub sources: Vec<Source>,
+    /// The version of the file this was read from, taken before it was read: a change made
+    /// while it was read is seen at the next look.
+    #[serde(skip)]
+    stamp: Option<Stamp>,
 }
 
 impl Config {
     /// Reads and checks the file: valid JSON of the right shape, every source valid, and no
     /// two sources of one name.
     pub fn load(path: &Path) -> Result<Config, String> {
+        let stamp = stamp(path);
         let text = std::fs::read_to_string(path).map_err(|err| format!("cannot read it: {err}"))?;
-        Config::parse(&text)
+        let mut config = Config::parse(&text)?;
+        config.stamp = stamp;
+        Ok(config)
     }
 
     fn parse(text: &str) -> Result<Config, String> {
@@ -81,13 +88,12 @@ pub struct Applied {
 impl Applied {
     /// Adds every source of `config` to the feed behind `feed`.
     pub fn start(path: PathBuf, config: Config, feed: &FeedHandle) -> Result<Applied, String> {
-        let seen = stamp(&path);
         let mut applied = Applied {
             path,
             cache_dir: config.cache_dir.clone(),
             concurrent_fetches: config.concurrent_fetches,
             sources: BTreeMap::new(),
-            seen,
+            seen: config.stamp.clone(),
         };
         applied.apply(config, feed)?;
         Ok(applied)
