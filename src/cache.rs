@@ -67,13 +67,13 @@ impl Entry {
     pub fn delivered(&self) -> Option<String> {
         let text = fs::read_to_string(self.state_path()).ok()?;
         let state: State = serde_json::from_str(&text).ok()?;
-        state.delivered.filter(|id| is_commit_id(id))
+        state.delivered.filter(|id| crate::git::is_commit_id(id))
     }
 
     /// Records `commit` as delivered, atomically: a crash leaves either the old or the new
     /// state, never a torn file.
     pub fn set_delivered(&self, commit: &str) -> io::Result<()> {
-        if !is_commit_id(commit) {
+        if !crate::git::is_commit_id(commit) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("`{commit}` is not a commit id"),
@@ -414,11 +414,6 @@ pub(crate) fn acknowledged_commits(cache_dir: &Path) -> Vec<String> {
         .flatten()
         .filter_map(|item| Entry::at(&item.path()).delivered())
         .collect()
-}
-
-/// 40 hex digits: the only thing that may be written as a delivered commit.
-pub(crate) fn is_commit_id(id: &str) -> bool {
-    id.len() == 40 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 #[cfg(test)]

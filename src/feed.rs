@@ -362,7 +362,7 @@ impl FeedHandle {
     /// A source with an [`exec`](Source::exec) command is acknowledged by the command's
     /// success alone; acknowledging it here has no effect.
     pub fn acknowledge(&self, name: &str, commit: &str) -> Result<(), FeedError> {
-        if !crate::cache::is_commit_id(commit) {
+        if !crate::git::is_commit_id(commit) {
             return Err(FeedError::NotACommit(commit.to_owned()));
         }
         if self.commands.is_closed() {
@@ -593,7 +593,7 @@ pub fn acknowledge(
     source: &Source,
     commit: &str,
 ) -> Result<(), SyncError> {
-    if !crate::cache::is_commit_id(commit) {
+    if !crate::git::is_commit_id(commit) {
         return Err(SyncError {
             reason: Reason::Configuration,
             kind: Reason::Configuration.kind(),
