@@ -322,7 +322,9 @@ impl Options {
             let mut value = || args.next().ok_or(format!("{arg} needs a value"));
             match arg.as_str() {
                 "--state" => state = value()?.into(),
-                "--interval" => interval = gitfeed::parse_duration(&value()?)?,
+                "--interval" => {
+                    interval = gitfeed::parse_duration(&value()?).map_err(|err| err.to_string())?
+                }
                 flag if flag.starts_with("--") => return Err(format!("unknown option {flag}")),
                 _ => positional.push(arg),
             }

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::Error;
+
 /// Where a source's HTTPS credentials come from. Secrets are read on every attempt, so a
 /// rotated token file takes effect without a restart; they are sent only in an
 /// `Authorization` header and never written to the cache, a log line, an event, an error or
@@ -107,7 +109,7 @@ impl Auth {
     }
 
     /// Checks that exactly one secret source is named, and a user name with a password.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), Error> {
         let sources = [
             self.password_env.is_some(),
             self.password_file.is_some(),
@@ -119,19 +121,18 @@ impl Auth {
         .filter(|&&given| given)
         .count();
         if sources != 1 {
-            return Err(
-                "auth needs exactly one of token_env, token_file, password_env, password_file"
-                    .into(),
-            );
+            return Err(Error::invalid(
+                "auth needs exactly one of token_env, token_file, password_env, password_file",
+            ));
         }
         let is_password = self.password_env.is_some()
             || self.password_file.is_some()
             || self.inline_password.is_some();
         if is_password && self.username.as_deref().is_none_or(str::is_empty) {
-            return Err("auth with a password needs a username".into());
+            return Err(Error::invalid("auth with a password needs a username"));
         }
         if !is_password && self.username.is_some() {
-            return Err("auth with a token takes no username".into());
+            return Err(Error::invalid("auth with a token takes no username"));
         }
         Ok(())
     }

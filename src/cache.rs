@@ -23,6 +23,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::Error;
+
 /// One source's directory in the cache: its delivery state and status.
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
@@ -269,10 +271,20 @@ pub struct GcReport {
 /// ```no_run
 /// let report = gitfeed::gc("/var/cache/gitfeed", std::time::Duration::from_secs(7 * 86400))?;
 /// println!("freed {} bytes", report.bytes_freed);
-/// # Ok::<(), std::io::Error>(())
+/// # Ok::<(), gitfeed::Error>(())
 /// ```
-pub fn gc(cache_dir: impl AsRef<Path>, unused_for: Duration) -> io::Result<GcReport> {
+pub fn gc(cache_dir: impl AsRef<Path>, unused_for: Duration) -> Result<GcReport, Error> {
     let cache_dir = cache_dir.as_ref();
+    collect(cache_dir, unused_for).map_err(|err| {
+        Error::io(
+            format!("cannot collect unused clones in {}", cache_dir.display()),
+            err,
+        )
+    })
+}
+
+/// [`gc`], failing with the first error of the filesystem.
+fn collect(cache_dir: &Path, unused_for: Duration) -> io::Result<GcReport> {
     let mut report = GcReport::default();
     let now = SystemTime::now();
     let unused = |stamps: &[PathBuf]| {

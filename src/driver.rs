@@ -19,9 +19,9 @@ use smol::lock::Semaphore;
 
 use crate::cache;
 use crate::clock;
+use crate::error::{self, Error};
 use crate::event::{Event, SourceState, StateChange, Update, Warning};
-use crate::failure::{self, Told};
-use crate::feed::SyncError;
+use crate::failure;
 use crate::git::{self, Cancel, FetchError, Repo};
 use crate::machine::{Action, ErrorKind, Health, Machine, Outcome, State};
 use crate::reason::Reason;
@@ -698,7 +698,7 @@ pub(crate) async fn once(
     handle: &mut Option<Repo>,
     many_refs: &Arc<AtomicBool>,
     warnings: &mut Vec<String>,
-) -> Result<Option<Update>, SyncError> {
+) -> Result<Option<Update>, Error> {
     let mut paths = work::Paths::new(&shared.cache_dir, source);
     paths.turn = shared.clone_turn(paths.clone.dir());
     let entry = &paths.entry;
@@ -763,17 +763,12 @@ pub(crate) async fn once(
 
 /// A failure outside any feed, told as a feed tells it; what was said underneath goes to the
 /// log.
-fn sync_error(source: &Source, err: &FetchError) -> SyncError {
-    let Told { headline, detail } = failure::tell(source, err);
-    if let Some(detail) = &detail {
+fn sync_error(source: &Source, err: &FetchError) -> Error {
+    let told = failure::tell(source, err);
+    if let Some(detail) = &told.detail {
         log::info!("{}: {detail}", source.name);
     }
-    SyncError {
-        reason: err.reason,
-        kind: err.kind,
-        message: headline,
-        detail,
-    }
+    error::told(err.reason, err.kind, told)
 }
 
 /// Writes the status of a source after one attempt outside any feed, continuing from the

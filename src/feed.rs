@@ -1,7 +1,6 @@
 //! The public entry point: a [`Feed`] of sources and its [`FeedHandle`].
 
 use std::collections::HashMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
@@ -11,11 +10,11 @@ use smol::LocalExecutor;
 use smol::lock::Semaphore;
 
 use crate::driver::{self, Control, Shared};
+use crate::error::Error;
 use crate::event::{Event, Update};
-use crate::machine::ErrorKind;
 use crate::progress::{Outlet, Progress};
 use crate::reason::Reason;
-use crate::source::{Source, SourceError};
+use crate::source::Source;
 
 /// How many fetch attempts run at once by default. Each runs on a thread of its own that ends
 /// with the attempt, so this also bounds the feed's threads.
@@ -40,7 +39,7 @@ pub const DEFAULT_CONCURRENT_FETCHES: usize = 4;
 /// }
 /// handle.shutdown();
 /// runner.join().unwrap();
-/// # Ok::<(), gitfeed::SourceError>(())
+/// # Ok::<(), gitfeed::Error>(())
 /// ```
 #[derive(Debug)]
 pub struct Feed {
@@ -81,35 +80,6 @@ enum Command {
     Trigger(String, Option<String>),
     Acknowledge(String, String),
 }
-
-/// Why a command to a feed was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum FeedError {
-    /// The feed shut down; the command had no effect.
-    Stopped,
-    /// No source of this name was added (or it was removed).
-    UnknownSource(String),
-    /// Not a commit id (40 hexadecimal digits).
-    NotACommit(String),
-    /// The acknowledgement could not be written to the cache; the system's words.
-    CannotRecord(String),
-}
-
-impl fmt::Display for FeedError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FeedError::Stopped => f.write_str("the feed has stopped"),
-            FeedError::UnknownSource(name) => write!(f, "there is no source named `{name}`"),
-            FeedError::NotACommit(text) => write!(f, "`{text}` is not a commit id"),
-            FeedError::CannotRecord(why) => {
-                write!(f, "cannot record the acknowledgement: {why}")
-            }
-        }
-    }
-}
-
-impl std::error::Error for FeedError {}
 
 impl Feed {
     /// A feed keeping its clones and delivery state under `cache_dir` (created on first use).
@@ -176,7 +146,7 @@ impl Feed {
     }
 
     /// Adds a source, or replaces the source of the same name; see [`FeedHandle::add`].
-    pub fn add(&self, source: Source) -> Result<(), SourceError> {
+    pub fn add(&self, source: Source) -> Result<(), Error> {
         self.handle.add(source)
     }
 
@@ -302,7 +272,7 @@ impl FeedHandle {
     /// unchanged (its new timing takes effect at once, and it leaves `failed`); otherwise it
     /// starts afresh with new delivery state, still reading the clone every full-history
     /// source of its URL shares. Nothing touches the network before validation passes.
-    pub fn add(&self, source: Source) -> Result<(), SourceError> {
+    pub fn add(&self, source: Source) -> Result<(), Error> {
         let source = source.normalized();
         source.validate()?;
         let name = source.name.clone();
@@ -312,7 +282,7 @@ impl FeedHandle {
         };
         self.commands
             .try_send(Command::Add(Box::new(source)))
-            .map_err(|_| SourceError::new(&name, FeedError::Stopped.to_string()))?;
+            .map_err(|_| stopped())?;
         self.registry().insert(name, registered);
         Ok(())
     }
@@ -326,27 +296,27 @@ impl FeedHandle {
     /// Stops following the source named `name`. An attempt in flight is finished first; its
     /// delivery state and clone stay on disk, so adding it again resumes where it left off
     /// (until [`gc`](crate::gc) removes a clone no source has used for a while).
-    pub fn remove(&self, name: &str) -> Result<(), FeedError> {
+    pub fn remove(&self, name: &str) -> Result<(), Error> {
         self.commands
             .try_send(Command::Remove(name.to_owned()))
-            .map_err(|_| FeedError::Stopped)?;
+            .map_err(|_| stopped())?;
         self.registry().remove(name);
         Ok(())
     }
 
     /// Fetches the source named `name` now: cuts a backoff short and leaves `failed`.
-    pub fn trigger(&self, name: &str) -> Result<(), FeedError> {
+    pub fn trigger(&self, name: &str) -> Result<(), Error> {
         self.commands
             .try_send(Command::Trigger(name.to_owned(), None))
-            .map_err(|_| FeedError::Stopped)
+            .map_err(|_| stopped())
     }
 
     /// Like [`FeedHandle::trigger`], with the commit a webhook announced: when that commit
     /// is already here (delivered, or in the clone), nothing is fetched.
-    pub fn trigger_with_hint(&self, name: &str, commit: &str) -> Result<(), FeedError> {
+    pub fn trigger_with_hint(&self, name: &str, commit: &str) -> Result<(), Error> {
         self.commands
             .try_send(Command::Trigger(name.to_owned(), Some(commit.to_owned())))
-            .map_err(|_| FeedError::Stopped)
+            .map_err(|_| stopped())
     }
 
     /// Records that the consumer has applied the update of source `name` to `commit` (the
@@ -361,25 +331,24 @@ impl FeedHandle {
     ///
     /// A source with an [`exec`](Source::exec) command is acknowledged by the command's
     /// success alone; acknowledging it here has no effect.
-    pub fn acknowledge(&self, name: &str, commit: &str) -> Result<(), FeedError> {
-        if !crate::git::is_commit_id(commit) {
-            return Err(FeedError::NotACommit(commit.to_owned()));
-        }
+    pub fn acknowledge(&self, name: &str, commit: &str) -> Result<(), Error> {
+        check_commit(commit)?;
         if self.commands.is_closed() {
-            return Err(FeedError::Stopped);
+            return Err(stopped());
         }
-        let registered = self
-            .registry()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| FeedError::UnknownSource(name.to_owned()))?;
+        let registered = self.registry().get(name).cloned().ok_or_else(|| {
+            Error::new(
+                Reason::NotFound,
+                format!("there is no source named `{name}`"),
+            )
+        })?;
         if registered.by_exec {
             log::debug!("{name}: acknowledged by its exec command, not the consumer");
             return Ok(());
         }
         crate::cache::Entry::new(&self.cache_dir, &registered.key)
             .set_delivered(commit)
-            .map_err(|err| FeedError::CannotRecord(err.to_string()))?;
+            .map_err(|err| Error::io("cannot record the acknowledgement", err))?;
         // The source's task learns of it (for what it acknowledges on the consumer's behalf);
         // a feed that stopped meanwhile has nothing left to tell.
         let _ = self
@@ -396,31 +365,6 @@ impl FeedHandle {
     }
 }
 
-/// Why [`sync_once`] failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct SyncError {
-    /// Why the attempt failed, the same on every transport.
-    pub reason: Reason,
-    /// Whether retrying could help; mostly [`Reason::kind`].
-    pub kind: ErrorKind,
-    /// What failed, on one line, in plain words: the source's name, its URL without
-    /// credentials, and what went wrong, like `policies (https://example.org/p.git): could not
-    /// resolve host example.org`.
-    pub message: String,
-    /// What the transport, a helper program or the server said underneath, when it was not
-    /// gitfeed's own words (the headline leaves it out).
-    pub detail: Option<String>,
-}
-
-impl fmt::Display for SyncError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for SyncError {}
-
 /// Runs one attempt for `source` outside any feed, within the source's timeout: fetches,
 /// and returns the update since the commit last acknowledged in this cache (`None` when
 /// nothing moved). Call [`acknowledge`] once the update is applied; until then, the next
@@ -435,12 +379,9 @@ impl std::error::Error for SyncError {}
 ///     println!("{} files changed", update.changes.len());
 ///     gitfeed::acknowledge("/var/cache/gitfeed", &source, &update.new)?;
 /// }
-/// # Ok::<(), gitfeed::SyncError>(())
+/// # Ok::<(), gitfeed::Error>(())
 /// ```
-pub fn sync_once(
-    cache_dir: impl AsRef<Path>,
-    source: &Source,
-) -> Result<Option<Update>, SyncError> {
+pub fn sync_once(cache_dir: impl AsRef<Path>, source: &Source) -> Result<Option<Update>, Error> {
     Follower::new(cache_dir, source)?.poll()
 }
 
@@ -458,7 +399,7 @@ pub fn sync_once(
 ///     }
 ///     std::thread::sleep(std::time::Duration::from_secs(30));
 /// }
-/// # Ok::<(), gitfeed::SyncError>(())
+/// # Ok::<(), gitfeed::Error>(())
 /// ```
 #[derive(Debug)]
 pub struct Follower {
@@ -475,27 +416,14 @@ pub struct Follower {
 
 impl Follower {
     /// Checks `source` and prepares to follow it in `cache_dir`; nothing is fetched yet.
-    pub fn new(cache_dir: impl AsRef<Path>, source: &Source) -> Result<Self, SyncError> {
+    pub fn new(cache_dir: impl AsRef<Path>, source: &Source) -> Result<Self, Error> {
         let source = source.normalized();
-        source.validate().map_err(|err| SyncError {
-            reason: Reason::Configuration,
-            kind: Reason::Configuration.kind(),
-            message: err.to_string(),
-            detail: None,
-        })?;
+        source.validate()?;
         let (events, _) = async_channel::bounded(1);
         let (running, shutdown) = async_channel::bounded(1);
         let user = crate::cache::CloneDir::new(cache_dir.as_ref(), &source.clone_key())
             .hold()
-            .map_err(|err| {
-                let err = crate::git::FetchError::io("cannot open the cache", &err);
-                SyncError {
-                    reason: err.reason,
-                    kind: err.kind,
-                    message: err.message,
-                    detail: err.detail,
-                }
-            })?;
+            .map_err(|err| Error::io("cannot open the cache", err))?;
         Ok(Self {
             shared: Shared {
                 cache_dir: cache_dir.as_ref().to_owned(),
@@ -518,7 +446,7 @@ impl Follower {
     /// Fetches, within the source's timeout, and returns the update since the commit last
     /// acknowledged (`None` when nothing moved). Until [`acknowledge`](Follower::acknowledge)
     /// is called, the next poll returns the same update again.
-    pub fn poll(&mut self) -> Result<Option<Update>, SyncError> {
+    pub fn poll(&mut self) -> Result<Option<Update>, Error> {
         crate::clock::block_on(driver::once(
             &self.shared,
             &self.source,
@@ -558,14 +486,14 @@ impl Follower {
     /// let update = follower.poll()?;
     /// drop(follower);
     /// shown.join().unwrap();
-    /// # Ok::<(), gitfeed::SyncError>(())
+    /// # Ok::<(), gitfeed::Error>(())
     /// ```
     pub fn progress(&self) -> Receiver<Progress> {
         self.shared.progress.receiver()
     }
 
     /// Records that the consumer has applied the update to `commit`.
-    pub fn acknowledge(&self, commit: &str) -> Result<(), SyncError> {
+    pub fn acknowledge(&self, commit: &str) -> Result<(), Error> {
         acknowledge(&self.shared.cache_dir, &self.source, commit)
     }
 }
@@ -592,24 +520,26 @@ pub fn acknowledge(
     cache_dir: impl AsRef<Path>,
     source: &Source,
     commit: &str,
-) -> Result<(), SyncError> {
-    if !crate::git::is_commit_id(commit) {
-        return Err(SyncError {
-            reason: Reason::Configuration,
-            kind: Reason::Configuration.kind(),
-            message: format!("`{commit}` is not a commit id"),
-            detail: None,
-        });
-    }
+) -> Result<(), Error> {
+    check_commit(commit)?;
     crate::cache::Entry::new(cache_dir.as_ref(), &source.normalized().cache_key())
         .set_delivered(commit)
-        .map_err(|err| {
-            let err = crate::git::FetchError::io("cannot record the acknowledgement", &err);
-            SyncError {
-                reason: err.reason,
-                kind: err.kind,
-                message: err.message,
-                detail: err.detail,
-            }
-        })
+        .map_err(|err| Error::io("cannot record the acknowledgement", err))
+}
+
+/// `Ok` when `commit` is written as a commit id.
+fn check_commit(commit: &str) -> Result<(), Error> {
+    if crate::git::is_commit_id(commit) {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "`{}` is not a commit id",
+            commit.escape_debug()
+        )))
+    }
+}
+
+/// The error of a call to a feed that has shut down.
+fn stopped() -> Error {
+    Error::new(Reason::Stopped, "the feed has stopped")
 }

@@ -26,7 +26,7 @@
 //!         println!("{} moved to {}", update.source, update.new);
 //!     }
 //! }
-//! # Ok::<(), gitfeed::SourceError>(())
+//! # Ok::<(), gitfeed::Error>(())
 //! ```
 //!
 //! # Acknowledging
@@ -102,7 +102,27 @@
 //!         apply(&change.path, &reader.read_blob(id)?);
 //!     }
 //! }
-//! # Ok::<(), gitfeed::ReadError>(())
+//! # Ok::<(), gitfeed::Error>(())
+//! ```
+//!
+//! # Errors
+//!
+//! Every fallible call returns one type, [`Error`]. Its [`reason`](Error::reason) is the same
+//! [`Reason`] a failed attempt carries in `state` events and the status (`connection_refused`,
+//! `ref_not_found`, …), plus [`Reason::InvalidInput`], [`Reason::NotFound`] and
+//! [`Reason::Stopped`] for what only a call meets; its [`kind`](Error::kind) says whether
+//! trying again can help. What was said underneath (a transport's message, the system's error)
+//! is its [`source`](std::error::Error::source); `{:#}` prints the whole chain on one line.
+//!
+//! ```no_run
+//! use gitfeed::{ErrorKind, Reason, Source};
+//!
+//! match gitfeed::sync_once("/var/cache/gitfeed", &Source::new("p", "https://example.org/p.git")) {
+//!     Ok(update) => println!("{update:?}"),
+//!     Err(err) if err.reason() == Reason::NameResolution => println!("no network yet"),
+//!     Err(err) if err.kind() == ErrorKind::Transient => println!("try again later: {err:#}"),
+//!     Err(err) => eprintln!("cannot follow it: {err:#}"),
+//! }
 //! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
@@ -118,6 +138,7 @@ mod auth;
 mod cache;
 mod clock;
 mod driver;
+mod error;
 mod event;
 mod exec;
 mod failure;
@@ -137,16 +158,16 @@ mod work;
 pub use auth::Auth;
 pub use cache::{GcReport, gc};
 pub use clock::{block_on, sleep_until};
+pub use error::Error;
 pub use event::{Change, ChangeKind, Encoding, Event, SourceState, StateChange, Update, Warning};
 pub use feed::{
-    DEFAULT_CONCURRENT_FETCHES, Feed, FeedError, FeedHandle, Follower, SyncError, acknowledge,
-    acknowledged, sync_once,
+    DEFAULT_CONCURRENT_FETCHES, Feed, FeedHandle, Follower, acknowledge, acknowledged, sync_once,
 };
 pub use machine::ErrorKind;
 pub use progress::{Progress, ProgressPhase};
-pub use reader::{File, FileType, ReadError, ReadErrorKind, Reader};
+pub use reader::{File, FileType, Reader};
 pub use reason::Reason;
-pub use source::{Filter, Source, SourceError, Verify, parse_duration};
+pub use source::{Filter, Source, Verify, parse_duration};
 pub use status::{Status, status};
 
 // The README's Rust examples are compiled with the doctests, so they keep up with the API.

@@ -540,7 +540,7 @@ fn watch_once(cache_dir: &std::path::Path, source: &Source) -> ExitCode {
     let mut follower = match gitfeed::Follower::new(cache_dir, source) {
         Ok(follower) => follower,
         Err(err) => {
-            eprintln!("gitfeed: {err}");
+            eprintln!("gitfeed: {err:#}");
             return ExitCode::from(1);
         }
     };
@@ -565,14 +565,14 @@ fn watch_once(cache_dir: &std::path::Path, source: &Source) -> ExitCode {
                     return ExitCode::from(1);
                 }
                 if let Err(err) = gitfeed::acknowledge(cache_dir, source, &new) {
-                    eprintln!("gitfeed: {err}");
+                    eprintln!("gitfeed: {err:#}");
                     return ExitCode::from(1);
                 }
             }
             ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!("gitfeed: {err}");
+            eprintln!("gitfeed: {err:#}");
             ExitCode::from(1)
         }
     }
@@ -815,7 +815,7 @@ fn print_status(cache_dir: &std::path::Path, table: bool) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!("gitfeed: cannot read {}: {err}", cache_dir.display());
+            eprintln!("gitfeed: {err:#}");
             ExitCode::from(1)
         }
     }
@@ -885,10 +885,7 @@ fn collect_garbage(cache_dir: &std::path::Path, unused_for: std::time::Duration)
             ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!(
-                "gitfeed: cannot collect garbage in {}: {err}",
-                cache_dir.display()
-            );
+            eprintln!("gitfeed: {err:#}");
             ExitCode::from(1)
         }
     }

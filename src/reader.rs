@@ -1,11 +1,12 @@
 //! Reading a commit's files from the cache, without a worktree.
 
-use std::fmt;
 use std::io::Write;
 use std::path::Path;
 
 use crate::cache;
+use crate::error::Error;
 use crate::git::{FileKind, Matcher, ReadFailure, Repo, TreeFile, representable};
+use crate::reason::Reason;
 use crate::source::Source;
 
 /// Reads the files of commits in a source's cache, straight from the object database,
@@ -26,7 +27,7 @@ use crate::source::Source;
 ///     println!("{} ({} bytes)", file.path, bytes.len());
 /// }
 /// let policy = reader.read(commit, "policies/authz.rego")?;
-/// # Ok::<(), gitfeed::ReadError>(())
+/// # Ok::<(), gitfeed::Error>(())
 /// ```
 #[derive(Debug)]
 pub struct Reader {
@@ -63,65 +64,23 @@ pub enum FileType {
     Symlink,
 }
 
-/// Why a read failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReadError {
-    kind: ReadErrorKind,
-    message: String,
-}
-
-/// The kinds of [`ReadError`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ReadErrorKind {
-    /// No clone, commit, file or blob by that name: the filter excludes the file, the path
-    /// names a directory or a submodule, or the id is not 40 hex digits or names another
-    /// kind of object.
-    NotFound,
-    /// The file is larger than the source's `max_file_size`.
-    TooLarge,
-    /// The cache is damaged.
-    Corrupt,
-    /// Writing the bytes out failed.
-    Io,
-}
-
-impl ReadError {
-    /// What kind of failure this is.
-    pub fn kind(&self) -> ReadErrorKind {
-        self.kind
-    }
-}
-
-impl fmt::Display for ReadError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for ReadError {}
-
-impl From<ReadFailure> for ReadError {
+impl From<ReadFailure> for Error {
     fn from(failure: ReadFailure) -> Self {
-        let (kind, message) = match failure {
-            ReadFailure::NotFound(message) => (ReadErrorKind::NotFound, message),
-            ReadFailure::TooLarge(message) => (ReadErrorKind::TooLarge, message),
-            ReadFailure::Corrupt(message) => (ReadErrorKind::Corrupt, message),
-            ReadFailure::Io(message) => (ReadErrorKind::Io, message),
+        let (reason, message) = match failure {
+            ReadFailure::NotFound(message) => (Reason::NotFound, message),
+            ReadFailure::TooLarge(message) => (Reason::SnapshotTooLarge, message),
+            ReadFailure::Corrupt(message) => (Reason::CloneCorrupt, message),
+            ReadFailure::Io(message) => (Reason::LocalIo, message),
         };
-        Self { kind, message }
+        Error::new(reason, message)
     }
 }
 
 impl Reader {
     /// Opens `source`'s clone in `cache_dir`; fails with `NotFound` when there is none yet.
-    pub fn open(cache_dir: impl AsRef<Path>, source: &Source) -> Result<Self, ReadError> {
+    pub fn open(cache_dir: impl AsRef<Path>, source: &Source) -> Result<Self, Error> {
         let source = &source.normalized();
-        let invalid = |message: String| ReadError {
-            kind: ReadErrorKind::NotFound,
-            message,
-        };
-        source.validate().map_err(|err| invalid(err.to_string()))?;
+        source.validate()?;
         let clone = cache::CloneDir::new(cache_dir.as_ref(), &source.clone_key());
         let legacy = cache::Entry::new(cache_dir.as_ref(), &source.cache_key()).legacy_git_dir();
         // Until the source's first attempt after an upgrade moves it, its clone is where
@@ -137,20 +96,16 @@ impl Reader {
             (clone.git_dir(), user)
         };
         if !git_dir.exists() {
-            return Err(invalid(format!(
-                "source `{}` has no clone in the cache yet",
-                source.name
-            )));
+            return Err(Error::new(
+                Reason::NotFound,
+                format!("source `{}` has no clone in the cache yet", source.name),
+            ));
         }
-        let repo = Repo::open_or_init(&git_dir, &crate::work::target(source)).map_err(|err| {
-            ReadError {
-                kind: ReadErrorKind::Corrupt,
-                message: err.message,
-            }
-        })?;
+        let repo = Repo::open_or_init(&git_dir, &crate::work::target(source))
+            .map_err(|err| Error::new(Reason::CloneCorrupt, err.message))?;
         Ok(Self {
             repo,
-            matcher: source.filter.matcher().map_err(invalid)?,
+            matcher: source.filter.matcher().map_err(Error::invalid)?,
             max_file_size: source.max_file_size,
             _user: user,
         })
@@ -163,7 +118,7 @@ impl Reader {
     ///
     /// This reads every directory of the commit before it returns; [`Reader::walk`] lists
     /// the same files one at a time.
-    pub fn files(&self, commit: &str) -> Result<Vec<File>, ReadError> {
+    pub fn files(&self, commit: &str) -> Result<Vec<File>, Error> {
         self.walk(commit)?.collect()
     }
 
@@ -175,7 +130,7 @@ impl Reader {
     /// between steps:
     ///
     /// ```no_run
-    /// # async fn load(reader: &gitfeed::Reader, commit: &str) -> Result<(), gitfeed::ReadError> {
+    /// # async fn load(reader: &gitfeed::Reader, commit: &str) -> Result<(), gitfeed::Error> {
     /// for (n, file) in reader.walk(commit)?.enumerate() {
     ///     let file = file?;
     ///     let bytes = reader.read_blob(&file.id)?;
@@ -195,7 +150,7 @@ impl Reader {
     pub fn walk<'a>(
         &'a self,
         commit: &str,
-    ) -> Result<impl Iterator<Item = Result<File, ReadError>> + use<'a>, ReadError> {
+    ) -> Result<impl Iterator<Item = Result<File, Error>> + use<'a>, Error> {
         Ok(self
             .repo
             .walk(commit, &self.matcher)?
@@ -209,9 +164,9 @@ impl Reader {
     ///
     /// Only the directories along `path` are read, never the rest of the commit's tree. A
     /// path the source's filter excludes, one [`Reader::files`] would leave out for its
-    /// names, a directory and a submodule are all [`ReadErrorKind::NotFound`]; a file over
-    /// `max_file_size` is [`ReadErrorKind::TooLarge`].
-    pub fn read(&self, commit: &str, path: &str) -> Result<Vec<u8>, ReadError> {
+    /// names, a directory and a submodule are all [`Reason::NotFound`]; a file over
+    /// `max_file_size` is [`Reason::SnapshotTooLarge`].
+    pub fn read(&self, commit: &str, path: &str) -> Result<Vec<u8>, Error> {
         let mut bytes = Vec::new();
         self.read_to(commit, path, &mut bytes)?;
         Ok(bytes)
@@ -219,15 +174,13 @@ impl Reader {
 
     /// Writes the bytes of the file at `path` in `commit` to `out`; returns how many. See
     /// [`Reader::read`].
-    pub fn read_to(&self, commit: &str, path: &str, out: &mut dyn Write) -> Result<u64, ReadError> {
+    pub fn read_to(&self, commit: &str, path: &str, out: &mut dyn Write) -> Result<u64, Error> {
         let (kind, id) = self.repo.lookup(commit, path, &self.matcher)?;
         if kind == FileKind::Gitlink {
-            return Err(ReadError {
-                kind: ReadErrorKind::NotFound,
-                message: format!(
-                    "`{path}` in {commit} is a submodule; submodules are not followed"
-                ),
-            });
+            return Err(Error::new(
+                Reason::NotFound,
+                format!("`{path}` in {commit} is a submodule; submodules are not followed"),
+            ));
         }
         Ok(self.repo.read_blob(&id, self.max_file_size, out)?)
     }
@@ -239,10 +192,10 @@ impl Reader {
     /// source's clone can be read this way, including those of other sources of the same
     /// repository. `max_file_size` does apply. An id that is not 40 hex digits, that names
     /// no object in the clone, or that names a tree or commit is
-    /// [`ReadErrorKind::NotFound`].
+    /// [`Reason::NotFound`].
     ///
     /// ```no_run
-    /// # fn apply(reader: &gitfeed::Reader, update: &gitfeed::Update) -> Result<(), gitfeed::ReadError> {
+    /// # fn apply(reader: &gitfeed::Reader, update: &gitfeed::Update) -> Result<(), gitfeed::Error> {
     /// for change in &update.changes {
     ///     if let Some(id) = &change.id {
     ///         let bytes = reader.read_blob(id)?;
@@ -252,14 +205,14 @@ impl Reader {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn read_blob(&self, id: &str) -> Result<Vec<u8>, ReadError> {
+    pub fn read_blob(&self, id: &str) -> Result<Vec<u8>, Error> {
         let mut bytes = Vec::new();
         self.read_blob_to(id, &mut bytes)?;
         Ok(bytes)
     }
 
     /// Writes the bytes of blob `id` to `out`; returns how many. See [`Reader::read_blob`].
-    pub fn read_blob_to(&self, id: &str, out: &mut dyn Write) -> Result<u64, ReadError> {
+    pub fn read_blob_to(&self, id: &str, out: &mut dyn Write) -> Result<u64, Error> {
         Ok(self.repo.read_blob(id, self.max_file_size, out)?)
     }
 }

@@ -101,6 +101,15 @@ pub enum Reason {
     /// `exec_timeout`: it failed, was killed, timed out or could not be started. The update
     /// stays unacknowledged and is delivered again after the backoff. Transient.
     ExecFailed,
+    /// Input given to a call that gitfeed cannot take: a source that does not validate, a
+    /// duration or credentials written wrong, a text that is not a commit id. Only calls
+    /// return it; nothing was fetched. Permanent.
+    InvalidInput,
+    /// A call named something that is not there: a source that was never added (or was
+    /// removed), a clone not made yet, a commit, file or blob not in the cache. Permanent.
+    NotFound,
+    /// The feed has shut down; the call had no effect. Permanent.
+    Stopped,
     /// A failure gitfeed cannot place. Transient.
     #[serde(other)]
     Other,
@@ -132,7 +141,10 @@ impl Reason {
             | SnapshotTooLarge
             | Verification
             | Configuration
-            | CacheNotWritable => ErrorKind::Permanent,
+            | CacheNotWritable
+            | InvalidInput
+            | NotFound
+            | Stopped => ErrorKind::Permanent,
             CloneCorrupt => ErrorKind::Corrupt,
         }
     }
@@ -167,6 +179,9 @@ impl Reason {
             LocalIo => "local_io",
             Cancelled => "cancelled",
             ExecFailed => "exec_failed",
+            InvalidInput => "invalid_input",
+            NotFound => "not_found",
+            Stopped => "stopped",
             Other => "other",
         }
     }
@@ -182,7 +197,7 @@ impl fmt::Display for Reason {
 mod tests {
     use super::*;
 
-    const ALL: [Reason; 27] = [
+    const ALL: [Reason; 30] = [
         Reason::NameResolution,
         Reason::ConnectionRefused,
         Reason::ConnectionReset,
@@ -209,6 +224,9 @@ mod tests {
         Reason::LocalIo,
         Reason::Cancelled,
         Reason::ExecFailed,
+        Reason::InvalidInput,
+        Reason::NotFound,
+        Reason::Stopped,
         Reason::Other,
     ];
 

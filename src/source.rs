@@ -1,12 +1,12 @@
 //! What to follow: a [`Source`] and its validation.
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::auth::Auth;
+use crate::error::Error;
 use crate::git;
 use crate::machine::Policy;
 
@@ -353,12 +353,12 @@ impl Source {
     ///     "source `p`: unsupported url scheme `ftp`; use a path, file://, git://, http(s):// or ssh://"
     /// );
     /// ```
-    pub fn validate(&self) -> Result<(), SourceError> {
+    pub fn validate(&self) -> Result<(), Error> {
         let fail = |problem: String| {
-            Err(SourceError {
-                source: self.name.clone(),
-                problem,
-            })
+            Err(Error::invalid(format!(
+                "source `{}`: {problem}",
+                self.name.escape_debug()
+            )))
         };
         if self.name.trim().is_empty() {
             return fail("name is empty".into());
@@ -399,7 +399,7 @@ impl Source {
         if let Some(auth) = &self.auth
             && let Err(problem) = auth.check()
         {
-            return fail(problem);
+            return fail(problem.to_string());
         }
         if !cfg!(feature = "verify") && self.verify.is_some() {
             return fail(VERIFY_MISSING.into());
@@ -574,45 +574,27 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// A source that cannot be followed as configured; nothing was fetched.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SourceError {
-    source: String,
-    problem: String,
-}
-
-impl SourceError {
-    pub(crate) fn new(source: &str, problem: impl Into<String>) -> Self {
-        Self {
-            source: source.to_owned(),
-            problem: problem.into(),
-        }
-    }
-}
-
-impl fmt::Display for SourceError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "source `{}`: {}", self.source, self.problem)
-    }
-}
-
-impl std::error::Error for SourceError {}
-
 /// Parses a duration written as a whole number followed by a unit: `ms`, `s`, `m` or `h`.
 ///
 /// ```
 /// use std::time::Duration;
-/// assert_eq!(gitfeed::parse_duration("250ms"), Ok(Duration::from_millis(250)));
-/// assert_eq!(gitfeed::parse_duration("5m"), Ok(Duration::from_secs(300)));
-/// assert!(gitfeed::parse_duration("5").is_err());
+/// assert_eq!(gitfeed::parse_duration("250ms").ok(), Some(Duration::from_millis(250)));
+/// assert_eq!(gitfeed::parse_duration("5m").ok(), Some(Duration::from_secs(300)));
+/// let err = gitfeed::parse_duration("5").unwrap_err();
+/// assert_eq!(err.reason(), gitfeed::Reason::InvalidInput);
 /// ```
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, Error> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let invalid = || format!("invalid duration `{text}`; write it like 250ms, 30s, 5m or 1h");
+    let invalid = || {
+        Error::invalid(format!(
+            "invalid duration `{}`; write it like 250ms, 30s, 5m or 1h",
+            text.escape_debug()
+        ))
+    };
     let number: u64 = number.parse().map_err(|_| invalid())?;
     let millis_per_unit = match unit {
         "ms" => 1,
@@ -776,7 +758,7 @@ mod tests {
         });
         let result = source.validate();
         if cfg!(feature = "verify") {
-            assert_eq!(result, Ok(()));
+            assert!(result.is_ok(), "{result:?}");
         } else {
             assert_eq!(
                 result.unwrap_err().to_string(),

@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::Error;
 use crate::reason::Reason;
 
 /// How a source is doing, as of its last attempt.
@@ -103,17 +104,29 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 /// The status of every source that has run with the cache at `cache_dir`, sorted by name.
-/// Unreadable or missing status files are skipped.
+/// Unreadable or missing status files are skipped, and a cache directory that does not exist
+/// yet has no sources. It fails only when the directory cannot be read.
 ///
 /// ```no_run
 /// for status in gitfeed::status("/var/cache/gitfeed")? {
 ///     println!("{}: {} ({} failures)", status.source, status.state, status.attempt);
 /// }
-/// # Ok::<(), std::io::Error>(())
+/// # Ok::<(), gitfeed::Error>(())
 /// ```
-pub fn status(cache_dir: impl AsRef<Path>) -> io::Result<Vec<Status>> {
+pub fn status(cache_dir: impl AsRef<Path>) -> Result<Vec<Status>, Error> {
+    let cache_dir = cache_dir.as_ref();
+    let entries = match fs::read_dir(cache_dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => {
+            return Err(Error::io(
+                format!("cannot read the cache directory {}", cache_dir.display()),
+                err,
+            ));
+        }
+    };
     let mut all = Vec::new();
-    for entry in fs::read_dir(cache_dir)?.flatten() {
+    for entry in entries.flatten() {
         let Ok(text) = fs::read(entry.path().join("status.json")) else {
             continue;
         };

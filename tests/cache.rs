@@ -434,7 +434,10 @@ fn a_no_change_poll_does_not_wait_for_a_busy_clone() {
     );
     remote.commit(&[("n.txt", Some("n\n"))], "next");
     let err = follower.poll().expect_err("the clone is busy");
-    assert!(err.message.contains("in use by another process"), "{err}");
+    assert!(
+        err.to_string().contains("in use by another process"),
+        "{err}"
+    );
     drop(holder);
     let update = follower.poll().expect("poll").expect("the update");
     assert_eq!(letters(&update), vec![('A', "n.txt".to_owned())]);

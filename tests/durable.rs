@@ -260,7 +260,7 @@ fn survives(damage: impl FnOnce(&Path)) {
         Ok(update) => update,
         Err(err) => {
             assert_eq!(
-                err.kind,
+                err.kind(),
                 ErrorKind::Corrupt,
                 "damage is reported as such: {err}"
             );
@@ -509,8 +509,8 @@ fn a_pack_over_the_limit_is_refused_and_removed() {
     let mut source = quick_source("p", &daemon.url(remote.name()));
     source.max_pack_size = 256 * 1024;
     let err = sync_once(cache.path(), &source).expect_err("too large");
-    assert_eq!(err.kind, ErrorKind::Permanent, "{err}");
-    assert!(err.message.contains("max_pack_size"), "{err}");
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert!(err.to_string().contains("max_pack_size"), "{err}");
     let leftover: u64 = std::fs::read_dir(clone_dir(cache.path()).join("repo.git/objects/pack"))
         .expect("pack dir")
         .flatten()

@@ -93,19 +93,25 @@ fn an_update_with_nothing_to_apply_is_never_sent() {
 
 #[test]
 fn acknowledge_checks_what_it_is_given_and_records_before_it_returns() {
-    use gitfeed::FeedError;
+    use gitfeed::Reason;
+    let reason = |result: Result<(), gitfeed::Error>| result.err().map(|err| err.reason());
     let remote = Remote::new();
     let source = quick_source("a", &remote.file_url());
     let running = Running::start(vec![source.clone()]);
     let update = running.update(WITHIN);
     let handle = running.handle.clone();
+    let unknown = handle.acknowledge("nobody", &update.new).unwrap_err();
+    assert_eq!(unknown.reason(), Reason::NotFound, "{unknown}");
+    assert_eq!(unknown.to_string(), "there is no source named `nobody`");
+    let not_a_commit = handle.acknowledge("a", "not-a-commit").unwrap_err();
     assert_eq!(
-        handle.acknowledge("nobody", &update.new),
-        Err(FeedError::UnknownSource("nobody".into()))
+        not_a_commit.reason(),
+        Reason::InvalidInput,
+        "{not_a_commit}"
     );
     assert_eq!(
-        handle.acknowledge("a", "not-a-commit"),
-        Err(FeedError::NotACommit("not-a-commit".into()))
+        not_a_commit.to_string(),
+        "`not-a-commit` is not a commit id"
     );
     assert_eq!(gitfeed::acknowledged(running.cache_dir(), &source), None);
     handle.acknowledge("a", &update.new).expect("acknowledged");
@@ -116,12 +122,12 @@ fn acknowledge_checks_what_it_is_given_and_records_before_it_returns() {
     );
     handle.remove("a").expect("running");
     assert_eq!(
-        handle.acknowledge("a", &update.new),
-        Err(FeedError::UnknownSource("a".into()))
+        reason(handle.acknowledge("a", &update.new)),
+        Some(Reason::NotFound)
     );
     let _ = running.stop();
     assert_eq!(
-        handle.acknowledge("a", &update.new),
-        Err(FeedError::Stopped)
+        reason(handle.acknowledge("a", &update.new)),
+        Some(Reason::Stopped)
     );
 }

@@ -365,21 +365,26 @@ fn each_fault_has_one_reason_and_class_on_every_transport() {
         match gitfeed::sync_once(cache.path(), &case.source) {
             Ok(update) => wrong.push(format!("{what}: succeeded with {update:?}")),
             Err(err) => {
-                if err.reason != case.reason || err.kind != case.class {
+                if err.reason() != case.reason || err.kind() != case.class {
                     wrong.push(format!(
                         "{what}: {} ({:?}), expected {} ({:?}): {}",
-                        err.reason, err.kind, case.reason, case.class, err.message
+                        err.reason(),
+                        err.kind(),
+                        case.reason,
+                        case.class,
+                        err
                     ));
                 }
                 let words = told(case.fault);
-                if let Some(problem) = wording_problem(&err.message, "f", &case.source.url, &words)
+                if let Some(problem) =
+                    wording_problem(&err.to_string(), "f", &case.source.url, &words)
                 {
-                    wrong.push(format!("{what}: the message {problem}: {}", err.message));
+                    wrong.push(format!("{what}: the message {problem}: {}", err));
                 }
-                if err.detail.as_deref().is_some_and(str::is_empty) {
+                if err.detail().is_some_and(str::is_empty) {
                     wrong.push(format!("{what}: an empty detail"));
                 }
-                assert_eq!(err.kind, err.reason.kind(), "{what}: {err}");
+                assert_eq!(err.kind(), err.reason().kind(), "{what}: {err}");
             }
         }
     }
@@ -446,13 +451,13 @@ fn an_error_names_the_mirror_that_failed_last() {
     let mut source = quick_source("m", &primary);
     source.mirrors = vec![mirror.clone()];
     let err = gitfeed::sync_once(unique_dir().path(), &source).expect_err("nothing listens");
-    assert_eq!(err.reason, Reason::ConnectionRefused, "{err}");
+    assert_eq!(err.reason(), Reason::ConnectionRefused, "{err}");
     let port = mirror
         .rsplit(':')
         .next()
         .and_then(|rest| rest.split('/').next());
     let words = format!("could not connect to 127.0.0.1:{}", port.expect("a port"));
-    if let Some(problem) = wording_problem(&err.message, "m", &mirror, &words) {
+    if let Some(problem) = wording_problem(&err.to_string(), "m", &mirror, &words) {
         panic!("the error {problem}: {err}");
     }
 }
@@ -469,12 +474,15 @@ fn an_untrusted_certificate_is_a_certificate_failure() {
     source.timeout = Duration::from_secs(10);
     let err = gitfeed::sync_once(unique_dir().path(), &source).expect_err("the CA is not trusted");
     assert_eq!(
-        (err.reason, err.kind),
+        (err.reason(), err.kind()),
         (Reason::Certificate, ErrorKind::Permanent),
         "{err}"
     );
-    assert!(err.message.starts_with(&format!("f ({url}): ")), "{err}");
-    assert!(!err.message.contains('\n'), "{err}");
+    assert!(
+        err.to_string().starts_with(&format!("f ({url}): ")),
+        "{err}"
+    );
+    assert!(!err.to_string().contains('\n'), "{err}");
 
     source.ca_file = Some(server.ca_file().to_owned());
     let update = gitfeed::sync_once(unique_dir().path(), &source)

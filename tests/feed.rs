@@ -379,7 +379,10 @@ fn one_process_writes_a_cache_entry_at_a_time() {
         .expect("open the lock file");
     holder.try_lock().expect("take the lock");
     let err = gitfeed::sync_once(cache.path(), &source).expect_err("the entry is busy");
-    assert!(err.message.contains("in use by another process"), "{err}");
+    assert!(
+        err.to_string().contains("in use by another process"),
+        "{err}"
+    );
     drop(holder);
     assert!(gitfeed::sync_once(cache.path(), &source).is_ok());
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use gitfeed::{ChangeKind, Encoding, Filter, ReadErrorKind, Reader, Source, sync_once};
+use gitfeed::{ChangeKind, Encoding, Filter, Reader, Reason, Source, sync_once};
 
 use crate::harness::{Running, quick_source};
 use crate::util::{Remote, git_command, unique_dir};
@@ -211,19 +211,19 @@ fn reader_lists_and_reads_without_a_worktree() {
     let err = reader
         .read(&update.new, "policies/authz_test.rego")
         .expect_err("over the limit");
-    assert_eq!(err.kind(), ReadErrorKind::TooLarge, "{err}");
+    assert_eq!(err.reason(), Reason::SnapshotTooLarge, "{err}");
     let err = reader
         .read(&update.new, "docs/index.md")
         .expect_err("filtered out");
-    assert_eq!(err.kind(), ReadErrorKind::NotFound);
+    assert_eq!(err.reason(), Reason::NotFound);
     // Another repository, never synced into this cache, has no clone to read.
     let elsewhere = crate::util::Remote::named("elsewhere.git");
     let missing = quick_source("never-synced", &elsewhere.file_url());
     assert_eq!(
         Reader::open(cache.path(), &missing)
             .expect_err("no clone")
-            .kind(),
-        ReadErrorKind::NotFound
+            .reason(),
+        Reason::NotFound
     );
     // A source of the same repository shares the clone, synced or not.
     let sibling = quick_source("sibling", &remote.file_url());
@@ -548,7 +548,7 @@ fn submodules_are_left_out_everywhere_and_reported_once_per_update() {
     assert!(listed.contains(&"c.txt"), "{listed:?}");
     assert!(!listed.iter().any(|p| p.starts_with("deps")), "{listed:?}");
     let err = reader.read(&third, "deps/lib").expect_err("a submodule");
-    assert_eq!(err.kind(), ReadErrorKind::NotFound, "{err}");
+    assert_eq!(err.reason(), Reason::NotFound, "{err}");
     assert!(err.to_string().contains("submodule"), "{err}");
 }
 
@@ -580,9 +580,9 @@ fn reader_reads_blobs_by_the_id_a_change_carries() {
                 read += 1;
             }
             Err(err) => {
-                assert_eq!(err.kind(), ReadErrorKind::TooLarge, "{err}");
+                assert_eq!(err.reason(), Reason::SnapshotTooLarge, "{err}");
                 let by_id = reader.read_blob(id).expect_err("over max_file_size");
-                assert_eq!(by_id.kind(), ReadErrorKind::TooLarge, "{by_id}");
+                assert_eq!(by_id.reason(), Reason::SnapshotTooLarge, "{by_id}");
                 assert!(
                     by_id.to_string().contains("over the limit of 14"),
                     "{by_id}"
@@ -598,7 +598,7 @@ fn reader_reads_blobs_by_the_id_a_change_carries() {
 
     let not_found = |id: &str, says: &str| {
         let err = reader.read_blob(id).expect_err(id);
-        assert_eq!(err.kind(), ReadErrorKind::NotFound, "{id}: {err}");
+        assert_eq!(err.reason(), Reason::NotFound, "{id}: {err}");
         assert!(err.to_string().contains(says), "{id}: {err}");
     };
     not_found(&"1".repeat(40), "is not in the cache");
@@ -620,7 +620,7 @@ fn reader_reads_blobs_by_the_id_a_change_carries() {
     let err = reader
         .read_blob_to(&lib, &mut Refusing)
         .expect_err("the writer fails");
-    assert_eq!(err.kind(), ReadErrorKind::Io, "{err}");
+    assert_eq!(err.reason(), Reason::LocalIo, "{err}");
 }
 
 /// A writer that refuses every write.
@@ -678,7 +678,7 @@ fn reader_reads_paths_in_nested_directories() {
     }
     let not_found = |path: &str, says: &str| {
         let err = reader.read(&commit, path).expect_err(path);
-        assert_eq!(err.kind(), ReadErrorKind::NotFound, "{path}: {err}");
+        assert_eq!(err.reason(), Reason::NotFound, "{path}: {err}");
         assert!(err.to_string().contains(says), "{path}: {err}");
     };
     // Filtered out, missing, or not a usable path: all the same to the caller.
@@ -705,7 +705,7 @@ fn reader_reads_paths_in_nested_directories() {
     let unknown = "1".repeat(40);
     not_found(&unknown, "no file");
     let err = reader.read(&unknown, "a.txt").expect_err("no such commit");
-    assert_eq!(err.kind(), ReadErrorKind::NotFound, "{err}");
+    assert_eq!(err.reason(), Reason::NotFound, "{err}");
     assert!(err.to_string().contains("not in the cache"), "{err}");
 
     // The listing is sorted by path components, which is not git's tree order (`a-b`, `a.txt`,
@@ -730,8 +730,8 @@ fn reader_reads_paths_in_nested_directories() {
     let walked: Vec<gitfeed::File> = walk.collect::<Result<_, _>>().expect("every step");
     assert_eq!(walked, files);
     assert_eq!(
-        reader.walk(&unknown).err().map(|err| err.kind()),
-        Some(ReadErrorKind::NotFound)
+        reader.walk(&unknown).err().map(|err| err.reason()),
+        Some(Reason::NotFound)
     );
 }
 
@@ -775,17 +775,17 @@ fn reading_a_path_reads_no_other_directory() {
     let reader = Reader::open(cache.path(), &source).expect("open");
     assert_eq!(reader.read(&commit, "ok.txt").expect("ok.txt"), b"fine\n");
     let err = reader.read(&commit, "lost/file").expect_err("not there");
-    assert_eq!(err.kind(), ReadErrorKind::Corrupt, "{err}");
+    assert_eq!(err.reason(), Reason::CloneCorrupt, "{err}");
     let err = reader.files(&commit).expect_err("a tree is missing");
-    assert_eq!(err.kind(), ReadErrorKind::Corrupt, "{err}");
-    let steps: Vec<Result<String, ReadErrorKind>> = reader
+    assert_eq!(err.reason(), Reason::CloneCorrupt, "{err}");
+    let steps: Vec<Result<String, Reason>> = reader
         .walk(&commit)
         .expect("walk")
-        .map(|step| step.map(|file| file.path).map_err(|err| err.kind()))
+        .map(|step| step.map(|file| file.path).map_err(|err| err.reason()))
         .collect();
     assert_eq!(
         steps,
-        [Ok("a.txt".to_owned()), Err(ReadErrorKind::Corrupt)],
+        [Ok("a.txt".to_owned()), Err(Reason::CloneCorrupt)],
         "the walk ends at the damage"
     );
 }
@@ -887,7 +887,7 @@ fn reader_refuses_paths_nested_too_deep() {
     assert_eq!(reader.read(&commit, "ok.txt").expect("ok.txt"), b"fine\n");
     assert_eq!(reader.read(&commit, &within).expect("within"), b"fine\n");
     let err = reader.read(&commit, &beyond).expect_err("too deep");
-    assert_eq!(err.kind(), ReadErrorKind::TooLarge, "{err}");
+    assert_eq!(err.reason(), Reason::SnapshotTooLarge, "{err}");
     let err = reader.files(&commit).expect_err("too deep");
-    assert_eq!(err.kind(), ReadErrorKind::TooLarge, "{err}");
+    assert_eq!(err.reason(), Reason::SnapshotTooLarge, "{err}");
 }

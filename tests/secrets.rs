@@ -96,15 +96,15 @@ fn wrong_password_is_refused_clearly() {
     let cache = unique_dir();
     let err = sync_once(cache.path(), &source).expect_err("refused");
     assert!(
-        err.message.contains("401") || err.message.contains("authentication"),
+        err.to_string().contains("401") || err.to_string().contains("authentication"),
         "{err}"
     );
-    assert!(!err.message.contains("wrong"), "{err}");
+    assert!(!err.to_string().contains("wrong"), "{err}");
     // A missing environment variable is a configuration mistake: permanent.
     source.auth = Some(Auth::token_env("GITFEED_TEST_NEVER_SET"));
     let err = sync_once(cache.path(), &source).expect_err("no token");
-    assert_eq!(err.kind, ErrorKind::Permanent, "{err}");
-    assert!(err.message.contains("GITFEED_TEST_NEVER_SET"), "{err}");
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert!(err.to_string().contains("GITFEED_TEST_NEVER_SET"), "{err}");
 }
 
 /// Writes `text` to a secret file in `dir`.
@@ -193,9 +193,10 @@ fn ssh_unknown_host_is_permanent_and_names_it() {
     source.known_hosts = Some(empty.path().join("known_hosts"));
     std::fs::write(source.known_hosts.as_ref().expect("set"), "").expect("empty known_hosts");
     let err = sync_once(unique_dir().path(), &source).expect_err("unknown host");
-    assert_eq!(err.kind, ErrorKind::Permanent, "{err}");
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
     assert!(
-        err.message.contains(&format!("127.0.0.1:{}", sshd.port())),
+        err.to_string()
+            .contains(&format!("127.0.0.1:{}", sshd.port())),
         "{err}"
     );
 }
@@ -223,8 +224,8 @@ fn ssh_changed_host_key_is_permanent() {
     let mut source = ssh_source(&sshd, &remote);
     source.known_hosts = Some(known);
     let err = sync_once(unique_dir().path(), &source).expect_err("changed host key");
-    assert_eq!(err.kind, ErrorKind::Permanent, "{err}");
-    assert!(err.message.contains("host key"), "{err}");
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert!(err.to_string().contains("host key"), "{err}");
 }
 
 #[test]
@@ -248,12 +249,15 @@ fn ssh_key_with_a_passphrase_fails_without_waiting() {
         "waited {:?}",
         started.elapsed()
     );
-    assert_eq!(err.kind, ErrorKind::Permanent, "{err}");
-    assert_eq!(err.reason, gitfeed::Reason::AuthenticationRefused, "{err}");
-    assert!(err.message.contains("refused authentication"), "{err}");
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(
+        err.reason(),
+        gitfeed::Reason::AuthenticationRefused,
+        "{err}"
+    );
+    assert!(err.to_string().contains("refused authentication"), "{err}");
     assert!(
-        err.detail
-            .as_deref()
+        err.detail()
             .is_some_and(|detail| detail.to_lowercase().contains("permission denied")),
         "{err:?}"
     );

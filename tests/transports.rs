@@ -7,10 +7,7 @@ use crate::harness::letters;
 use crate::util::{Fault, GitDaemon, HttpServer, Remote, Sshd, name_status, unique_dir};
 
 /// One attempt, acknowledging its update as a consumer would once it is applied.
-fn sync_once(
-    cache: &std::path::Path,
-    source: &Source,
-) -> Result<Option<Update>, gitfeed::SyncError> {
+fn sync_once(cache: &std::path::Path, source: &Source) -> Result<Option<Update>, gitfeed::Error> {
     let update = gitfeed::sync_once(cache, source)?;
     if let Some(update) = &update {
         acknowledge(cache, source, &update.new)?;
@@ -93,9 +90,10 @@ fn scenario(remote: &Remote, url: &str, ssh_command: Option<String>) {
     let mut missing = source.clone();
     missing.reference = Some("no-such-branch".into());
     let err = sync_once(cache.path(), &missing).expect_err("missing branch");
-    assert_eq!(err.kind, ErrorKind::Permanent, "{err}");
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
     assert!(
-        err.message.contains("branch `no-such-branch` not found"),
+        err.to_string()
+            .contains("branch `no-such-branch` not found"),
         "{err}"
     );
 }
@@ -312,7 +310,7 @@ fn malformed_urls_fail_before_any_connection() {
         "git://127.0.0.1",
     ] {
         let err = gitfeed::sync_once(cache.path(), &Source::new("t", url)).expect_err(url);
-        assert_eq!(err.kind, ErrorKind::Permanent, "{url}: {err}");
+        assert_eq!(err.kind(), ErrorKind::Permanent, "{url}: {err}");
     }
     assert_eq!(
         std::fs::read_dir(cache.path()).expect("cache dir").count(),

@@ -86,7 +86,7 @@ pub(crate) fn remote_host(url: &str) -> Option<String> {
 }
 
 /// The reason of a local filesystem failure of this kind.
-fn local_reason(kind: io::ErrorKind) -> Reason {
+pub(crate) fn local_reason(kind: io::ErrorKind) -> Reason {
     match kind {
         io::ErrorKind::ReadOnlyFilesystem | io::ErrorKind::PermissionDenied => {
             Reason::CacheNotWritable

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use gitfeed::{Source, SyncError, Update};
+use gitfeed::{Error, Source, Update};
 use gix::bstr::ByteSlice;
 
 use crate::servers::{HostileServer, Next, Out, Script, Transport};
@@ -379,7 +379,7 @@ fn liar(protocol: Protocol, refs: Vec<Ref>, fetch: Fetch) -> Box<dyn Script> {
 /// What one attempt did.
 struct Outcome {
     case: String,
-    result: Result<Option<Update>, SyncError>,
+    result: Result<Option<Update>, Error>,
     timeout: Duration,
     elapsed: Duration,
     rss_before: u64,
@@ -405,7 +405,7 @@ impl Outcome {
         let result = match &self.result {
             Ok(Some(update)) => format!("update to {} on {:?}", update.new, update.reference),
             Ok(None) => "nothing new".to_owned(),
-            Err(err) => format!("error ({:?}): {}", err.kind, clip(&err.message, 300)),
+            Err(err) => format!("error ({:?}): {}", err.kind(), clip(&err.to_string(), 300)),
         };
         format!(
             "{}: {:.2} s (cpu {:.2} s), rss {} -> peak {} -> {} MiB, {} connection(s), cache {} \
@@ -428,7 +428,7 @@ impl Outcome {
         let case = &self.case;
         match &self.result {
             Err(err) => broken.extend(
-                message_problems(&err.message)
+                message_problems(&err.to_string())
                     .into_iter()
                     .map(|problem| format!("{case}: {problem}")),
             ),
@@ -1224,7 +1224,7 @@ fn ssh_destination_is_never_an_option() {
             .unwrap_or_default();
         println!(
             "{url}: accepted; ssh argv {args:?}; result {:?}",
-            result.as_ref().map_err(|err| &err.message)
+            result.as_ref().map_err(ToString::to_string)
         );
         if destination.starts_with('-') {
             broken.push(format!(
@@ -1247,7 +1247,7 @@ fn local_path_starting_with_a_dash_is_not_an_option() {
         // What git-upload-pack said is the error's detail.
         let message = match gitfeed::sync_once(sandbox.path().join("cache"), &source) {
             Ok(update) => panic!("{url}: synced from nowhere: {update:?}"),
-            Err(err) => format!("{} ({})", err.message, err.detail.unwrap_or_default()),
+            Err(err) => format!("{} ({})", err, err.detail().unwrap_or_default()),
         };
         println!("{url}: {message}");
         let absolute = std::env::current_dir()
