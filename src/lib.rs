@@ -155,6 +155,9 @@ mod status;
 mod verify;
 mod work;
 
+/// The channel types of [`Feed::events`], [`Feed::progress`] and [`Follower::progress`],
+/// re-exported so that a consumer names them without depending on `async-channel` itself.
+pub use async_channel::{Receiver, RecvError, TryRecvError};
 pub use auth::Auth;
 pub use cache::{GcReport, gc};
 pub use clock::{block_on, sleep_until};
