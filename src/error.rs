@@ -5,7 +5,6 @@ use std::fmt;
 use std::io;
 use std::sync::Arc;
 
-use crate::git::FetchError;
 use crate::machine::ErrorKind;
 use crate::reason::Reason;
 
@@ -54,8 +53,15 @@ impl Error {
     /// A local filesystem failure while doing `context`, with the system's error as its cause:
     /// `cache_not_writable` when only the operator can fix it, `local_io` otherwise.
     pub(crate) fn io(context: impl fmt::Display, err: io::Error) -> Self {
-        let reason = FetchError::io("", &err).reason;
-        let mut error = Self::new(reason, context.to_string());
+        let reason = Reason::of_local(err.kind());
+        let mut error = if reason == Reason::CacheNotWritable {
+            Self::new(
+                reason,
+                format!("{context}; the cache directory must be writable"),
+            )
+        } else {
+            Self::new(reason, context.to_string())
+        };
         error.cause = Some(Arc::new(err));
         error
     }
@@ -115,14 +121,6 @@ impl StdError for Error {
         self.cause
             .as_deref()
             .map(|cause| cause as &(dyn StdError + 'static))
-    }
-}
-
-impl From<FetchError> for Error {
-    fn from(err: FetchError) -> Self {
-        let mut error = Self::new(err.reason, err.message).with_detail(err.detail);
-        error.kind = err.kind;
-        error
     }
 }
 

@@ -149,6 +149,17 @@ impl Reason {
         }
     }
 
+    /// The reason of a local filesystem failure of this kind: `cache_not_writable` when only
+    /// the operator can fix it, `clone_busy` for a lock held elsewhere, `local_io` otherwise.
+    pub(crate) fn of_local(kind: std::io::ErrorKind) -> Reason {
+        use std::io::ErrorKind::*;
+        match kind {
+            ReadOnlyFilesystem | PermissionDenied => Reason::CacheNotWritable,
+            WouldBlock => Reason::CloneBusy,
+            _ => Reason::LocalIo,
+        }
+    }
+
     /// The reason as it is written in events and the status, like `connection_refused`.
     pub fn as_str(self) -> &'static str {
         use Reason::*;

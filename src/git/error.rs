@@ -64,7 +64,7 @@ impl FetchError {
     /// or forbidden cache directory), transient otherwise (a full disk may clear).
     pub fn io(context: impl std::fmt::Display, err: &io::Error) -> Self {
         let message = format!("{context}: {err}");
-        match local_reason(err.kind()) {
+        match Reason::of_local(err.kind()) {
             Reason::CacheNotWritable => Self::new(
                 Reason::CacheNotWritable,
                 format!("{message}; the cache directory must be writable"),
@@ -83,17 +83,6 @@ pub(crate) fn remote_host(url: &str) -> Option<String> {
         Some(port) => format!("{host}:{port}"),
         None => host.to_owned(),
     })
-}
-
-/// The reason of a local filesystem failure of this kind.
-pub(crate) fn local_reason(kind: io::ErrorKind) -> Reason {
-    match kind {
-        io::ErrorKind::ReadOnlyFilesystem | io::ErrorKind::PermissionDenied => {
-            Reason::CacheNotWritable
-        }
-        io::ErrorKind::WouldBlock => Reason::CloneBusy,
-        _ => Reason::LocalIo,
-    }
 }
 
 /// `text` on one clean line: a remote's words (an `ERR` packet, a helper's stderr) may carry
