@@ -14,7 +14,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The timers of one [`block_on`] loop, by deadline.
 #[derive(Default)]
@@ -167,6 +167,21 @@ impl Drop for Sleep {
     }
 }
 
+/// A duration as a person writes it: `850ms`, `1.6s`, `8s`, `10m`, `2h`.
+pub(crate) fn spoken(duration: Duration) -> String {
+    let ms = duration.as_millis();
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..10_000 => {
+            let text = format!("{:.1}", duration.as_secs_f64());
+            format!("{}s", text.strip_suffix(".0").unwrap_or(&text))
+        }
+        10_000..120_000 => format!("{}s", (ms + 500) / 1_000),
+        120_000..7_200_000 => format!("{}m", (ms + 30_000) / 60_000),
+        _ => format!("{}h", (ms + 1_800_000) / 3_600_000),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,5 +234,20 @@ mod tests {
         };
         assert_eq!(block_on(smol::future::or(rx.recv(), guard)), Ok(7));
         sender.join().expect("sender");
+    }
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        for (ms, text) in [
+            (850, "850ms"),
+            (1_600, "1.6s"),
+            (8_000, "8s"),
+            (2_020, "2s"),
+            (30_400, "30s"),
+            (600_000, "10m"),
+            (7_200_000, "2h"),
+        ] {
+            assert_eq!(spoken(Duration::from_millis(ms)), text);
+        }
     }
 }

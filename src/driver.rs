@@ -19,7 +19,7 @@ use smol::lock::Semaphore;
 
 use crate::cache;
 use crate::clock;
-use crate::error::{self, Error};
+use crate::error::Error;
 use crate::event::{Event, SourceState, StateChange, Update, Warning};
 use crate::failure;
 use crate::git::{self, Cancel, FetchError, Repo};
@@ -483,7 +483,7 @@ async fn attempt(
                     Reason::Timeout,
                     format!(
                         "timed out after {}",
-                        failure::duration(attempt_limit(source))
+                        crate::clock::spoken(attempt_limit(source))
                     ),
                 )
             });
@@ -599,7 +599,7 @@ async fn emit_health(
             reason,
             error: Some(format!(
                 "{error}; will retry in {}",
-                failure::duration(retry_in)
+                crate::clock::spoken(retry_in)
             )),
             detail,
             retry_in_ms: Some(millis(retry_in)),
@@ -612,7 +612,7 @@ async fn emit_health(
             let error = match retry_in {
                 Some(retry_in) => format!(
                     "{error}; gave up, will probe again in {}",
-                    failure::duration(retry_in)
+                    crate::clock::spoken(retry_in)
                 ),
                 None => format!("{error}; gave up until triggered or changed"),
             };
@@ -768,7 +768,7 @@ fn sync_error(source: &Source, err: &FetchError) -> Error {
     if let Some(detail) = &told.detail {
         log::info!("{}: {detail}", source.name);
     }
-    error::told(err.reason, err.kind, told)
+    told.into_error(err)
 }
 
 /// Writes the status of a source after one attempt outside any feed, continuing from the

@@ -74,6 +74,12 @@ impl Error {
         self
     }
 
+    /// Classes it as `kind` rather than by its reason.
+    pub(crate) fn with_kind(mut self, kind: ErrorKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
     /// Why it failed: the kind of failure. The same on every transport, and spelt in snake
     /// case where it is written out (`connection_refused`).
     pub fn reason(&self) -> Reason {
@@ -135,13 +141,6 @@ impl fmt::Display for Detail {
 }
 
 impl StdError for Detail {}
-
-/// A told failure of an attempt: the headline as the message, the detail as the cause.
-pub(crate) fn told(reason: Reason, kind: ErrorKind, told: crate::failure::Told) -> Error {
-    let mut error = Error::new(reason, told.headline).with_detail(told.detail);
-    error.kind = kind;
-    error
-}
 
 #[cfg(test)]
 mod tests {

@@ -21,7 +21,6 @@ use smol::future::FutureExt;
 
 use crate::clock;
 use crate::event::Update;
-use crate::failure;
 use crate::git::FetchError;
 use crate::reason::Reason;
 use crate::source::Source;
@@ -123,7 +122,7 @@ pub(crate) async fn run(
     let problem = match ended {
         Ended::TimedOut => format!(
             "the exec command timed out after {}; its process group was killed",
-            failure::duration(source.exec_timeout)
+            crate::clock::spoken(source.exec_timeout)
         ),
         Ended::Stopped => {
             return Err(FetchError::new(

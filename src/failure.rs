@@ -2,8 +2,7 @@
 //! (without credentials) and says in plain words what failed, built from the [`Reason`]. What
 //! a transport, a helper program or a server said underneath is kept apart, as the detail.
 
-use std::time::Duration;
-
+use crate::error::Error;
 use crate::git::{self, FetchError};
 use crate::reason::Reason;
 use crate::source::Source;
@@ -15,6 +14,15 @@ pub(crate) struct Told {
     pub headline: String,
     /// What was said underneath, when it was not gitfeed's own words.
     pub detail: Option<String>,
+}
+
+impl Told {
+    /// The error a call returns for `err`, told as this.
+    pub fn into_error(self, err: &FetchError) -> Error {
+        Error::new(err.reason, self.headline)
+            .with_detail(self.detail)
+            .with_kind(err.kind)
+    }
 }
 
 /// Tells `err`, a failed attempt of `source`. A failure on the network or at the remote is
@@ -70,58 +78,10 @@ fn remote_words(reason: Reason, url: &str, source: &Source) -> Option<String> {
             | Reason::RepositoryNotFound
             | Reason::ObjectNotAdvertised,
             _,
-        ) => words(reason).to_owned(),
+        ) => reason.words().to_owned(),
         _ => return None,
     };
     Some(words)
-}
-
-/// The plain words for `reason`, when nothing more is known.
-pub(crate) fn words(reason: Reason) -> &'static str {
-    use Reason::*;
-    match reason {
-        NameResolution => "could not resolve the remote's host name",
-        ConnectionRefused => "could not connect to the remote (refused or unreachable)",
-        ConnectionReset => "the connection to the remote was cut off",
-        Timeout => "timed out",
-        ServerError => "the remote reported an error",
-        HttpStatus => "the server answered with an HTTP status gitfeed does not expect",
-        Protocol => "the remote's answer is not valid git protocol",
-        AuthenticationRefused => "the remote refused authentication; check the credentials",
-        Credentials => "cannot read the credentials",
-        HostKey => "the ssh host key is unknown or has changed; check known_hosts",
-        Certificate => "the server's TLS certificate is not trusted; check the CA file",
-        RepositoryNotFound => "there is no git repository at this URL",
-        RefNotFound => "the ref to follow does not exist on the remote; check the branch",
-        RefDeleted => "the followed ref was deleted on the remote",
-        ObjectNotAdvertised => "the remote does not serve the wanted commit",
-        UnsupportedRemote => "the remote's ref cannot be followed",
-        RemoteTooLarge => "the remote sent more than the source allows",
-        SnapshotTooLarge => "the snapshot is over its size limit",
-        Verification => "commit signatures could not be checked",
-        Configuration => "the transport could not start; check the URL and the ssh command",
-        CloneCorrupt => "the cached clone is damaged; it is cloned afresh",
-        CloneBusy => "the clone is in use by another process",
-        CacheNotWritable => "the cache directory is not writable",
-        LocalIo => "a local file operation failed",
-        Cancelled => "the feed is shutting down",
-        _ => "the attempt failed",
-    }
-}
-
-/// A duration as a person writes it: `850ms`, `1.6s`, `8s`, `10m`, `2h`.
-pub(crate) fn duration(duration: Duration) -> String {
-    let ms = duration.as_millis();
-    match ms {
-        0..1_000 => format!("{ms}ms"),
-        1_000..10_000 => {
-            let text = format!("{:.1}", duration.as_secs_f64());
-            format!("{}s", text.strip_suffix(".0").unwrap_or(&text))
-        }
-        10_000..120_000 => format!("{}s", (ms + 500) / 1_000),
-        120_000..7_200_000 => format!("{}m", (ms + 30_000) / 60_000),
-        _ => format!("{}h", (ms + 1_800_000) / 3_600_000),
-    }
 }
 
 #[cfg(test)]
@@ -142,7 +102,7 @@ mod tests {
             ("git://example.org/p.git", "cannot resolve `example.org`"),
             ("git@example.org:p.git", "ssh: Could not resolve hostname"),
         ] {
-            let err = FetchError::new(Reason::NameResolution, words(Reason::NameResolution))
+            let err = FetchError::new(Reason::NameResolution, Reason::NameResolution.words())
                 .with_detail(said);
             let told = told(url, err);
             assert!(
@@ -192,20 +152,5 @@ mod tests {
             "policies (git://mirror.example.org:9418/p.git): could not connect to \
              mirror.example.org:9418 (refused or unreachable)"
         );
-    }
-
-    #[test]
-    fn durations_read_as_people_write_them() {
-        for (ms, text) in [
-            (850, "850ms"),
-            (1_600, "1.6s"),
-            (8_000, "8s"),
-            (2_020, "2s"),
-            (30_400, "30s"),
-            (600_000, "10m"),
-            (7_200_000, "2h"),
-        ] {
-            assert_eq!(duration(Duration::from_millis(ms)), text);
-        }
     }
 }

@@ -82,7 +82,7 @@ impl fmt::Display for Progress {
             }
             ProgressPhase::Finished => {
                 let elapsed = Duration::from_millis(self.elapsed_ms);
-                let took = crate::failure::duration(elapsed);
+                let took = crate::clock::spoken(elapsed);
                 if self.objects < self.total_objects {
                     write!(
                         f,

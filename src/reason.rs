@@ -160,6 +160,39 @@ impl Reason {
         }
     }
 
+    /// The plain words for `reason`, when nothing more is known.
+    pub(crate) fn words(self) -> &'static str {
+        use Reason::*;
+        match self {
+            NameResolution => "could not resolve the remote's host name",
+            ConnectionRefused => "could not connect to the remote (refused or unreachable)",
+            ConnectionReset => "the connection to the remote was cut off",
+            Timeout => "timed out",
+            ServerError => "the remote reported an error",
+            HttpStatus => "the server answered with an HTTP status gitfeed does not expect",
+            Protocol => "the remote's answer is not valid git protocol",
+            AuthenticationRefused => "the remote refused authentication; check the credentials",
+            Credentials => "cannot read the credentials",
+            HostKey => "the ssh host key is unknown or has changed; check known_hosts",
+            Certificate => "the server's TLS certificate is not trusted; check the CA file",
+            RepositoryNotFound => "there is no git repository at this URL",
+            RefNotFound => "the ref to follow does not exist on the remote; check the branch",
+            RefDeleted => "the followed ref was deleted on the remote",
+            ObjectNotAdvertised => "the remote does not serve the wanted commit",
+            UnsupportedRemote => "the remote's ref cannot be followed",
+            RemoteTooLarge => "the remote sent more than the source allows",
+            SnapshotTooLarge => "the snapshot is over its size limit",
+            Verification => "commit signatures could not be checked",
+            Configuration => "the transport could not start; check the URL and the ssh command",
+            CloneCorrupt => "the cached clone is damaged; it is cloned afresh",
+            CloneBusy => "the clone is in use by another process",
+            CacheNotWritable => "the cache directory is not writable",
+            LocalIo => "a local file operation failed",
+            Cancelled => "the feed is shutting down",
+            _ => "the attempt failed",
+        }
+    }
+
     /// The reason as it is written in events and the status, like `connection_refused`.
     pub fn as_str(self) -> &'static str {
         use Reason::*;

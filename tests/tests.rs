@@ -13,6 +13,7 @@ mod failures;
 mod feed;
 mod files;
 mod harness;
+mod layers;
 mod listing;
 mod policy_agent;
 mod progress;

@@ -172,15 +172,12 @@ pub(crate) fn classify(err: &gix::Error, target: &Target, cancel: &Cancel) -> Fe
     if cancel.is_cancelled() {
         return FetchError::new(
             Reason::Timeout,
-            format!(
-                "timed out after {}",
-                crate::failure::duration(target.timeout)
-            ),
+            format!("timed out after {}", crate::clock::spoken(target.timeout)),
         )
         .with_detail(chain);
     }
     let reason = reason_of(err);
-    let words = crate::failure::words(reason);
+    let words = reason.words();
     // A local failure's own words (a full disk) say what to fix; the layers above them do not.
     let local = err
         .iter_errors()
@@ -355,7 +352,7 @@ fn retold(err: FetchError, reason: Reason) -> FetchError {
     let before = err.detail_or_message().to_owned();
     FetchError {
         url: err.url,
-        ..FetchError::new(reason, crate::failure::words(reason)).with_detail(before)
+        ..FetchError::new(reason, reason.words()).with_detail(before)
     }
 }
 
