@@ -69,31 +69,49 @@ init: it reaps orphaned helper processes and forwards TERM, INT, HUP and QUIT.
 Exit status: 0 on success; 1 when --once or status fails (the error is printed on
 stderr); 2 for bad arguments."#;
 
-/// One option of `watch`: its flag, the name of its value (`None` for a switch), its help
+/// One option of a command: its flag, the name of its value (`None` for a switch), its help
 /// (one line of the usage text each), and what it sets.
 struct Opt {
     flag: &'static str,
     value: Option<&'static str>,
     help: &'static str,
-    set: fn(&mut WatchArgs, &str, String) -> Result<(), String>,
+    set: fn(&mut Args, &str, String) -> Result<(), String>,
 }
 
-/// What `watch`'s arguments set.
+/// What a command's arguments set; each command's table sets only its own fields.
 #[derive(Default)]
-struct WatchArgs {
+struct Args {
+    /// The arguments that are not options: `watch`'s URL, and nothing for the other commands.
+    operands: Vec<String>,
     source: Source,
-    url: Option<String>,
     name: Option<String>,
     branch: Option<String>,
     cache_dir: Option<PathBuf>,
     once: bool,
     verify_all: bool,
+    /// `run`'s file.
+    config: Option<PathBuf>,
+    /// `status`: a table (`--table`) or JSON lines (`--json`).
+    table: Option<bool>,
+    /// `gc`'s age of an unused clone.
+    unused_for: Option<std::time::Duration>,
 }
 
-/// The options of `watch`, in the order `--help` lists them: the one place they are defined.
-/// The parser and the usage text both come from this table, and a test holds the README's
-/// table to it.
-const OPTIONS: &[Opt] = &[
+/// `--cache-dir`, the same for `watch`, `status` and `gc`.
+const CACHE_DIR: Opt = Opt {
+    flag: "--cache-dir",
+    value: Some("<D>"),
+    help: "where clones and delivery state live\n[default: $XDG_CACHE_HOME/gitfeed, or ~/.cache/gitfeed]",
+    set: |a, _, v| {
+        a.cache_dir = Some(PathBuf::from(v));
+        Ok(())
+    },
+};
+
+/// The options of each command, in the order `--help` lists them: the one place they are
+/// defined. The parser and the usage text both come from these tables, and a test holds the
+/// usage lines and the README's tables to them.
+const WATCH_OPTIONS: &[Opt] = &[
     Opt {
         flag: "--branch",
         value: Some("<B>"),
@@ -121,15 +139,7 @@ const OPTIONS: &[Opt] = &[
             Ok(())
         },
     },
-    Opt {
-        flag: "--cache-dir",
-        value: Some("<D>"),
-        help: "where clones and delivery state live\n[default: $XDG_CACHE_HOME/gitfeed, or ~/.cache/gitfeed]",
-        set: |a, _, v| {
-            a.cache_dir = Some(PathBuf::from(v));
-            Ok(())
-        },
-    },
+    CACHE_DIR,
     Opt {
         flag: "--interval",
         value: Some("<T>"),
@@ -425,11 +435,80 @@ const OPTIONS: &[Opt] = &[
     },
 ];
 
-/// The whole usage text, its options rendered from [`OPTIONS`].
-fn usage() -> String {
+/// The options of `run`.
+const RUN_OPTIONS: &[Opt] = &[
+    Opt {
+        flag: "--config",
+        value: Some("<FILE>"),
+        help: "the JSON file of sources, described above (required)",
+        set: |a, _, v| {
+            a.config = Some(PathBuf::from(v));
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--cache-dir",
+        value: Some("<D>"),
+        help: "where clones and delivery state live, unless the file sets\ncache_dir [default: $XDG_CACHE_HOME/gitfeed, or ~/.cache/gitfeed]",
+        set: CACHE_DIR.set,
+    },
+];
+
+/// The options of `status`.
+const STATUS_OPTIONS: &[Opt] = &[
+    CACHE_DIR,
+    Opt {
+        flag: "--json",
+        value: None,
+        help: "one JSON object per line [default: when stdout is no terminal]",
+        set: |a, _, _| {
+            a.table = Some(false);
+            Ok(())
+        },
+    },
+    Opt {
+        flag: "--table",
+        value: None,
+        help: "a table for a person [default: when stdout is a terminal]",
+        set: |a, _, _| {
+            a.table = Some(true);
+            Ok(())
+        },
+    },
+];
+
+/// The options of `gc`.
+const GC_OPTIONS: &[Opt] = &[
+    CACHE_DIR,
+    Opt {
+        flag: "--unused-for",
+        value: Some("<T>"),
+        help: "remove the clones no source has used for this long\n[default: 168h, a week]",
+        set: |a, f, v| {
+            a.unused_for = Some(duration(f, &v)?);
+            Ok(())
+        },
+    },
+];
+
+/// The whole usage text, `watch`'s options rendered from [`WATCH_OPTIONS`]. With `command`,
+/// the help of another command: the same text with that command's options added.
+fn usage(command: Option<(&str, &[Opt])>) -> String {
     let mut text = String::from(USAGE_HEAD);
     text.push_str("Options:\n");
-    for opt in OPTIONS {
+    push_options(&mut text, WATCH_OPTIONS);
+    text.push_str("  -h, --help             print this help\n");
+    if let Some((name, options)) = command {
+        text.push_str(&format!("\nOptions of `gitfeed {name}`:\n"));
+        push_options(&mut text, options);
+    }
+    text.push_str(USAGE_TAIL);
+    text
+}
+
+/// One line for each option of `options`, and one more for each further line of its help.
+fn push_options(text: &mut String, options: &[Opt]) {
+    for opt in options {
         let head = match opt.value {
             Some(value) => format!("{} {value}", opt.flag),
             None => opt.flag.to_owned(),
@@ -445,9 +524,6 @@ fn usage() -> String {
             text.push_str(&format!("{:25}{line}\n", ""));
         }
     }
-    text.push_str("  -h, --help             print this help\n");
-    text.push_str(USAGE_TAIL);
-    text
 }
 
 fn duration(flag: &str, text: &str) -> Result<std::time::Duration, String> {
@@ -501,8 +577,8 @@ fn main() -> ExitCode {
         }
     };
     match command {
-        Command::Help => {
-            println!("{}", usage());
+        Command::Help(text) => {
+            println!("{text}");
             ExitCode::SUCCESS
         }
         Command::Version => {
@@ -896,7 +972,8 @@ const DEFAULT_UNUSED_FOR: std::time::Duration = std::time::Duration::from_secs(7
 
 #[derive(Debug)]
 enum Command {
-    Help,
+    /// The usage text to print.
+    Help(String),
     Version,
     Status {
         cache_dir: PathBuf,
@@ -934,27 +1011,39 @@ fn arguments() -> Result<Vec<String>, String> {
 }
 
 fn parse(args: &[String]) -> Result<Command, String> {
-    let mut args = args.iter();
-    match args.next().map(String::as_str) {
-        None => return Err("no command given".into()),
-        Some("-h" | "--help" | "help") => return Ok(Command::Help),
-        Some("-V" | "--version" | "version") => return Ok(Command::Version),
-        Some("watch") => {}
-        Some("run") => return parse_run(args.as_slice()),
-        Some("status") => return parse_status(args.as_slice()),
-        Some("gc") => return parse_gc(args.as_slice()),
-        Some(other) => return Err(format!("unknown command `{other}`")),
+    let Some((command, args)) = args.split_first() else {
+        return Err("no command given".into());
+    };
+    match command.as_str() {
+        "-h" | "--help" | "help" => Ok(Command::Help(usage(None))),
+        "-V" | "--version" | "version" => Ok(Command::Version),
+        "watch" => parse_watch(args),
+        "run" => parse_run(args),
+        "status" => parse_status(args),
+        "gc" => parse_gc(args),
+        other => Err(format!("unknown command `{other}`")),
     }
-    let mut parsed = WatchArgs::default();
+}
+
+/// What `args` set by the options of `command`, which takes at most `operands` arguments
+/// that are not options; `None` when they ask for help.
+fn parse_options(
+    command: &str,
+    options: &[Opt],
+    operands: usize,
+    args: &[String],
+) -> Result<Option<Args>, String> {
+    let mut parsed = Args::default();
+    let mut args = args.iter();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
             Some((flag, value)) if flag.starts_with("--") => (flag, Some(value.to_owned())),
             _ => (arg.as_str(), None),
         };
         if flag == "-h" || flag == "--help" {
-            return Ok(Command::Help);
+            return Ok(None);
         }
-        if let Some(opt) = OPTIONS.iter().find(|opt| opt.flag == flag) {
+        if let Some(opt) = options.iter().find(|opt| opt.flag == flag) {
             let value = match (opt.value, inline) {
                 (Some(_), Some(value)) => value,
                 (Some(_), None) => args
@@ -966,23 +1055,36 @@ fn parse(args: &[String]) -> Result<Command, String> {
             };
             (opt.set)(&mut parsed, flag, value)?;
         } else if flag.starts_with('-') && flag.len() > 1 {
-            return Err(format!("unknown option `{flag}`"));
-        } else if parsed.url.is_none() {
-            parsed.url = Some(arg.clone());
+            return Err(format!("unknown option `{flag}` for {command}"));
+        } else if parsed.operands.len() < operands {
+            parsed.operands.push(arg.clone());
         } else {
-            return Err(format!("unexpected argument `{arg}`"));
+            return Err(format!("unexpected argument `{arg}` for {command}"));
         }
     }
-    let WatchArgs {
+    Ok(Some(parsed))
+}
+
+/// The help of `command`: the whole usage text with the command's options added.
+fn help(command: &str, options: &[Opt]) -> Command {
+    Command::Help(usage(Some((command, options))))
+}
+
+fn parse_watch(args: &[String]) -> Result<Command, String> {
+    let Some(parsed) = parse_options("watch", WATCH_OPTIONS, 1, args)? else {
+        return Ok(Command::Help(usage(None)));
+    };
+    let Args {
+        operands,
         mut source,
-        url,
         name,
         branch,
         cache_dir,
         once,
         verify_all,
+        ..
     } = parsed;
-    let url = url.ok_or("watch needs a URL")?;
+    let url = operands.into_iter().next().ok_or("watch needs a URL")?;
     if verify_all {
         let verify = source
             .verify
@@ -1010,89 +1112,33 @@ fn auth(source: &mut Source) -> &mut gitfeed::Auth {
     source.auth.get_or_insert_with(gitfeed::Auth::default)
 }
 
-/// `--flag=value` as the flag and its value; any other argument as itself.
-fn split_flag(arg: &str) -> (&str, Option<String>) {
-    match arg.split_once('=') {
-        Some((flag, value)) => (flag, Some(value.to_owned())),
-        None => (arg, None),
-    }
-}
-
-/// The value of `flag`: given inline, or the next argument.
-fn flag_value(
-    flag: &str,
-    inline: &Option<String>,
-    args: &mut std::slice::Iter<'_, String>,
-) -> Result<String, String> {
-    inline
-        .clone()
-        .or_else(|| args.next().cloned())
-        .ok_or(format!("{flag} needs a value"))
-}
-
 fn parse_run(args: &[String]) -> Result<Command, String> {
-    let mut config = None;
-    let mut cache_dir = None;
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        let (flag, inline) = split_flag(arg);
-        let mut value = || flag_value(flag, &inline, &mut args);
-        match flag {
-            "--config" => config = Some(PathBuf::from(value()?)),
-            "--cache-dir" => cache_dir = Some(PathBuf::from(value()?)),
-            "-h" | "--help" => return Ok(Command::Help),
-            _ => return Err(format!("unexpected argument `{arg}` for run")),
-        }
-    }
+    let Some(parsed) = parse_options("run", RUN_OPTIONS, 0, args)? else {
+        return Ok(help("run", RUN_OPTIONS));
+    };
     Ok(Command::Run {
-        config: config.ok_or("run needs --config <FILE>")?,
-        cache_dir,
+        config: parsed.config.ok_or("run needs --config <FILE>")?,
+        cache_dir: parsed.cache_dir,
     })
 }
 
 fn parse_status(args: &[String]) -> Result<Command, String> {
-    let mut cache_dir = None;
-    let mut table = None;
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        match arg.split_once('=') {
-            Some(("--cache-dir", dir)) => cache_dir = Some(PathBuf::from(dir)),
-            _ if arg == "--cache-dir" => {
-                let dir = args.next().ok_or("--cache-dir needs a value")?;
-                cache_dir = Some(PathBuf::from(dir));
-            }
-            _ if arg == "-h" || arg == "--help" => return Ok(Command::Help),
-            _ if arg == "--json" => table = Some(false),
-            _ if arg == "--table" => table = Some(true),
-            _ => return Err(format!("unexpected argument `{arg}` for status")),
-        }
-    }
+    let Some(parsed) = parse_options("status", STATUS_OPTIONS, 0, args)? else {
+        return Ok(help("status", STATUS_OPTIONS));
+    };
     Ok(Command::Status {
-        cache_dir: cache_dir.unwrap_or_else(default_cache_dir),
-        table,
+        cache_dir: parsed.cache_dir.unwrap_or_else(default_cache_dir),
+        table: parsed.table,
     })
 }
 
 fn parse_gc(args: &[String]) -> Result<Command, String> {
-    let mut cache_dir = None;
-    let mut unused_for = DEFAULT_UNUSED_FOR;
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        let (flag, inline) = split_flag(arg);
-        let mut value = || flag_value(flag, &inline, &mut args);
-        match flag {
-            "--cache-dir" => cache_dir = Some(PathBuf::from(value()?)),
-            "--unused-for" => {
-                unused_for =
-                    parse_duration(&value()?).map_err(|err| format!("--unused-for: {err}"))?;
-            }
-            "-h" | "--help" => return Ok(Command::Help),
-            _ => return Err(format!("unexpected argument `{arg}` for gc")),
-        }
-    }
+    let Some(parsed) = parse_options("gc", GC_OPTIONS, 0, args)? else {
+        return Ok(help("gc", GC_OPTIONS));
+    };
     Ok(Command::Gc {
-        cache_dir: cache_dir.unwrap_or_else(default_cache_dir),
-        unused_for,
+        cache_dir: parsed.cache_dir.unwrap_or_else(default_cache_dir),
+        unused_for: parsed.unused_for.unwrap_or(DEFAULT_UNUSED_FOR),
     })
 }
 
@@ -1269,85 +1315,211 @@ mod tests {
             "watch a --interval",
             "watch a --interval 5",
             "watch a --bogus",
+            "watch a --once=yes",
+            "run",
+            "run --config",
+            "run c.json",
+            "run --config c.json --bogus",
+            "run --config c.json --unused-for 1h",
+            "status extra",
+            "status --json=yes",
+            "status --cache-dir",
+            "status --unused-for 1h",
+            "gc --table",
+            "gc --config c.json",
         ] {
             assert!(parse(&args(line)).is_err(), "{line:?} should be rejected");
         }
     }
 
-    /// The options of `watch`, as `--help` lists them.
-    fn usage_flags() -> std::collections::BTreeSet<String> {
-        let usage = usage();
-        let options = usage
-            .split("\nOptions:\n")
-            .nth(1)
-            .expect("an Options section");
-        let options = options.split("\n\n").next().unwrap_or_default();
+    /// Every command with options, and its table.
+    const COMMANDS: &[(&str, &[Opt])] = &[
+        ("watch", WATCH_OPTIONS),
+        ("run", RUN_OPTIONS),
+        ("status", STATUS_OPTIONS),
+        ("gc", GC_OPTIONS),
+    ];
+
+    /// Options as the documents write them: each flag and the name of its value, if any,
+    /// without `<>`.
+    type Written = std::collections::BTreeSet<(String, Option<String>)>;
+
+    fn written(options: &[Opt]) -> Written {
         options
-            .lines()
-            .filter_map(|line| line.split_whitespace().next())
-            .filter(|word| word.starts_with("--"))
-            .map(|flag| flag.trim_end_matches(',').to_owned())
+            .iter()
+            .map(|opt| (opt.flag.to_owned(), opt.value.map(bare)))
             .collect()
     }
 
-    /// The usage text, the README's table and the parser agree on `watch`'s options: each
-    /// flag `--help` lists is in the README and parses, and the README lists no other.
-    #[test]
-    fn usage_readme_and_parser_agree() {
-        let usage = usage_flags();
-        assert!(usage.len() > 30, "{usage:?}");
-        let readme = include_str!("../README.md");
-        let table: std::collections::BTreeSet<String> = readme
-            .lines()
-            .filter(|line| line.starts_with("| `--"))
-            .flat_map(|line| {
-                let cell = line.split('|').nth(1).unwrap_or_default();
-                cell.split('`')
-                    .filter(|part| part.starts_with("--"))
-                    .filter_map(|part| part.split_whitespace().next())
-                    .map(str::to_owned)
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        let only_help: Vec<_> = usage.difference(&table).collect();
-        let only_readme: Vec<_> = table.difference(&usage).collect();
-        assert!(
-            only_help.is_empty() && only_readme.is_empty(),
-            "only in --help: {only_help:?}; only in the README: {only_readme:?}"
-        );
-        for flag in &usage {
-            if flag == "--help" {
+    fn bare(value: &str) -> String {
+        value.trim_matches(['<', '>']).to_owned()
+    }
+
+    /// The options in `words`: each `--flag`, with the value name after it (`<D>` or `D`).
+    fn mentioned<'a>(mut words: impl Iterator<Item = &'a str>) -> Written {
+        let is_value = |word: &&str| {
+            let name = bare(word);
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_uppercase())
+        };
+        let mut found = Written::new();
+        let mut word = words.next();
+        while let Some(flag) = word {
+            word = words.next();
+            if !flag.starts_with("--") {
                 continue;
             }
-            let value = match flag.as_str() {
-                "--interval" | "--timeout" | "--backoff-initial" | "--backoff-max"
-                | "--failed-interval" | "--exec-timeout" => Some("5s"),
-                "--max-failures" | "--depth" | "--contents-limit" | "--keep-snapshots"
-                | "--index-threads" => Some("3"),
-                "--username" => Some("u"),
-                _ if OPTIONS
-                    .iter()
-                    .any(|opt| opt.flag == flag && opt.value.is_some()) =>
-                {
-                    Some("x")
-                }
-                _ => None,
+            let value = word.filter(is_value);
+            if value.is_some() {
+                word = words.next();
+            }
+            found.insert((flag.trim_end_matches(',').to_owned(), value.map(bare)));
+        }
+        found
+    }
+
+    /// The options the usage text lists under `header`, one a line.
+    fn listed(usage: &str, header: &str) -> Written {
+        let section = usage.split(header).nth(1).expect("the section");
+        let section = section.split("\n\n").next().unwrap_or_default();
+        section
+            .lines()
+            .filter(|line| line.starts_with("  --"))
+            .flat_map(|line| mentioned(line.split_whitespace().take(2)))
+            .collect()
+    }
+
+    /// The options of the README's table for `command`.
+    fn readme_table(command: &str) -> Written {
+        let readme = include_str!("../README.md");
+        let header = format!("| `{command}` option | default | meaning |\n");
+        let table = readme.split(&header).nth(1).expect("a table");
+        table
+            .lines()
+            .take_while(|line| line.starts_with('|'))
+            .flat_map(|line| {
+                let cell = line.split('|').nth(1).unwrap_or_default();
+                let quoted = cell.split('`').skip(1).step_by(2);
+                let words = quoted.filter(|part| part.starts_with("--"));
+                words.flat_map(|part| mentioned(part.split_whitespace()))
+            })
+            .collect()
+    }
+
+    /// The options `text`'s synopsis line of `command` names (`gitfeed gc [--cache-dir <D>] …`).
+    fn synopsis(text: &str, command: &str) -> Written {
+        let start = format!("gitfeed {command} ");
+        let line = text
+            .lines()
+            .map(str::trim_start)
+            .map(|line| line.trim_start_matches("Usage: "))
+            .find(|line| line.starts_with(&start))
+            .expect("a synopsis line");
+        mentioned(
+            line.split([' ', '[', ']', '|'])
+                .filter(|word| !word.is_empty()),
+        )
+    }
+
+    /// The usage text, the README and the parser agree with each command's table: `--help`
+    /// lists every option, the README's table and the synopsis lines name the same options with
+    /// the same values, and each option parses.
+    #[test]
+    fn usage_readme_and_parser_agree() {
+        assert!(WATCH_OPTIONS.len() > 30);
+        let readme = include_str!("../README.md");
+        for &(command, options) in COMMANDS {
+            let table = written(options);
+            let (help, header) = match command {
+                "watch" => (usage(None), "\nOptions:\n".to_owned()),
+                _ => (
+                    usage(Some((command, options))),
+                    format!("\nOptions of `gitfeed {command}`:\n"),
+                ),
             };
-            let mut line = vec!["watch".to_owned(), "git://h/r.git".to_owned()];
-            if flag == "--verify-all-commits" {
-                line.extend(["--allowed-signers".to_owned(), "f".to_owned()]);
+            assert_eq!(listed(&help, &header), table, "--help of {command}");
+            assert_eq!(readme_table(command), table, "the README's {command} table");
+            if command != "watch" {
+                assert_eq!(synopsis(&help, command), table, "{command}'s usage line");
+                assert_eq!(synopsis(readme, command), table, "{command} in the README");
             }
-            if matches!(flag.as_str(), "--username") {
-                line.extend(["--password-env".to_owned(), "P".to_owned()]);
+            for opt in options {
+                let mut line: Vec<String> = match command {
+                    "watch" => vec!["watch".into(), "git://h/r.git".into()],
+                    "run" => vec!["run".into(), "--config".into(), "c.json".into()],
+                    _ => vec![command.into()],
+                };
+                match opt.flag {
+                    "--verify-all-commits" => line.extend(["--allowed-signers".into(), "f".into()]),
+                    "--username" => line.extend(["--password-env".into(), "P".into()]),
+                    _ => {}
+                }
+                line.push(opt.flag.to_owned());
+                line.extend(opt.value.map(|value| match value {
+                    "<T>" => "5s".to_owned(),
+                    "<N>" => "3".to_owned(),
+                    _ => "x".to_owned(),
+                }));
+                let parsed = parse(&line);
+                assert!(parsed.is_ok(), "{line:?} does not parse: {parsed:?}");
             }
-            line.push(flag.clone());
-            line.extend(value.map(str::to_owned));
+        }
+    }
+
+    /// `watch` and the whole program print the same usage text; another command adds its own
+    /// options to it.
+    #[test]
+    fn help_of_each_command() {
+        let Ok(Command::Help(whole)) = parse(&args("--help")) else {
+            panic!("--help is help");
+        };
+        for line in ["help", "-h", "watch --help", "watch git://h/r.git -h"] {
             assert!(
-                parse(&line).is_ok(),
-                "{flag} does not parse: {:?}",
-                parse(&line)
+                matches!(parse(&args(line)), Ok(Command::Help(ref text)) if *text == whole),
+                "{line}"
             );
         }
+        for &(command, _) in &COMMANDS[1..] {
+            let Ok(Command::Help(text)) = parse(&args(&format!("{command} --help"))) else {
+                panic!("{command} --help is help");
+            };
+            let own = format!("\nOptions of `gitfeed {command}`:\n");
+            assert!(text.contains(&own), "{text}");
+            assert_eq!(
+                text.replacen(&own, "\n", 1).len(),
+                text.len() - own.len() + 1
+            );
+            let (before, after) = text.split_once(&own).expect("the section");
+            assert!(
+                whole.starts_with(before),
+                "{command}: the usage text, then its options"
+            );
+            assert!(whole.ends_with(after.split_once("\n\n").expect("a tail").1));
+        }
+    }
+
+    #[test]
+    fn parses_run_and_status() {
+        let Ok(Command::Run { config, cache_dir }) =
+            parse(&args("run --config=/etc/g.json --cache-dir /c"))
+        else {
+            panic!("should parse");
+        };
+        assert_eq!(config, PathBuf::from("/etc/g.json"));
+        assert_eq!(cache_dir, Some(PathBuf::from("/c")));
+        assert!(matches!(
+            parse(&args("run --config c.json")),
+            Ok(Command::Run {
+                cache_dir: None,
+                ..
+            })
+        ));
+        let Ok(Command::Status { cache_dir, table }) =
+            parse(&args("status --table --cache-dir=/c --json"))
+        else {
+            panic!("should parse");
+        };
+        assert_eq!(cache_dir, PathBuf::from("/c"));
+        assert_eq!(table, Some(false), "the last of --json and --table counts");
     }
 
     #[test]

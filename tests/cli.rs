@@ -72,6 +72,13 @@ fn bad_arguments_exit_2_with_one_line() {
         vec!["watch", "/x", "--interval", "0s"],
         vec!["watch", "ftp://h/x"],
         vec!["watch", "/x", "--frobnicate"],
+        vec!["run"],
+        vec!["run", "--config"],
+        vec!["run", "--config", "c.json", "extra"],
+        vec!["status", "--frobnicate"],
+        vec!["status", "--json=yes"],
+        vec!["gc", "--unused-for", "soon"],
+        vec!["gc", "--table"],
     ] {
         let out = gitfeed().args(&args).output().expect("run");
         assert_eq!(out.status.code(), Some(2), "{args:?}");
@@ -83,6 +90,40 @@ fn bad_arguments_exit_2_with_one_line() {
             "{args:?}: {stderr}"
         );
         assert!(out.stdout.is_empty());
+    }
+}
+
+/// `watch --help` is the whole usage text; `run`, `status` and `gc` add their own options to it.
+#[test]
+fn each_command_has_help() {
+    let help = |args: &[&str]| {
+        let out = gitfeed().args(args).output().expect("run");
+        assert!(out.status.success(), "{args:?}");
+        assert!(out.stderr.is_empty(), "{args:?}");
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let whole = help(&["--help"]);
+    assert_eq!(help(&["watch", "--help"]), whole);
+    assert_eq!(help(&["watch", "/x", "-h"]), whole);
+    for (command, options) in [
+        ("run", &["--config <FILE>", "--cache-dir <D>"][..]),
+        ("status", &["--cache-dir <D>", "--json", "--table"]),
+        ("gc", &["--cache-dir <D>", "--unused-for <T>"]),
+    ] {
+        let text = help(&[command, "--help"]);
+        let own = format!("\nOptions of `gitfeed {command}`:\n");
+        let (before, after) = text.split_once(&own).expect("its options");
+        assert!(whole.starts_with(before), "{command}");
+        let (section, tail) = after.split_once("\n\n").expect("the rest");
+        assert!(whole.ends_with(tail), "{command}");
+        for option in options {
+            assert!(
+                section
+                    .lines()
+                    .any(|line| line.starts_with(&format!("  {option} "))),
+                "{command} --help does not list {option}: {section}"
+            );
+        }
     }
 }
 
@@ -540,15 +581,17 @@ fn once_prints_warnings_before_the_update() {
 #[test]
 fn an_argument_that_is_not_utf8_is_a_usage_error() {
     use std::os::unix::ffi::OsStrExt;
-    let out = gitfeed()
-        .args([
-            "watch".as_ref(),
-            std::ffi::OsStr::from_bytes(b"/srv/\xffrepo"),
-        ])
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("is not valid UTF-8"), "{stderr}");
+    let path = std::ffi::OsStr::from_bytes(b"/srv/\xffrepo");
+    for command in [
+        &["watch"][..],
+        &["run", "--config"],
+        &["status", "--cache-dir"],
+    ] {
+        let out = gitfeed().args(command).arg(path).output().expect("run");
+        assert_eq!(out.status.code(), Some(2), "{command:?}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("is not valid UTF-8"), "{stderr}");
+        assert!(out.stdout.is_empty());
+    }
 }
