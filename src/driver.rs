@@ -22,22 +22,22 @@ use crate::clock;
 use crate::event::{Event, SourceState, StateChange, Update, Warning};
 use crate::failure::{self, Told};
 use crate::feed::SyncError;
-use crate::git::{self, Cancel, FetchError, Repo};
+use crate::git::{self, Cancel, FetchError, ObjectId, Repo};
 use crate::machine::{Action, ErrorKind, Health, Machine, Outcome, State};
 use crate::reason::Reason;
 use crate::source::Source;
 use crate::status::{Status, now_ms};
-use crate::work::{self, Attempt, Seen, Synced};
+use crate::work::{self, Attempt, Fetched, Seen, Synced};
 
 /// What the feed tells a running source task.
 #[derive(Debug)]
 pub(crate) enum Control {
     /// Fetch now (a webhook, SIGHUP), unless the hinted commit is already here.
-    Trigger(Option<String>),
+    Trigger(Option<ObjectId>),
     /// New settings for the same cache entry.
     Change(Box<Source>),
     /// The consumer has applied the update to this commit; the feed has recorded it.
-    Acknowledged(String),
+    Acknowledged(ObjectId),
 }
 
 /// Everything the source tasks of one feed share.
@@ -99,7 +99,7 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
         url: git::redact_url(&source.url),
         reference: source.reference.clone(),
         state: "idle".into(),
-        acknowledged: seen.acknowledged.clone(),
+        acknowledged: hex(seen.acknowledged),
         ..Status::default()
     };
     let mut rng = fastrand::Rng::new();
@@ -139,13 +139,14 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
                     };
                     handle.keep(attempt.handle);
                     status.last_attempt_ms = Some(now_ms());
-                    if let Some((tip, served_by)) = &attempt.tip {
-                        status.record_success(tip, served_by);
+                    if let Ok(fetched) = &attempt.result {
+                        status.record_success(fetched.tip, &fetched.served_by);
                     }
                     let result = match attempt.result {
-                        Ok(synced) => {
+                        Ok(fetched) => {
+                            let synced = fetched.synced;
                             let delivering = synced.as_ref().is_some_and(|s| !s.is_empty());
-                            let about = synced.as_ref().map(|synced| synced.new.clone());
+                            let about = synced.as_ref().map(|synced| synced.new.to_string());
                             // Warnings first: the consumer hears what was left out before it
                             // applies the update.
                             for warning in attempt.warnings {
@@ -161,7 +162,7 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
                             match synced {
                                 Some(synced) => {
                                     let caught_up = seen.acknowledged == synced.old;
-                                    seen.sent = Some(synced.new.clone());
+                                    seen.sent = Some(synced.new);
                                     if synced.is_empty() {
                                         // Nothing the consumer wants moved: nothing to apply.
                                         // It is acknowledged on the consumer's behalf only when
@@ -173,7 +174,7 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
                                                 &entry,
                                                 &source.name,
                                                 &mut seen,
-                                                &synced.new,
+                                                synced.new,
                                             );
                                         }
                                         Ok(())
@@ -214,7 +215,7 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
                         }
                     };
                     machine.handle_fetch_done(Instant::now(), outcome, rng.f64());
-                    status.acknowledged.clone_from(&seen.acknowledged);
+                    status.acknowledged = hex(seen.acknowledged);
                     record_status(&entry, &machine, &mut status);
                     if shared.shutdown.is_closed() {
                         return;
@@ -274,8 +275,8 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
 
 /// Writes the status again when the consumer has acknowledged something since it was written.
 fn note_acknowledged(entry: &cache::Entry, machine: &Machine, status: &mut Status, seen: &Seen) {
-    if status.acknowledged != seen.acknowledged {
-        status.acknowledged.clone_from(&seen.acknowledged);
+    if status.acknowledged != hex(seen.acknowledged) {
+        status.acknowledged = hex(seen.acknowledged);
         record_status(entry, machine, status);
     }
 }
@@ -334,8 +335,8 @@ fn apply(
     match message {
         Control::Acknowledged(commit) => seen.acknowledged = Some(commit),
         Control::Trigger(Some(hint))
-            if seen.sent.as_deref() == Some(hint.as_str())
-                || handle.is_some_and(|repo| repo.reaches(&source.tip_ref(), &hint)) =>
+            if seen.sent == Some(hint)
+                || handle.is_some_and(|repo| repo.reaches(&source.tip_ref(), hint)) =>
         {
             log::debug!("{}: trigger for {hint}, which is already here", source.name);
         }
@@ -387,7 +388,7 @@ async fn attempt(
         let cancel = Arc::clone(&cancel);
         let holding = Arc::clone(&holding);
         let paths = paths.clone();
-        let seen = seen.clone();
+        let seen = *seen;
         let source = source.clone();
         move || {
             let outcome = work::sync(handle, &paths, &source, &target, &seen, &cancel, &holding);
@@ -409,7 +410,6 @@ async fn attempt(
                     format!("cannot start a fetch thread: {err}"),
                 )),
                 warnings: Vec::new(),
-                tip: None,
             });
         }
     };
@@ -506,7 +506,6 @@ async fn attempt(
             "the fetch thread ended without an outcome",
         )),
         warnings: Vec::new(),
-        tip: None,
     }))
 }
 
@@ -522,16 +521,17 @@ async fn deliver(
     log::info!(
         "{}: {} -> {} ({} changes{})",
         source.name,
-        synced.old.as_deref().unwrap_or("nothing"),
+        hex(synced.old).as_deref().unwrap_or("nothing"),
         synced.new,
         synced.changes.len(),
         if synced.forced { ", forced" } else { "" }
     );
+    let (old, new) = (synced.old, synced.new);
     let update = into_update(source, synced);
     let exec = match &source.exec {
         Some(command) => {
             let input = crate::exec::Input::stage(source, &update, entry.dir())?;
-            Some((command, input, update.old.clone(), update.new.clone()))
+            Some((command, input, old, new))
         }
         None => None,
     };
@@ -544,7 +544,7 @@ async fn deliver(
             seen.sent = old;
             return Err(err);
         }
-        record_acknowledged(entry, &source.name, seen, &new);
+        record_acknowledged(entry, &source.name, seen, new);
     }
     Ok(())
 }
@@ -559,9 +559,9 @@ async fn emit_warning(shared: &Shared, name: &str, commit: Option<String>, messa
     let _ = shared.events.send(Event::Warning(warning)).await;
 }
 
-fn record_acknowledged(entry: &cache::Entry, name: &str, seen: &mut Seen, commit: &str) {
+fn record_acknowledged(entry: &cache::Entry, name: &str, seen: &mut Seen, commit: ObjectId) {
     match entry.set_delivered(commit) {
-        Ok(()) => seen.acknowledged = Some(commit.to_owned()),
+        Ok(()) => seen.acknowledged = Some(commit),
         Err(err) => log::warn!("{name}: cannot record the acknowledged commit: {err}"),
     }
 }
@@ -571,8 +571,8 @@ fn into_update(source: &Source, synced: Synced) -> Update {
         source: source.name.clone(),
         url: git::redact_url(&synced.url),
         reference: synced.reference,
-        old: synced.old,
-        new: synced.new,
+        old: hex(synced.old),
+        new: synced.new.to_string(),
         forced: synced.forced,
         changes: synced.changes,
     }
@@ -720,7 +720,6 @@ pub(crate) async fn once(
             "the feed is shutting down",
         )),
         warnings: Vec::new(),
-        tip: None,
     });
     for warning in &attempt.warnings {
         log::warn!("{}: {warning}", source.name);
@@ -732,15 +731,19 @@ pub(crate) async fn once(
         *handle = attempt.handle;
     }
     let synced = match attempt.result {
-        Ok(Some(synced)) => synced,
-        Ok(None) => return Ok(None),
+        Ok(Fetched {
+            synced: Some(synced),
+            ..
+        }) => synced,
+        Ok(_) => return Ok(None),
         Err(err) => return Err(sync_error(source, &err)),
     };
     let mut seen = seen;
     if synced.is_empty() {
-        record_acknowledged(entry, &source.name, &mut seen, &synced.new);
+        record_acknowledged(entry, &source.name, &mut seen, synced.new);
         return Ok(None);
     }
+    let new = synced.new;
     let update = into_update(source, synced);
     if let Some(command) = &source.exec {
         // As in a feed, the command's success acknowledges the update; its failure leaves the
@@ -756,7 +759,7 @@ pub(crate) async fn once(
             }
             return Err(sync_error(source, &err));
         }
-        record_acknowledged(entry, &source.name, &mut seen, &update.new);
+        record_acknowledged(entry, &source.name, &mut seen, new);
     }
     Ok(Some(update))
 }
@@ -786,15 +789,14 @@ fn record_once(entry: &cache::Entry, source: &Source, attempt: &Attempt) {
     status.url = git::redact_url(&source.url);
     status.reference.clone_from(&source.reference);
     status.last_attempt_ms = Some(now_ms());
-    status.acknowledged = entry.delivered();
-    match (&attempt.result, &attempt.tip) {
-        (Ok(_), Some((tip, served_by))) => {
+    status.acknowledged = hex(entry.delivered());
+    match &attempt.result {
+        Ok(fetched) => {
             status.state = "idle".into();
             status.attempt = 0;
-            status.record_success(tip, served_by);
+            status.record_success(fetched.tip, &fetched.served_by);
         }
-        (Ok(_), None) => status.state = "idle".into(),
-        (Err(err), _) => count_failure(&mut status, source, err),
+        Err(err) => count_failure(&mut status, source, err),
     }
     if let Err(err) = status.write(entry.dir()) {
         log::debug!("{}: cannot write its status: {err}", source.name);
@@ -815,4 +817,9 @@ fn count_failure(status: &mut Status, source: &Source, err: &FetchError) {
     status.last_error = Some(told.headline);
     status.reason = Some(err.reason);
     status.detail = told.detail;
+}
+
+/// `commit` as the hex text the events and the status file carry.
+fn hex(commit: Option<ObjectId>) -> Option<String> {
+    commit.map(|commit| commit.to_string())
 }

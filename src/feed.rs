@@ -12,6 +12,7 @@ use smol::lock::Semaphore;
 
 use crate::driver::{self, Control, Shared};
 use crate::event::{Event, Update};
+use crate::git::ObjectId;
 use crate::machine::ErrorKind;
 use crate::progress::{Outlet, Progress};
 use crate::reason::Reason;
@@ -78,8 +79,8 @@ struct Registered {
 enum Command {
     Add(Box<Source>),
     Remove(String),
-    Trigger(String, Option<String>),
-    Acknowledge(String, String),
+    Trigger(String, Option<ObjectId>),
+    Acknowledge(String, ObjectId),
 }
 
 /// Why a command to a feed was refused.
@@ -345,7 +346,10 @@ impl FeedHandle {
     /// is already here (delivered, or in the clone), nothing is fetched.
     pub fn trigger_with_hint(&self, name: &str, commit: &str) -> Result<(), FeedError> {
         self.commands
-            .try_send(Command::Trigger(name.to_owned(), Some(commit.to_owned())))
+            .try_send(Command::Trigger(
+                name.to_owned(),
+                crate::git::commit_id(commit),
+            ))
             .map_err(|_| FeedError::Stopped)
     }
 
@@ -362,9 +366,9 @@ impl FeedHandle {
     /// A source with an [`exec`](Source::exec) command is acknowledged by the command's
     /// success alone; acknowledging it here has no effect.
     pub fn acknowledge(&self, name: &str, commit: &str) -> Result<(), FeedError> {
-        if !crate::git::is_commit_id(commit) {
+        let Some(id) = crate::git::commit_id(commit) else {
             return Err(FeedError::NotACommit(commit.to_owned()));
-        }
+        };
         if self.commands.is_closed() {
             return Err(FeedError::Stopped);
         }
@@ -378,13 +382,13 @@ impl FeedHandle {
             return Ok(());
         }
         crate::cache::Entry::new(&self.cache_dir, &registered.key)
-            .set_delivered(commit)
+            .set_delivered(id)
             .map_err(|err| FeedError::CannotRecord(err.to_string()))?;
         // The source's task learns of it (for what it acknowledges on the consumer's behalf);
         // a feed that stopped meanwhile has nothing left to tell.
         let _ = self
             .commands
-            .try_send(Command::Acknowledge(name.to_owned(), commit.to_owned()));
+            .try_send(Command::Acknowledge(name.to_owned(), id));
         Ok(())
     }
 
@@ -583,7 +587,9 @@ impl Follower {
 /// }
 /// ```
 pub fn acknowledged(cache_dir: impl AsRef<Path>, source: &Source) -> Option<String> {
-    crate::cache::Entry::new(cache_dir.as_ref(), &source.normalized().cache_key()).delivered()
+    crate::cache::Entry::new(cache_dir.as_ref(), &source.normalized().cache_key())
+        .delivered()
+        .map(|commit| commit.to_string())
 }
 
 /// Records, outside any feed, that the consumer has applied `source`'s update to `commit`;
@@ -593,16 +599,16 @@ pub fn acknowledge(
     source: &Source,
     commit: &str,
 ) -> Result<(), SyncError> {
-    if !crate::git::is_commit_id(commit) {
+    let Some(id) = crate::git::commit_id(commit) else {
         return Err(SyncError {
             reason: Reason::Configuration,
             kind: Reason::Configuration.kind(),
             message: format!("`{commit}` is not a commit id"),
             detail: None,
         });
-    }
+    };
     crate::cache::Entry::new(cache_dir.as_ref(), &source.normalized().cache_key())
-        .set_delivered(commit)
+        .set_delivered(id)
         .map_err(|err| {
             let err = crate::git::FetchError::io("cannot record the acknowledgement", &err);
             SyncError {
