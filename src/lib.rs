@@ -130,6 +130,7 @@ mod reason;
 mod snapshot;
 mod source;
 mod status;
+mod tracker;
 #[cfg(feature = "verify")]
 mod verify;
 mod work;

@@ -68,18 +68,6 @@ pub(crate) struct Seen {
     pub acknowledged: Option<ObjectId>,
 }
 
-impl Seen {
-    /// Where a source starts: from the acknowledged commit, or from nothing (a full listing)
-    /// when it lists on start.
-    pub fn at_start(entry: &crate::cache::Entry, source: &Source) -> Seen {
-        let acknowledged = entry.delivered();
-        Seen {
-            sent: acknowledged.filter(|_| !source.list_on_start),
-            acknowledged,
-        }
-    }
-}
-
 /// Runs one attempt. `holding` is set once the attempt holds the clone's lock: until then,
 /// what is being received into the clone belongs to another source's attempt.
 pub(crate) fn sync(
