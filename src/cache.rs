@@ -24,6 +24,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::git::ObjectId;
 
 /// One source's directory in the cache: its delivery state and status.
 #[derive(Debug, Clone)]
@@ -66,24 +67,18 @@ impl Entry {
 
     /// The commit last delivered to the consumer, if any. A missing or unreadable state file
     /// means nothing was delivered: the next update lists every file, which is always correct.
-    pub fn delivered(&self) -> Option<String> {
+    pub fn delivered(&self) -> Option<ObjectId> {
         let text = fs::read_to_string(self.state_path()).ok()?;
         let state: State = serde_json::from_str(&text).ok()?;
-        state.delivered.filter(|id| crate::git::is_commit_id(id))
+        crate::git::commit_id(&state.delivered?)
     }
 
     /// Records `commit` as delivered, atomically: a crash leaves either the old or the new
-    /// state, never a torn file.
-    pub fn set_delivered(&self, commit: &str) -> io::Result<()> {
-        if !crate::git::is_commit_id(commit) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("`{commit}` is not a commit id"),
-            ));
-        }
+    /// state, never a torn file. The file holds it as 40 lowercase hex digits.
+    pub fn set_delivered(&self, commit: ObjectId) -> io::Result<()> {
         fs::create_dir_all(&self.dir)?;
         let state = State {
-            delivered: Some(commit.to_owned()),
+            delivered: Some(commit.to_string()),
         };
         // A consumer's thread and the feed's may both record at once: one at a time, or they
         // would write the same temporary file.
@@ -418,7 +413,7 @@ fn tree_size(path: &Path) -> u64 {
 /// Every commit a source in `cache_dir` has acknowledged: whichever source shares a clone, its
 /// acknowledged commit must survive another source's pack consolidation, or its next update
 /// could not be diffed against it.
-pub(crate) fn acknowledged_commits(cache_dir: &Path) -> Vec<String> {
+pub(crate) fn acknowledged_commits(cache_dir: &Path) -> Vec<ObjectId> {
     let Ok(listing) = fs::read_dir(cache_dir) else {
         return Vec::new();
     };
@@ -437,14 +432,24 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("gitfeed-cache-{}", std::process::id()));
         let entry = Entry::new(&dir, "k");
         assert_eq!(entry.delivered(), None);
-        let id = "0123456789abcdef0123456789abcdef01234567";
+        let id = crate::git::commit_id("0123456789ABCDEF0123456789abcdef01234567").unwrap();
         entry.set_delivered(id).unwrap();
-        assert_eq!(entry.delivered().as_deref(), Some(id));
-        assert!(entry.set_delivered("../../etc/passwd").is_err());
-        assert_eq!(entry.delivered().as_deref(), Some(id));
-        assert_eq!(acknowledged_commits(&dir), vec![id.to_owned()]);
-        fs::write(entry.state_path(), "{garbage").unwrap();
-        assert_eq!(entry.delivered(), None);
+        assert_eq!(entry.delivered(), Some(id));
+        assert_eq!(
+            fs::read_to_string(entry.state_path()).unwrap(),
+            r#"{"delivered":"0123456789abcdef0123456789abcdef01234567"}"#,
+            "lowercase on disk"
+        );
+        assert_eq!(acknowledged_commits(&dir), vec![id]);
+        // Whatever else the file holds is not a commit: nothing was delivered.
+        for text in [
+            "{garbage",
+            r#"{"delivered":"../../etc/passwd"}"#,
+            r#"{"delivered":"0123456789abcdef0123456789abcdef0123456"}"#,
+        ] {
+            fs::write(entry.state_path(), text).unwrap();
+            assert_eq!(entry.delivered(), None, "{text}");
+        }
         let clone = CloneDir::new(&dir, "c");
         let held = clone.lock().unwrap();
         assert_eq!(clone.lock().unwrap_err().kind(), io::ErrorKind::WouldBlock);
@@ -466,7 +471,9 @@ mod tests {
         let user = used.hold().unwrap();
         let entry = Entry::new(&dir, "source");
         entry
-            .set_delivered("0123456789abcdef0123456789abcdef01234567")
+            .set_delivered(
+                crate::git::commit_id("0123456789abcdef0123456789abcdef01234567").unwrap(),
+            )
             .unwrap();
         // Used just now: nothing is old enough.
         let report = gc(&dir, Duration::from_secs(3600)).unwrap();

@@ -1,9 +1,11 @@
-//! The driver: one async task per source, carrying out what its [`Machine`] decides.
+//! The driver: one async task per source, carrying out what its [`Tracker`] decides.
 //!
 //! The task owns the source's repository handle (its in-memory cache entry), sleeps until the
-//! machine's next timeout, and runs each fetch attempt on a thread of its own. A semaphore
+//! tracker's next timeout, and runs each fetch attempt on a thread of its own. A semaphore
 //! bounds how many attempts run at once across the feed, and every attempt thread is joined
-//! before the task moves on, so no thread outlives its attempt and none idles in a pool.
+//! before the task moves on, so no thread outlives its attempt and none idles in a pool. The
+//! rules of a source (what is sent, acknowledged, warned of and written to its status) are
+//! the tracker's; this module sends, writes and runs what it asks for.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -20,25 +22,15 @@ use smol::lock::Semaphore;
 use crate::cache;
 use crate::clock;
 use crate::error::Error;
-use crate::event::{Event, SourceState, StateChange, Update, Warning};
+use crate::event::{Event, SourceState, Update};
 use crate::failure;
-use crate::git::{self, Cancel, FetchError, Repo};
-use crate::machine::{Action, ErrorKind, Health, Machine, Outcome, State};
+use crate::git::{Cancel, FetchError, ObjectId, Repo};
 use crate::reason::Reason;
 use crate::source::Source;
 use crate::status::{Status, now_ms};
-use crate::work::{self, Attempt, Seen, Synced};
-
-/// What the feed tells a running source task.
-#[derive(Debug)]
-pub(crate) enum Control {
-    /// Fetch now (a webhook, SIGHUP), unless the hinted commit is already here.
-    Trigger(Option<String>),
-    /// New settings for the same cache entry.
-    Change(Box<Source>),
-    /// The consumer has applied the update to this commit; the feed has recorded it.
-    Acknowledged(String),
-}
+pub(crate) use crate::tracker::Control;
+use crate::tracker::{Effect, Order, Report, Tracker};
+use crate::work::{self, Attempt};
 
 /// Everything the source tasks of one feed share.
 #[derive(Debug)]
@@ -71,7 +63,7 @@ impl Shared {
 
 /// Follows one source until the feed shuts down or the source is removed (its control channel
 /// closes). The cache directory stays on disk either way.
-pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Receiver<Control>) {
+pub(crate) async fn follow(shared: Rc<Shared>, source: Source, control: Receiver<Control>) {
     let mut paths = work::Paths::new(&shared.cache_dir, &source);
     paths.turn = shared.clone_turn(paths.clone.dir());
     let entry = paths.entry.clone();
@@ -86,160 +78,85 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
             )
         })
         .ok();
-    let mut machine = Machine::new(source.policy(), Instant::now());
+    let mut tracker = Tracker::new(source, entry.delivered(), Instant::now());
     let mut handle = Kept {
         repo: None,
         shared: Rc::clone(&shared),
     };
-    // After a restart the next update starts from what the consumer acknowledged, so an
-    // update that was sent but never acknowledged is sent again.
-    let mut seen = Seen::at_start(&entry, &source);
-    let mut status = Status {
-        source: source.name.clone(),
-        url: git::redact_url(&source.url),
-        reference: source.reference.clone(),
-        state: "idle".into(),
-        acknowledged: seen.acknowledged.clone(),
-        ..Status::default()
-    };
     let mut rng = fastrand::Rng::new();
-    let mut pending: Vec<Control> = Vec::new();
-    let mut last_warning: Option<String> = None;
-    // When the timer that started the coming attempt was due, for the schedule's debug log.
-    let mut due: Option<Instant> = None;
-    // Why the last attempt failed, for the state event the machine asks for next.
-    let mut reason: Option<Reason> = None;
-    let mut detail: Option<String> = None;
     // Outlives reopened clones: see `Target::many_refs`.
     let many_refs = Arc::new(AtomicBool::new(false));
     loop {
-        while let Some(action) = machine.poll_action() {
-            match action {
-                Action::TearDown { delete_clone } => {
-                    // A broken clone was already deleted by the attempt that found it broken,
-                    // while it held the clone's lock (see `work::sync`).
-                    handle.take();
-                    if delete_clone {
-                        log::debug!("{}: dropped the handle of a broken clone", source.name);
+        while let Some(effect) = tracker.poll_effect() {
+            match effect {
+                Effect::Attempt(order) => {
+                    // A feed that is stopping starts nothing more.
+                    if shared.shutdown.is_closed() {
+                        return;
                     }
-                }
-                Action::Fetch => {
-                    let Some(attempt) = attempt(
+                    let Some(Attempt {
+                        handle: repo,
+                        result,
+                        warnings,
+                    }) = attempt(
                         &shared,
-                        &source,
+                        tracker.source(),
                         &paths,
                         handle.take(),
-                        &seen,
-                        due.take(),
+                        &order,
                         &many_refs,
                     )
                     .await
                     else {
                         return; // shut down while waiting for a fetch slot
                     };
-                    handle.keep(attempt.handle);
-                    status.last_attempt_ms = Some(now_ms());
-                    if let Some((tip, served_by)) = &attempt.tip {
-                        status.record_success(tip, served_by);
+                    handle.keep(repo);
+                    if let Err(err) = &result {
+                        log_failure(&shared, tracker.source(), err);
                     }
-                    let result = match attempt.result {
-                        Ok(synced) => {
-                            let delivering = synced.as_ref().is_some_and(|s| !s.is_empty());
-                            let about = synced.as_ref().map(|synced| synced.new.clone());
-                            // Warnings first: the consumer hears what was left out before it
-                            // applies the update.
-                            for warning in attempt.warnings {
-                                // A warning about an update goes with every sending of it; one
-                                // with no update (an unsigned tip that stays, every poll) is
-                                // news once.
-                                if delivering || last_warning.as_ref() != Some(&warning) {
-                                    last_warning = Some(warning.clone());
-                                    emit_warning(&shared, &source.name, about.clone(), warning)
-                                        .await;
-                                }
-                            }
-                            match synced {
-                                Some(synced) => {
-                                    let caught_up = seen.acknowledged == synced.old;
-                                    seen.sent = Some(synced.new.clone());
-                                    if synced.is_empty() {
-                                        // Nothing the consumer wants moved: nothing to apply.
-                                        // It is acknowledged on the consumer's behalf only when
-                                        // the consumer has acknowledged everything before it,
-                                        // or an update still unacknowledged would be lost on
-                                        // restart.
-                                        if caught_up {
-                                            record_acknowledged(
-                                                &entry,
-                                                &source.name,
-                                                &mut seen,
-                                                &synced.new,
-                                            );
-                                        }
-                                        Ok(())
-                                    } else {
-                                        deliver(&shared, &source, &entry, &mut seen, synced).await
-                                    }
-                                }
-                                None => Ok(()),
-                            }
+                    let report = Report {
+                        result,
+                        warnings,
+                        ended_ms: now_ms(),
+                    };
+                    tracker.handle_attempt(Instant::now(), report, rng.f64());
+                    // Controls that arrived during the attempt are applied now, in order.
+                    while let Ok(message) = control.try_recv() {
+                        hand_over(&mut tracker, handle.repo.as_ref(), message);
+                    }
+                }
+                Effect::TearDown => drop(handle.take()),
+                Effect::Send(event) => {
+                    if !send(&shared, event).await {
+                        return;
+                    }
+                }
+                Effect::Execute { update, command } => {
+                    let source = tracker.source();
+                    log_update(&source.name, &update);
+                    let result = match crate::exec::Input::stage(source, &update, entry.dir()) {
+                        Ok(input) => {
+                            // A consumer that dropped its receiver gets nothing more.
+                            let _ = shared.events.send(Event::Update(update)).await;
+                            crate::exec::run(source, &command, input, &shared.shutdown).await
                         }
                         Err(err) => Err(err),
                     };
-                    let outcome = match result {
-                        Ok(()) => Outcome::Success,
-                        Err(err) => {
-                            let told = failure::tell(&source, &err);
-                            if shared.shutdown.is_closed() {
-                                // Interrupted on purpose: the feed is stopping.
-                                log::debug!("{}", told.headline);
-                            } else {
-                                log::warn!("{}", told.headline);
-                            }
-                            if let Some(detail) = &told.detail {
-                                log::debug!("{}: {detail}", source.name);
-                            }
-                            status.last_error = Some(told.headline.clone());
-                            status.reason = Some(err.reason);
-                            status.detail.clone_from(&told.detail);
-                            reason = Some(err.reason);
-                            detail = told.detail;
-                            if err.kind != ErrorKind::Transient {
-                                handle.take();
-                            }
-                            Outcome::Failure {
-                                kind: err.kind,
-                                error: told.headline,
-                            }
-                        }
-                    };
-                    machine.handle_fetch_done(Instant::now(), outcome, rng.f64());
-                    status.acknowledged.clone_from(&seen.acknowledged);
-                    record_status(&entry, &machine, &mut status);
-                    if shared.shutdown.is_closed() {
-                        return;
+                    if let Err(err) = &result {
+                        log_failure(&shared, source, err);
                     }
-                    // Controls that arrived during the attempt are applied now, in order.
+                    tracker.handle_exec_done(Instant::now(), result, rng.f64());
                     while let Ok(message) = control.try_recv() {
-                        pending.push(message);
+                        hand_over(&mut tracker, handle.repo.as_ref(), message);
                     }
                 }
-                Action::Emit(health) => {
-                    emit_health(&shared, &source.name, health, reason, detail.clone()).await
+                Effect::RecordAcknowledged(commit) => {
+                    record_acknowledged(&entry, &tracker.source().name, commit)
                 }
+                Effect::WriteStatus(status) => write_status(&entry, &status),
             }
-            for message in pending.drain(..) {
-                apply(
-                    &mut machine,
-                    &mut source,
-                    &mut seen,
-                    handle.repo.as_ref(),
-                    message,
-                );
-            }
-            note_acknowledged(&entry, &machine, &mut status, &seen);
         }
-        let timeout = machine.poll_timeout();
+        let timeout = tracker.poll_timeout();
         let wake = async {
             match timeout {
                 Some(at) => {
@@ -255,28 +172,80 @@ pub(crate) async fn follow(shared: Rc<Shared>, mut source: Source, control: Rece
             Wake::Removed
         };
         match wake.or(message).or(shutdown).await {
-            Wake::Timeout => {
-                due = timeout;
-                machine.handle_timeout(Instant::now());
-            }
-            Wake::Control(message) => apply(
-                &mut machine,
-                &mut source,
-                &mut seen,
-                handle.repo.as_ref(),
-                message,
-            ),
+            Wake::Timeout => tracker.handle_timeout(Instant::now()),
+            Wake::Control(message) => hand_over(&mut tracker, handle.repo.as_ref(), message),
             Wake::Removed => return,
         }
-        note_acknowledged(&entry, &machine, &mut status, &seen);
     }
 }
 
-/// Writes the status again when the consumer has acknowledged something since it was written.
-fn note_acknowledged(entry: &cache::Entry, machine: &Machine, status: &mut Status, seen: &Seen) {
-    if status.acknowledged != seen.acknowledged {
-        status.acknowledged.clone_from(&seen.acknowledged);
-        record_status(entry, machine, status);
+/// Hands `message` to the tracker, unless it is a trigger hinting at a commit the source's
+/// clone already reaches: only the driver can look into the clone.
+fn hand_over(tracker: &mut Tracker, repo: Option<&Repo>, message: Control) {
+    if let Control::Trigger(Some(hint)) = &message
+        && repo.is_some_and(|repo| repo.reaches(&tracker.source().tip_ref(), *hint))
+    {
+        log::debug!(
+            "{}: trigger for {hint}, which is already here",
+            tracker.source().name
+        );
+        return;
+    }
+    tracker.handle_control(Instant::now(), message);
+}
+
+/// Sends `event` to the consumer, with its log line; false when the feed is stopping and a
+/// state event would have gone out: a stopping feed reports no more health.
+async fn send(shared: &Shared, event: Event) -> bool {
+    match &event {
+        Event::State(_) if shared.shutdown.is_closed() => return false,
+        Event::State(change) => match change.state {
+            SourceState::Failed => log::error!("{}", change.error.as_deref().unwrap_or_default()),
+            SourceState::Idle => log::info!("{}: healthy again", change.source),
+            _ => {}
+        },
+        Event::Update(update) => log_update(&update.source, update),
+        Event::Warning(warning) => log::warn!("{}: {}", warning.source, warning.message),
+    }
+    // A consumer that dropped its receiver gets nothing more.
+    let _ = shared.events.send(event).await;
+    true
+}
+
+/// The one `info` line of an update.
+fn log_update(name: &str, update: &Update) {
+    log::info!(
+        "{name}: {} -> {} ({} changes{})",
+        update.old.as_deref().unwrap_or("nothing"),
+        update.new,
+        update.changes.len(),
+        if update.forced { ", forced" } else { "" }
+    );
+}
+
+/// Logs a failed attempt or command: a warning, unless the feed is stopping and interrupted
+/// it on purpose.
+fn log_failure(shared: &Shared, source: &Source, err: &FetchError) {
+    let told = failure::tell(source, err);
+    if shared.shutdown.is_closed() {
+        log::debug!("{}", told.headline);
+    } else {
+        log::warn!("{}", told.headline);
+    }
+    if let Some(detail) = &told.detail {
+        log::debug!("{}: {detail}", source.name);
+    }
+}
+
+fn record_acknowledged(entry: &cache::Entry, name: &str, commit: ObjectId) {
+    if let Err(err) = entry.set_delivered(commit) {
+        log::warn!("{name}: cannot record the acknowledged commit: {err}");
+    }
+}
+
+fn write_status(entry: &cache::Entry, status: &Status) {
+    if let Err(err) = status.write(entry.dir()) {
+        log::debug!("{}: cannot write its status: {err}", status.source);
     }
 }
 
@@ -324,40 +293,16 @@ enum Wake {
     Removed,
 }
 
-fn apply(
-    machine: &mut Machine,
-    source: &mut Source,
-    seen: &mut Seen,
-    handle: Option<&Repo>,
-    message: Control,
-) {
-    match message {
-        Control::Acknowledged(commit) => seen.acknowledged = Some(commit),
-        Control::Trigger(Some(hint))
-            if seen.sent.as_deref() == Some(hint.as_str())
-                || handle.is_some_and(|repo| repo.reaches(&source.tip_ref(), &hint)) =>
-        {
-            log::debug!("{}: trigger for {hint}, which is already here", source.name);
-        }
-        Control::Trigger(_) => machine.handle_trigger(Instant::now()),
-        Control::Change(changed) => {
-            *source = *changed;
-            machine.handle_policy_changed(Instant::now(), source.policy());
-        }
-    }
-}
-
-/// Runs one fetch attempt on its own thread and waits for it, at most until the attempt's
-/// deadline; then cancels it and still waits for the thread to end, so the attempt gives back
-/// its thread, handles and descriptors before this returns. `None` when the feed shut down
-/// before the attempt could start.
+/// Runs the attempt `order` asks for on its own thread, once a fetch slot is free, and waits
+/// for it at most until its limit has passed since it started; then cancels it and still waits
+/// for the thread to end, so the attempt gives back its thread, handles and descriptors before
+/// this returns. `None` when the feed shut down before the attempt could start.
 async fn attempt(
     shared: &Shared,
     source: &Source,
     paths: &work::Paths,
     handle: Option<Repo>,
-    seen: &Seen,
-    due: Option<Instant>,
+    order: &Order,
     many_refs: &Arc<AtomicBool>,
 ) -> Option<Attempt> {
     let slot = async { Some(shared.fetch_slots.acquire().await) };
@@ -366,7 +311,7 @@ async fn attempt(
         None
     };
     let _slot = slot.or(closed).await?;
-    if let Some(due) = due {
+    if let Some(due) = order.due {
         // How far behind its schedule the feed runs: the timer's lateness includes the
         // executor's, and the rest is the wait for a fetch slot.
         log::debug!(
@@ -387,7 +332,7 @@ async fn attempt(
         let cancel = Arc::clone(&cancel);
         let holding = Arc::clone(&holding);
         let paths = paths.clone();
-        let seen = seen.clone();
+        let seen = order.seen;
         let source = source.clone();
         move || {
             let outcome = work::sync(handle, &paths, &source, &target, &seen, &cancel, &holding);
@@ -409,7 +354,6 @@ async fn attempt(
                     format!("cannot start a fetch thread: {err}"),
                 )),
                 warnings: Vec::new(),
-                tip: None,
             });
         }
     };
@@ -417,7 +361,7 @@ async fn attempt(
     let deadline = async {
         // Each URL (the source's and every mirror's) gets the whole timeout; a URL that hangs
         // runs into its transport's own limits before the next one is tried.
-        clock::sleep_until(started + attempt_limit(source)).await;
+        clock::sleep_until(started + order.limit).await;
         None
     };
     let stopped = async {
@@ -481,10 +425,7 @@ async fn attempt(
             } else {
                 FetchError::new(
                     Reason::Timeout,
-                    format!(
-                        "timed out after {}",
-                        crate::clock::spoken(attempt_limit(source))
-                    ),
+                    format!("timed out after {}", crate::clock::spoken(order.limit)),
                 )
             });
         }
@@ -506,156 +447,7 @@ async fn attempt(
             "the fetch thread ended without an outcome",
         )),
         warnings: Vec::new(),
-        tip: None,
     }))
-}
-
-/// Sends the update, and runs the source's `exec` command for it if it has one: the update
-/// is acknowledged when the command succeeds, and sent again after the backoff when it fails.
-async fn deliver(
-    shared: &Shared,
-    source: &Source,
-    entry: &cache::Entry,
-    seen: &mut Seen,
-    synced: Synced,
-) -> Result<(), FetchError> {
-    log::info!(
-        "{}: {} -> {} ({} changes{})",
-        source.name,
-        synced.old.as_deref().unwrap_or("nothing"),
-        synced.new,
-        synced.changes.len(),
-        if synced.forced { ", forced" } else { "" }
-    );
-    let update = into_update(source, synced);
-    let exec = match &source.exec {
-        Some(command) => {
-            let input = crate::exec::Input::stage(source, &update, entry.dir())?;
-            Some((command, input, update.old.clone(), update.new.clone()))
-        }
-        None => None,
-    };
-    // A consumer that dropped its receiver gets nothing more.
-    let _ = shared.events.send(Event::Update(update)).await;
-    if let Some((command, input, old, new)) = exec {
-        if let Err(err) = crate::exec::run(source, command, input, &shared.shutdown).await {
-            // Not applied: the next attempt starts where this update started (a listing stays
-            // a listing), so the same update is delivered again.
-            seen.sent = old;
-            return Err(err);
-        }
-        record_acknowledged(entry, &source.name, seen, &new);
-    }
-    Ok(())
-}
-
-async fn emit_warning(shared: &Shared, name: &str, commit: Option<String>, message: String) {
-    log::warn!("{name}: {message}");
-    let warning = Warning {
-        source: name.to_owned(),
-        commit,
-        message,
-    };
-    let _ = shared.events.send(Event::Warning(warning)).await;
-}
-
-fn record_acknowledged(entry: &cache::Entry, name: &str, seen: &mut Seen, commit: &str) {
-    match entry.set_delivered(commit) {
-        Ok(()) => seen.acknowledged = Some(commit.to_owned()),
-        Err(err) => log::warn!("{name}: cannot record the acknowledged commit: {err}"),
-    }
-}
-
-fn into_update(source: &Source, synced: Synced) -> Update {
-    Update {
-        source: source.name.clone(),
-        url: git::redact_url(&synced.url),
-        reference: synced.reference,
-        old: synced.old,
-        new: synced.new,
-        forced: synced.forced,
-        changes: synced.changes,
-    }
-}
-
-/// Sends the state event for `health`; `reason` is why the last attempt failed and `detail`
-/// what was said underneath. The error says what happens next, after what failed.
-async fn emit_health(
-    shared: &Shared,
-    name: &str,
-    health: Health,
-    reason: Option<Reason>,
-    detail: Option<String>,
-) {
-    let change = match health {
-        Health::Backoff {
-            attempt,
-            error,
-            retry_in,
-        } => StateChange {
-            source: name.to_owned(),
-            state: SourceState::Backoff,
-            attempt: Some(attempt),
-            reason,
-            error: Some(format!(
-                "{error}; will retry in {}",
-                crate::clock::spoken(retry_in)
-            )),
-            detail,
-            retry_in_ms: Some(millis(retry_in)),
-        },
-        Health::Failed {
-            attempt,
-            error,
-            retry_in,
-        } => {
-            let error = match retry_in {
-                Some(retry_in) => format!(
-                    "{error}; gave up, will probe again in {}",
-                    crate::clock::spoken(retry_in)
-                ),
-                None => format!("{error}; gave up until triggered or changed"),
-            };
-            log::error!("{error}");
-            StateChange {
-                source: name.to_owned(),
-                state: SourceState::Failed,
-                attempt: Some(attempt),
-                reason,
-                error: Some(error),
-                detail,
-                retry_in_ms: retry_in.map(millis),
-            }
-        }
-        Health::Idle => {
-            log::info!("{name}: healthy again");
-            StateChange {
-                source: name.to_owned(),
-                state: SourceState::Idle,
-                attempt: None,
-                reason: None,
-                error: None,
-                detail: None,
-                retry_in_ms: None,
-            }
-        }
-    };
-    let _ = shared.events.send(Event::State(change)).await;
-}
-
-/// Writes the source's status snapshot, with the state the machine is in now.
-fn record_status(entry: &cache::Entry, machine: &Machine, status: &mut Status) {
-    let (state, failures) = match machine.state() {
-        State::Idle { .. } => ("idle", 0),
-        State::Fetching { failures, .. } => ("fetching", *failures),
-        State::Backoff { failures, .. } => ("backoff", *failures),
-        State::Failed { failures, .. } => ("failed", *failures),
-    };
-    status.state = state.into();
-    status.attempt = failures;
-    if let Err(err) = status.write(entry.dir()) {
-        log::debug!("{}: cannot write its status: {err}", status.source);
-    }
 }
 
 /// How often the pack being received is measured against `max_pack_size`.
@@ -679,15 +471,6 @@ fn receiving_bytes(pack_dir: &std::path::Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn attempt_limit(source: &Source) -> Duration {
-    let urls = u32::try_from(1 + source.mirrors.len()).unwrap_or(u32::MAX);
-    source.timeout.saturating_mul(urls)
-}
-
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
 /// One attempt outside any feed: fetch and diff against the acknowledged commit. `handle` is
 /// the clone kept from the previous attempt, if any, and is left holding what this one keeps.
 /// The source's status is written as a feed writes it, so `gitfeed status` shows the attempt.
@@ -702,63 +485,69 @@ pub(crate) async fn once(
     let mut paths = work::Paths::new(&shared.cache_dir, source);
     paths.turn = shared.clone_turn(paths.clone.dir());
     let entry = &paths.entry;
-    let seen = Seen::at_start(entry, source);
-    let attempt = attempt(
-        shared,
-        source,
-        &paths,
-        handle.take(),
-        &seen,
-        None,
-        many_refs,
-    )
-    .await
-    .unwrap_or_else(|| Attempt {
-        handle: None,
-        result: Err(FetchError::new(
-            Reason::Cancelled,
-            "the feed is shutting down",
-        )),
-        warnings: Vec::new(),
-        tip: None,
-    });
-    for warning in &attempt.warnings {
-        log::warn!("{}: {warning}", source.name);
-    }
-    warnings.clone_from(&attempt.warnings);
-    record_once(entry, source, &attempt);
-    // As in a feed: a failure gives the handle back (and the attempt deleted a corrupt clone).
-    if attempt.result.is_ok() {
-        *handle = attempt.handle;
-    }
-    let synced = match attempt.result {
-        Ok(Some(synced)) => synced,
-        Ok(None) => return Ok(None),
-        Err(err) => return Err(sync_error(source, &err)),
-    };
-    let mut seen = seen;
-    if synced.is_empty() {
-        record_acknowledged(entry, &source.name, &mut seen, &synced.new);
-        return Ok(None);
-    }
-    let update = into_update(source, synced);
-    if let Some(command) = &source.exec {
-        // As in a feed, the command's success acknowledges the update; its failure leaves the
-        // update to the next attempt.
-        let input = crate::exec::Input::stage(source, &update, entry.dir())
-            .map_err(|err| sync_error(source, &err))?;
-        if let Err(err) = crate::exec::run(source, command, input, &shared.shutdown).await {
-            // The status shows what a feed's would: backing off, for the command.
-            let mut status = Status::read(entry.dir()).unwrap_or_default();
-            count_failure(&mut status, source, &err);
-            if let Err(err) = status.write(entry.dir()) {
-                log::debug!("{}: cannot write its status: {err}", source.name);
+    let mut tracker = Tracker::once(
+        source.clone(),
+        entry.delivered(),
+        Status::read(entry.dir()),
+        Instant::now(),
+    );
+    let mut update = None;
+    let mut failure = None;
+    // No schedule follows the attempt: its jitter changes nothing.
+    let jitter = 0.0;
+    while let Some(effect) = tracker.poll_effect() {
+        match effect {
+            Effect::Attempt(order) => {
+                let attempt = attempt(shared, source, &paths, handle.take(), &order, many_refs)
+                    .await
+                    .unwrap_or_else(|| Attempt {
+                        handle: None,
+                        result: Err(FetchError::new(
+                            Reason::Cancelled,
+                            "the feed is shutting down",
+                        )),
+                        warnings: Vec::new(),
+                    });
+                for warning in &attempt.warnings {
+                    log::warn!("{}: {warning}", source.name);
+                }
+                warnings.clone_from(&attempt.warnings);
+                failure = attempt.result.as_ref().err().cloned();
+                *handle = attempt.handle;
+                let report = Report {
+                    result: attempt.result,
+                    warnings: attempt.warnings,
+                    ended_ms: now_ms(),
+                };
+                tracker.handle_attempt(Instant::now(), report, jitter);
             }
-            return Err(sync_error(source, &err));
+            Effect::TearDown => *handle = None,
+            Effect::Send(Event::Update(sent)) => update = Some(sent),
+            // No one to send them to: the warnings are the caller's (above), the health is in
+            // the status and the result.
+            Effect::Send(_) => {}
+            Effect::Execute {
+                update: staged,
+                command,
+            } => {
+                // As in a feed, the command's success acknowledges the update; its failure
+                // leaves the update to the next attempt.
+                let result = match crate::exec::Input::stage(source, &staged, entry.dir()) {
+                    Ok(input) => crate::exec::run(source, &command, input, &shared.shutdown).await,
+                    Err(err) => Err(err),
+                };
+                failure = result.as_ref().err().cloned();
+                tracker.handle_exec_done(Instant::now(), result, jitter);
+                update = Some(staged);
+            }
+            Effect::RecordAcknowledged(commit) => record_acknowledged(entry, &source.name, commit),
+            Effect::WriteStatus(status) => write_status(entry, &status),
         }
-        record_acknowledged(entry, &source.name, &mut seen, &update.new);
     }
-    Ok(Some(update))
+    match failure {
+        Some(err) => Err(sync_error(source, &err)),
+        None => Ok(update),
+    }
 }
 
 /// A failure outside any feed, told as a feed tells it; what was said underneath goes to the
@@ -769,45 +558,4 @@ fn sync_error(source: &Source, err: &FetchError) -> Error {
         log::info!("{}: {detail}", source.name);
     }
     told.into_error(err)
-}
-
-/// Writes the status of a source after one attempt outside any feed, continuing from the
-/// status it had: failures count up across attempts and the last success is remembered. The
-/// state is what a feed would be in: `backoff` after a failure that may clear, `failed` after
-/// one that will not fix itself soon or once `max_failures` is reached.
-fn record_once(entry: &cache::Entry, source: &Source, attempt: &Attempt) {
-    let mut status = Status::read(entry.dir()).unwrap_or_default();
-    status.source.clone_from(&source.name);
-    status.url = git::redact_url(&source.url);
-    status.reference.clone_from(&source.reference);
-    status.last_attempt_ms = Some(now_ms());
-    status.acknowledged = entry.delivered();
-    match (&attempt.result, &attempt.tip) {
-        (Ok(_), Some((tip, served_by))) => {
-            status.state = "idle".into();
-            status.attempt = 0;
-            status.record_success(tip, served_by);
-        }
-        (Ok(_), None) => status.state = "idle".into(),
-        (Err(err), _) => count_failure(&mut status, source, err),
-    }
-    if let Err(err) = status.write(entry.dir()) {
-        log::debug!("{}: cannot write its status: {err}", source.name);
-    }
-}
-
-/// Counts a failure outside any feed in the source's status.
-fn count_failure(status: &mut Status, source: &Source, err: &FetchError) {
-    let told = failure::tell(source, err);
-    status.attempt = status.attempt.saturating_add(1);
-    let given_up = source.max_failures.is_some_and(|max| status.attempt >= max);
-    status.state = if err.kind == ErrorKind::Permanent || given_up {
-        "failed"
-    } else {
-        "backoff"
-    }
-    .into();
-    status.last_error = Some(told.headline);
-    status.reason = Some(err.reason);
-    status.detail = told.detail;
 }

@@ -12,6 +12,7 @@ use smol::lock::Semaphore;
 use crate::driver::{self, Control, Shared};
 use crate::error::Error;
 use crate::event::{Event, Update};
+use crate::git::ObjectId;
 use crate::progress::{Outlet, Progress};
 use crate::reason::Reason;
 use crate::source::Source;
@@ -77,8 +78,8 @@ struct Registered {
 enum Command {
     Add(Box<Source>),
     Remove(String),
-    Trigger(String, Option<String>),
-    Acknowledge(String, String),
+    Trigger(String, Option<ObjectId>),
+    Acknowledge(String, ObjectId),
 }
 
 impl Feed {
@@ -315,7 +316,10 @@ impl FeedHandle {
     /// is already here (delivered, or in the clone), nothing is fetched.
     pub fn trigger_with_hint(&self, name: &str, commit: &str) -> Result<(), Error> {
         self.commands
-            .try_send(Command::Trigger(name.to_owned(), Some(commit.to_owned())))
+            .try_send(Command::Trigger(
+                name.to_owned(),
+                crate::git::commit_id(commit),
+            ))
             .map_err(|_| stopped())
     }
 
@@ -332,7 +336,7 @@ impl FeedHandle {
     /// A source with an [`exec`](Source::exec) command is acknowledged by the command's
     /// success alone; acknowledging it here has no effect.
     pub fn acknowledge(&self, name: &str, commit: &str) -> Result<(), Error> {
-        check_commit(commit)?;
+        let id = check_commit(commit)?;
         if self.commands.is_closed() {
             return Err(stopped());
         }
@@ -347,13 +351,13 @@ impl FeedHandle {
             return Ok(());
         }
         crate::cache::Entry::new(&self.cache_dir, &registered.key)
-            .set_delivered(commit)
+            .set_delivered(id)
             .map_err(|err| Error::io("cannot record the acknowledgement", err))?;
         // The source's task learns of it (for what it acknowledges on the consumer's behalf);
         // a feed that stopped meanwhile has nothing left to tell.
         let _ = self
             .commands
-            .try_send(Command::Acknowledge(name.to_owned(), commit.to_owned()));
+            .try_send(Command::Acknowledge(name.to_owned(), id));
         Ok(())
     }
 
@@ -511,7 +515,9 @@ impl Follower {
 /// }
 /// ```
 pub fn acknowledged(cache_dir: impl AsRef<Path>, source: &Source) -> Option<String> {
-    crate::cache::Entry::new(cache_dir.as_ref(), &source.normalized().cache_key()).delivered()
+    crate::cache::Entry::new(cache_dir.as_ref(), &source.normalized().cache_key())
+        .delivered()
+        .map(|commit| commit.to_string())
 }
 
 /// Records, outside any feed, that the consumer has applied `source`'s update to `commit`;
@@ -521,22 +527,16 @@ pub fn acknowledge(
     source: &Source,
     commit: &str,
 ) -> Result<(), Error> {
-    check_commit(commit)?;
+    let id = check_commit(commit)?;
     crate::cache::Entry::new(cache_dir.as_ref(), &source.normalized().cache_key())
-        .set_delivered(commit)
+        .set_delivered(id)
         .map_err(|err| Error::io("cannot record the acknowledgement", err))
 }
 
-/// `Ok` when `commit` is written as a commit id.
-fn check_commit(commit: &str) -> Result<(), Error> {
-    if crate::git::is_commit_id(commit) {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!(
-            "`{}` is not a commit id",
-            commit.escape_debug()
-        )))
-    }
+/// The commit id written as `commit`.
+fn check_commit(commit: &str) -> Result<ObjectId, Error> {
+    crate::git::commit_id(commit)
+        .ok_or_else(|| Error::invalid(format!("`{}` is not a commit id", commit.escape_debug())))
 }
 
 /// The error of a call to a feed that has shut down.

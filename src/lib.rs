@@ -151,6 +151,7 @@ mod reason;
 mod snapshot;
 mod source;
 mod status;
+mod tracker;
 #[cfg(feature = "verify")]
 mod verify;
 mod work;

@@ -204,6 +204,17 @@ impl Machine {
         }
     }
 
+    /// A machine whose attempt starts at `now`, continuing a count of `failures` consecutive
+    /// failures, the last of class `after`: one attempt outside a feed carries on from the
+    /// status the attempt before it left. As every way out of a failure does, it tears down
+    /// first when `after` is set.
+    pub fn resume(policy: Policy, now: Instant, failures: u32, after: Option<ErrorKind>) -> Self {
+        let mut machine = Self::new(policy, now);
+        machine.unhealthy = after.is_some();
+        machine.start(now, failures, after);
+        machine
+    }
+
     /// Where the machine stands.
     pub fn state(&self) -> &State {
         &self.state

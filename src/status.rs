@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::git::ObjectId;
 use crate::reason::Reason;
 
 /// How a source is doing, as of its last attempt.
@@ -84,13 +85,13 @@ impl Status {
     }
 
     /// Records the success of the last attempt, which found `tip` at `served_by`: clears the
-    /// failure fields and remembers the tip (an empty tip is a remote without the ref yet).
-    pub(crate) fn record_success(&mut self, tip: &str, served_by: &str) {
+    /// failure fields and remembers the tip (`None` when the source has no commit yet).
+    pub(crate) fn record_success(&mut self, tip: Option<ObjectId>, served_by: &str) {
         self.last_success_ms = self.last_attempt_ms;
         self.last_error = None;
         self.reason = None;
         self.detail = None;
-        self.current = Some(tip.to_owned()).filter(|tip| !tip.is_empty());
+        self.current = tip.map(|tip| tip.to_string());
         self.served_by = Some(crate::git::redact_url(served_by));
     }
 }
@@ -133,7 +134,7 @@ pub fn status(cache_dir: impl AsRef<Path>) -> Result<Vec<Status>, Error> {
         if let Ok(mut status) = serde_json::from_slice::<Status>(&text) {
             // The acknowledgement file is the authority: it may be newer than the snapshot.
             if let Some(acknowledged) = crate::cache::Entry::at(&entry.path()).delivered() {
-                status.acknowledged = Some(acknowledged);
+                status.acknowledged = Some(acknowledged.to_string());
             }
             all.push(status);
         }

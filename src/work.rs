@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::auth::Auth;
 use crate::cache;
 use crate::event::{Change, ChangeKind, Encoding};
-use crate::git::{Cancel, FetchError, FileKind, Matcher, Repo, Target, Tip};
+use crate::git::{Cancel, FetchError, FileKind, Matcher, ObjectId, Repo, Target, Tip};
 use crate::machine::ErrorKind;
 use crate::reason::Reason;
 use crate::snapshot::{self, SnapshotDir};
@@ -21,21 +21,32 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 pub(crate) struct Attempt {
     /// The repository handle to keep for the next attempt, if it is still good.
     pub handle: Option<Repo>,
-    /// The update, if the ref moved past what the consumer saw.
-    pub result: Result<Option<Synced>, FetchError>,
+    /// What the attempt found.
+    pub result: Result<Fetched, FetchError>,
     /// Things left out that the consumer should hear about.
     pub warnings: Vec<String>,
-    /// After a successful attempt: the commit the consumer now has, and the URL that served it.
-    pub tip: Option<(String, String)>,
+}
+
+/// What a successful attempt found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Fetched {
+    /// The commit the source now has: the remote's tip, or the commit it stays on (a mirror
+    /// behind, a refused signature); `None` when it has none yet.
+    pub tip: Option<ObjectId>,
+    /// The URL that served it.
+    pub served_by: String,
+    /// The update, if the ref moved past what the consumer saw.
+    pub synced: Option<Synced>,
 }
 
 /// A fetch that found the ref moved.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Synced {
     /// The URL that served the update.
     pub url: String,
     pub reference: String,
-    pub new: String,
-    pub old: Option<String>,
+    pub new: ObjectId,
+    pub old: Option<ObjectId>,
     pub forced: bool,
     pub changes: Vec<Change>,
 }
@@ -51,22 +62,10 @@ impl Synced {
 
 /// The commits the consumer has seen: `sent` is the last one handed over (the next update
 /// starts there), `acknowledged` the last one it confirmed (kept on disk for restarts).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Seen {
-    pub sent: Option<String>,
-    pub acknowledged: Option<String>,
-}
-
-impl Seen {
-    /// Where a source starts: from the acknowledged commit, or from nothing (a full listing)
-    /// when it lists on start.
-    pub fn at_start(entry: &crate::cache::Entry, source: &Source) -> Seen {
-        let acknowledged = entry.delivered();
-        Seen {
-            sent: acknowledged.clone().filter(|_| !source.list_on_start),
-            acknowledged,
-        }
-    }
+    pub sent: Option<ObjectId>,
+    pub acknowledged: Option<ObjectId>,
 }
 
 /// Runs one attempt. `holding` is set once the attempt holds the clone's lock: until then,
@@ -97,9 +96,12 @@ pub(crate) fn sync(
     {
         return Attempt {
             handle,
-            result: Ok(None),
+            result: Ok(Fetched {
+                tip: Some(tip),
+                served_by: source.url.clone(),
+                synced: None,
+            }),
             warnings,
-            tip: Some((tip, source.url.clone())),
         };
     }
     if held.is_none() {
@@ -113,7 +115,6 @@ pub(crate) fn sync(
                     "cancelled while waiting for the clone",
                 )),
                 warnings,
-                tip: None,
             };
         };
         match lock_clone(&paths.clone, target.timeout.min(LOCK_PATIENCE), cancel) {
@@ -123,7 +124,6 @@ pub(crate) fn sync(
                     handle,
                     result: Err(FetchError::io("cannot lock the clone", &err)),
                     warnings,
-                    tip: None,
                 };
             }
         }
@@ -146,21 +146,18 @@ pub(crate) fn sync(
                 handle: None,
                 result: Err(err),
                 warnings,
-                tip: None,
             }
         }
         Err(err) => Attempt {
             handle,
             result: Err(err),
             warnings,
-            tip: None,
         },
-        Ok((tip, served_by, synced)) => Attempt {
+        Ok(fetched) => Attempt {
             handle: handle
-                .and_then(|repo| maintain(repo, paths, source, target, seen, &tip, cancel)),
-            result: Ok(synced),
+                .and_then(|repo| maintain(repo, paths, source, target, seen, fetched.tip, cancel)),
+            result: Ok(fetched),
             warnings,
-            tip: Some((tip, served_by)),
         },
     }
 }
@@ -176,7 +173,7 @@ fn unchanged(
     target: &Target,
     seen: &Seen,
     cancel: &Cancel,
-) -> Option<String> {
+) -> Option<ObjectId> {
     if source.pinned_commit().is_some() || source.verify.is_some() || source.checkout.is_some() {
         return None;
     }
@@ -198,7 +195,7 @@ fn unchanged(
         ..target.clone()
     };
     let tip = repo.peek(&target, cancel)?;
-    (seen.sent.as_deref() == Some(tip.commit.as_str())).then_some(tip.commit)
+    (seen.sent == Some(tip.commit)).then_some(tip.commit)
 }
 
 /// Waits for this process's turn at the clone until the attempt is cancelled.
@@ -243,9 +240,6 @@ impl Paths {
         }
     }
 }
-
-/// The tip the source now has, the URL that served it, and the update, if any.
-type Fetched = (String, String, Option<Synced>);
 
 /// The attempt with the clone's lock held: open (or reuse) the clone, fetch and diff.
 fn sync_locked(
@@ -293,7 +287,7 @@ fn open_clone(paths: &Paths, target: &Target, seen: &Seen) -> Result<Repo, Fetch
     if migrated {
         repo.adopt_legacy_tip(&target.tip_ref)?;
     }
-    repo.validate(&target.tip_ref, seen.acknowledged.as_deref())?;
+    repo.validate(&target.tip_ref, seen.acknowledged)?;
     Ok(repo)
 }
 
@@ -305,7 +299,7 @@ fn maintain(
     source: &Source,
     target: &Target,
     seen: &Seen,
-    tip: &str,
+    tip: Option<ObjectId>,
     cancel: &Cancel,
 ) -> Option<Repo> {
     if !repo.wants_maintenance() {
@@ -314,15 +308,11 @@ fn maintain(
     // Other sources' tips are refs in the clone; their acknowledged commits are read from
     // their state files (an update one of them sent but was not yet acknowledged is its tip).
     let acknowledged = cache::acknowledged_commits(&paths.cache_dir);
-    let keep: Vec<&str> = [
-        Some(tip),
-        seen.sent.as_deref(),
-        seen.acknowledged.as_deref(),
-    ]
-    .into_iter()
-    .flatten()
-    .chain(acknowledged.iter().map(String::as_str))
-    .collect();
+    let keep: Vec<ObjectId> = [tip, seen.sent, seen.acknowledged]
+        .into_iter()
+        .flatten()
+        .chain(acknowledged)
+        .collect();
     match repo.maintain(target, &keep, cancel) {
         Ok(repo) => Some(repo),
         // The update is good; the next attempt reopens the clone.
@@ -378,10 +368,16 @@ fn fetch_and_diff(
         .matcher()
         .map_err(|problem| FetchError::new(Reason::Configuration, problem))?;
     let (tip, served_by) = fetch_any(repo, source, target, seen, cancel)?;
-    if let Some(sent) = seen.sent.as_deref()
+    let sent = seen.sent;
+    let stay = |served_by| Fetched {
+        tip: sent,
+        served_by,
+        synced: None,
+    };
+    if let Some(sent) = sent
         && served_by != source.url
         && sent != tip.commit
-        && repo.is_ancestor(&tip.commit, sent)
+        && repo.is_ancestor(tip.commit, sent)
     {
         // A mirror behind what the consumer already has: nothing new, and never backwards.
         log::warn!(
@@ -389,30 +385,33 @@ fn fetch_and_diff(
             source.name,
             crate::git::redact_url(&served_by)
         );
-        return Ok((sent.to_owned(), served_by, None));
+        return Ok(stay(served_by));
     }
     if let Some(verify) = &source.verify
-        && let Some(refusal) = refuse_unsigned(repo, verify, seen.sent.as_deref(), &tip.commit)?
+        && let Some(refusal) = refuse_unsigned(repo, verify, sent, tip.commit)?
     {
         // The source stays on its last good commit.
         warnings.push(refusal);
-        return Ok((seen.sent.clone().unwrap_or_default(), served_by, None));
+        return Ok(stay(served_by));
     }
-    let sent = seen.sent.as_deref();
     // The snapshot comes first: once the consumer hears of a commit, `current` shows it. It
     // is gone through again when the commit is sent again (after a restart, say), so the
     // warnings about what it left out go with every sending.
     if let Some(dir) = &source.checkout {
-        let sending = sent != Some(tip.commit.as_str());
-        write_snapshot(repo, source, &matcher, dir, &tip.commit, sending, warnings)?;
+        let sending = sent != Some(tip.commit);
+        write_snapshot(repo, source, &matcher, dir, tip.commit, sending, warnings)?;
     }
-    if sent == Some(tip.commit.as_str()) {
-        return Ok((tip.commit, served_by, None));
+    if sent == Some(tip.commit) {
+        return Ok(Fetched {
+            tip: Some(tip.commit),
+            served_by,
+            synced: None,
+        });
     }
     // Without the old commit's objects (a reclone after the remote rewrote history) there is
     // nothing to diff against: deliver the full listing, as on a first update.
-    let old = sent.filter(|old| repo.has_commit(old));
-    let found = repo.changes(old, &tip.commit, &matcher)?;
+    let old = sent.filter(|&old| repo.has_commit(old));
+    let found = repo.changes(old, tip.commit, &matcher)?;
     if !found.skipped.is_empty() {
         warnings.push(format!(
             "{} left out of the changes: {}",
@@ -437,12 +436,16 @@ fn fetch_and_diff(
     let synced = Synced {
         url: served_by.clone(),
         reference: tip.reference,
-        new: tip.commit.clone(),
-        old: old.map(str::to_owned),
+        new: tip.commit,
+        old,
         forced,
         changes,
     };
-    Ok((tip.commit, served_by, Some(synced)))
+    Ok(Fetched {
+        tip: Some(tip.commit),
+        served_by,
+        synced: Some(synced),
+    })
 }
 
 /// Fetches from the source's URL, then, after a transient failure, from each mirror in turn,
@@ -454,15 +457,15 @@ fn fetch_any(
     seen: &Seen,
     cancel: &Cancel,
 ) -> Result<(Tip, String), FetchError> {
-    if let Some(pin) = source.pinned_commit()
+    if let Some(pin) = source.pinned_commit().and_then(crate::git::commit_id)
         && repo.has_commit(pin)
     {
         // A pinned commit never changes: once it is here (perhaps fetched by another source
         // of the clone), there is nothing to fetch; its own ref keeps it here.
         repo.pin(target, pin)?;
         let tip = Tip {
-            reference: pin.to_owned(),
-            commit: pin.to_owned(),
+            reference: pin.to_string(),
+            commit: pin,
         };
         return Ok((tip, source.url.clone()));
     }
@@ -540,8 +543,8 @@ const MAX_COMMITS_TO_VERIFY: usize = 10_000;
 fn refuse_unsigned(
     repo: &Repo,
     verify: &crate::source::Verify,
-    sent: Option<&str>,
-    tip: &str,
+    sent: Option<ObjectId>,
+    tip: ObjectId,
 ) -> Result<Option<String>, FetchError> {
     // Read on every attempt, so an edited file takes effect without a restart.
     let signers = AllowedSigners::load(&verify.allowed_signers)
@@ -549,11 +552,11 @@ fn refuse_unsigned(
     let commits = if verify.all_commits && sent.is_some() {
         repo.commits_since(sent, tip, MAX_COMMITS_TO_VERIFY)?
     } else {
-        vec![tip.to_owned()]
+        vec![tip]
     };
     let now = crate::status::now_ms() / 1000;
     for id in commits {
-        match crate::verify::verify_commit(&repo.raw_commit(&id)?, &signers, now) {
+        match crate::verify::verify_commit(&repo.raw_commit(id)?, &signers, now) {
             Verdict::Trusted { principal, .. } => log::debug!("{id} is signed by {principal}"),
             Verdict::Untrusted(reason) => {
                 return Ok(Some(format!("commit {id} was not delivered: {reason}")));
@@ -569,8 +572,8 @@ fn refuse_unsigned(
 fn refuse_unsigned(
     _repo: &Repo,
     _verify: &crate::source::Verify,
-    _sent: Option<&str>,
-    _tip: &str,
+    _sent: Option<ObjectId>,
+    _tip: ObjectId,
 ) -> Result<Option<String>, FetchError> {
     Err(FetchError::new(
         Reason::Verification,
@@ -607,15 +610,17 @@ fn write_snapshot(
     source: &Source,
     matcher: &Matcher,
     dir: &std::path::Path,
-    commit: &str,
+    id: ObjectId,
     sending: bool,
     warnings: &mut Vec<String>,
 ) -> Result<(), FetchError> {
     let snapshots = SnapshotDir::new(dir, source.keep_snapshots);
-    if !sending && snapshots.current().as_deref() == Some(commit) {
+    // Snapshot directories are named by the commit's hex id.
+    let commit = id.to_string();
+    if !sending && snapshots.current().as_deref() == Some(commit.as_str()) {
         return Ok(());
     }
-    let files = repo.files(commit, matcher)?;
+    let files = repo.files(id, matcher)?;
     let total: u64 = files.iter().map(|file| file.size).sum();
     if total > source.max_snapshot_size {
         return Err(FetchError::new(
@@ -661,7 +666,7 @@ fn write_snapshot(
             .map_err(|failure| std::io::Error::other(failure.to_string()))
     };
     let report = snapshots
-        .write(commit, &entries, &mut read)
+        .write(&commit, &entries, &mut read)
         .map_err(|err| {
             FetchError::new(
                 Reason::LocalIo,

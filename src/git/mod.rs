@@ -31,6 +31,10 @@ pub(crate) use self::read::{FileKind, ReadFailure, TreeFile, names_git, represen
 pub(crate) use self::transport::Cancel;
 use crate::event::Change;
 use crate::reason::Reason;
+/// A commit id: what the crate passes around inside. Hex text only at the edges: events, the
+/// status and state files, and the public functions that take a commit as text (see
+/// [`commit_id`]).
+pub(crate) use gix::ObjectId;
 
 /// Where the fetched tip was kept when every source had a clone of its own. A clone moved into
 /// the shared place after an upgrade still has it; see [`Repo::adopt_legacy_tip`].
@@ -97,8 +101,8 @@ pub(crate) struct Target {
 pub(crate) struct Tip {
     /// The ref's full name on the remote, like `refs/heads/main`.
     pub reference: String,
-    /// The commit it points to (tags are peeled), as 40 hex digits.
-    pub commit: String,
+    /// The commit it points to (tags are peeled).
+    pub commit: ObjectId,
 }
 
 /// An open bare repository in the cache: the handle the driver keeps between attempts.
@@ -196,7 +200,11 @@ impl Repo {
     /// clone rebuilt after the remote rewrote history may lack it; the next update is then a
     /// full listing). Anything else is *corrupt*: the caller deletes the clone and clones
     /// afresh.
-    pub fn validate(&self, tip_ref: &str, acknowledged: Option<&str>) -> Result<(), FetchError> {
+    pub fn validate(
+        &self,
+        tip_ref: &str,
+        acknowledged: Option<ObjectId>,
+    ) -> Result<(), FetchError> {
         let repo = self.repo.to_thread_local();
         let broken = |what: String| {
             FetchError::new(
@@ -231,7 +239,7 @@ impl Repo {
                 )));
             }
         }
-        if let Some(id) = acknowledged.and_then(|id| parse_id(id).ok())
+        if let Some(id) = acknowledged
             && repo.has_object(id)
         {
             repo.find_commit(id)
@@ -330,7 +338,7 @@ impl Repo {
     pub fn maintain(
         self,
         target: &Target,
-        keep: &[&str],
+        keep: &[ObjectId],
         cancel: &Cancel,
     ) -> Result<Self, FetchError> {
         if pack_count(&self.git_dir) <= MAX_PACKS {
@@ -351,11 +359,11 @@ impl Repo {
     }
 
     /// The objects consolidation must keep: `keep` (those present) and every ref's target.
-    fn roots(&self, keep: &[&str]) -> Vec<gix::ObjectId> {
+    fn roots(&self, keep: &[ObjectId]) -> Vec<ObjectId> {
         let repo = self.repo.to_thread_local();
-        let mut roots: Vec<gix::ObjectId> = keep
+        let mut roots: Vec<ObjectId> = keep
             .iter()
-            .filter_map(|id| parse_id(id).ok())
+            .copied()
             // A commit the remote rewrote away before this clone was made is simply not here.
             .filter(|id| repo.has_object(id))
             .collect();
@@ -378,9 +386,8 @@ impl Repo {
     /// Points the target's tip ref at `commit`, which is already in the clone: a pinned commit
     /// that another source's fetch brought needs no fetch, only a ref of its own to stay
     /// reachable.
-    pub fn pin(&self, target: &Target, commit: &str) -> Result<(), FetchError> {
+    pub fn pin(&self, target: &Target, id: ObjectId) -> Result<(), FetchError> {
         let repo = self.repo.to_thread_local();
-        let id = parse_id(commit)?;
         if tip_id(&repo, &target.tip_ref) == Some(id) {
             return Ok(());
         }
@@ -514,18 +521,14 @@ impl Repo {
                 )
             })?
             .id;
-        Ok(Tip {
-            reference,
-            commit: commit.to_string(),
-        })
+        Ok(Tip { reference, commit })
     }
 
     /// The raw bytes of commit `id`, as stored (what `git cat-file commit` prints).
     #[cfg(feature = "verify")]
-    pub fn raw_commit(&self, id: &str) -> Result<Vec<u8>, FetchError> {
+    pub fn raw_commit(&self, id: ObjectId) -> Result<Vec<u8>, FetchError> {
         let repo = self.repo.to_thread_local();
-        let oid = parse_id(id)?;
-        repo.find_commit(oid)
+        repo.find_commit(id)
             .map(|commit| commit.data.clone())
             .map_err(|err| {
                 FetchError::new(
@@ -540,30 +543,23 @@ impl Repo {
     #[cfg(feature = "verify")]
     pub fn commits_since(
         &self,
-        old: Option<&str>,
-        new: &str,
+        old: Option<ObjectId>,
+        new: ObjectId,
         limit: usize,
-    ) -> Result<Vec<String>, FetchError> {
+    ) -> Result<Vec<ObjectId>, FetchError> {
         let repo = self.repo.to_thread_local();
-        let new = parse_id(new)?;
-        let hidden: Vec<gix::ObjectId> =
-            old.and_then(|old| parse_id(old).ok()).into_iter().collect();
-        let walk = repo
-            .rev_walk([new])
-            .with_hidden(hidden)
-            .all()
-            .map_err(|err| {
-                FetchError::new(
-                    Reason::CloneCorrupt,
-                    format!("cannot walk history: {}", error::describe(&err)),
-                )
-            })?;
+        let walk = repo.rev_walk([new]).with_hidden(old).all().map_err(|err| {
+            FetchError::new(
+                Reason::CloneCorrupt,
+                format!("cannot walk history: {}", error::describe(&err)),
+            )
+        })?;
         let mut out = Vec::new();
         for info in walk {
             let Ok(info) = info else {
                 break;
             };
-            out.push(info.id.to_string());
+            out.push(info.id);
             if out.len() == limit {
                 return Err(FetchError::new(
                     Reason::Verification,
@@ -577,21 +573,18 @@ impl Repo {
     }
 
     /// True when commit `ancestor` is reachable from commit `descendant` (or is it).
-    pub fn is_ancestor(&self, ancestor: &str, descendant: &str) -> bool {
+    pub fn is_ancestor(&self, ancestor: ObjectId, descendant: ObjectId) -> bool {
         let repo = self.repo.to_thread_local();
-        let (Ok(a), Ok(d)) = (parse_id(ancestor), parse_id(descendant)) else {
-            return false;
-        };
-        a == d
+        ancestor == descendant
             || repo
-                .merge_base(a, d)
-                .is_ok_and(|base| base.is_some_and(|base| base.detach() == a))
+                .merge_base(ancestor, descendant)
+                .is_ok_and(|base| base.is_some_and(|base| base.detach() == ancestor))
     }
 
     /// True when this source's tip ref `tip_ref` points at commit `id` or a descendant of it.
     /// Another source of a shared clone may have brought `id` without this source having
     /// fetched it, so its mere presence says nothing.
-    pub fn reaches(&self, tip_ref: &str, id: &str) -> bool {
+    pub fn reaches(&self, tip_ref: &str, id: ObjectId) -> bool {
         let repo = self.repo.to_thread_local();
         let Some(tip) = repo
             .find_reference(tip_ref)
@@ -600,15 +593,14 @@ impl Repo {
         else {
             return false;
         };
-        self.is_ancestor(id, &tip.id.to_string())
+        self.is_ancestor(id, tip.id)
     }
 
     /// True when the commit `id` and everything needed to diff against it are in the cache.
-    pub fn has_commit(&self, id: &str) -> bool {
+    pub fn has_commit(&self, id: ObjectId) -> bool {
         let repo = self.repo.to_thread_local();
-        parse_id(id)
+        repo.find_commit(id)
             .ok()
-            .and_then(|id| repo.find_commit(id).ok())
             .is_some_and(|commit| commit.tree().is_ok())
     }
 
@@ -617,8 +609,8 @@ impl Repo {
     /// of `new`.
     pub fn changes(
         &self,
-        old: Option<&str>,
-        new: &str,
+        old: Option<ObjectId>,
+        new: ObjectId,
         matcher: &Matcher,
     ) -> Result<Changes, FetchError> {
         let repo = self.repo.to_thread_local();
@@ -628,22 +620,20 @@ impl Repo {
                 format!("cannot read {what}: {}", error::describe(&err)),
             )
         };
-        let new_id = parse_id(new)?;
         let new_tree = repo
-            .find_commit(new_id)
+            .find_commit(new)
             .and_then(|commit| commit.tree())
             .map_err(|err| unreadable(&format!("commit {new}"), err))?;
         let (old_tree, forced) = match old {
             None => (repo.empty_tree(), false),
-            Some(old) => {
-                let old_id = parse_id(old)?;
+            Some(old_id) => {
                 let tree = repo
                     .find_commit(old_id)
                     .and_then(|commit| commit.tree())
-                    .map_err(|err| unreadable(&format!("commit {old}"), err))?;
-                let forced = old_id != new_id
+                    .map_err(|err| unreadable(&format!("commit {old_id}"), err))?;
+                let forced = old_id != new
                     && !repo
-                        .merge_base(old_id, new_id)
+                        .merge_base(old_id, new)
                         .is_ok_and(|base| base.is_some_and(|base| base.detach() == old_id));
                 (tree, forced)
             }
@@ -921,6 +911,14 @@ pub(crate) fn is_commit_id(text: &str) -> bool {
     text.len() == 40 && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// The commit id `text` names, when it is one by [`is_commit_id`] (in either case); the one
+/// place where a commit given as text becomes an [`ObjectId`].
+pub(crate) fn commit_id(text: &str) -> Option<ObjectId> {
+    is_commit_id(text)
+        .then(|| ObjectId::from_hex(text.as_bytes()).ok())
+        .flatten()
+}
+
 fn parse_id(id: &str) -> Result<gix::ObjectId, FetchError> {
     gix::ObjectId::from_hex(id.as_bytes())
         .map_err(|_| FetchError::new(Reason::CloneCorrupt, format!("`{id}` is not a commit id")))
@@ -1137,6 +1135,24 @@ pub(crate) fn full_ref_name(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commit_ids_from_text() {
+        let lower = "0123456789abcdef0123456789abcdef01234567";
+        let id = commit_id(lower).expect("a commit id");
+        assert_eq!(id.to_string(), lower);
+        assert_eq!(commit_id(&lower.to_uppercase()), Some(id), "either case");
+        for not in [
+            "",
+            "not-a-commit",
+            &lower[1..],
+            &format!("{lower}0"),
+            "0123456789abcdef0123456789abcdef0123456g",
+            &"0".repeat(64),
+        ] {
+            assert_eq!(commit_id(not), None, "{not}");
+        }
+    }
 
     #[test]
     fn urls() {

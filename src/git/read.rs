@@ -8,7 +8,7 @@ use gix::objs::tree::EntryKind;
 
 use super::filter::Matcher;
 use super::stream::PackedBlobs;
-use super::{FetchError, Repo, parse_id};
+use super::{FetchError, ObjectId, Repo, parse_id};
 use crate::event::{Change, ChangeKind};
 use crate::reason::Reason;
 
@@ -56,8 +56,8 @@ pub(crate) enum ReadFailure {
 impl Repo {
     /// Every file of `commit`'s tree that `matcher` accepts, sorted by path (see
     /// [`Repo::walk`]).
-    pub fn files(&self, commit: &str, matcher: &Matcher) -> Result<Vec<TreeFile>, ReadFailure> {
-        self.walk(commit, matcher)?.collect()
+    pub fn files(&self, commit: ObjectId, matcher: &Matcher) -> Result<Vec<TreeFile>, ReadFailure> {
+        self.walk(&commit.to_string(), matcher)?.collect()
     }
 
     /// The files of `commit`'s tree that `matcher` accepts, one at a time, sorted by their

@@ -1200,6 +1200,36 @@ fn random_sequences_keep_invariants() {
     }
 }
 
+#[test]
+fn a_resumed_machine_fetches_at_once_and_keeps_counting() {
+    let t0 = Instant::now();
+    let mut fresh = Machine::resume(policy(), t0, 0, None);
+    assert_eq!(drain(&mut fresh), vec![Action::Fetch]);
+    fresh.handle_fetch_done(t0, Outcome::Success, 0.0);
+    assert_eq!(drain(&mut fresh), vec![], "nothing to recover from");
+
+    // After two failures, the last one permanent: tear down, fetch, and count on.
+    let mut machine = Machine::resume(policy(), t0, 2, Some(ErrorKind::Permanent));
+    assert_eq!(drain(&mut machine), vec![TEAR_DOWN, Action::Fetch]);
+    assert_eq!(
+        machine.state(),
+        &State::Fetching {
+            failures: 2,
+            since: t0
+        }
+    );
+    machine.handle_fetch_done(t0, failure(ErrorKind::Permanent), 0.0);
+    assert_eq!(drain(&mut machine), vec![failed(3, ErrorKind::Permanent)]);
+
+    let mut machine = Machine::resume(policy(), t0, 2, Some(ErrorKind::Corrupt));
+    assert_eq!(
+        drain(&mut machine),
+        vec![Action::TearDown { delete_clone: true }, Action::Fetch]
+    );
+    machine.handle_fetch_done(t0, Outcome::Success, 0.0);
+    assert_eq!(drain(&mut machine), vec![Action::Emit(Health::Idle)]);
+}
+
 /// A machine driven through a failure and a recovery, as a driver drives it.
 #[test]
 fn a_walk_through() {
