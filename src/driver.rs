@@ -32,11 +32,12 @@ pub(crate) use crate::tracker::Control;
 use crate::tracker::{Effect, Order, Report, Tracker};
 use crate::work::{self, Attempt};
 
-/// Everything the source tasks of one feed share.
+/// What the attempts of one feed's sources share, or of one [`Follower`](crate::Follower).
+/// Where events go is not in it: a feed's sources send on the feed's channel, and a follower
+/// returns its update.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub cache_dir: std::path::PathBuf,
-    pub events: Sender<Event>,
     pub fetch_slots: Semaphore,
     /// How many sources keep their clone open between attempts; see [`Kept`].
     pub kept_handles: AtomicUsize,
@@ -62,8 +63,13 @@ impl Shared {
 }
 
 /// Follows one source until the feed shuts down or the source is removed (its control channel
-/// closes). The cache directory stays on disk either way.
-pub(crate) async fn follow(shared: Rc<Shared>, source: Source, control: Receiver<Control>) {
+/// closes), sending its events on `events`. The cache directory stays on disk either way.
+pub(crate) async fn follow(
+    shared: Rc<Shared>,
+    events: Sender<Event>,
+    source: Source,
+    control: Receiver<Control>,
+) {
     let mut paths = work::Paths::new(&shared.cache_dir, &source);
     paths.turn = shared.clone_turn(paths.clone.dir());
     let entry = paths.entry.clone();
@@ -127,7 +133,7 @@ pub(crate) async fn follow(shared: Rc<Shared>, source: Source, control: Receiver
                 }
                 Effect::TearDown => drop(handle.take()),
                 Effect::Send(event) => {
-                    if !send(&shared, event).await {
+                    if !send(&shared, &events, event).await {
                         return;
                     }
                 }
@@ -137,7 +143,7 @@ pub(crate) async fn follow(shared: Rc<Shared>, source: Source, control: Receiver
                     let result = match crate::exec::Input::stage(source, &update, entry.dir()) {
                         Ok(input) => {
                             // A consumer that dropped its receiver gets nothing more.
-                            let _ = shared.events.send(Event::Update(update)).await;
+                            let _ = events.send(Event::Update(update)).await;
                             crate::exec::run(source, &command, input, &shared.shutdown).await
                         }
                         Err(err) => Err(err),
@@ -196,7 +202,7 @@ fn hand_over(tracker: &mut Tracker, repo: Option<&Repo>, message: Control) {
 
 /// Sends `event` to the consumer, with its log line; false when the feed is stopping and a
 /// state event would have gone out: a stopping feed reports no more health.
-async fn send(shared: &Shared, event: Event) -> bool {
+async fn send(shared: &Shared, events: &Sender<Event>, event: Event) -> bool {
     match &event {
         Event::State(_) if shared.shutdown.is_closed() => return false,
         Event::State(change) => match change.state {
@@ -208,7 +214,7 @@ async fn send(shared: &Shared, event: Event) -> bool {
         Event::Warning(warning) => log::warn!("{}: {}", warning.source, warning.message),
     }
     // A consumer that dropped its receiver gets nothing more.
-    let _ = shared.events.send(event).await;
+    let _ = events.send(event).await;
     true
 }
 

@@ -199,7 +199,6 @@ impl Feed {
         drop(handle);
         let shared = Rc::new(Shared {
             cache_dir,
-            events: events_tx,
             fetch_slots: Semaphore::new(concurrent_fetches),
             kept_handles: Default::default(),
             clone_turns: Default::default(),
@@ -233,6 +232,7 @@ impl Feed {
                     let name = source.name.clone();
                     tasks.push(executor.spawn(driver::follow(
                         Rc::clone(&shared),
+                        events_tx.clone(),
                         *source,
                         control_rx,
                     )));
@@ -261,7 +261,7 @@ impl Feed {
         for task in tasks {
             task.await;
         }
-        shared.events.close();
+        events_tx.close();
         shared.progress.close();
     }
 }
@@ -423,7 +423,6 @@ impl Follower {
     pub fn new(cache_dir: impl AsRef<Path>, source: &Source) -> Result<Self, Error> {
         let source = source.normalized();
         source.validate()?;
-        let (events, _) = async_channel::bounded(1);
         let (running, shutdown) = async_channel::bounded(1);
         let user = crate::cache::CloneDir::new(cache_dir.as_ref(), &source.clone_key())
             .hold()
@@ -431,7 +430,6 @@ impl Follower {
         Ok(Self {
             shared: Shared {
                 cache_dir: cache_dir.as_ref().to_owned(),
-                events,
                 fetch_slots: Semaphore::new(1),
                 kept_handles: Default::default(),
                 clone_turns: Default::default(),
