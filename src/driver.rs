@@ -30,7 +30,7 @@ use crate::source::Source;
 use crate::status::{Status, now_ms};
 pub(crate) use crate::tracker::Control;
 use crate::tracker::{Effect, Order, Report, Tracker};
-use crate::work::{self, Attempt};
+use crate::work::{self, Attempt, Plan};
 
 /// What the attempts of one feed's sources share, or of one [`Follower`](crate::Follower).
 /// Where events go is not in it: a feed's sources send on the feed's channel, and a follower
@@ -84,14 +84,14 @@ pub(crate) async fn follow(
             )
         })
         .ok();
+    // Built again only when the source's settings change: see `refresh`.
+    let mut plan = Arc::new(Plan::new(source.clone()));
     let mut tracker = Tracker::new(source, entry.delivered(), Instant::now());
     let mut handle = Kept {
         repo: None,
         shared: Rc::clone(&shared),
     };
     let mut rng = fastrand::Rng::new();
-    // Outlives reopened clones: see `Target::many_refs`.
-    let many_refs = Arc::new(AtomicBool::new(false));
     loop {
         while let Some(effect) = tracker.poll_effect() {
             match effect {
@@ -100,19 +100,12 @@ pub(crate) async fn follow(
                     if shared.shutdown.is_closed() {
                         return;
                     }
+                    refresh(&mut plan, tracker.source());
                     let Some(Attempt {
                         handle: repo,
                         result,
                         warnings,
-                    }) = attempt(
-                        &shared,
-                        tracker.source(),
-                        &paths,
-                        handle.take(),
-                        &order,
-                        &many_refs,
-                    )
-                    .await
+                    }) = attempt(&shared, &plan, &paths, handle.take(), &order).await
                     else {
                         return; // shut down while waiting for a fetch slot
                     };
@@ -182,6 +175,15 @@ pub(crate) async fn follow(
             Wake::Control(message) => hand_over(&mut tracker, handle.repo.as_ref(), message),
             Wake::Removed => return,
         }
+    }
+}
+
+/// Builds `plan` again when the tracker has taken new settings for the source since it was
+/// built (a [`Control::Change`], applied at once or when the attempt or command running
+/// then ended), so the attempt about to start uses them.
+fn refresh(plan: &mut Arc<Plan>, source: &Source) {
+    if plan.source() != source {
+        *plan = Arc::new(plan.rebuilt(source.clone()));
     }
 }
 
@@ -305,12 +307,12 @@ enum Wake {
 /// this returns. `None` when the feed shut down before the attempt could start.
 async fn attempt(
     shared: &Shared,
-    source: &Source,
+    plan: &Arc<Plan>,
     paths: &work::Paths,
     handle: Option<Repo>,
     order: &Order,
-    many_refs: &Arc<AtomicBool>,
 ) -> Option<Attempt> {
+    let source = plan.source();
     let slot = async { Some(shared.fetch_slots.acquire().await) };
     let closed = async {
         let _ = shared.shutdown.recv().await;
@@ -328,9 +330,7 @@ async fn attempt(
         );
     }
 
-    let mut target = work::target(source);
-    target.many_refs = Arc::clone(many_refs);
-    let counter = Arc::clone(&target.progress);
+    let counter = Arc::new(crate::progress::Counter::default());
     let cancel = Arc::new(Cancel::default());
     let holding = Arc::new(AtomicBool::new(false));
     let (done_tx, done_rx) = async_channel::bounded(1);
@@ -339,9 +339,10 @@ async fn attempt(
         let holding = Arc::clone(&holding);
         let paths = paths.clone();
         let seen = order.seen;
-        let source = source.clone();
+        let plan = Arc::clone(plan);
+        let counter = Arc::clone(&counter);
         move || {
-            let outcome = work::sync(handle, &paths, &source, &target, &seen, &cancel, &holding);
+            let outcome = work::sync(handle, &paths, &plan, &seen, &cancel, &holding, &counter);
             cancel.release();
             let _ = done_tx.send_blocking(outcome);
         }
@@ -477,17 +478,18 @@ fn receiving_bytes(pack_dir: &std::path::Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// One attempt outside any feed: fetch and diff against the acknowledged commit. `handle` is
-/// the clone kept from the previous attempt, if any, and is left holding what this one keeps.
+/// One attempt of `plan`'s source outside any feed: fetch and diff against the acknowledged
+/// commit. The plan is the caller's, kept between attempts. `handle` is the clone kept from
+/// the previous attempt, if any, and is left holding what this one keeps.
 /// The source's status is written as a feed writes it, so `gitfeed status` shows the attempt.
 /// `warnings` is left holding what was left out of the update (or why there is none).
 pub(crate) async fn once(
     shared: &Shared,
-    source: &Source,
+    plan: &Arc<Plan>,
     handle: &mut Option<Repo>,
-    many_refs: &Arc<AtomicBool>,
     warnings: &mut Vec<String>,
 ) -> Result<Option<Update>, Error> {
+    let source = plan.source();
     let mut paths = work::Paths::new(&shared.cache_dir, source);
     paths.turn = shared.clone_turn(paths.clone.dir());
     let entry = &paths.entry;
@@ -504,7 +506,7 @@ pub(crate) async fn once(
     while let Some(effect) = tracker.poll_effect() {
         match effect {
             Effect::Attempt(order) => {
-                let attempt = attempt(shared, source, &paths, handle.take(), &order, many_refs)
+                let attempt = attempt(shared, plan, &paths, handle.take(), &order)
                     .await
                     .unwrap_or_else(|| Attempt {
                         handle: None,

@@ -16,6 +16,7 @@ use crate::git::ObjectId;
 use crate::progress::{Outlet, Progress};
 use crate::reason::Reason;
 use crate::source::Source;
+use crate::work::Plan;
 
 /// How many fetch attempts run at once by default. Each runs on a thread of its own that ends
 /// with the attempt, so this also bounds the feed's threads.
@@ -408,9 +409,9 @@ pub fn sync_once(cache_dir: impl AsRef<Path>, source: &Source) -> Result<Option<
 #[derive(Debug)]
 pub struct Follower {
     shared: Shared,
-    source: Source,
+    /// The source's settings as its polls use them, built once.
+    plan: Arc<Plan>,
     handle: Option<crate::git::Repo>,
-    many_refs: std::sync::Arc<std::sync::atomic::AtomicBool>,
     warnings: Vec<String>,
     // Never closed while the follower lives: `shared.shutdown` only closes with it.
     _running: Sender<()>,
@@ -436,9 +437,8 @@ impl Follower {
                 shutdown,
                 progress: Outlet::default(),
             },
-            source,
+            plan: Arc::new(Plan::new(source)),
             handle: None,
-            many_refs: Default::default(),
             warnings: Vec::new(),
             _running: running,
             _user: Some(user),
@@ -451,9 +451,8 @@ impl Follower {
     pub fn poll(&mut self) -> Result<Option<Update>, Error> {
         crate::clock::block_on(driver::once(
             &self.shared,
-            &self.source,
+            &self.plan,
             &mut self.handle,
-            &self.many_refs,
             &mut self.warnings,
         ))
     }
@@ -467,7 +466,7 @@ impl Follower {
 
     /// The commit last acknowledged; see [`acknowledged`].
     pub fn acknowledged(&self) -> Option<String> {
-        acknowledged(&self.shared.cache_dir, &self.source)
+        acknowledged(&self.shared.cache_dir, self.plan.source())
     }
 
     /// The channel of progress samples of this follower's polls, as [`Feed::progress`] gives
@@ -496,7 +495,7 @@ impl Follower {
 
     /// Records that the consumer has applied the update to `commit`.
     pub fn acknowledge(&self, commit: &str) -> Result<(), Error> {
-        acknowledge(&self.shared.cache_dir, &self.source, commit)
+        acknowledge(&self.shared.cache_dir, self.plan.source(), commit)
     }
 }
 

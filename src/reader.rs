@@ -8,6 +8,7 @@ use crate::error::Error;
 use crate::git::{FileKind, Matcher, ReadFailure, Repo, TreeFile, representable};
 use crate::reason::Reason;
 use crate::source::Source;
+use crate::work::Plan;
 
 /// Reads the files of commits in a source's cache, straight from the object database,
 /// honouring the source's [`Filter`](crate::Filter) and `max_file_size`.
@@ -79,7 +80,7 @@ impl From<ReadFailure> for Error {
 impl Reader {
     /// Opens `source`'s clone in `cache_dir`; fails with `NotFound` when there is none yet.
     pub fn open(cache_dir: impl AsRef<Path>, source: &Source) -> Result<Self, Error> {
-        let source = &source.normalized();
+        let source = source.normalized();
         source.validate()?;
         let clone = cache::CloneDir::new(cache_dir.as_ref(), &source.clone_key());
         let legacy = cache::Entry::new(cache_dir.as_ref(), &source.cache_key()).legacy_git_dir();
@@ -101,12 +102,14 @@ impl Reader {
                 format!("source `{}` has no clone in the cache yet", source.name),
             ));
         }
-        let repo = Repo::open_or_init(&git_dir, &crate::work::target(source))
+        let max_file_size = source.max_file_size;
+        let plan = Plan::new(source);
+        let repo = Repo::open_or_init(&git_dir, plan.target())
             .map_err(|err| Error::new(Reason::CloneCorrupt, err.message))?;
         Ok(Self {
             repo,
-            matcher: source.filter.matcher().map_err(Error::invalid)?,
-            max_file_size: source.max_file_size,
+            matcher: plan.into_matcher().map_err(Error::invalid)?,
+            max_file_size,
             _user: user,
         })
     }

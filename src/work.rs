@@ -2,13 +2,15 @@
 //! clone, fetch, diff against the commit the consumer last saw, attach contents, write the
 //! snapshot, and keep the cache healthy.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::auth::Auth;
 use crate::cache;
 use crate::event::{Change, ChangeKind, Encoding};
-use crate::git::{Cancel, FetchError, FileKind, Matcher, ObjectId, Repo, Target, Tip};
+use crate::git::{Call, Cancel, FetchError, FileKind, Matcher, ObjectId, Repo, Target, Tip};
 use crate::machine::ErrorKind;
+use crate::progress::Counter;
 use crate::reason::Reason;
 use crate::snapshot::{self, SnapshotDir};
 use crate::source::Source;
@@ -68,17 +70,109 @@ pub(crate) struct Seen {
     pub acknowledged: Option<ObjectId>,
 }
 
-/// Runs one attempt. `holding` is set once the attempt holds the clone's lock: until then,
-/// what is being received into the clone belongs to another source's attempt.
+/// What the attempts of one source need from its settings: the git layer's [`Target`] for
+/// each of its URLs and its compiled filter. Built once when the source starts being
+/// followed, and again only when its settings change ([`Plan::rebuilt`]); attempts borrow it
+/// (on their own thread, through an `Arc`), so none builds or copies a target or compiles the
+/// filter's patterns.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    /// The settings it was built from.
+    source: Source,
+    /// One per URL, never empty: the source's own first, then its mirrors in order.
+    targets: Vec<Target>,
+    /// The compiled filter, or why it does not compile: validation refuses such a source
+    /// before it is followed, and an attempt of one fails as misconfigured.
+    matcher: Result<Matcher, String>,
+}
+
+impl Plan {
+    /// The plan of `source`.
+    pub fn new(source: Source) -> Self {
+        let targets = std::iter::once(&source.url)
+            .chain(&source.mirrors)
+            .map(|url| target(&source, url))
+            .collect();
+        let matcher = source.filter.matcher();
+        Self {
+            source,
+            targets,
+            matcher,
+        }
+    }
+
+    /// The plan of `source`, which holds new settings of this plan's source. What was learned
+    /// about a remote (`Target::many_refs`) carries over to each URL still in it.
+    pub fn rebuilt(&self, source: Source) -> Self {
+        let plan = Self::new(source);
+        for target in &plan.targets {
+            let learned = self
+                .targets
+                .iter()
+                .any(|old| old.url == target.url && old.many_refs.load(Ordering::Relaxed));
+            if learned {
+                target.many_refs.store(true, Ordering::Relaxed);
+            }
+        }
+        plan
+    }
+
+    /// The settings the plan was built from.
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    /// The target of the source's own URL, which also opens the clone (how a clone is opened
+    /// does not depend on the URL).
+    pub fn target(&self) -> &Target {
+        &self.targets[0]
+    }
+
+    /// The compiled filter.
+    pub fn matcher(&self) -> Result<&Matcher, FetchError> {
+        self.matcher
+            .as_ref()
+            .map_err(|problem| FetchError::new(Reason::Configuration, problem.clone()))
+    }
+
+    /// The compiled filter, for a caller that needs nothing else of the plan any more.
+    pub fn into_matcher(self) -> Result<Matcher, String> {
+        self.matcher
+    }
+}
+
+/// What the git layer needs to know about `source` to fetch from `url`, one of its URLs.
+fn target(source: &Source, url: &str) -> Target {
+    Target {
+        url: url.to_owned(),
+        reference: source.wanted_ref(),
+        tip_ref: source.tip_ref(),
+        depth: source.depth,
+        ssh_command: source.ssh_command.clone(),
+        timeout: source.timeout,
+        ca_file: source.ca_file.clone(),
+        insecure: source.insecure_skip_tls_verify,
+        ssh_key: source.ssh_key.clone(),
+        known_hosts: source.known_hosts.clone(),
+        max_pack_size: source.max_pack_size,
+        index_threads: source.index_threads,
+        many_refs: AtomicBool::new(false),
+    }
+}
+
+/// Runs one attempt of `plan`'s source, counting what it receives in `progress`. `holding` is
+/// set once the attempt holds the clone's lock: until then, what is being received into the
+/// clone belongs to another source's attempt.
 pub(crate) fn sync(
     handle: Option<Repo>,
     paths: &Paths,
-    source: &Source,
-    target: &Target,
+    plan: &Plan,
     seen: &Seen,
     cancel: &Cancel,
     holding: &AtomicBool,
+    progress: &Arc<Counter>,
 ) -> Attempt {
+    let source = plan.source();
     let mut warnings = Vec::new();
     // Every attempt counts as a use, also a poll that never takes the lock: `gc` must not take
     // a clone that is polled for unused.
@@ -92,7 +186,7 @@ pub(crate) fn sync(
         .ok()
         .and_then(|turn| Some((turn, paths.clone.lock().ok()?)));
     if held.is_none()
-        && let Some(tip) = unchanged(handle.as_ref(), paths, source, target, seen, cancel)
+        && let Some(tip) = unchanged(handle.as_ref(), paths, plan, seen, cancel, progress)
     {
         return Attempt {
             handle,
@@ -117,7 +211,7 @@ pub(crate) fn sync(
                 warnings,
             };
         };
-        match lock_clone(&paths.clone, target.timeout.min(LOCK_PATIENCE), cancel) {
+        match lock_clone(&paths.clone, source.timeout.min(LOCK_PATIENCE), cancel) {
             Ok(lock) => held = Some((turn, lock)),
             Err(err) => {
                 return Attempt {
@@ -130,7 +224,7 @@ pub(crate) fn sync(
     }
     let _held = held;
     holding.store(true, Ordering::SeqCst);
-    let (handle, result) = sync_locked(handle, paths, source, target, seen, cancel, &mut warnings);
+    let (handle, result) = sync_locked(handle, paths, plan, seen, cancel, progress, &mut warnings);
     match result {
         Err(err) if err.kind == ErrorKind::Corrupt => {
             // Deleted here, under the lock, rather than when the source tears down: the clone
@@ -154,8 +248,7 @@ pub(crate) fn sync(
             warnings,
         },
         Ok(fetched) => Attempt {
-            handle: handle
-                .and_then(|repo| maintain(repo, paths, source, target, seen, fetched.tip, cancel)),
+            handle: handle.and_then(|repo| maintain(repo, paths, plan, seen, fetched.tip, cancel)),
             result: Ok(fetched),
             warnings,
         },
@@ -169,11 +262,12 @@ pub(crate) fn sync(
 fn unchanged(
     handle: Option<&Repo>,
     paths: &Paths,
-    source: &Source,
-    target: &Target,
+    plan: &Plan,
     seen: &Seen,
     cancel: &Cancel,
+    progress: &Arc<Counter>,
 ) -> Option<ObjectId> {
+    let source = plan.source();
     if source.pinned_commit().is_some() || source.verify.is_some() || source.checkout.is_some() {
         return None;
     }
@@ -185,16 +279,12 @@ fn unchanged(
             // keep at most `MAX_KEPT_HANDLES`). The handle is not kept: it was not checked.
             // Never created here, without the lock: an attempt holding it may be replacing
             // the clone this very moment.
-            opened = Repo::open(&paths.clone.git_dir(), target).ok()?;
+            opened = Repo::open(&paths.clone.git_dir(), plan.target()).ok()?;
             &opened
         }
     };
-    let target = Target {
-        seen_before: seen.sent.is_some(),
-        http_auth: http_auth(source).ok()?,
-        ..target.clone()
-    };
-    let tip = repo.peek(&target, cancel)?;
+    let call = call(source, seen, progress).ok()?;
+    let tip = repo.peek(plan.target(), call, cancel)?;
     (seen.sent == Some(tip.commit)).then_some(tip.commit)
 }
 
@@ -245,23 +335,23 @@ impl Paths {
 fn sync_locked(
     handle: Option<Repo>,
     paths: &Paths,
-    source: &Source,
-    target: &Target,
+    plan: &Plan,
     seen: &Seen,
     cancel: &Cancel,
+    progress: &Arc<Counter>,
     warnings: &mut Vec<String>,
 ) -> (Option<Repo>, Result<Fetched, FetchError>) {
     let repo = match handle {
         Some(repo) if !repo.needs_reopen() => repo,
         stale => {
             drop(stale);
-            match open_clone(paths, target, seen) {
+            match open_clone(paths, plan.target(), seen) {
                 Ok(repo) => repo,
                 Err(err) => return (None, Err(err)),
             }
         }
     };
-    let result = fetch_and_diff(&repo, source, target, seen, cancel, warnings);
+    let result = fetch_and_diff(&repo, plan, seen, cancel, progress, warnings);
     let mut repo = repo;
     repo.settle();
     (Some(repo), result)
@@ -296,8 +386,7 @@ fn open_clone(paths: &Paths, target: &Target, seen: &Seen) -> Result<Repo, Fetch
 fn maintain(
     repo: Repo,
     paths: &Paths,
-    source: &Source,
-    target: &Target,
+    plan: &Plan,
     seen: &Seen,
     tip: Option<ObjectId>,
     cancel: &Cancel,
@@ -313,13 +402,13 @@ fn maintain(
         .flatten()
         .chain(acknowledged)
         .collect();
-    match repo.maintain(target, &keep, cancel) {
+    match repo.maintain(plan.target(), &keep, cancel) {
         Ok(repo) => Some(repo),
         // The update is good; the next attempt reopens the clone.
         Err(err) => {
             log::warn!(
                 "{}: cannot reopen the clone after consolidation: {}",
-                source.name,
+                plan.source().name,
                 err.message
             );
             None
@@ -357,17 +446,15 @@ fn lock_clone(
 /// Returns the tip and, when it moved past what the consumer saw, the update.
 fn fetch_and_diff(
     repo: &Repo,
-    source: &Source,
-    target: &Target,
+    plan: &Plan,
     seen: &Seen,
     cancel: &Cancel,
+    progress: &Arc<Counter>,
     warnings: &mut Vec<String>,
 ) -> Result<Fetched, FetchError> {
-    let matcher = source
-        .filter
-        .matcher()
-        .map_err(|problem| FetchError::new(Reason::Configuration, problem))?;
-    let (tip, served_by) = fetch_any(repo, source, target, seen, cancel)?;
+    let source = plan.source();
+    let matcher = plan.matcher()?;
+    let (tip, served_by) = fetch_any(repo, plan, seen, cancel, progress)?;
     let sent = seen.sent;
     let stay = |served_by| Fetched {
         tip: sent,
@@ -399,7 +486,7 @@ fn fetch_and_diff(
     // warnings about what it left out go with every sending.
     if let Some(dir) = &source.checkout {
         let sending = sent != Some(tip.commit);
-        write_snapshot(repo, source, &matcher, dir, tip.commit, sending, warnings)?;
+        write_snapshot(repo, source, matcher, dir, tip.commit, sending, warnings)?;
     }
     if sent == Some(tip.commit) {
         return Ok(Fetched {
@@ -411,7 +498,7 @@ fn fetch_and_diff(
     // Without the old commit's objects (a reclone after the remote rewrote history) there is
     // nothing to diff against: deliver the full listing, as on a first update.
     let old = sent.filter(|&old| repo.has_commit(old));
-    let found = repo.changes(old, tip.commit, &matcher)?;
+    let found = repo.changes(old, tip.commit, matcher)?;
     if !found.skipped.is_empty() {
         warnings.push(format!(
             "{} left out of the changes: {}",
@@ -452,37 +539,30 @@ fn fetch_and_diff(
 /// all within the one attempt. Returns the tip and the URL that served it.
 fn fetch_any(
     repo: &Repo,
-    source: &Source,
-    target: &Target,
+    plan: &Plan,
     seen: &Seen,
     cancel: &Cancel,
+    progress: &Arc<Counter>,
 ) -> Result<(Tip, String), FetchError> {
+    let source = plan.source();
     if let Some(pin) = source.pinned_commit().and_then(crate::git::commit_id)
         && repo.has_commit(pin)
     {
         // A pinned commit never changes: once it is here (perhaps fetched by another source
         // of the clone), there is nothing to fetch; its own ref keeps it here.
-        repo.pin(target, pin)?;
+        repo.pin(plan.target(), pin)?;
         let tip = Tip {
             reference: pin.to_string(),
             commit: pin,
         };
         return Ok((tip, source.url.clone()));
     }
-    let http_auth = http_auth(source)?;
-    let urls: Vec<&String> = std::iter::once(&source.url)
-        .chain(&source.mirrors)
-        .collect();
+    let call = call(source, seen, progress)?;
     let mut index = 0;
     loop {
-        let url = urls[index];
-        let target = Target {
-            url: url.clone(),
-            seen_before: seen.sent.is_some(),
-            http_auth: http_auth.clone(),
-            ..target.clone()
-        };
-        let fetched = repo.fetch(&target, cancel).map_err(|mut err| {
+        let target = &plan.targets[index];
+        let url = &target.url;
+        let fetched = repo.fetch(target, &call, cancel).map_err(|mut err| {
             // The failure is told with the URL it happened on.
             if index > 0 {
                 err.url = Some(url.clone());
@@ -502,7 +582,7 @@ fn fetch_any(
             Ok(tip) => return Ok((tip, url.clone())),
             Err(err)
                 if err.kind == ErrorKind::Transient
-                    && index + 1 < urls.len()
+                    && index + 1 < plan.targets.len()
                     && !cancel.is_cancelled() =>
             {
                 log::warn!(
@@ -516,6 +596,17 @@ fn fetch_any(
             Err(err) => return Err(err),
         }
     }
+}
+
+/// What this attempt's calls to the remote carry beside the target: whether the consumer has
+/// seen a commit, the credentials read now, and where to count what arrives.
+fn call(source: &Source, seen: &Seen, progress: &Arc<Counter>) -> Result<Call, FetchError> {
+    Ok(Call {
+        seen_before: seen.sent.is_some(),
+        http_auth: http_auth(source)?,
+        peek: false,
+        progress: Arc::clone(progress),
+    })
 }
 
 /// The `Authorization` header for this attempt, read now: a rotated token file takes effect
@@ -693,25 +784,85 @@ fn count(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
-/// What the git layer needs to know about `source` for one attempt.
-pub(crate) fn target(source: &Source) -> Target {
-    Target {
-        url: source.url.clone(),
-        reference: source.wanted_ref(),
-        tip_ref: source.tip_ref(),
-        depth: source.depth,
-        ssh_command: source.ssh_command.clone(),
-        timeout: source.timeout,
-        seen_before: false,
-        http_auth: None,
-        ca_file: source.ca_file.clone(),
-        insecure: source.insecure_skip_tls_verify,
-        ssh_key: source.ssh_key.clone(),
-        known_hosts: source.known_hosts.clone(),
-        max_pack_size: source.max_pack_size,
-        index_threads: source.index_threads,
-        many_refs: Default::default(),
-        peek: false,
-        progress: Default::default(),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source() -> Source {
+        let mut source = Source::new("p", "https://example.org/p.git");
+        source.mirrors = vec![
+            "https://mirror-a.example.org/p.git".into(),
+            "https://mirror-b.example.org/p.git".into(),
+        ];
+        source
+    }
+
+    fn urls(plan: &Plan) -> Vec<&str> {
+        plan.targets
+            .iter()
+            .map(|target| target.url.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn a_plan_has_a_target_per_url_the_source_first() {
+        let plan = Plan::new(source());
+        assert_eq!(
+            urls(&plan),
+            [
+                "https://example.org/p.git",
+                "https://mirror-a.example.org/p.git",
+                "https://mirror-b.example.org/p.git",
+            ]
+        );
+        assert_eq!(plan.target().url, "https://example.org/p.git");
+        for target in &plan.targets {
+            assert_eq!(target.tip_ref, plan.source().tip_ref());
+            assert_eq!(target.timeout, plan.source().timeout);
+        }
+        assert!(plan.matcher().is_ok());
+    }
+
+    #[test]
+    fn what_is_learned_of_a_remote_stays_with_its_url() {
+        let plan = Plan::new(source());
+        plan.targets[1].many_refs.store(true, Ordering::Relaxed);
+        let learned = |plan: &Plan| -> Vec<bool> {
+            plan.targets
+                .iter()
+                .map(|target| target.many_refs.load(Ordering::Relaxed))
+                .collect()
+        };
+        // Each URL's remote has its own.
+        assert_eq!(learned(&plan), [false, true, false]);
+        let mut changed = source();
+        changed.timeout = std::time::Duration::from_secs(7);
+        changed.mirrors.reverse();
+        changed
+            .mirrors
+            .push("https://mirror-c.example.org/p.git".into());
+        let rebuilt = plan.rebuilt(changed.clone());
+        assert_eq!(rebuilt.source(), &changed);
+        assert_eq!(rebuilt.target().timeout, changed.timeout);
+        assert_eq!(
+            urls(&rebuilt),
+            [
+                "https://example.org/p.git",
+                "https://mirror-b.example.org/p.git",
+                "https://mirror-a.example.org/p.git",
+                "https://mirror-c.example.org/p.git",
+            ]
+        );
+        assert_eq!(learned(&rebuilt), [false, false, true, false]);
+    }
+
+    #[test]
+    fn a_filter_that_does_not_compile_fails_each_attempt_as_misconfigured() {
+        let mut source = source();
+        source.filter.include = vec![String::new()];
+        let plan = Plan::new(source);
+        let err = plan.matcher().expect_err("an invalid pattern");
+        assert_eq!(err.reason, Reason::Configuration);
+        assert!(plan.into_matcher().is_err());
     }
 }

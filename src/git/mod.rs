@@ -49,8 +49,11 @@ const PACK_SLOTS: usize = 32;
 /// without it every fetch that brings objects adds a pack for good.
 const MAX_PACKS: usize = 8;
 
-/// What to fetch and how long an attempt may take.
-#[derive(Debug, Clone)]
+/// One URL of a source (its own or a mirror's): what to fetch from it and how. Built once
+/// per URL when the source starts being followed, and again only when its settings change:
+/// no attempt builds or copies one. What belongs to one attempt travels beside it in a
+/// [`Call`].
+#[derive(Debug)]
 pub(crate) struct Target {
     /// The remote URL as the user gave it.
     pub url: String,
@@ -67,11 +70,6 @@ pub(crate) struct Target {
     pub ssh_command: Option<String>,
     /// The attempt's time limit.
     pub timeout: Duration,
-    /// True once the source has delivered a commit: a missing ref was then deleted on the
-    /// remote rather than misconfigured.
-    pub seen_before: bool,
-    /// The `Authorization` header line for HTTPS remotes, read for this attempt.
-    pub http_auth: Option<crate::auth::Secret>,
     /// CA certificates to trust for HTTPS.
     pub ca_file: Option<PathBuf>,
     /// Skip HTTPS certificate checks (explicitly configured).
@@ -84,11 +82,23 @@ pub(crate) struct Target {
     pub max_pack_size: u64,
     /// Threads that index a received or consolidated pack; `0` uses one per core.
     pub index_threads: usize,
-    /// Set once the remote advertised more than [`MANY_REFS`] refs, and kept by the source
-    /// across attempts and reopened clones: from then on git:// and HTTP remotes are asked for
-    /// protocol v2, whose advertisement lists only the wanted ref. Until then they are asked
-    /// for v1, which answers a no-change poll in one exchange (one HTTP request instead of two).
-    pub many_refs: Arc<AtomicBool>,
+    /// Set once this URL's remote advertised more than [`MANY_REFS`] refs, and kept with the
+    /// target across attempts and reopened clones: from then on git:// and HTTP remotes are
+    /// asked for protocol v2, whose advertisement lists only the wanted ref. Until then they
+    /// are asked for v1, which answers a no-change poll in one exchange (one HTTP request
+    /// instead of two). A mirror's remote has its own.
+    pub many_refs: AtomicBool,
+}
+
+/// What one call to the remote carries beside its [`Target`]: the state of the attempt
+/// making it, which the target outlives.
+#[derive(Debug)]
+pub(crate) struct Call {
+    /// True once the source has delivered a commit: a missing ref was then deleted on the
+    /// remote rather than misconfigured.
+    pub seen_before: bool,
+    /// The `Authorization` header line for HTTPS remotes, read for this attempt.
+    pub http_auth: Option<crate::auth::Secret>,
     /// Only ask the remote where the ref points: fail instead of receiving anything when it
     /// moved, and write nothing. See [`Repo::peek`].
     pub peek: bool,
@@ -419,20 +429,18 @@ impl Repo {
     /// Where the target's ref points when the remote's copy has not moved from this source's
     /// tip ref; `None` when it moved or anything went wrong (the caller then fetches as
     /// usual). Writes nothing, so it needs no lock on the clone: sources sharing a clone poll
-    /// side by side, and only a fetch that brings something waits for the others.
-    pub fn peek(&self, target: &Target, cancel: &Cancel) -> Option<Tip> {
-        let target = Target {
-            peek: true,
-            ..target.clone()
-        };
-        self.fetch(&target, cancel).ok()
+    /// side by side, and only a fetch that brings something waits for the others. `call` is
+    /// made a peek.
+    pub fn peek(&self, target: &Target, call: Call, cancel: &Cancel) -> Option<Tip> {
+        let call = Call { peek: true, ..call };
+        self.fetch(target, &call, cancel).ok()
     }
 
     /// Fetches the target's ref into the cache and returns where it points now.
     ///
     /// Returns early with a transient error once `cancel` fires; the fetch's temporary files are
     /// removed by gix as the attempt unwinds.
-    pub fn fetch(&self, target: &Target, cancel: &Cancel) -> Result<Tip, FetchError> {
+    pub fn fetch(&self, target: &Target, call: &Call, cancel: &Cancel) -> Result<Tip, FetchError> {
         let repo = self.repo.to_thread_local();
         let url = absolute_local_path(&target.url);
         let specs = fetch_specs(target.reference.as_deref(), &target.tip_ref);
@@ -475,6 +483,7 @@ impl Repo {
                 parsed: &parsed,
                 url: &url,
                 target,
+                call,
                 cancel,
                 ours,
             };
@@ -507,7 +516,7 @@ impl Repo {
             .peel_to_commit()
             .map_err(|err| {
                 // Never keep a tip that is not a commit: the next attempt starts clean.
-                if !target.peek
+                if !call.peek
                     && let Ok(tip) = repo.find_reference(target.tip_ref.as_str())
                 {
                     let _ = tip.delete();
@@ -672,6 +681,7 @@ struct Connection<'a, 'r> {
     /// The URL with a relative local path made absolute.
     url: &'a str,
     target: &'a Target,
+    call: &'a Call,
     cancel: &'a Cancel,
     /// Where the source's tip ref points now, if anywhere.
     ours: Option<gix::ObjectId>,
@@ -687,6 +697,7 @@ impl Connection<'_, '_> {
             parsed,
             url,
             target,
+            call,
             cancel,
             ours,
         } = *self;
@@ -706,6 +717,7 @@ impl Connection<'_, '_> {
                 remote.to_connection_with_transport(connection),
                 None,
                 target,
+                call,
                 shallow,
                 cancel,
                 ours,
@@ -721,6 +733,7 @@ impl Connection<'_, '_> {
                 remote.to_connection_with_transport(connection),
                 None,
                 target,
+                call,
                 shallow,
                 cancel,
                 ours,
@@ -759,18 +772,19 @@ impl Connection<'_, '_> {
                     false,
                 );
             let connection = remote.to_connection_with_transport(transport);
-            let options = http_options(repo, url, target);
-            receive::receive(repo, connection, options, target, shallow, cancel, ours).map_err(
-                |err| match words.error_line() {
-                    Some(line) => error::with_error_line(err, &line),
-                    None => err,
-                },
+            let options = http_options(repo, url, target, call);
+            receive::receive(
+                repo, connection, options, target, call, shallow, cancel, ours,
             )
+            .map_err(|err| match words.error_line() {
+                Some(line) => error::with_error_line(err, &line),
+                None => err,
+            })
         } else {
             let connection = remote
                 .connect(Direction::Fetch)
                 .map_err(|err| error::classify(&err, target, cancel))?;
-            receive::receive(repo, connection, None, target, shallow, cancel, ours)
+            receive::receive(repo, connection, None, target, call, shallow, cancel, ours)
         }
     }
 }
@@ -953,12 +967,13 @@ fn config_overrides(target: &Target) -> Vec<String> {
     overrides
 }
 
-/// gix's HTTP options for `url`, with this attempt's credentials and TLS settings added in
-/// memory only: nothing of it is written to the repository's configuration.
+/// gix's HTTP options for `url`, with this attempt's credentials and the target's TLS settings
+/// added in memory only: nothing of it is written to the repository's configuration.
 fn http_options(
     repo: &gix::Repository,
     url: &str,
     target: &Target,
+    call: &Call,
 ) -> Option<Box<dyn std::any::Any>> {
     use gix::protocol::transport::client::blocking_io::http::Options;
     if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -966,7 +981,7 @@ fn http_options(
     }
     let base = repo.transport_options(url, None).ok().flatten()?;
     let mut options = base.downcast::<Options>().ok()?;
-    if let Some(header) = &target.http_auth {
+    if let Some(header) = &call.http_auth {
         options.extra_headers.push(header.0.clone());
     }
     if let Some(ca) = &target.ca_file {

@@ -16,7 +16,7 @@ use gix::error::ErrorExt;
 use gix::protocol::transport::client::blocking_io::Transport;
 use gix::remote::fetch::Shallow;
 
-use super::{Cancel, FetchError, MANY_REFS, Target, error, indexer, missing_ref};
+use super::{Call, Cancel, FetchError, MANY_REFS, Target, error, indexer, missing_ref};
 use crate::reason::Reason;
 
 /// How gitfeed names itself to servers.
@@ -42,6 +42,7 @@ pub(super) fn receive<T: Transport>(
     connection: gix::remote::Connection<'_, '_, '_, T>,
     options: Option<Box<dyn std::any::Any>>,
     target: &Target,
+    call: &Call,
     shallow: Shallow,
     cancel: &Cancel,
     ours: Option<gix::ObjectId>,
@@ -120,7 +121,7 @@ pub(super) fn receive<T: Transport>(
         ref_map.mappings.truncate(1);
     }
     let Some(mapping) = ref_map.mappings.first() else {
-        return Err(missing_ref(wanted, target.seen_before));
+        return Err(missing_ref(wanted, call.seen_before));
     };
     // The name comes from the remote: only a valid ref name is passed on to the consumer.
     let valid = |name: &gix::bstr::BStr| gix::validate::reference::name(name).is_ok();
@@ -149,7 +150,7 @@ pub(super) fn receive<T: Transport>(
         // ref to where it already points.
         return Ok(Outcome::Received(remote_name));
     }
-    if target.peek {
+    if call.peek {
         // A look without the clone's lock: it must not write, so it ends where a fetch would
         // begin.
         return Err(FetchError::new(
@@ -172,14 +173,6 @@ pub(super) fn receive<T: Transport>(
         negotiator: gix::negotiate::Algorithm::Consecutive.into_negotiator(),
     };
     let pack_dir = repo.objects.store_ref().path().join("pack");
-    // Only for a thin pack, whose bases are looked up in the repository; see `indexer`.
-    let thin_options = gix_pack::bundle::write::Options {
-        thread_limit: Some(target.index_threads),
-        iteration_mode: gix_pack::data::input::Mode::Verify,
-        index_version: gix_pack::index::Version::V2,
-        alloc_limit_bytes: None,
-        compression: gix::zlib::Compression::BEST_SPEED,
-    };
     let mut written: Option<Received> = None;
     let outcome = gix::protocol::fetch(
         &mut negotiate,
@@ -191,9 +184,9 @@ pub(super) fn receive<T: Transport>(
                 should_interrupt,
                 &pack_dir,
                 target,
-                thin_options,
+                &call.progress,
             );
-            target.progress.done();
+            call.progress.done();
             written = received?;
             Ok(true)
         },
@@ -273,9 +266,8 @@ struct Received {
     created: bool,
 }
 
-/// Writes and indexes the pack `reader` delivers, counting what arrives in the target's
-/// progress; a thin pack is completed from the repository's objects by gix. `None` for an
-/// empty pack.
+/// Writes and indexes the pack `reader` delivers, counting what arrives in `counter`; a thin
+/// pack is completed from the repository's objects by gix. `None` for an empty pack.
 fn receive_pack(
     repo: &gix::Repository,
     reader: &mut dyn std::io::BufRead,
@@ -283,7 +275,7 @@ fn receive_pack(
     should_interrupt: &std::sync::atomic::AtomicBool,
     pack_dir: &std::path::Path,
     target: &Target,
-    thin_options: gix_pack::bundle::write::Options,
+    counter: &crate::progress::Counter,
 ) -> gix::Result<Option<Received>> {
     let object_hash = repo.object_hash();
     match indexer::write(
@@ -292,7 +284,7 @@ fn receive_pack(
         target.index_threads,
         object_hash,
         should_interrupt,
-        &target.progress,
+        counter,
     ) {
         Ok(written) => Ok(written.map(|written| Received {
             data_path: written.data_path,
@@ -300,6 +292,14 @@ fn receive_pack(
         })),
         Err(indexer::Failure::Other(err)) => Err(err),
         Err(indexer::Failure::Thin(path)) => {
+            // The thin pack's bases are looked up in the repository; see `indexer`.
+            let thin_options = gix_pack::bundle::write::Options {
+                thread_limit: Some(target.index_threads),
+                iteration_mode: gix_pack::data::input::Mode::Verify,
+                index_version: gix_pack::index::Version::V2,
+                alloc_limit_bytes: None,
+                compression: gix::zlib::Compression::BEST_SPEED,
+            };
             let result = std::fs::File::open(&path)
                 .map_err(ErrorExt::raise)
                 .and_then(|file| {
