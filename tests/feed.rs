@@ -215,6 +215,30 @@ fn sources_are_added_and_removed_while_running() {
     assert!(feed_stopped_rejects_commands());
 }
 
+#[test]
+fn changed_settings_take_effect_at_the_next_attempt() {
+    let remote = Remote::new();
+    // Polled only when triggered: an hour is longer than the test.
+    let mut source = quick_source("p", &remote.file_url());
+    source.interval = Duration::from_secs(3600);
+    let feed = Running::start(vec![source.clone()]);
+    let first = feed.update(PATIENCE);
+    // The same source with another filter: the running source takes the new settings.
+    source.filter.extensions = vec!["rego".into()];
+    feed.handle.add(source).expect("change p");
+    let new = remote.commit(
+        &[("policy.rego", Some("allow\n")), ("notes.txt", Some("n\n"))],
+        "two files",
+    );
+    feed.handle.trigger("p").expect("trigger p");
+    let update = feed.update(PATIENCE);
+    assert_eq!(update.old.as_deref(), Some(first.new.as_str()));
+    assert_eq!(update.new, new);
+    let paths: Vec<&str> = update.changes.iter().map(|c| c.path.as_str()).collect();
+    assert_eq!(paths, ["policy.rego"], "the new filter applies");
+    feed.stop();
+}
+
 fn feed_stopped_rejects_commands() -> bool {
     let feed = Running::start(vec![]);
     let handle = feed.handle.clone();
