@@ -17,7 +17,8 @@
 //!   the time to list them (at once and a file at a time), and to read every one of them by
 //!   path, by blob id, and by path the way `Reader::read` did before it looked paths up (the
 //!   whole commit listed for each file); in all and for the longest single call (the longest
-//!   an executor running the reads would be held).
+//!   an executor running the reads would be held). Then every file read on one executor
+//!   beside a task due every 10 ms, in one go and a file at a time: how late that task ran.
 //!
 //! Run with: cargo run --release --example measure -- faults 1000
 
@@ -497,6 +498,65 @@ fn read(count: usize) {
         let (total, longest) = timed(&listed, read);
         println!("| {label} | {count} | {} | {} |", ms(total), ms(longest));
     }
+    println!();
+    println!(
+        "| reading every file on one executor, beside a task due every {} | reads took | the task ran late by at most |",
+        ms(TICK)
+    );
+    println!("|---|---|---|");
+    let (took, late) = beside_ticker(async {
+        for file in reader.files(&commit).expect("files") {
+            reader.read_blob(&file.id).expect("read");
+        }
+    });
+    println!(
+        "| in one go (`files`, then `read_blob` for each) | {} | {} |",
+        ms(took),
+        ms(late)
+    );
+    let (took, late) = beside_ticker(async {
+        for file in reader.walk(&commit).expect("walk") {
+            reader.read_blob(&file.expect("a step").id).expect("read");
+            smol::future::yield_now().await;
+        }
+    });
+    println!(
+        "| a file at a time (`walk`, `read_blob`, then yield) | {} | {} |",
+        ms(took),
+        ms(late)
+    );
+}
+
+/// How often the task beside the reads is due.
+const TICK: Duration = Duration::from_millis(10);
+
+/// Runs `work` on one `LocalExecutor` beside a task due every [`TICK`]: how long the work
+/// took, and how late that task ran at most meanwhile.
+fn beside_ticker(work: impl std::future::Future<Output = ()>) -> (Duration, Duration) {
+    let done = std::cell::Cell::new(false);
+    let late = std::cell::Cell::new(Duration::ZERO);
+    let executor = smol::LocalExecutor::new();
+    smol::block_on(executor.run(async {
+        let ticker = executor.spawn(async {
+            let mut due = Instant::now() + TICK;
+            while !done.get() {
+                smol::Timer::at(due).await;
+                late.set(
+                    late.get()
+                        .max(Instant::now().saturating_duration_since(due)),
+                );
+                due += TICK;
+            }
+        });
+        // The ticker's first turn: it is waiting on its timer before the work starts.
+        smol::future::yield_now().await;
+        let started = Instant::now();
+        work.await;
+        let took = started.elapsed();
+        done.set(true);
+        ticker.await;
+        (took, late.get())
+    }))
 }
 
 /// Reads one file; returns how many bytes it holds.

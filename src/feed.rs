@@ -298,7 +298,11 @@ impl FeedHandle {
     /// Stops following the source named `name`. An attempt in flight is finished first; its
     /// delivery state and clone stay on disk, so adding it again resumes where it left off
     /// (until [`gc`](crate::gc) removes a clone no source has used for a while).
+    ///
+    /// Fails with [`Reason::NotFound`] when the feed has no source named `name`, and with
+    /// [`Reason::Stopped`] once the feed has stopped.
     pub fn remove(&self, name: &str) -> Result<(), Error> {
+        self.registered(name)?;
         self.commands
             .try_send(Command::Remove(name.to_owned()))
             .map_err(|_| stopped())?;
@@ -307,21 +311,40 @@ impl FeedHandle {
     }
 
     /// Fetches the source named `name` now: cuts a backoff short and leaves `failed`.
+    ///
+    /// Fails with [`Reason::NotFound`] when the feed has no source named `name`, and with
+    /// [`Reason::Stopped`] once the feed has stopped.
     pub fn trigger(&self, name: &str) -> Result<(), Error> {
-        self.commands
-            .try_send(Command::Trigger(name.to_owned(), None))
-            .map_err(|_| stopped())
+        self.send_trigger(name, None)
     }
 
     /// Like [`FeedHandle::trigger`], with the commit a webhook announced: when that commit
-    /// is already here (delivered, or in the clone), nothing is fetched.
+    /// is already here (delivered, or in the clone), nothing is fetched. A `commit` that is
+    /// not a commit id (40 hex digits) fails with [`Reason::InvalidInput`] and triggers
+    /// nothing; call [`FeedHandle::trigger`] to fetch anyway.
     pub fn trigger_with_hint(&self, name: &str, commit: &str) -> Result<(), Error> {
+        let hint = check_commit(commit)?;
+        self.send_trigger(name, Some(hint))
+    }
+
+    fn send_trigger(&self, name: &str, hint: Option<ObjectId>) -> Result<(), Error> {
+        self.registered(name)?;
         self.commands
-            .try_send(Command::Trigger(
-                name.to_owned(),
-                crate::git::commit_id(commit),
-            ))
+            .try_send(Command::Trigger(name.to_owned(), hint))
             .map_err(|_| stopped())
+    }
+
+    /// The source named `name`; fails when the feed has stopped or has no such source.
+    fn registered(&self, name: &str) -> Result<Registered, Error> {
+        if self.commands.is_closed() {
+            return Err(stopped());
+        }
+        self.registry().get(name).cloned().ok_or_else(|| {
+            Error::new(
+                Reason::NotFound,
+                format!("there is no source named `{name}`"),
+            )
+        })
     }
 
     /// Records that the consumer has applied the update of source `name` to `commit` (the
@@ -338,15 +361,7 @@ impl FeedHandle {
     /// success alone; acknowledging it here has no effect.
     pub fn acknowledge(&self, name: &str, commit: &str) -> Result<(), Error> {
         let id = check_commit(commit)?;
-        if self.commands.is_closed() {
-            return Err(stopped());
-        }
-        let registered = self.registry().get(name).cloned().ok_or_else(|| {
-            Error::new(
-                Reason::NotFound,
-                format!("there is no source named `{name}`"),
-            )
-        })?;
+        let registered = self.registered(name)?;
         if registered.by_exec {
             log::debug!("{name}: acknowledged by its exec command, not the consumer");
             return Ok(());

@@ -131,3 +131,32 @@ fn acknowledge_checks_what_it_is_given_and_records_before_it_returns() {
         Some(Reason::Stopped)
     );
 }
+
+#[test]
+fn trigger_and_remove_check_the_source_and_the_hint() {
+    use gitfeed::Reason;
+    let reason = |result: Result<(), gitfeed::Error>| result.err().map(|err| err.reason());
+    let remote = Remote::new();
+    let running = Running::start(vec![quick_source("a", &remote.file_url())]);
+    let update = running.update(WITHIN);
+    let handle = running.handle.clone();
+    assert_eq!(reason(handle.trigger("nobody")), Some(Reason::NotFound));
+    assert_eq!(
+        reason(handle.trigger_with_hint("nobody", &update.new)),
+        Some(Reason::NotFound)
+    );
+    assert_eq!(reason(handle.remove("nobody")), Some(Reason::NotFound));
+    let bad_hint = handle.trigger_with_hint("a", "main").unwrap_err();
+    assert_eq!(bad_hint.reason(), Reason::InvalidInput, "{bad_hint}");
+    assert_eq!(bad_hint.to_string(), "`main` is not a commit id");
+    handle.trigger("a").expect("a known source");
+    handle
+        .trigger_with_hint("a", &update.new.to_uppercase())
+        .expect("a commit id, in either case");
+    handle.remove("a").expect("a known source");
+    assert_eq!(reason(handle.trigger("a")), Some(Reason::NotFound));
+    assert_eq!(reason(handle.remove("a")), Some(Reason::NotFound));
+    let _ = running.stop();
+    assert_eq!(reason(handle.trigger("a")), Some(Reason::Stopped));
+    assert_eq!(reason(handle.remove("a")), Some(Reason::Stopped));
+}
