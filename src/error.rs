@@ -74,6 +74,12 @@ impl Error {
         self
     }
 
+    /// Adds `cause`, the error underneath, as this error's source.
+    pub(crate) fn with_cause(mut self, cause: Arc<dyn StdError + Send + Sync + 'static>) -> Self {
+        self.cause = Some(cause);
+        self
+    }
+
     /// Classes it as `kind` rather than by its reason.
     pub(crate) fn with_kind(mut self, kind: ErrorKind) -> Self {
         self.kind = kind;

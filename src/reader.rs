@@ -71,7 +71,10 @@ impl From<ReadFailure> for Error {
             ReadFailure::NotFound(message) => (Reason::NotFound, message),
             ReadFailure::TooLarge(message) => (Reason::SnapshotTooLarge, message),
             ReadFailure::Corrupt(message) => (Reason::CloneCorrupt, message),
-            ReadFailure::Io(message) => (Reason::LocalIo, message),
+            // The writer's error is the cause, as `source()` gives it.
+            ReadFailure::Io(message, err) => {
+                return Error::new(Reason::LocalIo, message).with_cause(err);
+            }
         };
         Error::new(reason, message)
     }

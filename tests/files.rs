@@ -596,6 +596,18 @@ fn reader_reads_blobs_by_the_id_a_change_carries() {
     let docs = remote.git_bare(&["rev-parse", "main:docs/index.md"]);
     assert_eq!(reader.read_blob(&docs).expect("docs"), b"# docs\n");
 
+    // A writer that fails: its error is the cause, not only words in the message.
+    let mut full = std::io::Cursor::new([0u8; 2]);
+    let err = reader
+        .read_blob_to(&docs, &mut full)
+        .expect_err("the writer has room for two bytes");
+    assert_eq!(err.reason(), Reason::LocalIo, "{err}");
+    assert_eq!(err.to_string(), format!("cannot write blob {docs}"));
+    let cause = std::error::Error::source(&err)
+        .and_then(|cause| cause.downcast_ref::<std::io::Error>())
+        .expect("the writer's error as the source");
+    assert_eq!(cause.kind(), std::io::ErrorKind::WriteZero, "{cause}");
+
     let not_found = |id: &str, says: &str| {
         let err = reader.read_blob(id).expect_err(id);
         assert_eq!(err.reason(), Reason::NotFound, "{id}: {err}");

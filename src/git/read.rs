@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::sync::Arc;
 
 use gix::bstr::ByteSlice;
 use gix::objs::tree::EntryKind;
@@ -41,7 +42,7 @@ pub(crate) enum FileKind {
 }
 
 /// Why reading failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) enum ReadFailure {
     /// The commit or path does not exist.
     NotFound(String),
@@ -49,8 +50,8 @@ pub(crate) enum ReadFailure {
     TooLarge(String),
     /// The object database is broken.
     Corrupt(String),
-    /// Writing the bytes out failed.
-    Io(String),
+    /// Writing the bytes out failed: what was being written, and the writer's error.
+    Io(String, Arc<std::io::Error>),
 }
 
 impl Repo {
@@ -204,7 +205,7 @@ impl BlobReader<'_> {
             .find_blob(oid)
             .map_err(|err| ReadFailure::Corrupt(format!("blob {id}: {err}")))?;
         out.write_all(&blob.data)
-            .map_err(|err| ReadFailure::Io(format!("cannot write blob {id}: {err}")))?;
+            .map_err(|err| ReadFailure::Io(format!("cannot write blob {id}"), Arc::new(err)))?;
         Ok(size)
     }
 }
@@ -406,8 +407,8 @@ impl std::fmt::Display for ReadFailure {
         match self {
             ReadFailure::NotFound(message)
             | ReadFailure::TooLarge(message)
-            | ReadFailure::Corrupt(message)
-            | ReadFailure::Io(message) => f.write_str(message),
+            | ReadFailure::Corrupt(message) => f.write_str(message),
+            ReadFailure::Io(message, err) => write!(f, "{message}: {err}"),
         }
     }
 }
@@ -419,7 +420,7 @@ impl From<ReadFailure> for FetchError {
                 FetchError::new(Reason::CloneCorrupt, message)
             }
             ReadFailure::TooLarge(message) => FetchError::new(Reason::SnapshotTooLarge, message),
-            ReadFailure::Io(message) => FetchError::new(Reason::LocalIo, message),
+            ReadFailure::Io(..) => FetchError::new(Reason::LocalIo, failure.to_string()),
         }
     }
 }

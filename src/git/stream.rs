@@ -138,8 +138,9 @@ impl PackedBlobs {
                 )));
             }
             hasher.update(&self.buf[..n]);
-            out.write_all(&self.buf[..n])
-                .map_err(|err| ReadFailure::Io(format!("cannot write blob {id}: {err}")))?;
+            out.write_all(&self.buf[..n]).map_err(|err| {
+                ReadFailure::Io(format!("cannot write blob {id}"), std::sync::Arc::new(err))
+            })?;
             written += n as u64;
         }
         let actual = hasher
