@@ -100,7 +100,11 @@ pub(crate) async fn follow(
                     if shared.shutdown.is_closed() {
                         return;
                     }
-                    refresh(&mut plan, tracker.source());
+                    if refresh(&mut plan, tracker.source()) {
+                        // The clone was opened with the old settings (curl's time limits
+                        // among them): open it again with the new ones.
+                        drop(handle.take());
+                    }
                     let Some(Attempt {
                         handle: repo,
                         result,
@@ -119,10 +123,6 @@ pub(crate) async fn follow(
                         ended_ms: now_ms(),
                     };
                     tracker.handle_attempt(Instant::now(), report, rng.f64());
-                    // Controls that arrived during the attempt are applied now, in order.
-                    while let Ok(message) = control.try_recv() {
-                        hand_over(&mut tracker, handle.repo.as_ref(), message);
-                    }
                 }
                 Effect::TearDown => drop(handle.take()),
                 Effect::Send(event) => {
@@ -145,15 +145,19 @@ pub(crate) async fn follow(
                         log_failure(&shared, source, err);
                     }
                     tracker.handle_exec_done(Instant::now(), result, rng.f64());
-                    while let Ok(message) = control.try_recv() {
-                        hand_over(&mut tracker, handle.repo.as_ref(), message);
-                    }
                 }
                 Effect::RecordAcknowledged(commit) => {
                     record_acknowledged(&entry, &tracker.source().name, commit)
                 }
                 Effect::WriteStatus(status) => write_status(&entry, &status),
             }
+        }
+        // Controls that arrived during an attempt or command are applied in order, once its
+        // effects are carried out (a teardown among them: a trigger is then checked against
+        // the clone the source still holds) and before any timer.
+        if let Ok(message) = control.try_recv() {
+            hand_over(&mut tracker, handle.repo.as_ref(), message);
+            continue;
         }
         let timeout = tracker.poll_timeout();
         let wake = async {
@@ -180,11 +184,13 @@ pub(crate) async fn follow(
 
 /// Builds `plan` again when the tracker has taken new settings for the source since it was
 /// built (a [`Control::Change`], applied at once or when the attempt or command running
-/// then ended), so the attempt about to start uses them.
-fn refresh(plan: &mut Arc<Plan>, source: &Source) {
-    if plan.source() != source {
-        *plan = Arc::new(plan.rebuilt(source.clone()));
+/// then ended), so the attempt about to start uses them. True when it was built again.
+fn refresh(plan: &mut Arc<Plan>, source: &Source) -> bool {
+    if plan.source() == source {
+        return false;
     }
+    *plan = Arc::new(plan.rebuilt(source.clone()));
+    true
 }
 
 /// Hands `message` to the tracker, unless it is a trigger hinting at a commit the source's
@@ -551,6 +557,11 @@ pub(crate) async fn once(
             Effect::RecordAcknowledged(commit) => record_acknowledged(entry, &source.name, commit),
             Effect::WriteStatus(status) => write_status(entry, &status),
         }
+    }
+    if failure.is_some() {
+        // Every way out of a failure starts from a fresh handle, as in a feed: the next poll
+        // opens the clone again.
+        *handle = None;
     }
     match failure {
         Some(err) => Err(sync_error(source, &err)),

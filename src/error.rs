@@ -51,7 +51,8 @@ impl Error {
     }
 
     /// A local filesystem failure while doing `context`, with the system's error as its cause:
-    /// `cache_not_writable` when only the operator can fix it, `local_io` otherwise.
+    /// `cache_not_writable` when only the operator can fix it, `clone_busy` for a lock held
+    /// elsewhere, `local_io` otherwise.
     pub(crate) fn io(context: impl fmt::Display, err: io::Error) -> Self {
         let reason = Reason::of_local(err.kind());
         let mut error = if reason == Reason::CacheNotWritable {

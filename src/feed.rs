@@ -385,10 +385,10 @@ impl FeedHandle {
     }
 }
 
-/// Runs one attempt for `source` outside any feed, within the source's timeout: fetches,
-/// and returns the update since the commit last acknowledged in this cache (`None` when
-/// nothing moved). Call [`acknowledge`] once the update is applied; until then, the next
-/// call returns the same update again.
+/// Runs one attempt for `source` outside any feed, within the source's timeout for each of
+/// its URLs (the source's and every mirror's): fetches, and returns the update since the
+/// commit last acknowledged in this cache (`None` when nothing moved). Call [`acknowledge`]
+/// once the update is applied; until then, the next call returns the same update again.
 ///
 /// Each call opens the cached clone afresh; to poll one source again and again, keep a
 /// [`Follower`].
@@ -460,9 +460,10 @@ impl Follower {
         })
     }
 
-    /// Fetches, within the source's timeout, and returns the update since the commit last
-    /// acknowledged (`None` when nothing moved). Until [`acknowledge`](Follower::acknowledge)
-    /// is called, the next poll returns the same update again.
+    /// Fetches, within the source's timeout for each of its URLs, and returns the update since
+    /// the commit last acknowledged (`None` when nothing moved). Until
+    /// [`acknowledge`](Follower::acknowledge) is called, the next poll returns the same update
+    /// again.
     pub fn poll(&mut self) -> Result<Option<Update>, Error> {
         crate::clock::block_on(driver::once(
             &self.shared,

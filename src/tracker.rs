@@ -113,8 +113,10 @@ const SENT_REMEMBERED: usize = 64;
 /// - **Acknowledgements never go back.** The acknowledged commit moves to whatever the
 ///   consumer acknowledges, except to a commit this tracker sent before the one acknowledged
 ///   already: such an acknowledgement arrived late, and is ignored. The feed wrote it to the
-///   cache on the caller's thread, so the newer commit is recorded again. A commit the tracker
-///   never sent (or sent too long ago to remember) is taken as the consumer says.
+///   cache on the caller's thread, so the newer commit is recorded again; and since that may
+///   land over an acknowledgement the feed recorded meanwhile, every acknowledgement taken
+///   after it is recorded again too. A commit the tracker never sent (or sent too long ago to
+///   remember) is taken as the consumer says.
 /// - **Nothing to apply.** An update without changes is never sent. Its commit is acknowledged
 ///   on the consumer's behalf when the consumer had acknowledged the commit the update starts
 ///   from; otherwise an update sent and not yet acknowledged could be lost at a restart.
@@ -135,6 +137,10 @@ pub(crate) struct Tracker {
     /// [`SENT_REMEMBERED`], each repeat moved to the end.
     sent_order: VecDeque<ObjectId>,
     status: Status,
+    /// Whether this tracker has written the acknowledged commit again over a late
+    /// acknowledgement: from then on the cache may hold an older commit than one the feed
+    /// recorded, so every acknowledgement it takes is written again.
+    rerecorded: bool,
     /// The last warning sent, so that one with no update is news once.
     last_warning: Option<String>,
     /// Why the last attempt failed and what was said underneath, for the state event the
@@ -212,6 +218,7 @@ impl Tracker {
             source,
             machine,
             status,
+            rerecorded: false,
             last_warning: None,
             failure: None,
             due: None,
@@ -420,9 +427,15 @@ impl Tracker {
                 self.source.name
             );
             self.effects.push_back(Effect::RecordAcknowledged(current));
+            self.rerecorded = true;
             return;
         }
         self.seen.acknowledged = Some(commit);
+        if self.rerecorded {
+            // The feed wrote `commit` before telling the source, perhaps before this tracker
+            // wrote an older one again over it: it is written once more.
+            self.effects.push_back(Effect::RecordAcknowledged(commit));
+        }
     }
 
     /// True when both commits are remembered and `earlier` was sent before `later` (last

@@ -374,7 +374,37 @@ fn a_late_acknowledgement_does_not_move_the_acknowledged_commit_back() {
     tracker.handle_attempt(t0, unchanged(3), 0.0);
     drain(&mut tracker);
     tracker.handle_control(t0, Control::Acknowledged(c(9)));
-    assert_eq!(drain(&mut tracker), ["status idle #0 acknowledged c9"]);
+    assert_eq!(
+        drain(&mut tracker),
+        ["record c9", "status idle #0 acknowledged c9"],
+        "written again: c3 was written over whatever the feed had recorded"
+    );
+}
+
+#[test]
+fn an_acknowledgement_recorded_while_a_late_one_waited_is_written_again() {
+    let t0 = Instant::now();
+    let mut tracker = attempting(source(), Some(1), t0);
+    for (old, new) in [(1, 2), (2, 3), (3, 4)] {
+        tracker.handle_attempt(t0, moved(Some(old), new, &["a"]), 0.0);
+        drain(&mut tracker);
+        if new < 4 {
+            next(&mut tracker);
+        }
+    }
+    // The consumer acknowledged c3, c2 and c4 in that order, each recorded by the feed on
+    // the consumer's thread before the source heard of it. The cache holds c4 until the late
+    // c2 is answered by writing c3 again over it; c4 must then be written once more.
+    tracker.handle_control(t0, Control::Acknowledged(c(3)));
+    assert_eq!(drain(&mut tracker), ["status idle #0 acknowledged c3"]);
+    tracker.handle_control(t0, Control::Acknowledged(c(2)));
+    assert_eq!(drain(&mut tracker), ["record c3"]);
+    tracker.handle_control(t0, Control::Acknowledged(c(4)));
+    assert_eq!(
+        drain(&mut tracker),
+        ["record c4", "status idle #0 acknowledged c4"]
+    );
+    assert_eq!(tracker.seen().acknowledged, Some(c(4)));
 }
 
 #[test]
