@@ -558,11 +558,6 @@ pub(crate) async fn once(
             Effect::WriteStatus(status) => write_status(entry, &status),
         }
     }
-    if failure.is_some() {
-        // Every way out of a failure starts from a fresh handle, as in a feed: the next poll
-        // opens the clone again.
-        *handle = None;
-    }
     match failure {
         Some(err) => Err(sync_error(source, &err)),
         None => Ok(update),

@@ -137,6 +137,8 @@ pub(crate) struct Tracker {
     /// [`SENT_REMEMBERED`], each repeat moved to the end.
     sent_order: VecDeque<ObjectId>,
     status: Status,
+    /// Whether this is one attempt outside any feed ([`Tracker::once`]).
+    alone: bool,
     /// Whether this tracker has written the acknowledged commit again over a late
     /// acknowledgement: from then on the cache may hold an older commit than one the feed
     /// recorded, so every acknowledgement it takes is written again.
@@ -183,7 +185,8 @@ impl Tracker {
     /// A tracker for one attempt outside any feed, which starts at `now` and carries on from
     /// `status`, the status the source's attempt before it left (if any): failures count up
     /// across attempts, the last success is remembered, and an attempt after a failure tears
-    /// the handle down first.
+    /// the handle down first. A failed attempt (or command) gives its handle back at once,
+    /// whatever the failure.
     pub fn once(
         source: Source,
         acknowledged: Option<ObjectId>,
@@ -196,7 +199,10 @@ impl Tracker {
             .filter(|_| status.attempt > 0)
             .map(Reason::kind);
         let machine = Machine::resume(source.policy(), now, status.attempt, after);
-        Self::with(source, machine, acknowledged, status)
+        Self {
+            alone: true,
+            ..Self::with(source, machine, acknowledged, status)
+        }
     }
 
     fn with(
@@ -218,6 +224,7 @@ impl Tracker {
             source,
             machine,
             status,
+            alone: false,
             rerecorded: false,
             last_warning: None,
             failure: None,
@@ -382,9 +389,11 @@ impl Tracker {
         self.status.reason = Some(err.reason);
         self.status.detail.clone_from(&told.detail);
         self.failure = Some((err.reason, told.detail));
-        if err.kind != ErrorKind::Transient {
+        if err.kind != ErrorKind::Transient || self.alone {
             // The source may stay failed a long while: the handle, which may hold what caused
-            // the failure, goes now rather than at the next attempt.
+            // the failure, goes now rather than at the next attempt. Outside a feed no
+            // schedule follows to tear it down on the way out of the failure, so it goes now
+            // whatever the failure.
             self.effects.push_back(Effect::TearDown);
         }
         Outcome::Failure {

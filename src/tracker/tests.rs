@@ -703,11 +703,28 @@ fn one_attempt_outside_a_feed_carries_on_from_the_status_it_left() {
         other => panic!("{other:?}"),
     }
 
-    // A command that fails: backing off, as a feed's source would.
+    // A command that fails: backing off, as a feed's source would; the handle goes at once,
+    // since no schedule follows to tear it down on the way out.
     let mut tracker = Tracker::once(with_exec(), None, None, t0);
     drain(&mut tracker);
     tracker.handle_attempt(t0, moved(None, 1, &["a"]), 0.0);
     assert_eq!(drain(&mut tracker), ["execute `apply` on -..c1"]);
     tracker.handle_exec_done(t0, Err(broken(Reason::ExecFailed)), 0.0);
+    let after = drain(&mut tracker);
+    assert_eq!(
+        after[..2],
+        ["tear down", "status backoff #1 acknowledged -"]
+    );
+
+    // So does a transient failure, which in a feed keeps the handle until the backoff ends.
+    let mut tracker = Tracker::once(source(), None, None, t0);
+    drain(&mut tracker);
+    tracker.handle_attempt(t0, failing(Reason::ConnectionRefused), 0.0);
+    assert_eq!(
+        drain(&mut tracker)[..2],
+        ["tear down", "status backoff #1 acknowledged -"]
+    );
+    let mut tracker = attempting(source(), None, t0);
+    tracker.handle_attempt(t0, failing(Reason::ConnectionRefused), 0.0);
     assert_eq!(drain(&mut tracker)[0], "status backoff #1 acknowledged -");
 }
