@@ -54,17 +54,8 @@ impl Error {
     /// `cache_not_writable` when only the operator can fix it, `clone_busy` for a lock held
     /// elsewhere, `local_io` otherwise.
     pub(crate) fn io(context: impl fmt::Display, err: io::Error) -> Self {
-        let reason = Reason::of_local(err.kind());
-        let mut error = if reason == Reason::CacheNotWritable {
-            Self::new(
-                reason,
-                format!("{context}; the cache directory must be writable"),
-            )
-        } else {
-            Self::new(reason, context.to_string())
-        };
-        error.cause = Some(Arc::new(err));
-        error
+        let (reason, message) = Reason::of_local_failure(err.kind(), context.to_string());
+        Self::new(reason, message).with_cause(Arc::new(err))
     }
 
     /// Adds what was said underneath, as this error's cause.

@@ -151,12 +151,24 @@ impl Reason {
 
     /// The reason of a local filesystem failure of this kind: `cache_not_writable` when only
     /// the operator can fix it, `clone_busy` for a lock held elsewhere, `local_io` otherwise.
-    pub(crate) fn of_local(kind: std::io::ErrorKind) -> Reason {
+    fn of_local(kind: std::io::ErrorKind) -> Reason {
         use std::io::ErrorKind::*;
         match kind {
             ReadOnlyFilesystem | PermissionDenied => Reason::CacheNotWritable,
             WouldBlock => Reason::CloneBusy,
             _ => Reason::LocalIo,
+        }
+    }
+
+    /// The reason of a local filesystem failure of `kind` while doing what `words` say, and
+    /// the words to tell it: for `cache_not_writable`, with what the operator must fix.
+    pub(crate) fn of_local_failure(kind: std::io::ErrorKind, words: String) -> (Reason, String) {
+        match Reason::of_local(kind) {
+            Reason::CacheNotWritable => (
+                Reason::CacheNotWritable,
+                format!("{words}; the cache directory must be writable"),
+            ),
+            reason => (reason, words),
         }
     }
 

@@ -63,14 +63,8 @@ impl FetchError {
     /// A local filesystem failure: permanent when only the operator can fix it (a read-only
     /// or forbidden cache directory), transient otherwise (a full disk may clear).
     pub fn io(context: impl std::fmt::Display, err: &io::Error) -> Self {
-        let message = format!("{context}: {err}");
-        match Reason::of_local(err.kind()) {
-            Reason::CacheNotWritable => Self::new(
-                Reason::CacheNotWritable,
-                format!("{message}; the cache directory must be writable"),
-            ),
-            reason => Self::new(reason, message),
-        }
+        let (reason, message) = Reason::of_local_failure(err.kind(), format!("{context}: {err}"));
+        Self::new(reason, message)
     }
 }
 
