@@ -447,10 +447,8 @@ const RUN_OPTIONS: &[Opt] = &[
         },
     },
     Opt {
-        flag: "--cache-dir",
-        value: Some("<D>"),
         help: "where clones and delivery state live, unless the file sets\ncache_dir [default: $XDG_CACHE_HOME/gitfeed, or ~/.cache/gitfeed]",
-        set: CACHE_DIR.set,
+        ..CACHE_DIR
     },
 ];
 

@@ -24,25 +24,65 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The `crate::module` names a file uses, outside comments.
+/// The `crate::module` names the file at `path` uses.
 fn uses(path: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(path).expect("readable");
+    uses_in(&std::fs::read_to_string(path).expect("readable"))
+}
+
+/// The `crate::module` names `text` uses, outside comments, grouped imports
+/// (`crate::{a::X, b}`, over several lines too) included.
+fn uses_in(text: &str) -> Vec<String> {
+    let code: String = text
+        .lines()
+        .map(|line| line.split("//").next().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n");
     let mut used = Vec::new();
-    for line in text.lines() {
-        let code = line.split("//").next().unwrap_or_default();
-        let mut rest = code;
-        while let Some(at) = rest.find("crate::") {
-            rest = &rest[at + "crate::".len()..];
-            let name: String = rest
-                .chars()
-                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
-                .collect();
-            if !name.is_empty() {
-                used.push(name);
+    let mut rest = code.as_str();
+    while let Some(at) = rest.find("crate::") {
+        rest = &rest[at + "crate::".len()..];
+        match rest.strip_prefix('{') {
+            Some(group) => {
+                for item in top_level_items(group) {
+                    used.extend(module_name(item.trim_start()));
+                }
             }
+            None => used.extend(module_name(rest)),
         }
     }
     used
+}
+
+/// The items of a `{…}` group that `group` starts (just after the brace), split at its own
+/// commas: nested groups stay inside their item.
+fn top_level_items(group: &str) -> Vec<&str> {
+    let mut items = Vec::new();
+    let (mut depth, mut start) = (0, 0);
+    for (at, c) in group.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => {
+                items.push(&group[start..at]);
+                break;
+            }
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                items.push(&group[start..at]);
+                start = at + 1;
+            }
+            _ => {}
+        }
+    }
+    items
+}
+
+/// The module name `path` starts with, if it starts with one.
+fn module_name(path: &str) -> Option<String> {
+    let name: String = path
+        .chars()
+        .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+        .collect();
+    (!name.is_empty()).then_some(name)
 }
 
 #[test]
@@ -66,5 +106,10 @@ fn the_git_layer_and_its_leaves_never_use_what_is_built_on_them() {
         .flat_map(|file| uses(file))
         .collect();
     assert!(git_uses.iter().any(|name| name == "reason"), "{git_uses:?}");
+    // Grouped imports are read too, over several lines.
+    let found = uses_in(
+        "use crate::{\n    reason::Reason, // a comment\n    feed::{Feed, x},\n    work,\n};\n",
+    );
+    assert_eq!(found, ["reason", "feed", "work"]);
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
