@@ -245,9 +245,11 @@ impl Feed {
 }
 
 impl Drop for Feed {
-    /// A feed nobody closed stops with its Python object, giving back its threads.
+    /// A feed nobody closed stops when its Python object goes: it is told to, and its thread
+    /// ends by itself once the attempts in flight are interrupted. Nothing waits for that
+    /// here, where the interpreter's lock is held; `close()` is the call that waits.
     fn drop(&mut self) {
-        self.stop();
+        self.handle.shutdown();
     }
 }
 

@@ -4,7 +4,9 @@ descriptors and threads, and its lock is never held by the server.
 
     python gitserver.py ROOT      serves the bare repositories under ROOT; prints the port
 
-`POST /_fault/500` makes every later request answer HTTP 500 until `POST /_fault/none`.
+`POST /_fault/500` makes every later request answer HTTP 500 until `POST /_fault/none`;
+`POST /_fault/silent` makes every later request wait for ever without an answer (a hung
+remote: the connection stays open until the client gives up).
 Requests (git's included) are counted; `GET /_requests` answers the count.
 """
 
@@ -51,6 +53,8 @@ class Handler(BaseHTTPRequestHandler):
             REQUESTS += 1
         if FAULT == "500":
             return self.answer(500, b"the server is down\n")
+        if FAULT == "silent":
+            threading.Event().wait()
         self.backend(path, query, body)
 
     def read_body(self) -> bytes:
@@ -130,10 +134,19 @@ class Handler(BaseHTTPRequestHandler):
                 headers.append((name, value.strip()))
 
 
+class Server(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A client that gives up (a deadline, an interrupted fetch) resets its connection:
+        # expected here, and nothing to print.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
 def main(argv: List[str]) -> None:
     global ROOT
     ROOT = argv[1]
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = Server(("127.0.0.1", 0), Handler)
+    # Threads of requests that never end must not keep the process from ending.
     server.daemon_threads = True
     print(server.server_address[1], flush=True)
     server.serve_forever()
