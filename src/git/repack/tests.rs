@@ -640,8 +640,9 @@ fn stale_leftovers_go_and_young_ones_stay() {
     let objects = fixture.mirror.join("objects");
     let pack_dir = objects.join("pack");
     let staging = pack_dir.join(format!("{STAGING_PREFIX}1-2"));
+    // `0a` and `0b` may hold the fixture's own loose objects already: ids are random.
     for dir in [objects.join("0a"), staging.clone()] {
-        fs::create_dir(dir).unwrap();
+        fs::create_dir_all(dir).unwrap();
     }
     let stale = [
         objects.join("0a/tmp_obj_stale"),
@@ -656,7 +657,7 @@ fn stale_leftovers_go_and_young_ones_stay() {
         objects.join("0b/tmp_obj_young"),
         pack_dir.join(".tmp-young"),
     ];
-    fs::create_dir(objects.join("0b")).unwrap();
+    fs::create_dir_all(objects.join("0b")).unwrap();
     for path in &young {
         fs::write(path, "partial").unwrap();
     }
@@ -667,6 +668,9 @@ fn stale_leftovers_go_and_young_ones_stay() {
     for path in &young {
         fs::remove_file(path).expect("young leftovers stay");
     }
-    fs::remove_dir(objects.join("0b")).unwrap();
+    // Gone with its last entry, unless the fixture's loose objects live there too.
+    if fs::read_dir(objects.join("0b")).unwrap().next().is_none() {
+        fs::remove_dir(objects.join("0b")).unwrap();
+    }
     fixture.assert_consolidated(&want, "stale leftovers");
 }
