@@ -160,7 +160,6 @@ impl CloneDir {
     /// `WouldBlock` instead of corrupting the first one's fetch (or having its leftovers
     /// "repaired" away mid-fetch).
     pub fn lock(&self) -> io::Result<fs::File> {
-        fs::create_dir_all(&self.dir)?;
         let file = open_lock_file(&self.dir.join("lock"))?;
         match file.try_lock() {
             Ok(()) => Ok(file),
@@ -177,7 +176,6 @@ impl CloneDir {
     pub fn hold(&self) -> io::Result<fs::File> {
         let path = self.dir.join("users");
         loop {
-            fs::create_dir_all(&self.dir)?;
             let file = open_lock_file(&path)?;
             file.lock_shared()?;
             // `gc` renames the directory away before deleting it: a lock taken on a file that
@@ -222,12 +220,23 @@ impl CloneDir {
 /// The directory under the cache directory that holds the shared clones.
 const CLONES: &str = "clones";
 
+/// Opens the lock file at `path`, creating it (and its directory) only when it is missing:
+/// taking a lock then writes nothing to the disk, poll after poll.
 fn open_lock_file(path: &Path) -> io::Result<fs::File> {
-    fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
+    // Writable, since NFS emulates `flock` with byte-range locks, which need it.
+    match fs::OpenOptions::new().write(true).open(path) {
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                fs::create_dir_all(dir)?;
+            }
+            fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(path)
+        }
+        opened => opened,
+    }
 }
 
 /// True when `file` is the file at `path` now.

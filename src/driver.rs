@@ -86,7 +86,8 @@ pub(crate) async fn follow(
         .ok();
     // Built again only when the source's settings change: see `refresh`.
     let mut plan = Arc::new(Plan::new(source.clone()));
-    let mut tracker = Tracker::new(source, entry.delivered(), Instant::now());
+    let mut tracker = Tracker::new(source, entry.delivered(), Instant::now())
+        .with_written(Status::read(entry.dir()));
     let mut handle = Kept {
         repo: None,
         shared: Rc::clone(&shared),

@@ -38,10 +38,13 @@ pub struct Status {
     /// Consecutive failed attempts.
     #[serde(default)]
     pub attempt: u32,
-    /// When the last attempt ended, in milliseconds since the Unix epoch.
+    /// When the last attempt ended, in milliseconds since the Unix epoch. A poll that finds
+    /// nothing new does not write the status, so for a healthy source this can be up to an
+    /// hour older than its last poll.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_attempt_ms: Option<u64>,
-    /// When the last successful attempt ended, in milliseconds since the Unix epoch.
+    /// When the last successful attempt ended, in milliseconds since the Unix epoch; up to an
+    /// hour old, as `last_attempt_ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_success_ms: Option<u64>,
     /// Why the last failed attempt failed, until an attempt succeeds: one line naming the
@@ -66,7 +69,28 @@ pub struct Status {
     pub served_by: Option<String>,
 }
 
+/// How old the status on disk may grow while nothing a reader needs changes: a no-change
+/// poll writes nothing, so `last_attempt_ms` and `last_success_ms` on disk can lag by this
+/// much. Flash storage without wear levelling would not survive a write per poll.
+pub(crate) const REFRESH_MS: u64 = 3_600_000;
+
 impl Status {
+    /// True when writing `self` over `written` (what the status file holds) tells a reader
+    /// something new: anything but the attempt's times differs, or those times are
+    /// [`REFRESH_MS`] newer than the ones written.
+    pub(crate) fn is_news_over(&self, written: &Status) -> bool {
+        let untimed = |status: &Status| Status {
+            last_attempt_ms: None,
+            last_success_ms: None,
+            ..status.clone()
+        };
+        let stale = match (self.last_attempt_ms, written.last_attempt_ms) {
+            (Some(now), Some(then)) => now.saturating_sub(then) >= REFRESH_MS,
+            (now, then) => now != then,
+        };
+        stale || untimed(self) != untimed(written)
+    }
+
     /// The status kept in `entry_dir`, if there is a readable one.
     pub(crate) fn read(entry_dir: &Path) -> Option<Status> {
         let text = fs::read(entry_dir.join("status.json")).ok()?;

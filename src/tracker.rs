@@ -127,7 +127,10 @@ const SENT_REMEMBERED: usize = 64;
 ///   the reason and what was said underneath. A failure that is not transient gives the
 ///   handle back at once; every way out of a failure tears it down before the next attempt.
 /// - **Status.** Written once an attempt (and its command) has ended, before its state event,
-///   and again whenever the acknowledged commit moves.
+///   and again whenever the acknowledged commit moves; but only when it tells a reader
+///   something new (the state, a failure, the commit reached or acknowledged), or its times
+///   are an hour newer than those on disk. A healthy poll that finds nothing new writes
+///   nothing.
 #[derive(Debug)]
 pub(crate) struct Tracker {
     source: Source,
@@ -137,6 +140,9 @@ pub(crate) struct Tracker {
     /// [`SENT_REMEMBERED`], each repeat moved to the end.
     sent_order: VecDeque<ObjectId>,
     status: Status,
+    /// What the status file holds, as far as this tracker knows: a status that tells a reader
+    /// nothing new over it is not written (see [`Status::is_news_over`]).
+    written: Option<Status>,
     /// Whether this is one attempt outside any feed ([`Tracker::once`]).
     alone: bool,
     /// Whether this tracker has written the acknowledged commit again over a late
@@ -193,6 +199,7 @@ impl Tracker {
         status: Option<Status>,
         now: Instant,
     ) -> Self {
+        let written = status.clone();
         let status = status.unwrap_or_default();
         let after = status
             .reason
@@ -201,8 +208,16 @@ impl Tracker {
         let machine = Machine::resume(source.policy(), now, status.attempt, after);
         Self {
             alone: true,
+            written,
             ..Self::with(source, machine, acknowledged, status)
         }
+    }
+
+    /// Tells the tracker what the status file holds already (the status a feed's source left
+    /// before a restart), so that it is not written again unless something changed.
+    pub fn with_written(mut self, written: Option<Status>) -> Self {
+        self.written = written;
+        self
     }
 
     fn with(
@@ -224,6 +239,7 @@ impl Tracker {
             source,
             machine,
             status,
+            written: None,
             alone: false,
             rerecorded: false,
             last_warning: None,
@@ -482,8 +498,15 @@ impl Tracker {
         };
         self.status.state = state.into();
         self.status.attempt = failures;
-        self.effects
-            .push_back(Effect::WriteStatus(self.status.clone()));
+        if self
+            .written
+            .as_ref()
+            .is_none_or(|written| self.status.is_news_over(written))
+        {
+            self.written = Some(self.status.clone());
+            self.effects
+                .push_back(Effect::WriteStatus(self.status.clone()));
+        }
     }
 
     /// The whole time an attempt may take: every URL gets the source's timeout.

@@ -537,3 +537,91 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Every entry under `dir` with what a write, a create, a rename or a removal would change:
+/// its inode, size and modification time (a directory's changes with its entries).
+fn disk_state(dir: &Path) -> DiskState {
+    use std::os::unix::fs::MetadataExt;
+    let mut entries: Vec<_> = walk(dir)
+        .into_iter()
+        .chain([dir.to_owned()])
+        .map(|path| match std::fs::symlink_metadata(&path) {
+            Ok(metadata) => {
+                let (inode, size) = (metadata.ino(), metadata.size());
+                (path, inode, size, metadata.mtime(), metadata.mtime_nsec())
+            }
+            // Gone since it was listed: something is writing.
+            Err(_) => (path, 0, 0, 0, 0),
+        })
+        .collect();
+    entries.sort();
+    entries
+}
+
+type DiskState = Vec<(PathBuf, u64, u64, i64, i64)>;
+
+fn assert_unchanged(before: &DiskState, after: &DiskState, what: &str) {
+    let changed: Vec<_> = after
+        .iter()
+        .filter(|entry| !before.contains(entry))
+        .collect();
+    let gone: Vec<_> = before
+        .iter()
+        .filter(|entry| !after.contains(entry))
+        .collect();
+    assert!(
+        changed.is_empty() && gone.is_empty(),
+        "{what} wrote to the cache: now {changed:?}, before {gone:?}"
+    );
+}
+
+#[test]
+fn no_change_polls_write_nothing_to_the_cache() {
+    let remote = Remote::new();
+    let server = HttpServer::start(&remote.root());
+    let mut source = quick_source("q", &server.url(remote.name()));
+    source.interval = Duration::from_millis(200);
+    let dir = unique_dir();
+    let cache = dir.path();
+    let feed = Running::start_at(cache, vec![source.clone()], |feed| feed);
+    let first = feed.update(PATIENCE);
+    feed.handle.acknowledge("q", &first.new).expect("running");
+    // The acknowledgement is news: its status is written once, then nothing more.
+    let status = entry_dir(cache).join("status.json");
+    let acknowledged = format!("\"acknowledged\":\"{}\"", first.new);
+    crate::util::settle(
+        || usize::from(!std::fs::read_to_string(&status).is_ok_and(|s| s.contains(&acknowledged))),
+        0,
+        PATIENCE,
+    );
+    let polled = server.connections();
+    let before = disk_state(cache);
+    // 20 polls, each one HTTP request (`transports::http_no_change_poll_is_one_request`),
+    // then one more so that the 20th has ended.
+    let polls = crate::util::settle(
+        || (polled + 21).saturating_sub(server.connections()),
+        0,
+        PATIENCE,
+    );
+    assert_eq!(polls, 0, "the feed kept polling");
+    assert_unchanged(&before, &disk_state(cache), "a no-change poll of a feed");
+    feed.stop();
+
+    // Outside a feed: a follower's polls and single attempts, each opening the clone afresh.
+    // The first is news: the feed's shutdown cut an attempt short, and its status says so.
+    let mut follower = gitfeed::Follower::new(cache, &source).expect("valid");
+    assert_eq!(follower.poll().expect("a poll"), None);
+    let before = disk_state(cache);
+    for _ in 0..20 {
+        assert_eq!(follower.poll().expect("a poll"), None);
+    }
+    drop(follower);
+    for _ in 0..5 {
+        assert_eq!(sync_once(cache, &source).expect("a poll"), None);
+    }
+    assert_unchanged(
+        &before,
+        &disk_state(cache),
+        "a no-change poll outside a feed",
+    );
+}

@@ -469,13 +469,100 @@ fn a_warning_without_an_update_is_news_once() {
         attempt(&[unsigned]),
         [format!("warning about -: {unsigned}").as_str(), status]
     );
-    assert_eq!(attempt(&[unsigned]), [status], "the same again: not news");
-    assert_eq!(attempt(&["another"]), ["warning about -: another", status]);
+    // Nor is the status, which says the same as the one written.
+    assert_eq!(attempt(&[unsigned]), [""; 0], "the same again: not news");
+    assert_eq!(attempt(&["another"]), ["warning about -: another"]);
     assert_eq!(
         attempt(&[unsigned]),
-        [format!("warning about -: {unsigned}").as_str(), status],
+        [format!("warning about -: {unsigned}").as_str()],
         "differs from the last one sent"
     );
+}
+
+#[test]
+fn a_healthy_poll_writes_no_status_until_an_hour_has_passed() {
+    let t0 = Instant::now();
+    let mut tracker = attempting(source(), Some(1), t0);
+    let mut poll = |ended_ms: u64, report: Report| {
+        tracker.handle_attempt(t0, Report { ended_ms, ..report }, 0.0);
+        let effects = drain(&mut tracker);
+        next(&mut tracker);
+        effects
+    };
+    let status = "status idle #0 acknowledged c1";
+    assert_eq!(
+        poll(1_000, unchanged(1)),
+        [status],
+        "the first says what is there"
+    );
+    assert_eq!(poll(2_000, unchanged(1)), [""; 0], "nothing new");
+    let hour = crate::status::REFRESH_MS;
+    assert_eq!(
+        poll(hour, unchanged(1)),
+        [""; 0],
+        "not yet an hour after the first"
+    );
+    assert_eq!(
+        poll(1_000 + hour, unchanged(1)),
+        [status],
+        "an hour after it"
+    );
+    // A failure is news, and so is the recovery.
+    assert_eq!(
+        poll(2_000 + hour, failing(Reason::ServerError)),
+        [
+            "status backoff #1 acknowledged c1",
+            "state Backoff #1 (server_error)"
+        ]
+    );
+    assert_eq!(
+        poll(3_000 + hour, unchanged(1)),
+        [status, "state Idle #0 (-)"],
+        "healthy again"
+    );
+    assert_eq!(poll(4_000 + hour, unchanged(1)), [""; 0]);
+    // So is a new commit reached, even when nothing in it is delivered.
+    let reached = Report {
+        result: Ok(Fetched {
+            tip: Some(c(2)),
+            served_by: URL.into(),
+            synced: None,
+        }),
+        ..unchanged(1)
+    };
+    assert_eq!(poll(5_000 + hour, reached), [status]);
+}
+
+#[test]
+fn a_status_already_on_disk_is_not_written_again() {
+    let t0 = Instant::now();
+    let mut tracker = attempting(source(), Some(1), t0);
+    tracker.handle_attempt(t0, unchanged(1), 0.0);
+    let written = effects(&mut tracker)
+        .into_iter()
+        .find_map(|effect| match effect {
+            Effect::WriteStatus(status) => Some(status),
+            _ => None,
+        })
+        .expect("the first attempt writes its status");
+
+    // A feed restarted over that status, and a single attempt that starts from it: their
+    // first no-change poll has nothing to tell.
+    let restarted = Tracker::new(source(), Some(c(1)), t0).with_written(Some(written.clone()));
+    let alone = Tracker::once(source(), Some(c(1)), Some(written), t0);
+    for mut tracker in [restarted, alone] {
+        tracker.handle_timeout(t0);
+        drain(&mut tracker);
+        tracker.handle_attempt(
+            t0,
+            Report {
+                ended_ms: 9_000,
+                ..unchanged(1)
+            },
+            0.0,
+        );
+        assert_eq!(drain(&mut tracker), [""; 0]);
+    }
 }
 
 #[test]
