@@ -28,6 +28,14 @@
 //! name, so a removal cut short never leaves a half-deleted tree under a commit's name that a
 //! later write would reuse.
 //!
+//! `.snapshots` holds nothing but the entries above. [`SnapshotDir::recover`] also removes
+//! every other entry, whatever its type (a file, a directory, even one that cannot be entered,
+//! a symlink, a FIFO), and every entry of the wrong type under one of those names: a snapshot
+//! without a manifest naming it, an `order` that is a directory. It never follows a symlink,
+//! neither `.snapshots` itself (a write refuses one there) nor any in it, and never enters
+//! another filesystem, so nothing outside `.snapshots` is removed. The manifests and `order`
+//! are read only as regular files, never through a symlink, and up to a size.
+//!
 //! # What a snapshot costs
 //!
 //! A new snapshot shares every regular file that did not change (same path, blob and mode)
@@ -107,6 +115,10 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
+use sweep::{read_own, remove_path};
+
+mod sweep;
+
 /// The symlink consumers resolve, relative to the root.
 const CURRENT: &str = "current";
 /// The directory holding the snapshots, relative to the root.
@@ -126,6 +138,12 @@ const MAX_TARGET: usize = 4095;
 const MAX_HOPS: usize = 40;
 /// The suffix of a snapshot's manifest, after the commit.
 const MANIFEST: &str = ".manifest";
+/// The largest manifest read, in bytes: a million files with long paths. A larger one is not
+/// trusted, and its snapshot is written again.
+const MAX_MANIFEST: u64 = 256 << 20;
+/// The largest order file read, in bytes: some 16,000 commits, more snapshots than anyone
+/// keeps. A larger one is taken as no order at all.
+const MAX_ORDER: u64 = 1 << 20;
 /// The first word of every manifest, with its format's version.
 const MANIFEST_MAGIC: &[u8] = b"gitfeed-snapshot-manifest-1";
 /// Permissions of directories in a snapshot.
@@ -275,7 +293,7 @@ impl SnapshotDir {
             })
             .map_err(|err| SnapshotError::io("could not create the snapshot directory", err))?;
         self.recover()
-            .map_err(|err| SnapshotError::io("could not remove leftovers", err))?;
+            .map_err(|err| SnapshotError::io("could not clean the snapshot directory", err))?;
 
         let mut skipped = Vec::new();
         let plan = plan(entries, read, &mut skipped)?;
@@ -315,7 +333,12 @@ impl SnapshotDir {
             };
         crash_point()?;
         self.switch(commit)?;
-        let _ = self.prune(commit, &kept_inodes);
+        if let Err(err) = self.prune(commit, &kept_inodes) {
+            log::warn!(
+                "could not remove old snapshots from {}: {err}",
+                snapshots.display()
+            );
+        }
 
         skipped.sort_by_key(|(rank, _)| *rank);
         Ok(Report {
@@ -339,11 +362,13 @@ impl SnapshotDir {
             .then(|| commit.to_owned())
     }
 
-    /// Removes leftovers of an interrupted write.
+    /// Removes leftovers of an interrupted write, and everything else in `.snapshots` that
+    /// gitfeed did not write (see the module docs). An entry that cannot be removed is logged
+    /// and left; fails if `.snapshots` is a symlink or cannot be listed.
     pub fn recover(&self) -> io::Result<()> {
         // In the root only the temporary symlinks are ours to remove.
-        remove_leftovers(&self.root, true)?;
-        remove_leftovers(&self.snapshots(), false)
+        remove_temporary_links(&self.root)?;
+        self.sweep()
     }
 
     /// Where the snapshots are.
@@ -372,7 +397,7 @@ impl SnapshotDir {
     /// manifest is readable and names the directory that is there now.
     fn manifest(&self, commit: &str) -> Option<Manifest> {
         let snapshots = self.snapshots();
-        let text = fs::read(snapshots.join(format!("{commit}{MANIFEST}"))).ok()?;
+        let text = read_own(&snapshots.join(format!("{commit}{MANIFEST}")), MAX_MANIFEST).ok()?;
         let manifest = Manifest::parse(&text)?;
         let metadata = fs::symlink_metadata(snapshots.join(commit)).ok()?;
         (metadata.is_dir() && Identity::of(&metadata) == manifest.dir).then_some(manifest)
@@ -396,7 +421,7 @@ impl SnapshotDir {
                 let label = format!("old-{commit}");
                 let (away, ()) =
                     create_unique(&snapshots, &label, |path| fs::rename(&target, path))?;
-                fs::remove_dir_all(away)?;
+                remove_path(&away)?;
             } else {
                 fs::remove_file(&target)?;
             }
@@ -462,6 +487,13 @@ impl SnapshotDir {
             Err(_) => old.iter().rev().find(removable),
         };
         let spared_files = spared.and_then(|commit| self.manifest(commit));
+        // The spare alone goes before its manifest: `.spare` is never trusted, and a crash
+        // right after the manifest's removal would leave a snapshot without one, which the
+        // next write's sweep removes instead of keeping it as the spare.
+        if let Some(commit) = spared {
+            fs::rename(snapshots.join(commit), &spare)?;
+            crash_point_io()?;
+        }
         let mut doomed = Vec::new();
         // A manifest goes before its snapshot, so nothing half-removed is ever trusted; so do
         // those left without a snapshot.
@@ -473,12 +505,10 @@ impl SnapshotDir {
             }
         }
         for commit in old.iter().filter(removable) {
-            let from = snapshots.join(commit);
             if spared == Some(commit) {
-                fs::rename(&from, &spare)?;
-                crash_point_io()?;
                 continue;
             }
+            let from = snapshots.join(commit);
             let label = format!("old-{commit}");
             let (to, ()) = create_unique(&snapshots, &label, |path| fs::rename(&from, path))?;
             crash_point_io()?;
@@ -491,7 +521,7 @@ impl SnapshotDir {
             trim_spare(&spare, spared_files.as_ref(), kept_inodes)?;
         }
         for path in doomed {
-            fs::remove_dir_all(path)?;
+            remove_path(&path)?;
             crash_point_io()?;
         }
         Ok(())
@@ -908,6 +938,11 @@ fn recycle(
         }
         wanted.insert(components.join(&b'/'), index);
     }
+    // The spare becomes the snapshot's own directory, with the mode every snapshot has: one
+    // changed meanwhile, even to a mode nobody may enter, does not stop the snapshot.
+    if fs::symlink_metadata(root)?.mode() & 0o7777 != MODE_DIR {
+        fs::set_permissions(root, Permissions::from_mode(MODE_DIR))?;
+    }
     let mut present = HashMap::new();
     let mut pending = vec![(root.to_path_buf(), Vec::new())];
     while let Some((dir, relative)) = pending.pop() {
@@ -927,7 +962,7 @@ fn recycle(
                     dirs.add(item.path());
                     pending.push((item.path(), path));
                 } else {
-                    fs::remove_dir_all(item.path())?;
+                    remove_path(&item.path())?;
                 }
                 continue;
             }
@@ -1237,7 +1272,7 @@ impl Drop for Temporary {
     fn drop(&mut self) {
         // A crash leaves everything where it is; see `crash_point`.
         if self.armed && !crashed() {
-            let _ = fs::remove_dir_all(&self.path).or_else(|_| fs::remove_file(&self.path));
+            let _ = remove_path(&self.path);
         }
     }
 }
@@ -1353,8 +1388,9 @@ impl Manifest {
         Ok(())
     }
 
-    /// The manifest in `bytes`, if it is one.
-    fn parse(bytes: &[u8]) -> Option<Self> {
+    /// The directory a manifest starting with `bytes` describes, and where its first line
+    /// ends; `None` if `bytes` do not start with a manifest's first line.
+    fn header(bytes: &[u8]) -> Option<(Identity, usize)> {
         let newline = bytes.iter().position(|&b| b == b'\n')?;
         let mut header = std::str::from_utf8(&bytes[..newline]).ok()?.split(' ');
         if header.next()?.as_bytes() != MANIFEST_MAGIC {
@@ -1364,6 +1400,12 @@ impl Manifest {
             ino: header.next()?.parse().ok()?,
             created: header.next()?.parse().ok()?,
         };
+        Some((dir, newline))
+    }
+
+    /// The manifest in `bytes`, if it is one.
+    fn parse(bytes: &[u8]) -> Option<Self> {
+        let (dir, newline) = Self::header(bytes)?;
         let mut files = HashMap::new();
         let body = &bytes[newline + 1..];
         if !body.is_empty() && !body.ends_with(&[0]) {
@@ -1522,8 +1564,8 @@ fn random_suffix() -> String {
     format!("{:016x}", hasher.finish())
 }
 
-/// Removes the `.tmp-` entries of `dir`: only symlinks if `links_only`, everything otherwise.
-fn remove_leftovers(dir: &Path, links_only: bool) -> io::Result<()> {
+/// Removes the `.tmp-` symlinks of `dir`, the next `current`s an interrupted write left.
+fn remove_temporary_links(dir: &Path) -> io::Result<()> {
     let items = match fs::read_dir(dir) {
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
         items => items?,
@@ -1538,17 +1580,10 @@ fn remove_leftovers(dir: &Path, links_only: bool) -> io::Result<()> {
         {
             continue;
         }
-        let kind = item.file_type()?;
-        let result = if kind.is_symlink() {
-            fs::remove_file(item.path())
-        } else if links_only {
+        if !item.file_type()?.is_symlink() {
             continue;
-        } else if kind.is_dir() {
-            fs::remove_dir_all(item.path())
-        } else {
-            fs::remove_file(item.path())
-        };
-        match result {
+        }
+        match fs::remove_file(item.path()) {
             Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
             _ => removed = true,
         }
@@ -1556,9 +1591,12 @@ fn remove_leftovers(dir: &Path, links_only: bool) -> io::Result<()> {
     if removed { sync_dir(dir) } else { Ok(()) }
 }
 
-/// The commits listed in the order file, oldest first; none if it is missing or unreadable.
+/// The commits listed in the order file, oldest first; none if it is missing, unreadable or
+/// not a regular file.
 fn read_order(snapshots: &Path) -> Vec<String> {
-    fs::read_to_string(snapshots.join(ORDER))
+    read_own(&snapshots.join(ORDER), MAX_ORDER)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
         .map(|text| {
             text.lines()
                 .filter(|line| is_commit(line))

@@ -279,6 +279,98 @@ fn checkout_swaps_current_to_each_commit() {
     feed.stop();
 }
 
+/// The names in `dir`, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("list")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .into_string()
+                .expect("utf-8")
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Whatever someone else put in `DIR/.snapshots` is gone after the next snapshot, whatever
+/// it is, and nothing a symlink there leads to is touched; snapshots go on and are pruned.
+#[test]
+fn foreign_entries_in_the_snapshot_directory_are_removed() {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let remote = files_remote();
+    let root = unique_dir();
+    let outside = root.path().join("outside");
+    std::fs::create_dir(&outside).expect("mkdir");
+    std::fs::write(outside.join("keep.txt"), "not gitfeed's\n").expect("write");
+    let checkout = root.path().join("checkout");
+    let mut source = quick_source("s", &remote.file_url());
+    source.checkout = Some(checkout.clone());
+    source.keep_snapshots = 2;
+    source.interval = Duration::from_secs(3600);
+    let feed = Running::start(vec![source]);
+    let first = feed.update(PATIENCE).new;
+
+    let snapshots = checkout.join(".snapshots");
+    std::fs::write(snapshots.join("notes.txt"), "x").expect("write");
+    std::fs::create_dir_all(snapshots.join("junk/deeper")).expect("mkdir");
+    std::fs::write(snapshots.join("junk/deeper/file"), "x").expect("write");
+    symlink(&outside, snapshots.join("elsewhere")).expect("symlink");
+    let locked = snapshots.join("locked");
+    std::fs::create_dir_all(locked.join("inner")).expect("mkdir");
+    std::fs::write(locked.join("inner/file"), "x").expect("write");
+    for dir in [locked.join("inner"), locked.clone()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o000)).expect("chmod");
+    }
+    std::fs::write(snapshots.join("0".repeat(40)), "x").expect("write");
+    std::fs::remove_file(snapshots.join("order")).expect("rm");
+    std::fs::create_dir(snapshots.join("order")).expect("mkdir");
+
+    let second = remote.commit(&[("policies/authz.rego", Some("package b\n"))], "second");
+    feed.handle.trigger("s").expect("running");
+    assert_eq!(feed.update(PATIENCE).new, second);
+    let mut expected = vec![
+        first.clone(),
+        format!("{first}.manifest"),
+        second.clone(),
+        format!("{second}.manifest"),
+        "order".to_owned(),
+    ];
+    expected.sort();
+    assert_eq!(names_in(&snapshots), expected);
+    assert_eq!(names_in(&outside), ["keep.txt"]);
+    assert_eq!(
+        std::fs::read_to_string(outside.join("keep.txt")).expect("read"),
+        "not gitfeed's\n"
+    );
+
+    let third = remote.commit(&[("policies/authz.rego", Some("package c\n"))], "third");
+    feed.handle.trigger("s").expect("running");
+    assert_eq!(feed.update(PATIENCE).new, third);
+    feed.stop();
+    let mut expected = vec![
+        ".spare".to_owned(),
+        second.clone(),
+        format!("{second}.manifest"),
+        third.clone(),
+        format!("{third}.manifest"),
+        "order".to_owned(),
+    ];
+    expected.sort();
+    assert_eq!(names_in(&snapshots), expected);
+    assert_eq!(
+        std::fs::read_to_string(snapshots.join("order")).expect("order"),
+        format!("{second}\n{third}\n")
+    );
+    let current = std::fs::canonicalize(checkout.join("current")).expect("current");
+    assert_eq!(
+        std::fs::read_to_string(current.join("policies/authz.rego")).expect("read"),
+        "package c\n"
+    );
+}
+
 /// Writes a tree object from raw entries, bypassing every check git makes.
 fn raw_tree(bare: &Path, entries: &[(&str, &[u8], String)]) -> String {
     let mut raw = Vec::new();

@@ -2,6 +2,7 @@
 
 use super::*;
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::process::CommandExt;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
@@ -1124,4 +1125,271 @@ fn invalid_commit_rejected() {
     let report = snapshots.write(&sha256, &[], &mut |_, _| Ok(())).unwrap();
     assert_eq!(report, Report::default());
     assert_eq!(snapshots.current(), Some(sha256));
+}
+
+/// The variable that makes a test run its scenario in the directory it names, as the
+/// unprivileged copy of itself that [`unprivileged`] starts.
+const UNPRIVILEGED: &str = "GITFEED_TEST_UNPRIVILEGED_DIR";
+
+/// Runs the unit test `name` again, as user and group 65534 (`nobody`), in a process of its
+/// own told by [`UNPRIVILEGED`] to work in a new directory it owns. Root enters, lists and
+/// changes any directory whatever its mode, so what a mode does to gitfeed only shows
+/// without that privilege. Panics if the copy fails; returns quietly if the test binary
+/// cannot be started as that user (it lies where only root may read).
+fn unprivileged(name: &str) {
+    const NOBODY: u32 = 65534;
+    let parent = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(parent.path(), Some(NOBODY), Some(NOBODY)).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let spawned = std::process::Command::new(exe)
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(UNPRIVILEGED, parent.path())
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output();
+    let output = match spawned {
+        Ok(output) => output,
+        Err(err) => {
+            eprintln!("{name} not run as user {NOBODY}: {err}");
+            return;
+        }
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "{name} as user {NOBODY}: {}\n{stdout}\n{stderr}",
+        output.status
+    );
+}
+
+/// Sets the permission bits of `path`.
+fn chmod(path: &Path, mode: u32) {
+    fs::set_permissions(path, Permissions::from_mode(mode)).unwrap();
+}
+
+/// Makes a FIFO at `path`.
+fn fifo(path: &Path) {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+}
+
+/// What `read` returns, or a panic if it takes more than a few seconds, as reading a FIFO
+/// nobody writes to would.
+fn promptly<T: Send + 'static>(read: impl FnOnce() -> T + Send + 'static) -> T {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || sender.send(read()));
+    receiver
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("read without waiting for a writer")
+}
+
+/// Every entry of `.snapshots` gitfeed did not write is gone after the next snapshot,
+/// whatever its type: files, directories, symlinks (never followed: what they lead to
+/// stays), directories nobody may enter, a FIFO, and names of gitfeed's own of another type
+/// (a commit's name on a file, a symlink or a directory no manifest names; an `order` that is
+/// a directory). A spare nobody may enter is recycled all the same. Snapshots go on and are
+/// pruned as before. Run as root, it runs again without root's privileges.
+#[test]
+fn foreign_entries_are_removed_at_the_next_snapshot() {
+    if let Some(dir) = std::env::var_os(UNPRIVILEGED) {
+        return foreign_entries_scenario(Path::new(&dir));
+    }
+    let parent = tempfile::tempdir().unwrap();
+    foreign_entries_scenario(parent.path());
+    if is_root() {
+        unprivileged("snapshot::tests::foreign_entries_are_removed_at_the_next_snapshot");
+    }
+}
+
+/// [`foreign_entries_are_removed_at_the_next_snapshot`] in `parent`.
+fn foreign_entries_scenario(parent: &Path) {
+    let outside = parent.join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("keep"), b"not gitfeed's").unwrap();
+    let outside_listing = listing(&outside);
+    let outside_modes = (mode(&outside), mode(&outside.join("keep")));
+
+    let dir = parent.join("feed");
+    let snapshots = SnapshotDir::new(&dir, 2);
+    let tree = |a: &str| [entry("a", FILE, a), entry("d/b", FILE, "b1")];
+    for n in 1..=3 {
+        snapshots
+            .write(&commit(n), &tree(&format!("a{n}")), &mut by_id)
+            .unwrap();
+    }
+    let names = dir.join(SNAPSHOTS);
+    let spare = names.join(SPARE);
+    assert_eq!(
+        snapshot_names(&dir),
+        kept_and_spare(&[commit(2), commit(3)])
+    );
+
+    let symlink = |target: &Path, name: &str| {
+        std::os::unix::fs::symlink(target, names.join(name)).unwrap();
+    };
+    fs::write(names.join("notes.txt"), b"x").unwrap();
+    fs::create_dir_all(names.join("junk/deeper")).unwrap();
+    fs::write(names.join("junk/deeper/f"), b"x").unwrap();
+    symlink(&outside, "out");
+    symlink(&outside.join("keep"), "out-file");
+    symlink(Path::new("missing"), "dangling");
+    fifo(&names.join("fifo"));
+    // Directories nobody may enter, one inside the other; as a leftover, such a directory
+    // made every write fail.
+    for locked in ["locked", ".tmp-locked"] {
+        let locked = names.join(locked);
+        fs::create_dir_all(locked.join("inner")).unwrap();
+        fs::write(locked.join("f"), b"x").unwrap();
+        fs::write(locked.join("inner/f"), b"x").unwrap();
+        std::os::unix::fs::symlink(&outside, locked.join("inner/out")).unwrap();
+        chmod(&locked.join("inner"), 0o000);
+        chmod(&locked, 0o000);
+    }
+    // gitfeed's names, on entries of another type or that no manifest names.
+    fs::write(names.join(commit(7)), b"x").unwrap();
+    symlink(&outside, &commit(8));
+    fs::create_dir(names.join(commit(9))).unwrap();
+    fs::write(names.join(commit(9)).join("f"), b"x").unwrap();
+    fs::create_dir(names.join(format!("{}{MANIFEST}", commit(9)))).unwrap();
+    symlink(&outside.join("keep"), &format!("{}{MANIFEST}", commit(6)));
+    fs::remove_file(names.join(ORDER)).unwrap();
+    fs::create_dir(names.join(ORDER)).unwrap();
+    fs::write(names.join(ORDER).join(commit(3)), b"").unwrap();
+    // In the spare: a directory nobody may enter, and the spare itself.
+    fs::create_dir_all(spare.join("junk/inner")).unwrap();
+    fs::write(spare.join("junk/inner/f"), b"x").unwrap();
+    chmod(&spare.join("junk/inner"), 0o000);
+    chmod(&spare.join("junk"), 0o000);
+    chmod(&spare, 0o000);
+
+    let report = snapshots
+        .write(&commit(4), &tree("a4"), &mut by_id)
+        .unwrap();
+    assert_eq!(report.shared, 1, "d/b comes from the spare");
+    assert_eq!(current_tree(&dir), expect(&[("a", "a4"), ("d/b", "b1")]));
+    assert_eq!(mode(&names.join(commit(4))), MODE_DIR);
+    assert_eq!(
+        snapshot_names(&dir),
+        kept_and_spare(&[commit(3), commit(4)])
+    );
+    assert_eq!(listing(&outside), outside_listing);
+    assert_eq!(fs::read(outside.join("keep")).unwrap(), b"not gitfeed's");
+    assert_eq!((mode(&outside), mode(&outside.join("keep"))), outside_modes);
+
+    // The order, a directory a moment ago, is kept again: the oldest goes first.
+    snapshots
+        .write(&commit(5), &tree("a5"), &mut by_id)
+        .unwrap();
+    assert_eq!(
+        snapshot_names(&dir),
+        kept_and_spare(&[commit(4), commit(5)])
+    );
+    assert_eq!(read_order(&names), [commit(4), commit(5)]);
+}
+
+/// A tree nested too deep to remove is left where it is and logged; the rest of the sweep
+/// and the write go on.
+#[test]
+fn what_cannot_be_removed_is_left() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("feed");
+    let snapshots = SnapshotDir::new(&dir, 2);
+    let entries = [entry("a", FILE, "a1")];
+    snapshots.write(&commit(1), &entries, &mut by_id).unwrap();
+    let names = dir.join(SNAPSHOTS);
+    let mut deep = names.join("deep");
+    for _ in 0..sweep::MAX_DEPTH + 1 {
+        deep.push("d");
+    }
+    fs::create_dir_all(&deep).unwrap();
+    fs::write(names.join("notes.txt"), b"x").unwrap();
+
+    snapshots.write(&commit(2), &entries, &mut by_id).unwrap();
+    assert_eq!(snapshots.current(), Some(commit(2)));
+    let mut expected = kept(&[commit(1), commit(2)]);
+    expected.push("deep".to_owned());
+    expected.sort();
+    assert_eq!(snapshot_names(&dir), expected);
+    assert!(deep.is_dir(), "nothing at the bottom was removed");
+}
+
+/// A `.snapshots` that is a symlink is refused, not swept: the directory it leads to keeps
+/// everything in it.
+#[test]
+fn snapshots_symlink_is_refused() {
+    let parent = tempfile::tempdir().unwrap();
+    let elsewhere = parent.path().join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    fs::write(elsewhere.join("precious"), b"x").unwrap();
+    let dir = parent.path().join("feed");
+    fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, dir.join(SNAPSHOTS)).unwrap();
+    let snapshots = SnapshotDir::new(&dir, 2);
+
+    let err = snapshots
+        .write(&commit(1), &[entry("a", FILE, "a1")], &mut by_id)
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "could not clean the snapshot directory: {} is a symlink, which gitfeed does not \
+             follow; replace it with a directory",
+            dir.join(SNAPSHOTS).display()
+        )
+    );
+    assert_eq!(
+        listing(&elsewhere),
+        BTreeSet::from([PathBuf::from("precious")])
+    );
+    assert!(snapshots.recover().is_err());
+    assert_eq!(snapshots.current(), None);
+}
+
+/// Manifests and the order file are read only as regular files: not through a symlink,
+/// even to a valid one, not from a FIFO (without waiting for a writer), and not beyond a
+/// size.
+#[test]
+fn manifests_and_order_are_read_only_as_regular_files() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("feed");
+    let snapshots = SnapshotDir::new(&dir, 3);
+    let entries = [entry("a", FILE, "a1")];
+    snapshots.write(&commit(1), &entries, &mut by_id).unwrap();
+    snapshots.write(&commit(2), &entries, &mut by_id).unwrap();
+    let names = dir.join(SNAPSHOTS);
+    let manifest = |n| names.join(format!("{}{MANIFEST}", commit(n)));
+    assert!(snapshots.manifest(&commit(1)).is_some());
+    assert_eq!(read_order(&names), [commit(1), commit(2)]);
+
+    // The very manifest and order, moved away and linked back.
+    let moved = parent.path().join("moved");
+    fs::create_dir(&moved).unwrap();
+    fs::rename(manifest(1), moved.join("manifest")).unwrap();
+    std::os::unix::fs::symlink(moved.join("manifest"), manifest(1)).unwrap();
+    fs::rename(names.join(ORDER), moved.join(ORDER)).unwrap();
+    std::os::unix::fs::symlink(moved.join(ORDER), names.join(ORDER)).unwrap();
+    assert!(snapshots.manifest(&commit(1)).is_none());
+    assert_eq!(read_order(&names), Vec::<String>::new());
+
+    fs::remove_file(manifest(2)).unwrap();
+    fifo(&manifest(2));
+    fs::remove_file(names.join(ORDER)).unwrap();
+    fifo(&names.join(ORDER));
+    let reader = snapshots.clone();
+    assert!(promptly(move || reader.manifest(&commit(2)).is_none()));
+    let order = names.clone();
+    assert_eq!(promptly(move || read_order(&order)), Vec::<String>::new());
+
+    let file = parent.path().join("sized");
+    fs::write(&file, b"12345").unwrap();
+    assert_eq!(sweep::read_own(&file, 5).unwrap(), b"12345");
+    let err = sweep::read_own(&file, 4).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::FileTooLarge);
 }
