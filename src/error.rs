@@ -26,7 +26,7 @@ use crate::reason::Reason;
 /// assert_eq!(err.kind(), ErrorKind::Permanent);
 /// assert!(err.to_string().contains("invalid duration `5`"));
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Error {
     reason: Reason,
     kind: ErrorKind,
@@ -101,6 +101,24 @@ impl Error {
             .as_deref()
             .and_then(|cause| cause.downcast_ref::<Detail>())
             .map(|detail| detail.0.as_str())
+    }
+}
+
+/// What `fn main() -> Result<(), gitfeed::Error>` prints: the reason, the class and the whole
+/// chain on one line, rather than the fields.
+///
+/// ```
+/// let err = gitfeed::parse_duration("5").unwrap_err();
+/// assert!(format!("{err:?}").starts_with("invalid_input (permanent): invalid duration `5`"));
+/// ```
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            ErrorKind::Transient => "transient",
+            ErrorKind::Permanent => "permanent",
+            ErrorKind::Corrupt => "corrupt",
+        };
+        write!(f, "{} ({kind}): {self:#}", self.reason)
     }
 }
 

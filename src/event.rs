@@ -1,5 +1,7 @@
 //! What a feed tells its consumer: the JSON event contract.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
 use crate::reason::Reason;
@@ -114,6 +116,32 @@ pub enum ChangeKind {
     Deleted,
 }
 
+impl ChangeKind {
+    /// The word the event contract uses: `added`, `modified` or `deleted`.
+    ///
+    /// ```
+    /// assert_eq!(gitfeed::ChangeKind::Modified.as_str(), "modified");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Added => "added",
+            ChangeKind::Modified => "modified",
+            ChangeKind::Deleted => "deleted",
+        }
+    }
+}
+
+/// The event contract's word, as [`ChangeKind::as_str`] gives it.
+///
+/// ```
+/// assert_eq!(format!("{} a.rego", gitfeed::ChangeKind::Added), "added a.rego");
+/// ```
+impl fmt::Display for ChangeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A source's health changed.
 ///
 /// ```
@@ -164,6 +192,32 @@ pub enum SourceState {
     /// Polling stops; the remote is probed again after `retry_in_ms` (the source's
     /// `failed_interval`), or at once when the source is triggered or changed.
     Failed,
+}
+
+impl SourceState {
+    /// The word the event contract and the status use: `idle`, `backoff` or `failed`.
+    ///
+    /// ```
+    /// assert_eq!(gitfeed::SourceState::Backoff.as_str(), "backoff");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceState::Idle => "idle",
+            SourceState::Backoff => "backoff",
+            SourceState::Failed => "failed",
+        }
+    }
+}
+
+/// The event contract's word, as [`SourceState::as_str`] gives it.
+///
+/// ```
+/// assert_eq!(format!("now {}", gitfeed::SourceState::Failed), "now failed");
+/// ```
+impl fmt::Display for SourceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Something a source left out or refused, in plain words: submodules an update moved,

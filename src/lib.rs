@@ -75,7 +75,7 @@
 //!         // Left out of the update that follows (a submodule, a hostile name): sent with
 //!         // every sending of that update.
 //!         Event::Warning(warning) => eprintln!("{}: {}", warning.source, warning.message),
-//!         Event::State(state) => eprintln!("{} is {:?}", state.source, state.state),
+//!         Event::State(state) => eprintln!("{} is {}", state.source, state.state),
 //!         _ => {}
 //!     }
 //! }
