@@ -260,9 +260,6 @@ impl FileWatch {
         if settled {
             self.settling = None;
         }
-        if look {
-            self.next_look = None;
-        }
         self.rewatch(now);
         true
     }
@@ -270,15 +267,21 @@ impl FileWatch {
     /// Watches the directories the path goes through now, and looks at the file every
     /// second while one of them cannot be watched.
     fn rewatch(&mut self, now: Instant) {
-        let complete = match &mut self.inotify {
+        let watched = match &mut self.inotify {
             Some(inotify) => inotify.watch(&directories(&self.path)),
-            None => false,
+            None => Err("no inotify".to_owned()),
         };
-        if complete {
-            self.next_look = None;
-        } else if self.next_look.is_none() {
-            self.next_look = Some(now + LOOK_INTERVAL);
-        }
+        self.next_look = match (watched, self.next_look) {
+            (Ok(()), _) => None,
+            (Err(_), Some(at)) if at > now => Some(at),
+            (Err(problem), looking) => {
+                // Said once when the watch is lost, not at every look.
+                if looking.is_none() && self.inotify.is_some() {
+                    log::warn!("{problem}; looking at {} every second", self.path.display());
+                }
+                Some(now + LOOK_INTERVAL)
+            }
+        };
     }
 }
 
@@ -323,8 +326,8 @@ impl Inotify {
         })
     }
 
-    /// Watches `dirs` and nothing else; false when one of them cannot be watched.
-    fn watch(&mut self, dirs: &[PathBuf]) -> bool {
+    /// Watches `dirs` and nothing else; says why when one of them cannot be watched.
+    fn watch(&mut self, dirs: &[PathBuf]) -> Result<(), String> {
         use rustix::fs::inotify::{WatchFlags, add_watch, remove_watch};
         let changes = WatchFlags::CLOSE_WRITE
             | WatchFlags::MOVED_TO
@@ -335,17 +338,14 @@ impl Inotify {
             | WatchFlags::MOVE_SELF
             | WatchFlags::ONLYDIR;
         let mut watches = Vec::new();
-        let mut complete = true;
+        let mut outcome = Ok(());
         for dir in dirs {
             // A directory watched already keeps its watch descriptor, also under another
             // name.
             match add_watch(&self.fd, dir, changes) {
                 Ok(wd) if !watches.contains(&wd) => watches.push(wd),
                 Ok(_) => {}
-                Err(err) => {
-                    log::debug!("cannot watch {}: {err}", dir.display());
-                    complete = false;
-                }
+                Err(err) => outcome = Err(format!("cannot watch {}: {err}", dir.display())),
             }
         }
         for wd in self.watches.iter().filter(|wd| !watches.contains(wd)) {
@@ -353,7 +353,7 @@ impl Inotify {
             let _ = remove_watch(&self.fd, *wd);
         }
         self.watches = watches;
-        complete
+        outcome
     }
 
     /// Completes when something has happened in a watched directory.
@@ -386,8 +386,8 @@ impl Inotify {
         Err(io::ErrorKind::Unsupported.into())
     }
 
-    fn watch(&mut self, _: &[PathBuf]) -> bool {
-        false
+    fn watch(&mut self, _: &[PathBuf]) -> Result<(), String> {
+        Err("no inotify here".to_owned())
     }
 
     async fn readable(&self) -> io::Result<()> {
@@ -457,6 +457,23 @@ mod tests {
         file.next_look = None;
         file.changed(Err(io::ErrorKind::Other.into()), start);
         assert_eq!(file.next_look, Some(start + LOOK_INTERVAL));
+    }
+
+    /// A directory that cannot be watched yet is looked at every second, and watched once it
+    /// can be.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn a_directory_is_watched_once_it_exists() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let sub = dir.path().join("later");
+        let start = Instant::now();
+        let mut file = FileWatch::start(&sub.join("c.json"));
+        assert!(file.inotify.is_some());
+        let look = file.next_look.expect("looking, for now");
+        std::fs::create_dir(&sub).expect("the directory");
+        assert!(file.due(look.max(start)));
+        assert_eq!(file.next_look, None, "watched now");
+        assert_eq!(file.deadline(), None);
     }
 
     #[test]
