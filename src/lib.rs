@@ -161,7 +161,7 @@ mod work;
 pub use async_channel::{Receiver, RecvError, TryRecvError};
 pub use auth::Auth;
 pub use cache::{GcReport, gc};
-pub use clock::{block_on, sleep_until};
+pub use clock::{block_on, readable, sleep_until};
 pub use error::Error;
 pub use event::{Change, ChangeKind, Encoding, Event, SourceState, StateChange, Update, Warning};
 pub use feed::{

@@ -1,6 +1,7 @@
 //! The `gitfeed` command: follow a git branch and print its events as NDJSON.
 
 mod config;
+mod control;
 mod pid1;
 mod progress_line;
 mod systemd;
@@ -9,10 +10,11 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use async_channel::Receiver;
 use gitfeed::{Event, Feed, FeedHandle, Source, Warning, parse_duration};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
+use smol::future::or;
 
+use crate::control::Sources;
 use crate::progress_line::ProgressLine;
 
 /// The usage text before the options of `watch`.
@@ -693,167 +695,111 @@ fn run_config(path: PathBuf, cache_dir: Option<PathBuf>) -> ExitCode {
 
 /// Runs `feed` until a signal stops it or stdout closes: events are printed, and acknowledged
 /// once printed.
+///
+/// Two threads while idle: the feed's, which also runs the control task (signals, the config
+/// file) and the service manager's notifications, and the printer's, because writing to
+/// stdout blocks while the consumer does not read, and the feed's deadlines must not wait for
+/// it. The control task ends with the feed, on the feed's thread: its handlers, inotify and
+/// sockets are gone before the printer is joined, so nothing outlives the feed.
 fn serve(feed: Feed, sources: Sources) -> ExitCode {
-    let events = feed.events();
-    let handle = feed.handle();
-    let control = match Control::start(handle.clone(), sources) {
-        Ok(control) => control,
+    let signals = match control::Signals::install() {
+        Ok(signals) => signals,
         Err(err) => {
             eprintln!("gitfeed: cannot handle signals: {err}");
             return ExitCode::from(1);
         }
     };
-    let printer = std::thread::spawn(move || {
-        while let Ok(event) = events.recv_blocking() {
-            if print(&event).is_err() {
-                // Nobody reads stdout any more (a closed pipe): stop the feed.
-                handle.shutdown();
-                break;
-            }
-            if let Event::Update(update) = &event {
-                // A source with an exec command is acknowledged by the command instead.
-                let _ = handle.acknowledge(&update.source, &update.new);
+    let handle = feed.handle();
+    let (notes, printed_notes) = async_channel::unbounded();
+    let printer = {
+        let events = feed.events();
+        let progress = ProgressLine::wanted().then(|| feed.progress());
+        let handle = handle.clone();
+        std::thread::spawn(move || print_events(events, printed_notes, progress, handle))
+    };
+    // The service manager's notifications are a task beside the feed: the watchdog is fed only
+    // while the feed's loop runs.
+    let executor = smol::LocalExecutor::new();
+    let _notifier = systemd::Notifier::from_env().map(|notifier| executor.spawn(notifier.run()));
+    let failed = std::cell::Cell::new(false);
+    let control = async {
+        let err = control::run(handle.clone(), sources, signals, notes).await;
+        eprintln!("gitfeed: cannot wait for signals any more: {err}; stopping");
+        failed.set(true);
+        handle.shutdown();
+        // The feed's future ends the race, once it has stopped.
+        std::future::pending::<()>().await
+    };
+    gitfeed::block_on(executor.run(or(feed.run_async(), control)));
+    let _ = printer.join();
+    if failed.get() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// The printer's thread: prints the feed's events and the control task's warnings, each line
+/// flushed, acknowledges each update once printed, and shows the progress samples, until the
+/// feed's events end or stdout closes.
+fn print_events(
+    events: Receiver<Event>,
+    notes: Receiver<Event>,
+    mut progress: Option<Receiver<gitfeed::Progress>>,
+    feed: FeedHandle,
+) {
+    enum Next {
+        Print(Event),
+        Show(gitfeed::Progress),
+        ProgressEnded,
+        Done,
+    }
+    let terminal = std::io::stderr().is_terminal();
+    // futures-lite's block_on parks the thread between wakeups, with no reactor.
+    smol::future::block_on(async {
+        loop {
+            let event = async { events.recv().await.map_or(Next::Done, Next::Print) };
+            let note = async {
+                match notes.recv().await {
+                    Ok(note) => Next::Print(note),
+                    Err(_) => std::future::pending().await,
+                }
+            };
+            let sample = async {
+                match &progress {
+                    Some(samples) => samples.recv().await.map_or(Next::ProgressEnded, Next::Show),
+                    None => std::future::pending().await,
+                }
+            };
+            let next = or(event, or(note, sample)).await;
+            match next {
+                Next::Print(event) => {
+                    if print(&event).is_err() {
+                        // Nobody reads stdout any more (a closed pipe): stop the feed.
+                        feed.shutdown();
+                        return;
+                    }
+                    if let Event::Update(update) = &event {
+                        // A source with an exec command is acknowledged by the command
+                        // instead.
+                        let _ = feed.acknowledge(&update.source, &update.new);
+                    }
+                }
+                Next::Show(sample) => progress_line::show(terminal, &sample),
+                Next::ProgressEnded => progress = None,
+                Next::Done => {
+                    // Warnings that came as the feed stopped.
+                    while let Ok(note) = notes.try_recv() {
+                        if print(&note).is_err() {
+                            break;
+                        }
+                    }
+                    return;
+                }
             }
         }
     });
-    let shown = ProgressLine::wanted().then(|| ProgressLine::start(feed.progress()));
-    // The feed's own loop, with the service manager's notifications as a task beside it: the
-    // watchdog is fed only while this loop runs.
-    let executor = smol::LocalExecutor::new();
-    let _notifier = systemd::Notifier::from_env().map(|notifier| executor.spawn(notifier.run()));
-    gitfeed::block_on(executor.run(feed.run_async()));
-    if let Some(shown) = shown {
-        shown.stop();
-    }
-    control.stop();
-    let _ = printer.join();
-    ExitCode::SUCCESS
-}
-
-/// What a running command follows: one source given on the command line, or a config file's.
-enum Sources {
-    One(String),
-    File(Box<config::Applied>),
-}
-
-impl Sources {
-    fn names(&self) -> Vec<String> {
-        match self {
-            Sources::One(name) => vec![name.clone()],
-            Sources::File(applied) => applied.names().map(str::to_owned).collect(),
-        }
-    }
-
-    /// Applies the config file again, if there is one and `always` or it changed on disk. An
-    /// invalid file changes nothing; it is reported on stderr and as a `warning` event.
-    fn reload(&mut self, feed: &FeedHandle, always: bool) {
-        let Sources::File(applied) = self else {
-            return;
-        };
-        if !always && !applied.changed() {
-            return;
-        }
-        match applied.reload(feed) {
-            Ok(notes) => {
-                for note in notes {
-                    log::warn!("{}: {note}", applied.path().display());
-                }
-            }
-            Err(problem) => {
-                let path = applied.path().display().to_string();
-                eprintln!("gitfeed: {path}: {problem}; keeping the running configuration");
-                let message = format!("{problem}; keeping the running configuration");
-                let warning = Warning::new(path, None, message);
-                let _ = print(&Event::Warning(warning));
-            }
-        }
-    }
-}
-
-/// While the feed runs: SIGHUP applies the config file again and polls every source at once;
-/// SIGTERM and SIGINT shut the feed down, so the process ends cleanly (exit status 0) once the
-/// attempts in flight are interrupted. A config file is also applied again when it changes on
-/// disk (looked at every second).
-struct Control {
-    handle: signal_hook::iterator::Handle,
-    threads: [std::thread::JoinHandle<()>; 2],
-}
-
-/// How often a config file is looked at for changes.
-const CONFIG_LOOK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
-
-impl Control {
-    /// Installs the handlers and starts the threads that act on them.
-    fn start(feed: FeedHandle, mut sources: Sources) -> std::io::Result<Control> {
-        let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT])?;
-        let handle = signals.handle();
-        let (received, signal) = std::sync::mpsc::channel();
-        let forward = move || {
-            for signal in signals.forever() {
-                if received.send(signal).is_err() {
-                    break;
-                }
-            }
-        };
-        let look = match sources {
-            Sources::One(_) => None,
-            Sources::File(_) => Some(CONFIG_LOOK_INTERVAL),
-        };
-        let act = move || {
-            use std::sync::mpsc::RecvTimeoutError;
-            loop {
-                let next = match look {
-                    Some(interval) => signal.recv_timeout(interval),
-                    None => signal.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                };
-                match next {
-                    Ok(SIGHUP) => {
-                        sources.reload(&feed, true);
-                        for name in sources.names() {
-                            // Fails only once the feed has stopped, when there is nothing to
-                            // poll.
-                            let _ = feed.trigger(&name);
-                        }
-                    }
-                    Ok(_) => {
-                        if let Some(notifier) = systemd::Notifier::from_env() {
-                            notifier.send("STOPPING=1");
-                        }
-                        feed.shutdown();
-                    }
-                    Err(RecvTimeoutError::Timeout) => sources.reload(&feed, false),
-                    // The handlers were closed: the feed has stopped.
-                    Err(RecvTimeoutError::Disconnected) => break,
-                }
-            }
-        };
-        let forwarder = std::thread::Builder::new()
-            .name("gitfeed-signals".into())
-            .spawn(forward)?;
-        let actor = match std::thread::Builder::new()
-            .name("gitfeed-control".into())
-            .spawn(act)
-        {
-            Ok(actor) => actor,
-            Err(err) => {
-                handle.close();
-                let _ = forwarder.join();
-                return Err(err);
-            }
-        };
-        Ok(Control {
-            handle,
-            threads: [forwarder, actor],
-        })
-    }
-
-    /// Ends the threads and unregisters the handlers, so nothing outlives the feed.
-    fn stop(self) {
-        self.handle.close();
-        for thread in self.threads {
-            let _ = thread.join();
-        }
-    }
+    progress_line::clear();
 }
 
 /// Writes one event as a line and flushes it, so a consumer reading the pipe sees it at once.

@@ -15,7 +15,9 @@ static SHOWN: Mutex<bool> = Mutex::new(false);
 /// Goes back to the start of the line and erases it.
 const ERASE: &str = "\r\x1b[K";
 
-/// Shows the samples of a feed or follower until their channel closes.
+/// Shows the samples of a follower on a thread of its own until their channel closes, for
+/// `watch --once`, whose own thread is busy with the attempt. A feed's samples are shown by
+/// the thread that prints its events instead (see [`show`]).
 pub(crate) struct ProgressLine {
     receiver: Receiver<Progress>,
     thread: Option<JoinHandle<()>>,
@@ -33,12 +35,7 @@ impl ProgressLine {
         let samples = receiver.clone();
         let show = move || {
             while let Ok(sample) = samples.recv_blocking() {
-                if terminal {
-                    let mut shown = SHOWN.lock().unwrap_or_else(|err| err.into_inner());
-                    *shown = draw(&mut std::io::stderr().lock(), *shown, &sample).unwrap_or(false);
-                } else {
-                    log::info!("{sample}");
-                }
+                show(terminal, &sample);
             }
             clear();
         };
@@ -56,6 +53,17 @@ impl ProgressLine {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// Shows one sample: on the line rewritten in place when `terminal` (stderr is one), as an
+/// info log line otherwise.
+pub(crate) fn show(terminal: bool, sample: &Progress) {
+    if terminal {
+        let mut shown = SHOWN.lock().unwrap_or_else(|err| err.into_inner());
+        *shown = draw(&mut std::io::stderr().lock(), *shown, sample).unwrap_or(false);
+    } else {
+        log::info!("{sample}");
     }
 }
 

@@ -595,3 +595,38 @@ fn an_argument_that_is_not_utf8_is_a_usage_error() {
         assert!(out.stdout.is_empty());
     }
 }
+
+/// Idle, `gitfeed watch` holds two threads: the feed's, which also waits for signals, and the
+/// printer's. Signals still act: SIGHUP polls at once, SIGTERM ends it with status 0.
+#[test]
+fn watch_idles_on_two_threads_and_acts_on_signals() {
+    let remote = Remote::new();
+    let cache = unique_dir();
+    // An hour between polls: only the signal polls within the test.
+    let (mut child, mut lines) = spawn_watch(&remote.file_url(), "w", "1h", cache.path());
+    let first: serde_json::Value =
+        serde_json::from_str(&lines.next().expect("a line").expect("read")).expect("json");
+    assert_eq!(first["new"], remote.head().as_str());
+    let pid = child.id();
+    let idle = || crate::util::threads_of(pid);
+    // The attempt's own thread ends just after the update is printed.
+    let threads = crate::util::settle(idle, 2, std::time::Duration::from_secs(10));
+    assert!(threads <= 2, "{threads} threads while idle");
+
+    let new = remote.commit(&[("n.txt", Some("n\n"))], "n");
+    let signal = |signal| {
+        let pid = rustix::process::Pid::from_raw(pid as i32).expect("pid");
+        rustix::process::kill_process(pid, signal).expect("signal");
+    };
+    signal(rustix::process::Signal::HUP);
+    let second: serde_json::Value =
+        serde_json::from_str(&lines.next().expect("a line").expect("read")).expect("json");
+    assert_eq!(second["new"], new.as_str());
+    let threads = crate::util::settle(idle, 2, std::time::Duration::from_secs(10));
+    assert!(threads <= 2, "{threads} threads while idle after SIGHUP");
+
+    signal(rustix::process::Signal::TERM);
+    let status = child.wait().expect("reap");
+    assert!(status.success(), "{status:?}");
+    assert!(lines.next().is_none(), "stdout closed with nothing more");
+}

@@ -5,7 +5,7 @@ use std::io::BufRead;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::util::{Remote, unique_dir};
 
@@ -19,10 +19,16 @@ struct Run {
 
 impl Run {
     fn start(config: &Path, stderr: &Path) -> Run {
+        Run::start_with(config, stderr, &[])
+    }
+
+    /// Like [`Run::start`], with `env` added to gitfeed's environment.
+    fn start_with(config: &Path, stderr: &Path, env: &[(&str, &str)]) -> Run {
         let mut child = Command::new(env!("CARGO_BIN_EXE_gitfeed"))
             .arg("run")
             .arg("--config")
             .arg(config)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(stderr).expect("stderr file"))
             .spawn()
@@ -44,6 +50,13 @@ impl Run {
         self.lines
             .recv_timeout(WITHIN)
             .unwrap_or_else(|_| panic!("no event within {WITHIN:?} while waiting for {what}"))
+    }
+
+    /// The next event and how long it took to come.
+    fn timed(&self, what: &str) -> (serde_json::Value, Duration) {
+        let started = Instant::now();
+        let event = self.next(what);
+        (event, started.elapsed())
     }
 
     fn signal(&self, signal: rustix::process::Signal) {
@@ -213,4 +226,110 @@ fn run_needs_a_valid_config_to_start() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("two sources are named `x`"), "{stderr}");
+}
+
+/// How soon a change to the file must be seen: well under the second the file was once looked
+/// at, and well over the tenth of a second gitfeed lets a directory settle.
+const SOON: Duration = Duration::from_millis(600);
+
+/// A warning about an invalid file, `problem` in its message.
+fn assert_invalid(warning: &serde_json::Value, problem: &str) {
+    assert_eq!(warning["type"], "warning", "{warning}");
+    let message = warning["message"].as_str().expect("message");
+    assert!(message.contains(problem), "{warning}");
+}
+
+/// Idle, `gitfeed run` holds two threads, also while it shows progress (info logs): the
+/// feed's, which also waits for signals and the file's changes, and the printer's. An edit is
+/// seen at once, whether it renames a new file into place or writes the file in place; SIGHUP
+/// reads the file even when it has not changed; SIGTERM ends it with status 0.
+#[test]
+fn run_idles_on_two_threads_and_sees_an_edit_at_once() {
+    let a = Remote::named("a");
+    let dir = unique_dir();
+    let cache = dir.path().join("cache");
+    let config = dir.path().join("gitfeed.json");
+    let stderr = dir.path().join("stderr");
+    write_config(&config, &cache, &[("a", &a, "1h")]);
+    let run = Run::start_with(&config, &stderr, &[("RUST_LOG", "info")]);
+    assert_eq!(run.next("a's first update")["source"], "a");
+    let pid = run.child.id();
+    let idle = || crate::util::threads_of(pid);
+    let threads = crate::util::settle(idle, 2, Duration::from_secs(10));
+    assert!(threads <= 2, "{threads} threads while idle");
+
+    // Each edit is an invalid file, so that each is seen as a warning, with no fetch between
+    // the edit and the event. Five in a row, replaced or written in place, each seen soon.
+    for round in 0..5 {
+        let text = format!(r#"{{"sources": [{{"name": "round{round}"}}]}}"#);
+        if round % 2 == 0 {
+            write_text(&config, &text);
+        } else {
+            std::fs::write(&config, &text).expect("write in place");
+        }
+        let (warning, took) = run.timed("the warning about the edited file");
+        assert_invalid(&warning, "missing field `url`");
+        assert!(
+            took < SOON,
+            "round {round}: the edit was seen after {took:?}"
+        );
+    }
+
+    // The file has not changed since: only the signal makes gitfeed read it again.
+    run.signal(rustix::process::Signal::HUP);
+    assert_invalid(&run.next("the warning after SIGHUP"), "missing field `url`");
+    let threads = crate::util::settle(idle, 2, Duration::from_secs(10));
+    assert!(threads <= 2, "{threads} threads while idle after the edits");
+
+    run.signal(rustix::process::Signal::TERM);
+    let mut run = run;
+    let status = run.child.wait().expect("reap");
+    assert!(status.success(), "{status:?}");
+}
+
+/// A file mounted as Kubernetes mounts a ConfigMap: `gitfeed.json` a symlink through `..data`,
+/// itself a symlink to the directory of the current version. A new version (a new directory,
+/// `..data` renamed over) is seen at once, and so is an edit in place of the file the path
+/// resolves to now, whose directory is not the path's.
+#[test]
+fn a_file_behind_swapped_symlinks_is_followed() {
+    use std::os::unix::fs::symlink;
+    let (a, b) = (Remote::named("a"), Remote::named("b"));
+    let dir = unique_dir();
+    let cache = dir.path().join("cache");
+    let mount = dir.path().join("mount");
+    let version = |name: &str| {
+        let path = mount.join(name);
+        std::fs::create_dir_all(&path).expect("version directory");
+        path.join("gitfeed.json")
+    };
+    let first = version("..v1");
+    write_config(&first, &cache, &[("a", &a, "1h")]);
+    symlink("..v1", mount.join("..data")).expect("..data");
+    let config = mount.join("gitfeed.json");
+    symlink("..data/gitfeed.json", &config).expect("the file's symlink");
+    let stderr = dir.path().join("stderr");
+    let run = Run::start(&config, &stderr);
+    assert_eq!(run.next("a's first update")["source"], "a");
+
+    // A new version: its directory, then `..data` pointed at it in one rename.
+    let second = version("..v2");
+    write_text(&second, r#"{"sources": [{"name": "swapped"}]}"#);
+    symlink("..v2", mount.join("..data_tmp")).expect("..data_tmp");
+    std::fs::rename(mount.join("..data_tmp"), mount.join("..data")).expect("swap ..data");
+    std::fs::remove_dir_all(mount.join("..v1")).expect("remove the old version");
+    let (warning, took) = run.timed("the warning about the new version");
+    assert_invalid(&warning, "missing field `url`");
+    assert!(took < SOON, "the new version was seen after {took:?}");
+
+    // Edited in place where it now lives: only a watch on that directory sees it soon.
+    std::fs::write(&second, r#"{"sources": [{"name": "edited", "url": 1}]}"#).expect("edit");
+    let (warning, took) = run.timed("the warning about the edit in place");
+    assert_invalid(&warning, "invalid type");
+    assert!(took < SOON, "the edit in place was seen after {took:?}");
+
+    // And a valid version is applied.
+    write_config(&second, &cache, &[("a", &a, "1h"), ("b", &b, "1h")]);
+    let update = run.next("b's first update");
+    assert_eq!(update["source"], "b", "{update}");
 }

@@ -303,3 +303,35 @@ fn command_logs_progress_on_stderr_only() {
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
     assert_eq!(stderr, "", "nothing on stderr by default");
 }
+
+/// `watch` shows progress as `--once` does, from the thread that prints its events, and ends
+/// with the feed when told to.
+#[test]
+fn watch_logs_progress_beside_its_events() {
+    use std::io::BufRead;
+    let dir = unique_dir();
+    let slow = Slow::start(dir.path());
+    let stderr = dir.path().join("stderr");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gitfeed"))
+        .args(["watch", &slow.url(), "--interval", "1h", "--cache-dir"])
+        .arg(dir.path().join("cache"))
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+        .spawn()
+        .expect("spawn gitfeed");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let update: serde_json::Value =
+        serde_json::from_str(&lines.next().expect("a line").expect("read")).expect("json");
+    assert_eq!(update["type"], "update", "{update}");
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+    assert!(child.wait().expect("reap").success());
+    let log = std::fs::read_to_string(&stderr).expect("stderr");
+    let receiving = log
+        .lines()
+        .filter(|line| line.starts_with("gitfeed info: big: receiving objects "))
+        .count();
+    assert!(receiving >= 2, "about one line a second:\n{log}");
+}

@@ -26,6 +26,11 @@ pub fn thread_count() -> usize {
         .count()
 }
 
+/// Number of threads of process `pid` (entries of `/proc/<pid>/task`); 0 once it is gone.
+pub fn threads_of(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |tasks| tasks.count())
+}
+
 /// Pids whose parent is this process, including exited children that were
 /// never waited for (zombies), which is exactly what a reaping bug leaves.
 pub fn child_pids() -> Vec<u32> {
