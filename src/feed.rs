@@ -231,10 +231,14 @@ impl Feed {
                     // task (if any) ends when its control channel closes.
                     let (control_tx, control_rx) = async_channel::unbounded();
                     let name = source.name.clone();
+                    // Held before the old task can end and release what it used.
+                    let (paths, claim) = driver::claim(&shared, &source);
                     tasks.push(executor.spawn(driver::follow(
                         Rc::clone(&shared),
                         events_tx.clone(),
                         *source,
+                        paths,
+                        claim,
                         control_rx,
                     )));
                     sources.insert(name, (key, control_tx));
@@ -430,8 +434,9 @@ pub struct Follower {
     warnings: Vec<String>,
     // Never closed while the follower lives: `shared.shutdown` only closes with it.
     _running: Sender<()>,
-    /// Keeps [`gc`](crate::gc) from removing the clone while the follower lives.
-    _user: Option<std::fs::File>,
+    /// Keeps the source's entry and clone from being released by a run of other settings of
+    /// the same name, or removed by [`gc`](crate::gc), while the follower lives.
+    _claim: crate::cache::Claim,
 }
 
 impl Follower {
@@ -440,9 +445,12 @@ impl Follower {
         let source = source.normalized();
         source.validate()?;
         let (running, shutdown) = async_channel::bounded(1);
-        let user = crate::cache::CloneDir::new(cache_dir.as_ref(), &source.clone_key())
-            .hold()
-            .map_err(|err| Error::io("cannot open the cache", err))?;
+        let claim = crate::cache::claim(
+            &crate::cache::Entry::new(cache_dir.as_ref(), &source.cache_key()),
+            &crate::cache::CloneDir::new(cache_dir.as_ref(), &source.clone_key()),
+            &source.name,
+        )
+        .map_err(|err| Error::io("cannot open the cache", err))?;
         Ok(Self {
             shared: Shared {
                 cache_dir: cache_dir.as_ref().to_owned(),
@@ -456,7 +464,7 @@ impl Follower {
             handle: None,
             warnings: Vec::new(),
             _running: running,
-            _user: Some(user),
+            _claim: claim,
         })
     }
 
