@@ -138,7 +138,7 @@ impl Entry {
 
     /// Deletes the entry (delivery state, status, record) unless someone holds it; true when it
     /// is gone. Renamed away first, as `gc` does with clones, so a crash midway leaves either
-    /// the whole entry or trash that the next release or `gc` deletes.
+    /// the whole entry or trash under `clones/` that `gc` deletes.
     fn remove_if_unheld(&self, cache_dir: &Path) -> io::Result<bool> {
         if !self.dir.is_dir() {
             return Ok(true);
@@ -438,7 +438,7 @@ pub(crate) enum Released {
     /// The entry is gone; its clone stays for other sources, marked to be pruned.
     Shared(CloneDir),
     /// The entry is gone; it recorded no clone.
-    Entry,
+    NoClone,
 }
 
 /// Releases `entry`: deletes it unless someone holds it, then deletes its clone when no other
@@ -450,7 +450,7 @@ pub(crate) fn release(cache_dir: &Path, entry: &Entry) -> io::Result<Released> {
         return Ok(Released::Held);
     }
     let Some(clone) = clone else {
-        return Ok(Released::Entry);
+        return Ok(Released::NoClone);
     };
     if clone.remove_if_unused(cache_dir)? {
         return Ok(Released::Removed);

@@ -528,7 +528,7 @@ fn release_entry(
             log::debug!("{name}: {dir} is still in use elsewhere; kept");
             return;
         }
-        Ok(Released::Entry) => {
+        Ok(Released::NoClone) => {
             log::info!("{name}: released {dir}");
             return;
         }

@@ -605,7 +605,8 @@ fn a_removed_source_leaves_a_clone_another_follower_holds_and_its_tip_goes_at_th
         .write(true)
         .open(clone.join("lock"))
         .expect("open the lock file");
-    writing.try_lock().expect("take the lock");
+    // main's polls take the lock too, briefly: wait for one to end.
+    writing.lock().expect("take the lock");
     feed.handle.remove("main").expect("remove main");
     assert!(
         eventually(|| names(cache.path()).len() == 1 && clone.join("prune").exists()),
@@ -649,10 +650,16 @@ fn a_removed_source_leaves_a_clone_another_process_holds_and_its_tip_goes() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start gitfeed watch");
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
-        watch.stdout.take().expect("stdout"),
-    ));
-    let first = lines.next().expect("dev's first update").expect("a line");
+    let stdout = std::io::BufReader::new(watch.stdout.take().expect("stdout"));
+    let (lines, received) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(stdout).map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = received.recv_timeout(WITHIN).expect("dev's first update");
     assert!(first.contains(&base), "{first}");
     let git_dir = clones(cache.path())[0].join("repo.git");
     assert_eq!(tip_refs(&git_dir).len(), 2);
@@ -668,6 +675,7 @@ fn a_removed_source_leaves_a_clone_another_process_holds_and_its_tip_goes() {
     feed.stop();
     let _ = watch.kill();
     let _ = watch.wait();
+    reader.join().expect("the reader ends with the process");
     git_in(&git_dir, &["fsck", "--full", "--strict", "--no-dangling"]);
 }
 
