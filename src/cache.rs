@@ -8,9 +8,24 @@
 //!                                            reader that has the clone open; `gc` skips it then
 //! <cache_dir>/clones/<clone key>/used        its modification time: when an attempt last used
 //!                                            the clone (refreshed at most hourly)
+//! <cache_dir>/clones/<clone key>/prune       there when a source of the clone was released:
+//!                                            the next attempt holding the lock drops its tip
+//!                                            ref and consolidates
+//! <cache_dir>/clones/.removing-*             a clone or source directory being deleted
 //! <cache_dir>/<source key>/state.json        {"delivered": "<commit>"}
 //! <cache_dir>/<source key>/status.json       the source's last status
+//! <cache_dir>/<source key>/source.json       {"name": …, "clone": <clone key>}: whose it is
+//! <cache_dir>/<source key>/users             held (shared) by every feed source, follower and
+//!                                            reader of exactly these settings
 //! ```
+//!
+//! What the cache holds is what the current sources need. A source that stops being followed
+//! (removed from a feed, or replaced by other settings of the same name) is *released*: its
+//! directory is deleted unless someone else holds it, its clone is deleted when no other
+//! source's directory records it and nobody holds it open, and otherwise its tip ref goes at
+//! the clone's next consolidation. A source's directory without `source.json` was written by a
+//! gitfeed from before releases: it is never released by name, and its acknowledged commit is
+//! kept in every clone.
 //!
 //! Before clones were shared, each source's directory held its own `repo.git` and `lock`. The
 //! delivery state is still where it was; the first attempt after an upgrade moves the old
@@ -37,6 +52,16 @@ struct State {
     delivered: Option<String>,
 }
 
+/// What `source.json` says of the source an entry belongs to: enough for another process to
+/// tell which clone it reads and which entries an entry's later settings replace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Record {
+    /// The source's name, its identity across settings.
+    name: String,
+    /// The key of the clone it reads, under `clones/`.
+    clone: String,
+}
+
 impl Entry {
     pub fn new(cache_dir: &Path, key: &str) -> Self {
         Self {
@@ -54,6 +79,80 @@ impl Entry {
     /// The entry's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The entry's key: its directory's name.
+    fn key(&self) -> String {
+        self.dir
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    fn record_path(&self) -> PathBuf {
+        self.dir.join("source.json")
+    }
+
+    /// What `source.json` says, if it is there and readable.
+    fn recorded(&self) -> Option<Record> {
+        let text = fs::read(self.record_path()).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    /// Records that the entry belongs to the source named `name`, which reads the clone
+    /// `clone`, unless it says so already. Written atomically: a crash leaves the old record, or
+    /// none, which counts as an entry of an earlier gitfeed (kept, never released by name).
+    pub fn record(&self, name: &str, clone: &CloneDir) -> io::Result<()> {
+        let record = Record {
+            name: name.to_owned(),
+            clone: clone.key(),
+        };
+        if self.recorded().as_ref() == Some(&record) {
+            return Ok(());
+        }
+        fs::create_dir_all(&self.dir)?;
+        let temporary = self.dir.join("source.json.tmp");
+        let result = (|| {
+            let mut file = fs::File::create(&temporary)?;
+            file.write_all(&serde_json::to_vec(&record).map_err(io::Error::other)?)?;
+            file.sync_all()?;
+            fs::rename(&temporary, self.record_path())
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&temporary);
+        }
+        result
+    }
+
+    /// Registers one user of the entry for as long as the returned file is open: a release
+    /// never deletes an entry while anyone holds this.
+    pub fn hold(&self) -> io::Result<fs::File> {
+        hold_shared(&self.dir)
+    }
+
+    /// The clone this entry's source reads, as its record says.
+    fn recorded_clone(&self, cache_dir: &Path) -> Option<CloneDir> {
+        self.recorded()
+            .map(|record| CloneDir::new(cache_dir, &record.clone))
+    }
+
+    /// Deletes the entry (delivery state, status, record) unless someone holds it; true when it
+    /// is gone. Renamed away first, as `gc` does with clones, so a crash midway leaves either
+    /// the whole entry or trash under `clones/` that `gc` deletes.
+    fn remove_if_unheld(&self, cache_dir: &Path) -> io::Result<bool> {
+        if !self.dir.is_dir() {
+            return Ok(true);
+        }
+        let Some(users) = try_exclusive(&self.dir.join("users"))? else {
+            return Ok(false);
+        };
+        discard(
+            cache_dir,
+            &self.dir,
+            &format!("source-{}", self.key()),
+            users,
+        )?;
+        Ok(true)
     }
 
     /// Where the source's own clone lived before clones were shared.
@@ -150,6 +249,14 @@ impl CloneDir {
         &self.dir
     }
 
+    /// The clone's key: its directory's name.
+    fn key(&self) -> String {
+        self.dir
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
     /// Where the bare clone lives.
     pub fn git_dir(&self) -> PathBuf {
         self.dir.join("repo.git")
@@ -174,16 +281,51 @@ impl CloneDir {
     /// Registers one user of the clone for as long as the returned file is open: [`gc`] never
     /// removes a clone while anyone holds this.
     pub fn hold(&self) -> io::Result<fs::File> {
-        let path = self.dir.join("users");
-        loop {
-            let file = open_lock_file(&path)?;
-            file.lock_shared()?;
-            // `gc` renames the directory away before deleting it: a lock taken on a file that
-            // is no longer at `path` protects nothing, so take it again on the new one.
-            if same_file(&file, &path) {
-                return Ok(file);
-            }
+        hold_shared(&self.dir)
+    }
+
+    /// True when a source of the clone was released and its tip ref and the objects only it
+    /// needed have not been dropped yet.
+    pub fn prune_wanted(&self) -> bool {
+        self.dir.join(PRUNE).exists()
+    }
+
+    /// Asks the next attempt that holds the clone's lock to drop the tip refs of released
+    /// sources and consolidate.
+    pub fn want_prune(&self) -> io::Result<()> {
+        if !self.dir.is_dir() {
+            return Ok(());
         }
+        fs::write(self.dir.join(PRUNE), b"")
+    }
+
+    /// Clears [`CloneDir::want_prune`]; only call it holding the lock, before looking for the
+    /// refs to drop, so that a release after the look asks again.
+    pub fn clear_prune(&self) {
+        let _ = fs::remove_file(self.dir.join(PRUNE));
+    }
+
+    /// Deletes the clone when no source's entry in `cache_dir` records it and nobody holds it
+    /// open or writes it; true when it is gone (or was never there).
+    ///
+    /// The locks are taken before the entries are read: a source that starts meanwhile has
+    /// either recorded itself by then, or waits in [`CloneDir::hold`] until the clone is renamed
+    /// away and then makes a new one.
+    fn remove_if_unused(&self, cache_dir: &Path) -> io::Result<bool> {
+        if !self.dir.is_dir() {
+            return Ok(true);
+        }
+        let Some(users) = try_exclusive(&self.dir.join("users"))? else {
+            return Ok(false);
+        };
+        let Some(lock) = try_exclusive(&self.dir.join("lock"))? else {
+            return Ok(false);
+        };
+        if recorded_by_any(cache_dir, &self.key())? {
+            return Ok(false);
+        }
+        discard(cache_dir, &self.dir, &self.key(), (users, lock))?;
+        Ok(true)
     }
 
     /// Records that an attempt used the clone now, unless it was recorded within the last
@@ -219,6 +361,129 @@ impl CloneDir {
 
 /// The directory under the cache directory that holds the shared clones.
 const CLONES: &str = "clones";
+
+/// The file in a clone's directory that asks for its released sources to be pruned.
+const PRUNE: &str = "prune";
+
+/// A shared lock on `dir/users`, taken again when the directory was renamed away meanwhile.
+fn hold_shared(dir: &Path) -> io::Result<fs::File> {
+    let path = dir.join("users");
+    loop {
+        let file = open_lock_file(&path)?;
+        file.lock_shared()?;
+        // A release or `gc` renames the directory away before deleting it: a lock taken on a
+        // file that is no longer at `path` protects nothing, so take it again on the new one.
+        if same_file(&file, &path) {
+            return Ok(file);
+        }
+    }
+}
+
+/// Renames `dir` away to `clones/.removing-<name>` while `locks` are held, then deletes it;
+/// returns the bytes it took.
+fn discard<T>(cache_dir: &Path, dir: &Path, name: &str, locks: T) -> io::Result<u64> {
+    let clones = cache_dir.join(CLONES);
+    fs::create_dir_all(&clones)?;
+    let trash = clones.join(format!("{TRASH_PREFIX}{name}"));
+    // A deletion a crash interrupted may still be there under the same name.
+    remove_tree(&trash)?;
+    fs::rename(dir, &trash)?;
+    // Once renamed away nothing can open the directory by its name: whoever waits for the
+    // locks may go on (and finds none), instead of waiting for the deletion.
+    drop(locks);
+    let bytes = tree_size(&trash);
+    remove_tree(&trash)?;
+    Ok(bytes)
+}
+
+/// True when an entry in `cache_dir` records the clone `clone_key`.
+fn recorded_by_any(cache_dir: &Path, clone_key: &str) -> io::Result<bool> {
+    Ok(entries_of(cache_dir)?.iter().any(|item| {
+        item.file_name() != CLONES
+            && Entry::at(&item.path())
+                .recorded()
+                .is_some_and(|record| record.clone == clone_key)
+    }))
+}
+
+/// What a running source holds in the cache: its entry and its clone, so that neither a
+/// release nor `gc` deletes them while it runs.
+#[derive(Debug)]
+pub(crate) struct Claim {
+    _entry: fs::File,
+    _clone: fs::File,
+}
+
+/// Holds `entry` and `clone` for the source named `name`, and records in the entry that it is
+/// that source's and reads that clone. The entry is held before it is recorded, and recorded
+/// before the clone is held: see [`CloneDir::remove_if_unused`].
+pub(crate) fn claim(entry: &Entry, clone: &CloneDir, name: &str) -> io::Result<Claim> {
+    let held = entry.hold()?;
+    entry.record(name, clone)?;
+    Ok(Claim {
+        _entry: held,
+        _clone: clone.hold()?,
+    })
+}
+
+/// What [`release`] did.
+#[derive(Debug)]
+pub(crate) enum Released {
+    /// Someone else holds the entry: nothing was released.
+    Held,
+    /// The entry is gone, and the clone with it.
+    Removed,
+    /// The entry is gone; its clone stays for other sources, marked to be pruned.
+    Shared(CloneDir),
+    /// The entry is gone; it recorded no clone.
+    NoClone,
+}
+
+/// Releases `entry`: deletes it unless someone holds it, then deletes its clone when no other
+/// entry records it and nobody has it open, and otherwise marks the clone so that the next
+/// attempt holding its lock drops the entry's tip ref and the objects only it needed.
+pub(crate) fn release(cache_dir: &Path, entry: &Entry) -> io::Result<Released> {
+    let clone = entry.recorded_clone(cache_dir);
+    if !entry.remove_if_unheld(cache_dir)? {
+        return Ok(Released::Held);
+    }
+    let Some(clone) = clone else {
+        return Ok(Released::NoClone);
+    };
+    if clone.remove_if_unused(cache_dir)? {
+        return Ok(Released::Removed);
+    }
+    // After the entry is gone, so that a prune that looked before asks again.
+    clone.want_prune()?;
+    Ok(Released::Shared(clone))
+}
+
+/// The entries in `cache_dir` that earlier settings of the source named `name`, whose entry is
+/// `key`, left: recorded as that name's, under another key. Entry keys start with the name
+/// made readable and end in a hash (`Source::cache_key`), so only the directories that look
+/// like one of the name's are read.
+pub(crate) fn superseded(cache_dir: &Path, key: &str, name: &str) -> Vec<Entry> {
+    let Some((stem, _)) = key.rsplit_once('-') else {
+        return Vec::new();
+    };
+    let Ok(listing) = entries_of(cache_dir) else {
+        return Vec::new();
+    };
+    listing
+        .into_iter()
+        .filter(|item| {
+            let file_name = item.file_name();
+            let file_name = file_name.to_string_lossy();
+            file_name != key
+                && file_name
+                    .strip_prefix(stem)
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    .is_some_and(|hash| hash.len() == 16)
+        })
+        .map(|item| Entry::at(&item.path()))
+        .filter(|entry| entry.recorded().is_some_and(|record| record.name == name))
+        .collect()
+}
 
 /// Opens the lock file at `path`, creating it (and its directory) only when it is missing:
 /// taking a lock then writes nothing to the disk, poll after poll.
@@ -313,7 +578,6 @@ fn collect(cache_dir: &Path, unused_for: Duration) -> io::Result<GcReport> {
         if !item.file_type().is_ok_and(|kind| kind.is_dir()) {
             continue;
         }
-        let clone = CloneDir { dir: dir.clone() };
         if !unused(&[dir.join("used"), dir.clone()]) {
             continue;
         }
@@ -326,17 +590,7 @@ fn collect(cache_dir: &Path, unused_for: Duration) -> io::Result<GcReport> {
             report.in_use.push(dir);
             continue;
         };
-        let trash = clones.join(format!("{TRASH_PREFIX}{}", name.to_string_lossy()));
-        // A deletion a crash interrupted may still be there under the same name, and listed
-        // after this clone.
-        remove_tree(&trash)?;
-        fs::rename(&clone.dir, &trash)?;
-        // Once renamed away nothing can open the clone by its name: whoever waits for the
-        // locks may go on (and finds no clone), instead of waiting for the deletion.
-        drop((users, lock));
-        let bytes = tree_size(&trash);
-        remove_tree(&trash)?;
-        report.bytes_freed += bytes;
+        report.bytes_freed += discard(cache_dir, &dir, &name.to_string_lossy(), (users, lock))?;
         report.removed.push(dir);
     }
     for item in entries_of(cache_dir)? {
@@ -419,16 +673,21 @@ fn tree_size(path: &Path) -> u64 {
     total
 }
 
-/// Every commit a source in `cache_dir` has acknowledged: whichever source shares a clone, its
-/// acknowledged commit must survive another source's pack consolidation, or its next update
-/// could not be diffed against it.
-pub(crate) fn acknowledged_commits(cache_dir: &Path) -> Vec<ObjectId> {
+/// Every commit acknowledged by a source in `cache_dir` that reads the clone `clone`: whichever
+/// source shares a clone, its acknowledged commit must survive another source's pack
+/// consolidation, or its next update could not be diffed against it. Entries that record no
+/// clone (written before entries did) count for every clone. A released source's entry is
+/// gone, so what only it acknowledged is not kept.
+pub(crate) fn acknowledged_commits(cache_dir: &Path, clone: &CloneDir) -> Vec<ObjectId> {
+    let clone = clone.key();
     let Ok(listing) = fs::read_dir(cache_dir) else {
         return Vec::new();
     };
     listing
         .flatten()
-        .filter_map(|item| Entry::at(&item.path()).delivered())
+        .map(|item| Entry::at(&item.path()))
+        .filter(|entry| entry.recorded().is_none_or(|record| record.clone == clone))
+        .filter_map(|entry| entry.delivered())
         .collect()
 }
 
@@ -449,7 +708,11 @@ mod tests {
             r#"{"delivered":"0123456789abcdef0123456789abcdef01234567"}"#,
             "lowercase on disk"
         );
-        assert_eq!(acknowledged_commits(&dir), vec![id]);
+        assert_eq!(
+            acknowledged_commits(&dir, &CloneDir::new(&dir, "c")),
+            vec![id],
+            "an entry that records no clone counts for every clone"
+        );
         // Whatever else the file holds is not a commit: nothing was delivered.
         for text in [
             "{garbage",
@@ -465,6 +728,98 @@ mod tests {
         drop(held);
         clone.lock().unwrap();
         clone.delete_clone().unwrap();
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A clone with a repository in it, as an attempt leaves it.
+    fn cloned(cache_dir: &Path, key: &str) -> CloneDir {
+        let clone = CloneDir::new(cache_dir, key);
+        fs::create_dir_all(clone.git_dir()).unwrap();
+        fs::write(clone.git_dir().join("HEAD"), "ref: refs/heads/main\n").unwrap();
+        clone
+    }
+
+    fn commit(n: u8) -> ObjectId {
+        crate::git::commit_id(&format!("{n:040x}")).unwrap()
+    }
+
+    #[test]
+    fn a_release_takes_the_clone_only_when_no_other_entry_records_it_and_nobody_holds_it() {
+        let dir = std::env::temp_dir().join(format!("gitfeed-release-{}", std::process::id()));
+        let own = cloned(&dir, "own");
+        let shared = cloned(&dir, "shared");
+        let a = Entry::new(&dir, "a-0000000000000001");
+        let b = Entry::new(&dir, "b-0000000000000002");
+        let c = Entry::new(&dir, "c-0000000000000003");
+        a.record("a", &own).unwrap();
+        for (entry, name, n) in [(&b, "b", 2), (&c, "c", 3)] {
+            entry.record(name, &shared).unwrap();
+            entry.set_delivered(commit(n)).unwrap();
+        }
+        assert!(acknowledged_commits(&dir, &own).is_empty());
+
+        // Held elsewhere (another process's follower of the same settings): nothing goes.
+        let held = a.hold().unwrap();
+        assert!(matches!(release(&dir, &a).unwrap(), Released::Held));
+        assert!(a.dir().is_dir() && own.git_dir().is_dir());
+        drop(held);
+        assert!(matches!(release(&dir, &a).unwrap(), Released::Removed));
+        assert!(!a.dir().exists() && !own.dir().exists());
+
+        // c records the clone too: it stays, to be pruned, keeping only what c acknowledged.
+        assert!(matches!(release(&dir, &b).unwrap(), Released::Shared(_)));
+        assert!(!b.dir().exists());
+        assert!(shared.git_dir().is_dir() && shared.prune_wanted());
+        assert_eq!(acknowledged_commits(&dir, &shared), vec![commit(3)]);
+        shared.clear_prune();
+
+        // No entry records it any more, but a reader or follower has it open, or an attempt
+        // writes it.
+        let user = shared.hold().unwrap();
+        assert!(matches!(release(&dir, &c).unwrap(), Released::Shared(_)));
+        assert!(shared.git_dir().is_dir() && shared.prune_wanted());
+        drop(user);
+        let writing = shared.lock().unwrap();
+        assert!(!shared.remove_if_unused(&dir).unwrap());
+        drop(writing);
+        assert!(shared.remove_if_unused(&dir).unwrap());
+        assert!(!shared.dir().exists());
+
+        // Nothing is left behind, not even the trash.
+        assert_eq!(entries_of(&dir.join(CLONES)).unwrap().len(), 0);
+        assert_eq!(entries_of(&dir).unwrap().len(), 1, "only `clones`");
+        // A source that holds an entry again after its release gets a fresh one.
+        let again = a.hold().unwrap();
+        assert!(same_file(&again, &a.dir().join("users")));
+        drop(again);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn superseded_entries_are_the_same_name_under_another_key() {
+        let dir = std::env::temp_dir().join(format!("gitfeed-superseded-{}", std::process::id()));
+        let clone = CloneDir::new(&dir, "c");
+        let key = "p-000000000000000a";
+        let record = |key: &str, name: &str| {
+            let entry = Entry::new(&dir, key);
+            entry.record(name, &clone).unwrap();
+            entry
+        };
+        record(key, "p");
+        let earlier = record("p-000000000000000b", "p");
+        // Another name made readable the same way, and names that only start alike.
+        record("p-000000000000000c", "p!");
+        record("pq-000000000000000d", "pq");
+        record("p-x-000000000000000e", "p-x");
+        // An entry of an earlier gitfeed records nothing: it is never released by name.
+        Entry::new(&dir, "p-000000000000000f")
+            .set_delivered(commit(1))
+            .unwrap();
+        let found: Vec<PathBuf> = superseded(&dir, key, "p")
+            .iter()
+            .map(|entry| entry.dir().to_owned())
+            .collect();
+        assert_eq!(found, vec![earlier.dir().to_owned()]);
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -62,21 +62,14 @@ impl Shared {
     }
 }
 
-/// Follows one source until the feed shuts down or the source is removed (its control channel
-/// closes), sending its events on `events`. The cache directory stays on disk either way.
-pub(crate) async fn follow(
-    shared: Rc<Shared>,
-    events: Sender<Event>,
-    source: Source,
-    control: Receiver<Control>,
-) {
-    let mut paths = work::Paths::new(&shared.cache_dir, &source);
+/// Where `source`, about to be followed by a feed, reads and writes, and its hold on them:
+/// taken before its task starts, so that the task of the settings it replaces, ending, cannot
+/// release a clone this one is about to use. A failure to hold is logged: the source runs
+/// anyway, and its first attempt says what is wrong with the cache.
+pub(crate) fn claim(shared: &Shared, source: &Source) -> (work::Paths, Option<cache::Claim>) {
+    let mut paths = work::Paths::new(&shared.cache_dir, source);
     paths.turn = shared.clone_turn(paths.clone.dir());
-    let entry = paths.entry.clone();
-    // Held while the source runs: `gc` never removes a clone a running source has open.
-    let _user = paths
-        .clone
-        .hold()
+    let claim = cache::claim(&paths.entry, &paths.clone, &source.name)
         .inspect_err(|err| {
             log::warn!(
                 "{}: cannot register as a user of its clone: {err}",
@@ -84,14 +77,68 @@ pub(crate) async fn follow(
             )
         })
         .ok();
+    (paths, claim)
+}
+
+/// Follows one source until the feed shuts down or the source is removed (its control channel
+/// closes), sending its events on `events`. `paths` and `claim` come from [`claim`].
+///
+/// A removed source is released once its last attempt has ended (see `work::release`): its
+/// entry goes, and its clone too when no other source reads it and nobody has it open. A feed
+/// that shuts down releases nothing: its sources are still configured.
+pub(crate) async fn follow(
+    shared: Rc<Shared>,
+    events: Sender<Event>,
+    source: Source,
+    paths: work::Paths,
+    claim: Option<cache::Claim>,
+    control: Receiver<Control>,
+) {
     // Built again only when the source's settings change: see `refresh`.
     let mut plan = Arc::new(Plan::new(source.clone()));
-    let mut tracker = Tracker::new(source, entry.delivered(), Instant::now())
-        .with_written(Status::read(entry.dir()));
     let mut handle = Kept {
         repo: None,
         shared: Rc::clone(&shared),
     };
+    let end = run(
+        &shared,
+        &events,
+        source,
+        &paths,
+        &mut plan,
+        &mut handle,
+        &control,
+    )
+    .await;
+    // Nothing of this process may keep the clone open or held when it is released.
+    drop(handle);
+    drop(claim);
+    if end == End::Removed && !shared.shutdown.is_closed() {
+        release(&shared, &plan, &paths).await;
+    }
+}
+
+/// Why a source's task stopped following it.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    Removed,
+    Shutdown,
+}
+
+/// The loop of [`follow`]: carries out the tracker's effects until the source is removed or the
+/// feed shuts down.
+async fn run(
+    shared: &Rc<Shared>,
+    events: &Sender<Event>,
+    source: Source,
+    paths: &work::Paths,
+    plan: &mut Arc<Plan>,
+    handle: &mut Kept,
+    control: &Receiver<Control>,
+) -> End {
+    let entry = &paths.entry;
+    let mut tracker = Tracker::new(source, entry.delivered(), Instant::now())
+        .with_written(Status::read(entry.dir()));
     let mut rng = fastrand::Rng::new();
     loop {
         while let Some(effect) = tracker.poll_effect() {
@@ -99,9 +146,9 @@ pub(crate) async fn follow(
                 Effect::Attempt(order) => {
                     // A feed that is stopping starts nothing more.
                     if shared.shutdown.is_closed() {
-                        return;
+                        return End::Shutdown;
                     }
-                    if refresh(&mut plan, tracker.source()) {
+                    if refresh(plan, tracker.source()) {
                         // The clone was opened with the old settings (curl's time limits
                         // among them): open it again with the new ones.
                         drop(handle.take());
@@ -110,13 +157,13 @@ pub(crate) async fn follow(
                         handle: repo,
                         result,
                         warnings,
-                    }) = attempt(&shared, &plan, &paths, handle.take(), &order).await
+                    }) = attempt(shared, plan, paths, handle.take(), &order).await
                     else {
-                        return; // shut down while waiting for a fetch slot
+                        return End::Shutdown; // while waiting for a fetch slot
                     };
                     handle.keep(repo);
                     if let Err(err) = &result {
-                        log_failure(&shared, tracker.source(), err);
+                        log_failure(shared, tracker.source(), err);
                     }
                     let report = Report {
                         result,
@@ -127,8 +174,8 @@ pub(crate) async fn follow(
                 }
                 Effect::TearDown => drop(handle.take()),
                 Effect::Send(event) => {
-                    if !send(&shared, &events, event).await {
-                        return;
+                    if !send(shared, events, event).await {
+                        return End::Shutdown;
                     }
                 }
                 Effect::Execute { update, command } => {
@@ -143,14 +190,14 @@ pub(crate) async fn follow(
                         Err(err) => Err(err),
                     };
                     if let Err(err) = &result {
-                        log_failure(&shared, source, err);
+                        log_failure(shared, source, err);
                     }
                     tracker.handle_exec_done(Instant::now(), result, rng.f64());
                 }
                 Effect::RecordAcknowledged(commit) => {
-                    record_acknowledged(&entry, &tracker.source().name, commit)
+                    record_acknowledged(entry, &tracker.source().name, commit)
                 }
-                Effect::WriteStatus(status) => write_status(&entry, &status),
+                Effect::WriteStatus(status) => write_status(entry, &status),
             }
         }
         // Controls that arrived during an attempt or command are applied in order, once its
@@ -173,14 +220,66 @@ pub(crate) async fn follow(
         let message = async { control.recv().await.map_or(Wake::Removed, Wake::Control) };
         let shutdown = async {
             let _ = shared.shutdown.recv().await;
-            Wake::Removed
+            Wake::Shutdown
         };
         match wake.or(message).or(shutdown).await {
             Wake::Timeout => tracker.handle_timeout(Instant::now()),
             Wake::Control(message) => hand_over(&mut tracker, handle.repo.as_ref(), message),
-            Wake::Removed => return,
+            Wake::Removed => return End::Removed,
+            Wake::Shutdown => return End::Shutdown,
         }
     }
+}
+
+/// Releases a removed source on a thread of its own (it deletes directories and may
+/// consolidate a shared clone), once a fetch slot is free, so that removing many sources at
+/// once starts no more threads than fetching does. A feed that shuts down meanwhile interrupts
+/// it and still waits for the thread.
+async fn release(shared: &Shared, plan: &Arc<Plan>, paths: &work::Paths) {
+    let slot = async { Some(shared.fetch_slots.acquire().await) };
+    let closed = async {
+        let _ = shared.shutdown.recv().await;
+        None
+    };
+    let Some(_slot) = slot.or(closed).await else {
+        return;
+    };
+    let cancel = Arc::new(Cancel::default());
+    let (done_tx, done_rx) = async_channel::bounded(1);
+    let work = {
+        let cancel = Arc::clone(&cancel);
+        let plan = Arc::clone(plan);
+        let paths = paths.clone();
+        move || {
+            work::release(&paths, &plan, &cancel);
+            let _ = done_tx.send_blocking(());
+        }
+    };
+    let name = &plan.source().name;
+    let thread = match thread::Builder::new()
+        .name(format!("gitfeed-release-{name}"))
+        .spawn(work)
+    {
+        Ok(thread) => thread,
+        Err(err) => {
+            log::warn!("{name}: cannot start a thread to release it: {err}");
+            return;
+        }
+    };
+    let finished = async {
+        let _ = done_rx.recv().await;
+        false
+    };
+    let stopped = async {
+        let _ = shared.shutdown.recv().await;
+        true
+    };
+    if finished.or(stopped).await {
+        cancel.cancel();
+        let _ = done_rx.recv().await;
+    }
+    // The thread sent its outcome as its last act; joining returns at once.
+    let _ = thread.join();
 }
 
 /// Builds `plan` again when the tracker has taken new settings for the source since it was
@@ -306,6 +405,7 @@ enum Wake {
     Timeout,
     Control(Control),
     Removed,
+    Shutdown,
 }
 
 /// Runs the attempt `order` asks for on its own thread, once a fetch slot is free, and waits

@@ -231,10 +231,14 @@ impl Feed {
                     // task (if any) ends when its control channel closes.
                     let (control_tx, control_rx) = async_channel::unbounded();
                     let name = source.name.clone();
+                    // Held before the old task can end and release what it used.
+                    let (paths, claim) = driver::claim(&shared, &source);
                     tasks.push(executor.spawn(driver::follow(
                         Rc::clone(&shared),
                         events_tx.clone(),
                         *source,
+                        paths,
+                        claim,
                         control_rx,
                     )));
                     sources.insert(name, (key, control_tx));
@@ -273,7 +277,9 @@ impl FeedHandle {
     /// A replaced source keeps its task and delivery state when its URL, ref and depth are
     /// unchanged (its new timing takes effect at once, and it leaves `failed`); otherwise it
     /// starts afresh with new delivery state, still reading the clone every full-history
-    /// source of its URL shares. Nothing touches the network before validation passes.
+    /// source of its URL shares, and the old settings are released as
+    /// [`remove`](FeedHandle::remove) releases a source. Nothing touches the network before
+    /// validation passes.
     pub fn add(&self, source: Source) -> Result<(), Error> {
         let source = source.normalized();
         source.validate()?;
@@ -295,9 +301,14 @@ impl FeedHandle {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Stops following the source named `name`. An attempt in flight is finished first; its
-    /// delivery state and clone stay on disk, so adding it again resumes where it left off
-    /// (until [`gc`](crate::gc) removes a clone no source has used for a while).
+    /// Stops following the source named `name` and releases it. An attempt in flight is
+    /// finished first. Then its delivery state and status are deleted, and its clone too when
+    /// no other source in the cache reads it and no feed, [`Follower`], [`Reader`](crate::Reader)
+    /// or attempt of any process has it open; a clone that stays loses the source's tip ref,
+    /// and the objects only the source needed go at the clone's next consolidation (at once
+    /// when nobody is writing it). Added again, the source starts afresh: its first update
+    /// lists every file. Another process that follows the very same source (same name, URL,
+    /// ref and depth) keeps it all. A feed that shuts down releases nothing.
     ///
     /// Fails with [`Reason::NotFound`] when the feed has no source named `name`, and with
     /// [`Reason::Stopped`] once the feed has stopped.
@@ -393,6 +404,11 @@ impl FeedHandle {
 /// Each call opens the cached clone afresh; to poll one source again and again, keep a
 /// [`Follower`].
 ///
+/// A source's name is its identity in the cache: the first attempt of a source releases what
+/// other settings of the same name (another pin, depth or URL) left in it, unless a feed,
+/// follower or reader holds them, as [`FeedHandle::remove`] releases a source. A source pinned
+/// to one release after another keeps one clone.
+///
 /// ```no_run
 /// let source = gitfeed::Source::new("p", "https://example.org/p.git");
 /// if let Some(update) = gitfeed::sync_once("/var/cache/gitfeed", &source)? {
@@ -430,19 +446,25 @@ pub struct Follower {
     warnings: Vec<String>,
     // Never closed while the follower lives: `shared.shutdown` only closes with it.
     _running: Sender<()>,
-    /// Keeps [`gc`](crate::gc) from removing the clone while the follower lives.
-    _user: Option<std::fs::File>,
+    /// Keeps the source's entry and clone from being released by a run of other settings of
+    /// the same name, or removed by [`gc`](crate::gc), while the follower lives.
+    _claim: crate::cache::Claim,
 }
 
 impl Follower {
-    /// Checks `source` and prepares to follow it in `cache_dir`; nothing is fetched yet.
+    /// Checks `source` and prepares to follow it in `cache_dir`; nothing is fetched yet. Its
+    /// entry and clone are held until the follower is dropped, and the first poll releases what
+    /// other settings of the same name left in the cache (see [`sync_once`]).
     pub fn new(cache_dir: impl AsRef<Path>, source: &Source) -> Result<Self, Error> {
         let source = source.normalized();
         source.validate()?;
         let (running, shutdown) = async_channel::bounded(1);
-        let user = crate::cache::CloneDir::new(cache_dir.as_ref(), &source.clone_key())
-            .hold()
-            .map_err(|err| Error::io("cannot open the cache", err))?;
+        let claim = crate::cache::claim(
+            &crate::cache::Entry::new(cache_dir.as_ref(), &source.cache_key()),
+            &crate::cache::CloneDir::new(cache_dir.as_ref(), &source.clone_key()),
+            &source.name,
+        )
+        .map_err(|err| Error::io("cannot open the cache", err))?;
         Ok(Self {
             shared: Shared {
                 cache_dir: cache_dir.as_ref().to_owned(),
@@ -456,7 +478,7 @@ impl Follower {
             handle: None,
             warnings: Vec::new(),
             _running: running,
-            _user: Some(user),
+            _claim: claim,
         })
     }
 

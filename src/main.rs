@@ -41,7 +41,9 @@ event) while the running configuration stays.
 `status` prints the last known state of every source in the cache, one JSON object per
 line, whether or not a feed is running; `watch --once` writes it too.
 
-`gc` removes the clones that no source has used for --unused-for [default: 168h, a week] and
+A running feed and a --once run release by themselves what a source they no longer follow
+used (a removed source, other settings of a name). `gc` is for what no process runs any more:
+it removes the clones that no source has used for --unused-for [default: 168h, a week] and
 that no running feed or --once run has open; delivery state is kept. It prints one JSON object.
 
 "#;

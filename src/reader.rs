@@ -35,8 +35,9 @@ pub struct Reader {
     repo: Repo,
     matcher: Matcher,
     max_file_size: u64,
-    /// Keeps [`gc`](crate::gc) from removing the clone while it is read.
-    _user: Option<std::fs::File>,
+    /// Keeps [`gc`](crate::gc) from removing the clone while it is read, and a release from
+    /// deleting the source's entry (and so its tip ref) meanwhile.
+    _user: (Option<std::fs::File>, Option<std::fs::File>),
 }
 
 /// A file of a commit, as listed by [`Reader::files`].
@@ -86,7 +87,10 @@ impl Reader {
         let source = source.normalized();
         source.validate()?;
         let clone = cache::CloneDir::new(cache_dir.as_ref(), &source.clone_key());
-        let legacy = cache::Entry::new(cache_dir.as_ref(), &source.cache_key()).legacy_git_dir();
+        let entry = cache::Entry::new(cache_dir.as_ref(), &source.cache_key());
+        let legacy = entry.legacy_git_dir();
+        // Only an entry that is there: a reader never makes one.
+        let reading = entry.dir().is_dir().then(|| entry.hold().ok()).flatten();
         // Until the source's first attempt after an upgrade moves it, its clone is where
         // gitfeed kept it before clones were shared.
         let (git_dir, user) = if !clone.git_dir().exists() && legacy.exists() {
@@ -113,7 +117,7 @@ impl Reader {
             repo,
             matcher: plan.into_matcher().map_err(Error::invalid)?,
             max_file_size,
-            _user: user,
+            _user: (reading, user),
         })
     }
 

@@ -502,7 +502,7 @@ impl Source {
     /// sources of one clone never move each other's tips, and a pinned commit stays reachable
     /// from its source's ref however the branches around it are rewritten.
     pub(crate) fn tip_ref(&self) -> String {
-        format!("refs/gitfeed/sources/{}", self.cache_key())
+        format!("{TIP_REFS}{}", self.cache_key())
     }
 
     /// Moves a password in the URL's userinfo into `auth`, so that it never appears in an
@@ -544,6 +544,10 @@ impl Source {
         }
     }
 }
+
+/// Where the sources' tip refs live in a clone: each is this followed by the source's
+/// [`Source::cache_key`], so the key names the entry the ref belongs to.
+pub(crate) const TIP_REFS: &str = "refs/gitfeed/sources/";
 
 /// `text` with anything but ASCII letters, digits, `-` and `_` replaced, at most 48 characters:
 /// safe as a directory name and as a ref name component.

@@ -7,13 +7,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::auth::Auth;
 use crate::cache;
+use crate::cache::Released;
 use crate::event::{Change, ChangeKind, Encoding};
 use crate::git::{Call, Cancel, FetchError, FileKind, Matcher, ObjectId, Repo, Target, Tip};
 use crate::machine::ErrorKind;
 use crate::progress::Counter;
 use crate::reason::Reason;
 use crate::snapshot::{self, SnapshotDir};
-use crate::source::Source;
+use crate::source::{Source, TIP_REFS};
 #[cfg(feature = "verify")]
 use crate::verify::{AllowedSigners, Verdict};
 use base64::Engine;
@@ -84,6 +85,9 @@ pub(crate) struct Plan {
     /// The compiled filter, or why it does not compile: validation refuses such a source
     /// before it is followed, and an attempt of one fails as misconfigured.
     matcher: Result<Matcher, String>,
+    /// Set once an attempt released what earlier settings of the source left in the cache
+    /// (see [`release_superseded`]): once per source followed, not per attempt.
+    superseded_released: AtomicBool,
 }
 
 impl Plan {
@@ -98,6 +102,7 @@ impl Plan {
             source,
             targets,
             matcher,
+            superseded_released: AtomicBool::new(false),
         }
     }
 
@@ -114,6 +119,9 @@ impl Plan {
                 target.many_refs.store(true, Ordering::Relaxed);
             }
         }
+        // New settings of one cache entry (`Source::cache_key`) leave nothing to release.
+        let released = self.superseded_released.load(Ordering::SeqCst);
+        plan.superseded_released.store(released, Ordering::SeqCst);
         plan
     }
 
@@ -174,6 +182,9 @@ pub(crate) fn sync(
 ) -> Attempt {
     let source = plan.source();
     let mut warnings = Vec::new();
+    if !plan.superseded_released.swap(true, Ordering::SeqCst) {
+        release_superseded(paths, plan, cancel);
+    }
     // Every attempt counts as a use, also a poll that never takes the lock: `gc` must not take
     // a clone that is polled for unused.
     paths.clone.mark_used();
@@ -185,7 +196,10 @@ pub(crate) fn sync(
         .try_lock()
         .ok()
         .and_then(|turn| Some((turn, paths.clone.lock().ok()?)));
+    // A clone with a released source to prune is pruned under the lock, by whichever attempt
+    // comes next, whether or not anything moved.
     if held.is_none()
+        && !paths.clone.prune_wanted()
         && let Some(tip) = unchanged(handle.as_ref(), paths, plan, seen, cancel, progress)
     {
         return Attempt {
@@ -381,8 +395,9 @@ fn open_clone(paths: &Paths, target: &Target, seen: &Seen) -> Result<Repo, Fetch
     Ok(repo)
 }
 
-/// Consolidates the clone's packs when they have piled up, keeping what every source of the
-/// clone still needs; returns the handle to keep, if any.
+/// Consolidates the clone's packs when they have piled up or a released source is to be
+/// pruned, keeping what every source of the clone still needs; returns the handle to keep, if
+/// any.
 fn maintain(
     repo: Repo,
     paths: &Paths,
@@ -391,18 +406,19 @@ fn maintain(
     tip: Option<ObjectId>,
     cancel: &Cancel,
 ) -> Option<Repo> {
-    if !repo.wants_maintenance() {
-        return Some(repo);
-    }
-    // Other sources' tips are refs in the clone; their acknowledged commits are read from
-    // their state files (an update one of them sent but was not yet acknowledged is its tip).
-    let acknowledged = cache::acknowledged_commits(&paths.cache_dir);
+    // An update this source sent but the consumer did not acknowledge yet is its tip.
     let keep: Vec<ObjectId> = [tip, seen.sent, seen.acknowledged]
         .into_iter()
         .flatten()
-        .chain(acknowledged)
         .collect();
-    match repo.maintain(plan.target(), &keep, cancel) {
+    match prune(
+        repo,
+        &paths.cache_dir,
+        &paths.clone,
+        &keep,
+        plan.target(),
+        cancel,
+    ) {
         Ok(repo) => Some(repo),
         // The update is good; the next attempt reopens the clone.
         Err(err) => {
@@ -413,6 +429,139 @@ fn maintain(
             );
             None
         }
+    }
+}
+
+/// With the clone's lock held: when a release asked for it ([`cache::CloneDir::want_prune`]),
+/// deletes the tip refs whose source's entry is gone and consolidates, which drops the objects
+/// only those refs and those sources' acknowledged commits reached; otherwise consolidates
+/// only when the packs have piled up. Other sources' tips are refs in the clone; their
+/// acknowledged commits are read from their entries; `keep` adds what the caller's source
+/// needs beyond its ref.
+fn prune(
+    repo: Repo,
+    cache_dir: &std::path::Path,
+    clone: &cache::CloneDir,
+    keep: &[ObjectId],
+    target: &Target,
+    cancel: &Cancel,
+) -> Result<Repo, FetchError> {
+    let wanted = clone.prune_wanted();
+    if !wanted && !repo.wants_maintenance() {
+        return Ok(repo);
+    }
+    if wanted {
+        // Cleared before looking: a release after the look asks again.
+        clone.clear_prune();
+        for name in repo.refs_under(TIP_REFS) {
+            let key = &name[TIP_REFS.len()..];
+            // Every running source holds its entry from before its first fetch, so a ref
+            // without one is a released source's.
+            if cache::Entry::new(cache_dir, key).dir().is_dir() {
+                continue;
+            }
+            match repo.delete_ref(&name) {
+                Ok(()) => log::debug!("{}: dropped {name}", clone.dir().display()),
+                Err(err) => log::warn!("{}: {}", clone.dir().display(), err.message),
+            }
+        }
+    }
+    let keep: Vec<ObjectId> = keep
+        .iter()
+        .copied()
+        .chain(cache::acknowledged_commits(cache_dir, clone))
+        .collect();
+    let (repo, done) = repo.maintain(target, &keep, wanted, cancel)?;
+    if wanted
+        && !done
+        && let Err(err) = clone.want_prune()
+    {
+        log::warn!("{}: cannot mark for pruning: {err}", clone.dir().display());
+    }
+    Ok(repo)
+}
+
+/// Releases what the source of `paths` held in the cache once it is no longer followed (see
+/// [`cache::release`]). A clone that stays for other sources is pruned at once when nobody is
+/// writing it, so that a clone whose other sources never fetch again (pinned ones) does not
+/// keep the released tip until they do; otherwise the attempt that holds it, or the next,
+/// prunes it.
+pub(crate) fn release(paths: &Paths, plan: &Plan, cancel: &Cancel) {
+    // A source of this process that shares the clone and has its turn is writing it, or is
+    // about to: that attempt prunes it.
+    let turn = paths.turn.try_lock().ok();
+    let leave = turn.is_none().then_some(&paths.clone);
+    release_entry(&paths.cache_dir, &paths.entry, plan, cancel, leave);
+}
+
+/// Releases the entries that earlier settings of this source (another pin, depth or URL under
+/// the same name) left in the cache, unless someone still holds them: a `--once` run that was
+/// pinned elsewhere leaves no clone of its earlier pins behind. This source's own clone, when
+/// one of them shared it, is pruned by the attempt about to run.
+fn release_superseded(paths: &Paths, plan: &Plan, cancel: &Cancel) {
+    let source = plan.source();
+    for entry in cache::superseded(&paths.cache_dir, &source.cache_key(), &source.name) {
+        if cancel.is_cancelled() {
+            return;
+        }
+        release_entry(&paths.cache_dir, &entry, plan, cancel, Some(&paths.clone));
+    }
+}
+
+/// Releases `entry`, and prunes the clone it leaves to others when its lock is free, unless it
+/// is `leave`, which an attempt of this process prunes.
+fn release_entry(
+    cache_dir: &std::path::Path,
+    entry: &cache::Entry,
+    plan: &Plan,
+    cancel: &Cancel,
+    leave: Option<&cache::CloneDir>,
+) {
+    let name = &plan.source().name;
+    let dir = entry.dir().display();
+    let clone = match cache::release(cache_dir, entry) {
+        Err(err) => {
+            log::warn!("{name}: cannot release {dir}: {err}");
+            return;
+        }
+        Ok(Released::Held) => {
+            log::debug!("{name}: {dir} is still in use elsewhere; kept");
+            return;
+        }
+        Ok(Released::NoClone) => {
+            log::info!("{name}: released {dir}");
+            return;
+        }
+        Ok(Released::Removed) => {
+            log::info!("{name}: released {dir} and the clone no other source reads");
+            return;
+        }
+        Ok(Released::Shared(clone)) => clone,
+    };
+    log::info!(
+        "{name}: released {dir}; its clone {} stays for other sources",
+        clone.dir().display()
+    );
+    if leave.is_some_and(|leave| leave.dir() == clone.dir()) {
+        return;
+    }
+    // Busy: the attempt holding the lock prunes it, or the next one.
+    let Ok(_lock) = clone.lock() else {
+        return;
+    };
+    if !clone.git_dir().is_dir() {
+        // Nothing was cloned: no ref to drop.
+        clone.clear_prune();
+        return;
+    }
+    let result = Repo::open(&clone.git_dir(), plan.target())
+        .and_then(|repo| prune(repo, cache_dir, &clone, &[], plan.target(), cancel));
+    if let Err(err) = result {
+        log::warn!(
+            "{name}: cannot prune {}: {}",
+            clone.dir().display(),
+            err.message
+        );
     }
 }
 

@@ -1,7 +1,9 @@
 //! One clone per repository: sources that follow other refs, pins or depths of one URL share
 //! it, consolidation by one source keeps every other source's commits, `gc` removes only unused
 //! clones, and a cache of the layout before clones were shared is taken over without delivering
-//! anything twice.
+//! anything twice. The cache holds what the current sources need: a source no longer followed
+//! takes its entry and clone with it, or its tip and the objects only it needed from a clone
+//! other sources read, and a feed that shuts down releases nothing.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,7 +11,10 @@ use std::time::Duration;
 use gitfeed::{Follower, Source, acknowledge, sync_once};
 
 use crate::harness::{Running, letters, quick_source};
-use crate::util::{GitDaemon, Remote, git_in, unique_dir};
+use crate::util::{GitDaemon, Remote, git_command, git_in, settle, unique_dir};
+
+/// How long a feed may take to release what a source left.
+const WITHIN: Duration = Duration::from_secs(20);
 
 /// The clone directories in `cache`.
 fn clones(cache: &Path) -> Vec<PathBuf> {
@@ -18,6 +23,49 @@ fn clones(cache: &Path) -> Vec<PathBuf> {
         .unwrap_or_default();
     dirs.sort();
     dirs
+}
+
+/// The names of the directories in `dir` (the clones, or the entries), sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|listing| {
+            listing
+                .flatten()
+                .map(|item| item.file_name().to_string_lossy().into_owned())
+                .filter(|name| name != "clones")
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Waits until `done` holds, at most `WITHIN`; true when it did.
+fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    settle(|| usize::from(!done()), 0, WITHIN) == 0
+}
+
+/// The tip refs in the clone at `git_dir`.
+fn tip_refs(git_dir: &Path) -> Vec<String> {
+    git_in(
+        git_dir,
+        &["for-each-ref", "--format=%(refname)", "refs/gitfeed/"],
+    )
+    .lines()
+    .map(str::to_owned)
+    .collect()
+}
+
+/// True when the clone at `git_dir` holds the object `id`.
+fn has_object(git_dir: &Path, id: &str) -> bool {
+    git_command()
+        .arg("--git-dir")
+        .arg(git_dir)
+        .args(["cat-file", "-e", id])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run git cat-file")
+        .success()
 }
 
 /// Bytes taken by the files under `path`, as `du -sb` counts them.
@@ -77,7 +125,8 @@ fn refs_pins_and_depths_of_one_url_share_clones() {
     assert_eq!(sync_and_ack(cache.path(), &shallow).new, third);
     assert_eq!(sync_and_ack(cache.path(), &shallow_dev).new, second);
     // Every full-history source reads one clone; each shallow source keeps its own (git's
-    // `shallow` file is repository-wide).
+    // `shallow` file is repository-wide). The second pin is the same source (`pin`) pinned
+    // elsewhere: it released the first pin's entry and tip ref.
     let all = clones(cache.path());
     assert_eq!(all.len(), 3, "{all:?}");
     let full: Vec<&PathBuf> = all
@@ -94,7 +143,7 @@ fn refs_pins_and_depths_of_one_url_share_clones() {
         &git_dir,
         &["for-each-ref", "--format=%(refname)", "refs/gitfeed/"],
     );
-    assert_eq!(refs.lines().count(), 4, "one tip ref per source:\n{refs}");
+    assert_eq!(refs.lines().count(), 3, "one tip ref per source:\n{refs}");
 
     // Each source moves on its own ref and gets exactly its own changes.
     let dev_next = remote.commit_to("dev", &second, &[("dev.txt", Some("dev\n"))], "on dev");
@@ -118,9 +167,13 @@ fn refs_pins_and_depths_of_one_url_share_clones() {
     let update = sync_and_ack(cache.path(), &shallow);
     assert_eq!(update.new, main_next);
     assert_eq!(letters(&update), vec![('D', "b.txt".to_owned())]);
-    for pin in [&pin_first, &pin_second] {
-        assert_eq!(sync_once(cache.path(), pin).expect("pinned sync"), None);
-    }
+    assert_eq!(
+        sync_once(cache.path(), &pin_second).expect("pinned sync"),
+        None
+    );
+    // Pinned back, the source starts afresh: its consumer has applied the second pin since.
+    let back = sync_and_ack(cache.path(), &pin_first);
+    assert_eq!((back.old, back.new), (None, first));
     assert_eq!(clones(cache.path()).len(), 3);
     git_in(&git_dir, &["fsck", "--full", "--strict", "--no-dangling"]);
 }
@@ -441,4 +494,318 @@ fn a_no_change_poll_does_not_wait_for_a_busy_clone() {
     drop(holder);
     let update = follower.poll().expect("poll").expect("the update");
     assert_eq!(letters(&update), vec![('A', "n.txt".to_owned())]);
+}
+
+#[test]
+fn a_removed_source_takes_its_entry_and_clone_with_it() {
+    let (a, b) = (Remote::named("a.git"), Remote::named("b.git"));
+    let feed = Running::start(vec![
+        quick_source("a", &a.file_url()),
+        quick_source("b", &b.file_url()),
+    ]);
+    for _ in 0..2 {
+        let update = feed.update(WITHIN);
+        feed.handle
+            .acknowledge(&update.source, &update.new)
+            .expect("running");
+    }
+    let cache = feed.cache_dir().to_owned();
+    let clones_dir = cache.join("clones");
+    assert_eq!(names(&clones_dir).len(), 2);
+    assert_eq!(names(&cache).len(), 2);
+
+    feed.handle.remove("a").expect("remove a");
+    let only_b = |dir: &Path| {
+        let names = names(dir);
+        names.len() == 1 && names[0].starts_with("b-")
+    };
+    assert!(
+        eventually(|| only_b(&clones_dir) && only_b(&cache)),
+        "a's clone and entry are still there: {:?} {:?}",
+        names(&clones_dir),
+        names(&cache)
+    );
+    // b goes on, from where it was.
+    let new = b.commit(&[("n.txt", Some("n\n"))], "next");
+    let update = feed.update(WITHIN);
+    assert_eq!(
+        (update.source.as_str(), update.new.as_str()),
+        ("b", new.as_str())
+    );
+    assert_eq!(letters(&update), vec![('A', "n.txt".to_owned())]);
+    feed.stop();
+}
+
+#[test]
+fn a_source_replaced_by_another_depth_releases_its_old_clone() {
+    let remote = Remote::new();
+    let daemon = GitDaemon::start(&remote.root());
+    let mut source = quick_source("p", &daemon.url(remote.name()));
+    source.depth = Some(1);
+    let feed = Running::start(vec![source.clone()]);
+    feed.update(WITHIN);
+    let clones_dir = feed.cache_dir().join("clones");
+    let before = names(&clones_dir);
+    assert!(
+        before.len() == 1 && before[0].ends_with("-depth1"),
+        "{before:?}"
+    );
+
+    source.depth = Some(2);
+    feed.handle.add(source).expect("replace p");
+    // Other settings: a first update again, from a clone of their own.
+    assert_eq!(feed.update(WITHIN).old, None);
+    assert!(
+        eventually(|| {
+            let now = names(&clones_dir);
+            now.len() == 1 && now[0].ends_with("-depth2")
+        }),
+        "the depth-1 clone is still there: {:?}",
+        names(&clones_dir)
+    );
+    assert_eq!(names(feed.cache_dir()).len(), 1, "one entry");
+    feed.stop();
+}
+
+/// A commit only `main` reaches, with a file only it has: returns the commit and the file's
+/// blob.
+fn main_only(remote: &Remote) -> (String, String) {
+    let noise = crate::harness::incompressible(64 << 10, 7);
+    let commit = remote.commit(&[("only-main.bin", Some(&noise))], "main only");
+    let blob = remote.git_bare(&["rev-parse", &format!("{commit}:only-main.bin")]);
+    (commit, blob)
+}
+
+#[test]
+fn a_removed_source_leaves_a_clone_another_follower_holds_and_its_tip_goes_at_the_next_attempt() {
+    let remote = Remote::new();
+    let base = remote.head();
+    remote.push_branch("dev", &base);
+    let (main_tip, blob) = main_only(&remote);
+    let url = remote.file_url();
+    let cache = unique_dir();
+    let mut dev = quick_source("dev", &url);
+    dev.reference = Some("dev".into());
+    let mut follower = Follower::new(cache.path(), &dev).expect("follower");
+    let update = follower.poll().expect("poll").expect("dev's first update");
+    follower.acknowledge(&update.new).expect("ack");
+    let feed = Running::start_at(cache.path(), vec![quick_source("main", &url)], |feed| feed);
+    let update = feed.update(WITHIN);
+    assert_eq!(update.new, main_tip);
+    feed.handle
+        .acknowledge("main", &update.new)
+        .expect("running");
+    let clone = clones(cache.path())[0].clone();
+    let git_dir = clone.join("repo.git");
+    assert_eq!(tip_refs(&git_dir).len(), 2);
+    assert!(has_object(&git_dir, &blob));
+
+    // An attempt of another process writes the clone: the release cannot prune it now.
+    let writing = std::fs::OpenOptions::new()
+        .write(true)
+        .open(clone.join("lock"))
+        .expect("open the lock file");
+    // main's polls take the lock too, briefly: wait for one to end.
+    writing.lock().expect("take the lock");
+    feed.handle.remove("main").expect("remove main");
+    assert!(
+        eventually(|| names(cache.path()).len() == 1 && clone.join("prune").exists()),
+        "main was not released: {:?}",
+        names(cache.path())
+    );
+    assert!(git_dir.is_dir(), "dev still reads the clone");
+    assert_eq!(tip_refs(&git_dir).len(), 2, "pruned under the lock only");
+    drop(writing);
+
+    // The follower's next attempt prunes it, though nothing moved for dev.
+    assert_eq!(follower.poll().expect("poll"), None);
+    assert_eq!(tip_refs(&git_dir), [crate::harness::tip_ref(&git_dir)]);
+    assert!(!has_object(&git_dir, &blob), "main's blob outlived its tip");
+    assert!(!has_object(&git_dir, &main_tip));
+    assert!(!clone.join("prune").exists());
+    git_in(&git_dir, &["fsck", "--full", "--strict", "--no-dangling"]);
+    // dev carries on from its acknowledged commit.
+    let next = remote.commit_to("dev", &base, &[("d.txt", Some("d\n"))], "on dev");
+    let update = follower.poll().expect("poll").expect("dev's next update");
+    assert_eq!(update.new, next);
+    assert_eq!(letters(&update), vec![('A', "d.txt".to_owned())]);
+    feed.stop();
+}
+
+#[test]
+fn a_removed_source_leaves_a_clone_another_process_holds_and_its_tip_goes() {
+    let remote = Remote::new();
+    let base = remote.head();
+    remote.push_branch("dev", &base);
+    let (main_tip, blob) = main_only(&remote);
+    let url = remote.file_url();
+    let cache = unique_dir();
+    let feed = Running::start_at(cache.path(), vec![quick_source("main", &url)], |feed| feed);
+    assert_eq!(feed.update(WITHIN).new, main_tip);
+    let mut watch = std::process::Command::new(env!("CARGO_BIN_EXE_gitfeed"))
+        .args(["watch", &url, "--name", "dev", "--branch", "dev"])
+        .args(["--interval", "100ms", "--cache-dir"])
+        .arg(cache.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start gitfeed watch");
+    let stdout = std::io::BufReader::new(watch.stdout.take().expect("stdout"));
+    let (lines, received) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(stdout).map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = received.recv_timeout(WITHIN).expect("dev's first update");
+    assert!(first.contains(&base), "{first}");
+    let git_dir = clones(cache.path())[0].join("repo.git");
+    assert_eq!(tip_refs(&git_dir).len(), 2);
+
+    feed.handle.remove("main").expect("remove main");
+    assert!(
+        eventually(|| tip_refs(&git_dir).len() == 1 && !has_object(&git_dir, &blob)),
+        "main's tip or blob is still there: {:?}",
+        tip_refs(&git_dir)
+    );
+    assert_eq!(names(cache.path()).len(), 1, "dev's entry");
+    assert_eq!(clones(cache.path()).len(), 1, "dev's clone");
+    feed.stop();
+    let _ = watch.kill();
+    let _ = watch.wait();
+    reader.join().expect("the reader ends with the process");
+    git_in(&git_dir, &["fsck", "--full", "--strict", "--no-dangling"]);
+}
+
+#[test]
+fn a_feed_that_shuts_down_releases_nothing() {
+    let remote = Remote::new();
+    let cache = unique_dir();
+    let feed = Running::start_at(
+        cache.path(),
+        vec![quick_source("p", &remote.file_url())],
+        |f| f,
+    );
+    let update = feed.update(WITHIN);
+    feed.handle.acknowledge("p", &update.new).expect("running");
+    feed.stop();
+    assert_eq!(names(cache.path()).len(), 1);
+    let clones = clones(cache.path());
+    assert_eq!(clones.len(), 1);
+    assert_eq!(tip_refs(&clones[0].join("repo.git")).len(), 1);
+    // It carries on where it stopped.
+    let source = quick_source("p", &remote.file_url());
+    assert_eq!(
+        gitfeed::acknowledged(cache.path(), &source),
+        Some(update.new)
+    );
+    assert_eq!(sync_once(cache.path(), &source).expect("sync"), None);
+}
+
+#[test]
+fn twenty_once_runs_of_a_shallow_source_pinned_to_twenty_tags_keep_one_clone() {
+    let remote = Remote::new();
+    let daemon = GitDaemon::start(&remote.root());
+    let url = daemon.url(remote.name());
+    let files = 4u64;
+    for tag in 0..20u64 {
+        let blobs: Vec<(String, String)> = (0..files)
+            .map(|file| {
+                let text = crate::harness::incompressible(32 << 10, tag * files + file + 1);
+                (format!("f{file}.bin"), text)
+            })
+            .collect();
+        let changes: Vec<(&str, Option<&str>)> = blobs
+            .iter()
+            .map(|(path, text)| (path.as_str(), Some(text.as_str())))
+            .collect();
+        let commit = remote.commit(&changes, "release");
+        remote.git_bare(&["tag", &format!("v{tag}"), &commit]);
+    }
+    let pinned_to = |tag: u64| {
+        let mut source = quick_source("p", &url);
+        source.depth = Some(1);
+        source.reference = Some(format!("v{tag}"));
+        source
+    };
+    let cache = unique_dir();
+    for tag in 0..20 {
+        sync_and_ack(cache.path(), &pinned_to(tag));
+        assert_eq!(clones(cache.path()).len(), 1, "after v{tag}");
+        assert_eq!(names(cache.path()).len(), 1, "after v{tag}");
+    }
+    let one = unique_dir();
+    sync_and_ack(one.path(), &pinned_to(19));
+    let (twenty, one) = (disk_usage(cache.path()), disk_usage(one.path()));
+    eprintln!("twenty pins: {twenty} bytes; one pin: {one} bytes");
+    assert!(
+        twenty as f64 <= 1.5 * one as f64,
+        "twenty pins take {twenty} bytes, one takes {one}"
+    );
+}
+
+/// A full-history source holds the history git's own clone holds, and little more: what
+/// rewound commits and the packs of fetches since the last consolidation add is bounded by that
+/// consolidation, not by a timer.
+#[test]
+fn a_full_source_over_300_updates_with_rewinds_holds_about_what_git_clone_holds() {
+    let remote = Remote::new();
+    let cache = unique_dir();
+    let source = quick_source("p", &remote.file_url());
+    let mut follower = Follower::new(cache.path(), &source).expect("follower");
+    // Policy-sized text: twenty files of about 2 KiB, one line of one of them changed per
+    // commit, and every tenth update a rewind of the last three commits.
+    let base: Vec<String> = (0..20u64)
+        .map(|file| crate::harness::incompressible(2 << 10, file + 1))
+        .collect();
+    let initial: Vec<(String, String)> = base
+        .iter()
+        .enumerate()
+        .map(|(file, text)| (format!("p/{file}.rego"), text.clone()))
+        .collect();
+    let files: Vec<(&str, Option<&str>)> = initial
+        .iter()
+        .map(|(path, text)| (path.as_str(), Some(text.as_str())))
+        .collect();
+    remote.commit(&files, "policies");
+    // The most the cache held after any update.
+    let mut most = 0;
+    for round in 0..300u64 {
+        if round % 10 == 9 {
+            remote.force_push_to("HEAD~3");
+        }
+        let file = (round * 7 % 20) as usize;
+        let text = format!("{}\nround {round}\n", base[file]);
+        remote.commit(&[(&format!("p/{file}.rego"), Some(&text))], "change");
+        let update = follower.poll().expect("poll").expect("an update");
+        follower.acknowledge(&update.new).expect("ack");
+        most = most.max(disk_usage(cache.path()));
+    }
+    let work = unique_dir();
+    let bare = work.path().join("bare.git");
+    git_in(
+        work.path(),
+        &[
+            "clone".to_owned(),
+            "-q".to_owned(),
+            "--bare".to_owned(),
+            remote.file_url(),
+            bare.display().to_string(),
+        ],
+    );
+    let git = disk_usage(&bare);
+    eprintln!(
+        "after 300 updates: the cache takes {} bytes, at most {most}; git's clone {git}",
+        disk_usage(cache.path())
+    );
+    assert!(
+        most as f64 <= 1.2 * git as f64,
+        "the cache took up to {most} bytes, git's clone takes {git}"
+    );
+    git_in(
+        &clones(cache.path())[0].join("repo.git"),
+        &["fsck", "--full", "--strict", "--no-dangling"],
+    );
 }

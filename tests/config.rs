@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use crate::util::{Remote, unique_dir};
+use crate::util::{GitDaemon, Remote, settle, unique_dir};
 
 const WITHIN: Duration = Duration::from_secs(20);
 
@@ -150,7 +150,8 @@ fn sources_come_and_go_with_the_file_and_unchanged_ones_keep_their_state() {
         "{log}"
     );
 
-    // `gitfeed status` covers every source the process has followed.
+    // `gitfeed status` covers every source the process follows; b was released when the file
+    // dropped it, its status with it.
     let out = Command::new(env!("CARGO_BIN_EXE_gitfeed"))
         .args(["status", "--json", "--cache-dir"])
         .arg(&cache)
@@ -163,12 +164,80 @@ fn sources_come_and_go_with_the_file_and_unchanged_ones_keep_their_state() {
             status["source"].as_str().expect("source").to_owned()
         })
         .collect();
-    assert_eq!(names, ["a", "b", "c"]);
+    assert_eq!(names, ["a", "c"]);
 
     run.signal(rustix::process::Signal::TERM);
     let mut run = run;
     let status = run.child.wait().expect("reap");
     assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn a_dropped_source_or_a_changed_depth_leaves_no_clone_that_no_source_reads() {
+    let (a, b) = (Remote::named("a.git"), Remote::named("b.git"));
+    let daemon = GitDaemon::start(&a.root());
+    let daemon_b = GitDaemon::start(&b.root());
+    let dir = unique_dir();
+    let cache = dir.path().join("cache");
+    let config = dir.path().join("gitfeed.json");
+    let stderr = dir.path().join("stderr");
+    let write = |sources: serde_json::Value| {
+        let config_text = serde_json::json!({"cache_dir": cache, "sources": sources});
+        write_text(&config, &config_text.to_string());
+    };
+    let a_source =
+        serde_json::json!({"name": "a", "url": daemon.url(a.name()), "interval": "100ms"});
+    let b_at = |depth: u32| {
+        serde_json::json!({"name": "b", "url": daemon_b.url(b.name()), "interval": "100ms",
+                           "depth": depth})
+    };
+    write(serde_json::json!([a_source, b_at(1)]));
+    let run = Run::start(&config, &stderr);
+    for _ in 0..2 {
+        assert_eq!(run.next("the first updates")["type"], "update");
+    }
+    let clones = || {
+        let mut names: Vec<String> = std::fs::read_dir(cache.join("clones"))
+            .map(|listing| {
+                listing
+                    .flatten()
+                    .map(|item| item.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    let entries = || {
+        std::fs::read_dir(&cache)
+            .map(|listing| {
+                listing
+                    .flatten()
+                    .filter(|item| item.file_name() != "clones")
+                    .count()
+            })
+            .unwrap_or_default()
+    };
+    let before = clones();
+    assert!(
+        before.len() == 2 && before[0].starts_with("a-") && before[1].ends_with("-depth1"),
+        "{before:?}"
+    );
+
+    // a goes, b deepens: within 30 seconds the cache holds b's new clone and entry alone.
+    write(serde_json::json!([b_at(2)]));
+    let changed = std::time::Instant::now();
+    assert_eq!(run.next("b's first update at depth 2")["source"], "b");
+    let only_b = || {
+        let now = clones();
+        now.len() == 1 && now[0].starts_with("b-") && now[0].ends_with("-depth2") && entries() == 1
+    };
+    settle(|| usize::from(!only_b()), 0, Duration::from_secs(30));
+    assert!(only_b(), "{:?}, {} entries", clones(), entries());
+    eprintln!(
+        "the cache held only what b reads {} ms after the file changed",
+        changed.elapsed().as_millis()
+    );
 }
 
 #[test]

@@ -77,8 +77,9 @@ class Feed:
         self._native.add(_source_json(source))
 
     def remove(self, name: str) -> None:
-        """Stops following the source `name`; its clone and delivery state stay in the cache.
-        Raises `NotFoundError` for a source the feed does not follow."""
+        """Stops following the source `name` and releases it: its delivery state goes, and its
+        clone too when no other source reads it (see the README's "The cache"). Raises
+        `NotFoundError` for a source the feed does not follow."""
         self._native.remove(name)
 
     def trigger(self, name: str, commit: Optional[str] = None) -> None:

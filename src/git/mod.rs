@@ -170,6 +170,13 @@ impl Repo {
                     ),
                 }
             })?;
+            // What gix writes for a person's repository (sample hooks, a description, an
+            // exclude file) takes a dozen files that nothing here reads: about 50 KiB of
+            // blocks in every clone.
+            for sample in ["hooks", "info"] {
+                let _ = std::fs::remove_dir_all(staging.join(sample));
+            }
+            let _ = std::fs::remove_file(staging.join("description"));
             std::fs::rename(&staging, git_dir).map_err(|err| {
                 FetchError::io(
                     format_args!("cannot move {} into place", staging.display()),
@@ -339,33 +346,78 @@ impl Repo {
         pack_count(&self.git_dir) > MAX_PACKS
     }
 
-    /// Consolidates the packs once there are more than [`MAX_PACKS`], keeping exactly the
-    /// objects reachable from `keep` (the commits the consumers of every source sharing the
-    /// clone last saw and acknowledged) and from every ref in the clone (each source's tip),
-    /// and reopens the handle so it sees the new pack set. Never runs during a fetch: the
-    /// caller holds the clone's lock. A failure leaves the packs as they were and is only
-    /// logged.
+    /// Consolidates the packs once there are more than [`MAX_PACKS`], or whatever their number
+    /// when `prune` is set (refs were deleted, and the objects only they reached should go),
+    /// keeping exactly the objects reachable from `keep` (the commits the consumers of every
+    /// source sharing the clone last saw and acknowledged) and from every ref in the clone
+    /// (each source's tip), and reopens the handle so it sees the new pack set. Never runs
+    /// during a fetch: the caller holds the clone's lock. A failure leaves the packs as they
+    /// were and is only logged.
+    ///
+    /// Returns the handle (reopened when it consolidated) and false when a consolidation that
+    /// was due failed or was interrupted: a prune asked for is then still to do.
     pub fn maintain(
         self,
         target: &Target,
         keep: &[ObjectId],
+        prune: bool,
         cancel: &Cancel,
-    ) -> Result<Self, FetchError> {
-        if pack_count(&self.git_dir) <= MAX_PACKS {
-            return Ok(self);
+    ) -> Result<(Self, bool), FetchError> {
+        if !prune && pack_count(&self.git_dir) <= MAX_PACKS {
+            return Ok((self, true));
         }
         let tips = self.roots(keep);
+        if tips.is_empty() {
+            // Nothing here is anyone's: consolidation refuses to delete every object, and the
+            // clone goes once no source records it.
+            return Ok((self, true));
+        }
         let git_dir = self.git_dir.clone();
         // gix maps pack files; drop the handle before the files it maps are deleted.
         drop(self);
-        match repack::consolidate(&git_dir, &tips, target.index_threads, cancel.flag()) {
-            Ok(stats) => log::debug!("{}: consolidated packs: {stats}", git_dir.display()),
+        let done = match repack::consolidate(&git_dir, &tips, target.index_threads, cancel.flag()) {
+            Ok(stats) => {
+                log::debug!("{}: consolidated packs: {stats}", git_dir.display());
+                true
+            }
             Err(err) if err.kind == repack::ErrorKind::Interrupted => {
                 log::debug!("{}: pack consolidation interrupted", git_dir.display());
+                false
             }
-            Err(err) => log::warn!("{}: pack consolidation failed: {err}", git_dir.display()),
-        }
-        Repo::open_or_init(&git_dir, target)
+            Err(err) => {
+                log::warn!("{}: pack consolidation failed: {err}", git_dir.display());
+                false
+            }
+        };
+        Ok((Repo::open_or_init(&git_dir, target)?, done))
+    }
+
+    /// The names of the refs whose names start with `prefix` (like `refs/gitfeed/sources/`).
+    pub fn refs_under(&self, prefix: &str) -> Vec<String> {
+        let repo = self.repo.to_thread_local();
+        let Ok(platform) = repo.references() else {
+            return Vec::new();
+        };
+        let Ok(refs) = platform.prefixed(prefix) else {
+            return Vec::new();
+        };
+        refs.flatten()
+            .map(|reference| reference.name().as_bstr().to_string())
+            .collect()
+    }
+
+    /// Deletes the ref `name`, if it exists. Only call it holding the clone's lock.
+    pub fn delete_ref(&self, name: &str) -> Result<(), FetchError> {
+        let repo = self.repo.to_thread_local();
+        let Ok(Some(reference)) = repo.try_find_reference(name) else {
+            return Ok(());
+        };
+        reference.delete().map_err(|err| {
+            FetchError::new(
+                Reason::LocalIo,
+                format!("cannot delete {name}: {}", error::describe(&err)),
+            )
+        })
     }
 
     /// The objects consolidation must keep: `keep` (those present) and every ref's target.
