@@ -402,3 +402,218 @@ fn a_file_behind_swapped_symlinks_is_followed() {
     let update = run.next("b's first update");
     assert_eq!(update["source"], "b", "{update}");
 }
+
+/// Bytes the files under `path` take on disk, in 4 KiB blocks.
+fn disk_usage(path: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![path.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for item in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let Ok(metadata) = item.path().symlink_metadata() else {
+                continue;
+            };
+            if metadata.is_dir() {
+                stack.push(item.path());
+            }
+            total += metadata.len().div_ceil(4096) * 4096;
+        }
+    }
+    total
+}
+
+/// What `git clone --bare` of `url` takes (`args` added: a depth, a branch).
+fn git_clone_size(url: &str, args: &[&str], scratch: &Path) -> u64 {
+    let into = scratch.join("reference");
+    let _ = std::fs::remove_dir_all(&into);
+    let mut command = crate::util::git_command();
+    command
+        .args(["clone", "--quiet", "--bare", "--no-local"])
+        .args(args);
+    let status = command.arg(url).arg(&into).status().expect("git clone");
+    assert!(status.success(), "git clone {url}");
+    // Its sample hooks and description are not part of a clone's content.
+    let _ = std::fs::remove_dir_all(into.join("hooks"));
+    let size = disk_usage(&into.join("objects")) + disk_usage(&into.join("refs"));
+    let _ = std::fs::remove_dir_all(&into);
+    size
+}
+
+/// Twelve months of a device following one repository with `gitfeed run --config`: each month
+/// the branches move, a release is tagged and the release source re-pinned to it, and now and
+/// then `main` is rewound by a force push; a source comes in month 3 and goes after month 6,
+/// and another is re-pointed between two refs and depths every month. After every month the
+/// cache holds one clone per URL of the full-history sources and one per shallow source, no
+/// entry of a source no longer followed, and stays within the README's sizing bound; the
+/// process keeps its two idle threads, its descriptors and no child process.
+#[test]
+fn months_of_life_keep_the_cache_to_what_the_sources_need() {
+    let remote = Remote::named("policies");
+    let mut dev = remote.head();
+    remote.push_branch("dev", &dev);
+    let url = remote.file_url();
+    let dir = unique_dir();
+    let cache = dir.path().join("cache");
+    let config = dir.path().join("gitfeed.json");
+    let stderr = dir.path().join("stderr");
+    let source = |name: &str, reference: &str, depth: Option<u32>| {
+        let mut source = serde_json::json!({"name": name, "url": url, "ref": reference,
+                                            "interval": "1h"});
+        if let Some(depth) = depth {
+            source["depth"] = depth.into();
+        }
+        source
+    };
+
+    let mut run: Option<Run> = None;
+    let mut settled_fds = None;
+    for month in 1..=12u32 {
+        // The repository's month: work on main and dev, now and then a rewind, a release.
+        for day in 0..3 {
+            let text = format!("month {month} day {day}\n");
+            remote.commit(&[(&format!("policies/p{day}.rego"), Some(&text))], "work");
+        }
+        if month % 4 == 0 {
+            remote.force_push_rewrite(&[("policies/rewound.rego", Some("again\n"))], "redo");
+        }
+        dev = remote.commit_to(
+            "dev",
+            &dev,
+            &[("dev.txt", Some(&format!("{month}\n")))],
+            "dev",
+        );
+        let main = remote.head();
+        let tag = format!("v{month}");
+        remote.git(&["tag", "-f", &tag, &main]);
+        remote.git(&[
+            "push",
+            "-q",
+            "--force",
+            "origin",
+            &format!("refs/tags/{tag}"),
+        ]);
+
+        // This month's sources, and the commit each must be at.
+        let mut sources = vec![
+            (source("policy", "main", None), main.clone()),
+            (source("release", &tag, Some(1)), main.clone()),
+        ];
+        if (3..=6).contains(&month) {
+            sources.push((source("extra", "dev", Some(2)), dev.clone()));
+        }
+        sources.push(if month % 2 == 1 {
+            (source("pointer", "main", Some(1)), main.clone())
+        } else {
+            (source("pointer", "dev", None), dev.clone())
+        });
+        let listed: Vec<_> = sources.iter().map(|(source, _)| source.clone()).collect();
+        let text = serde_json::json!({"cache_dir": cache, "sources": listed});
+        write_text(&config, &text.to_string());
+        let running = match &run {
+            Some(running) => {
+                // Read again and every source polled now, not at its hourly interval.
+                running.signal(rustix::process::Signal::HUP);
+                running
+            }
+            None => run.insert(Run::start(&config, &stderr)),
+        };
+        let pid = running.child.id();
+
+        let mut waiting: Vec<(String, String)> = sources
+            .iter()
+            .map(|(source, commit)| (source["name"].as_str().unwrap().to_owned(), commit.clone()))
+            .collect();
+        while !waiting.is_empty() {
+            let event = running.next(&format!("month {month}: updates for {waiting:?}"));
+            match event["type"].as_str() {
+                Some("update") => waiting.retain(|(name, commit)| {
+                    !(event["source"] == name.as_str() && event["new"] == commit.as_str())
+                }),
+                Some("state") => assert_ne!(event["state"], "failed", "month {month}: {event}"),
+                _ => {}
+            }
+        }
+
+        // What the cache holds once the releases are done (within 30 s of the change).
+        let shallow = listed
+            .iter()
+            .filter(|source| source.get("depth").is_some())
+            .count();
+        let clones = || -> (usize, usize) {
+            let names: Vec<String> = std::fs::read_dir(cache.join("clones"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|item| item.file_name().to_string_lossy().into_owned())
+                .filter(|name| !name.starts_with('.'))
+                .collect();
+            let deep = names.iter().filter(|name| !name.contains("-depth")).count();
+            (deep, names.len() - deep)
+        };
+        let entries = || {
+            std::fs::read_dir(&cache)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|item| item.file_name() != "clones")
+                .count()
+        };
+        let bounded = || clones() == (1, shallow) && entries() == listed.len();
+        settle(|| usize::from(!bounded()), 0, Duration::from_secs(30));
+        assert_eq!(
+            clones(),
+            (1, shallow),
+            "month {month}: full and shallow clones"
+        );
+        assert_eq!(entries(), listed.len(), "month {month}: source entries");
+
+        // The README's bound: per clone what git's clone of its refs takes, 8 packs of what
+        // one fetch brings (its least, 8 KiB of blocks for a pack and its index: a month
+        // brings a few small files here) and 48 KiB; 20 KiB per source.
+        let scratch = dir.path().join("scratch");
+        let mut bound = 20 * 1024 * listed.len() as u64;
+        bound += git_clone_size(&url, &["--mirror"], &scratch) + 8 * 8 * 1024 + 48 * 1024;
+        for source in listed.iter().filter(|source| source.get("depth").is_some()) {
+            let depth = source["depth"].to_string();
+            let reference = source["ref"].as_str().unwrap();
+            let args = ["--depth", &depth, "--branch", reference];
+            bound += git_clone_size(&url, &args, &scratch) + 8 * 8 * 1024 + 48 * 1024;
+        }
+        let used = disk_usage(&cache);
+        assert!(
+            used <= bound,
+            "month {month}: the cache takes {used} bytes, over the bound of {bound}"
+        );
+
+        // Nothing piles up in the process: two threads and no child once idle, and the same
+        // descriptors month after month.
+        let threads = settle(|| crate::util::threads_of(pid), 2, Duration::from_secs(10));
+        assert!(threads <= 2, "month {month}: {threads} threads while idle");
+        let children = settle(
+            || crate::util::children_of(pid).len(),
+            0,
+            Duration::from_secs(10),
+        );
+        assert_eq!(children, 0, "month {month}: child processes left");
+        // Each running source holds two lock files (its entry's and its clone's `users`):
+        // beyond those, the same descriptors as after month 1.
+        let holds = 2 * listed.len();
+        let fds = crate::util::fds_of(pid);
+        let base = *settled_fds.get_or_insert(fds.saturating_sub(holds));
+        let fds = settle(
+            || crate::util::fds_of(pid),
+            base + holds,
+            Duration::from_secs(10),
+        );
+        assert!(
+            fds <= base + holds,
+            "month {month}: {fds} descriptors for {} sources, {base} besides their holds after month 1",
+            listed.len()
+        );
+        eprintln!("month {month}: cache {used} bytes (bound {bound}), {fds} descriptors");
+    }
+
+    let mut run = run.expect("running");
+    run.signal(rustix::process::Signal::TERM);
+    let status = run.child.wait().expect("reap");
+    assert!(status.success(), "{status:?}");
+}

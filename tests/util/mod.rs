@@ -31,7 +31,7 @@ pub mod tls;
 pub use daemon::GitDaemon;
 pub use fault::{Fault, FaultServer, refused_url};
 pub use http::{HttpServer, RequestLog};
-pub use proc::{child_pids, fd_count, settle, thread_count, threads_of};
+pub use proc::{child_pids, children_of, fd_count, fds_of, settle, thread_count, threads_of};
 pub use repo::{Remote, git_command, git_in, name_status};
 pub use ssh::Sshd;
 pub use tls::HttpsServer;

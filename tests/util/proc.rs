@@ -34,14 +34,23 @@ pub fn threads_of(pid: u32) -> usize {
 /// Pids whose parent is this process, including exited children that were
 /// never waited for (zombies), which is exactly what a reaping bug leaves.
 pub fn child_pids() -> Vec<u32> {
-    let me = std::process::id();
+    children_of(std::process::id())
+}
+
+/// Pids whose parent is `parent`, zombies included.
+pub fn children_of(parent: u32) -> Vec<u32> {
     let mut pids: Vec<u32> = process_table()
         .into_iter()
-        .filter(|&(_, ppid)| ppid == me)
+        .filter(|&(_, ppid)| ppid == parent)
         .map(|(pid, _)| pid)
         .collect();
     pids.sort_unstable();
     pids
+}
+
+/// Number of file descriptors open in process `pid`; 0 once it is gone.
+pub fn fds_of(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |fds| fds.count())
 }
 
 /// Polls `measure` until it returns at most `target` or `timeout` passes,
