@@ -311,7 +311,7 @@ impl CloneDir {
     /// The locks are taken before the entries are read: a source that starts meanwhile has
     /// either recorded itself by then, or waits in [`CloneDir::hold`] until the clone is renamed
     /// away and then makes a new one.
-    fn remove_if_unused(&self, cache_dir: &Path) -> io::Result<bool> {
+    pub(crate) fn remove_if_unused(&self, cache_dir: &Path) -> io::Result<bool> {
         if !self.dir.is_dir() {
             return Ok(true);
         }
@@ -326,6 +326,11 @@ impl CloneDir {
         }
         discard(cache_dir, &self.dir, &self.key(), (users, lock))?;
         Ok(true)
+    }
+
+    /// True when an entry in `cache_dir` records this clone: a source still reads it.
+    pub(crate) fn is_recorded(&self, cache_dir: &Path) -> bool {
+        recorded_by_any(cache_dir, &self.key()).unwrap_or(true)
     }
 
     /// Records that an attempt used the clone now, unless it was recorded within the last

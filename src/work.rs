@@ -491,8 +491,26 @@ pub(crate) fn release(paths: &Paths, plan: &Plan, cancel: &Cancel) {
     // about to: that attempt prunes it.
     let turn = paths.turn.try_lock().ok();
     let leave = turn.is_none().then_some(&paths.clone);
-    release_entry(&paths.cache_dir, &paths.entry, plan, cancel, leave);
+    release_entry(
+        &paths.cache_dir,
+        &paths.entry,
+        plan,
+        cancel,
+        leave,
+        RELEASE_PATIENCE,
+    );
 }
+
+/// How long the release of a removed source retries a lock it finds taken. Besides a real
+/// user (another process following the source), a lock is held for a moment by any child
+/// process forked meanwhile by another thread, until it runs its program (the descriptor is
+/// closed on exec): git and ssh helpers of other attempts, `exec` commands. Given up on at
+/// once, such a release would leave an entry or a clone for ever.
+const RELEASE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The same for the earlier settings a source's first attempt releases: short, since that
+/// attempt waits for it, and another process may really be running those settings.
+const SUPERSEDED_PATIENCE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Releases the entries that earlier settings of this source (another pin, depth or URL under
 /// the same name) left in the cache, unless someone still holds them: a `--once` run that was
@@ -504,7 +522,14 @@ fn release_superseded(paths: &Paths, plan: &Plan, cancel: &Cancel) {
         if cancel.is_cancelled() {
             return;
         }
-        release_entry(&paths.cache_dir, &entry, plan, cancel, Some(&paths.clone));
+        release_entry(
+            &paths.cache_dir,
+            &entry,
+            plan,
+            cancel,
+            Some(&paths.clone),
+            SUPERSEDED_PATIENCE,
+        );
     }
 }
 
@@ -516,10 +541,25 @@ fn release_entry(
     plan: &Plan,
     cancel: &Cancel,
     leave: Option<&cache::CloneDir>,
+    patience: std::time::Duration,
 ) {
     let name = &plan.source().name;
     let dir = entry.dir().display();
-    let clone = match cache::release(cache_dir, entry) {
+    let deadline = std::time::Instant::now() + patience;
+    let waited = || {
+        let more = std::time::Instant::now() < deadline && !cancel.is_cancelled();
+        if more {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        more
+    };
+    let released = loop {
+        match cache::release(cache_dir, entry) {
+            Ok(Released::Held) if waited() => continue,
+            released => break released,
+        }
+    };
+    let clone = match released {
         Err(err) => {
             log::warn!("{name}: cannot release {dir}: {err}");
             return;
@@ -538,6 +578,13 @@ fn release_entry(
         }
         Ok(Released::Shared(clone)) => clone,
     };
+    // Read by no source any more, the clone was only held for a moment: it goes after all.
+    while !clone.is_recorded(cache_dir) && waited() {
+        if clone.remove_if_unused(cache_dir).unwrap_or(false) {
+            log::info!("{name}: released {dir} and the clone no other source reads");
+            return;
+        }
+    }
     log::info!(
         "{name}: released {dir}; its clone {} stays for other sources",
         clone.dir().display()
