@@ -128,19 +128,23 @@
 use std::cmp::Ordering;
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::ffi::OsStr;
+use std::ffi::{CStr, OsStr};
 use std::fmt;
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::hash::{BuildHasher, Hasher};
 use std::io::{self, BufWriter, Write};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{self, AtomicU64};
 use std::time::SystemTime;
 
-use manifest::{BlobId, Contents, Identity, Listing, Manifest, Record, outlast};
-use sweep::{read_own, read_own_file, remove_path};
+use manifest::{
+    BlobId, Contents, Identity, Listing, Manifest, Record, Seen, Span, outlast, path_order,
+};
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
+use sweep::{read_own, read_own_file, remove_at, remove_path};
 pub(crate) use update::{Base, Change};
 
 mod manifest;
@@ -365,7 +369,7 @@ impl SnapshotDir {
         // written before manifests existed): removing it would leave `current` dangling.
         // The files of the snapshots kept besides the spare (this one and the one before it,
         // which is what `keep_snapshots = 2` keeps), by inode: the spare keeps only those.
-        let mut kept_inodes = HashSet::new();
+        let mut kept_inodes = Vec::new();
         let mut add_inodes = |manifest: &Manifest| {
             kept_inodes.extend(manifest.files.iter().map(|(_, record)| record.ino));
         };
@@ -408,6 +412,9 @@ impl SnapshotDir {
             };
         crash_point()?;
         self.switch(commit)?;
+        // Sorted, to be searched by halves.
+        kept_inodes.sort_unstable();
+        kept_inodes.dedup();
         if let Err(err) = self.prune(commit, &kept_inodes) {
             log::warn!(
                 "could not remove old snapshots from {}: {err}",
@@ -518,9 +525,9 @@ impl SnapshotDir {
     /// before the switch) count as the oldest.
     ///
     /// The newest snapshot removed becomes the spare instead, unless there is one already. Its
-    /// files whose inode is not in `kept_inodes` hold bytes no kept snapshot shares, and are
-    /// removed from it.
-    fn prune(&self, current: &str, kept_inodes: &HashSet<u64>) -> io::Result<()> {
+    /// files whose inode is not in `kept_inodes` (sorted) hold bytes no kept snapshot shares, and
+    /// are removed from it.
+    fn prune(&self, current: &str, kept_inodes: &[u64]) -> io::Result<()> {
         let snapshots = self.snapshots();
         let mut order = read_order(&snapshots);
         order.retain(|commit| commit != current);
@@ -1015,7 +1022,7 @@ struct Built {
     /// How many of them were shared with the snapshot before it.
     shared: usize,
     /// The inodes of its regular files.
-    inodes: HashSet<u64>,
+    inodes: Vec<u64>,
 }
 
 /// Turns the spare snapshot renamed to `root` into a start of the snapshot `plan` describes:
@@ -1024,9 +1031,10 @@ struct Built {
 /// unchanged ([`Manifest::trusts`]); removes everything else. Never follows a symlink.
 /// Returns the records of the files kept, by their position in `plan`.
 ///
-/// The plan and the manifest are both in the byte order of components, and so is the walk:
-/// each directory's names are sorted and merged with the plan's entries below it, so nothing
-/// is looked up, and the only call per file is one `lstat`.
+/// The plan and the manifest are both in the byte order of components, where what lies below
+/// a directory follows its path: each directory's names are sorted and merged with the plan's
+/// entries and the manifest's files below it, so nothing is looked up by name, and the only
+/// call per file is one `lstat`, relative to its open directory.
 fn recycle(
     root: &Path,
     plan: &[Planned<'_>],
@@ -1034,84 +1042,122 @@ fn recycle(
     dirs: &mut Dirs,
 ) -> io::Result<Vec<Option<Record>>> {
     let mut present = vec![None; plan.len()];
-    // The first of the manifest's files not before the entry being looked at.
-    let mut cursor = 0;
-    // The spare becomes the snapshot's own directory, with the mode every snapshot has: one
-    // changed meanwhile, even to a mode nobody may enter, does not stop the snapshot.
-    if fs::symlink_metadata(root)?.mode() & 0o7777 != MODE_DIR {
-        fs::set_permissions(root, Permissions::from_mode(MODE_DIR))?;
-    }
-    // Directories still to walk, each with the range of the plan below it, last first so
-    // they are walked in order.
-    let mut pending = vec![(root.to_path_buf(), 0, 0..plan.len())];
-    while let Some((dir, depth, range)) = pending.pop() {
-        let mut items = Vec::new();
-        for item in fs::read_dir(&dir)? {
-            let item = item?;
-            items.push((item.file_name(), item));
+    let files = previous.map_or(&[][..], |(_, manifest)| &manifest.files[..]);
+    let at = |index: usize| at_span(previous, files[index].0);
+    // Directories still to walk, last first so they are walked in order: where each is, its
+    // path in the snapshot (components joined with `/`), and the ranges of the plan and of the
+    // manifest's files below it.
+    let mut pending = vec![(
+        root.to_path_buf(),
+        Vec::new(),
+        0,
+        0..plan.len(),
+        0..files.len(),
+    )];
+    // The path in the snapshot of the name being looked at.
+    let mut path = Vec::new();
+    while let Some((dir, prefix, depth, range, recorded)) = pending.pop() {
+        // The spare becomes the snapshot's own, with the mode every snapshot's directories
+        // have: one changed meanwhile, even to a mode nobody may enter, does not stop it.
+        if fs::symlink_metadata(&dir)?.mode() & 0o7777 != MODE_DIR {
+            fs::set_permissions(&dir, Permissions::from_mode(MODE_DIR))?;
         }
-        items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        // Entered without following a symlink; each name in it is looked at through the open
+        // directory, so one `lstat` per file costs no walk from the root.
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = rustix::fs::open(&dir, flags, Mode::empty())?;
+        dirs.add(dir.clone());
+        // The names, each ended by its nul byte, one after another; then where each starts
+        // and ends, sorted by name.
+        let mut names = Vec::new();
+        let mut items = Vec::new();
+        for item in Dir::read_from(&fd)? {
+            let item = item?;
+            let name = item.file_name();
+            if name != c"." && name != c".." {
+                let start = names.len();
+                names.extend_from_slice(name.to_bytes_with_nul());
+                items.push((start, names.len(), item.file_type()));
+            }
+        }
+        items.sort_unstable_by(|a, b| names[a.0..a.1].cmp(&names[b.0..b.1]));
         let mut next = range.start;
+        // The first of the manifest's files below this directory not before the name.
+        let mut cursor = recorded.start;
         let mut inner = Vec::new();
-        for (name, item) in items {
-            let name = name.as_bytes();
+        for (start, end, kind) in items {
+            let name = CStr::from_bytes_with_nul(&names[start..end]).map_err(io::Error::other)?;
+            let bytes = name.to_bytes();
+            path.clear();
+            path.extend_from_slice(&prefix);
+            if !prefix.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(bytes);
             // The plan's entries below this directory named `name`.
-            while next < range.end && plan[next].entry.components[depth].as_slice() < name {
+            while next < range.end && plan[next].entry.components[depth].as_slice() < bytes {
                 next += 1;
             }
             let start = next;
-            while next < range.end && plan[next].entry.components[depth].as_slice() == name {
+            while next < range.end && plan[next].entry.components[depth].as_slice() == bytes {
                 next += 1;
             }
-            let kind = item.file_type()?;
             let wanted = &plan[start..next];
-            if kind.is_dir() {
+            let kind = match kind {
+                FileType::Unknown => {
+                    let stat = rustix::fs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW)?;
+                    FileType::from_raw_mode(stat.st_mode)
+                }
+                kind => kind,
+            };
+            if kind == FileType::Directory {
                 if wanted
                     .iter()
                     .any(|planned| planned.entry.components.len() > depth + 1)
                 {
-                    if item.metadata()?.mode() & 0o7777 != MODE_DIR {
-                        fs::set_permissions(item.path(), Permissions::from_mode(MODE_DIR))?;
-                    }
-                    dirs.add(item.path());
-                    inner.push((item.path(), depth + 1, start..next));
+                    // The manifest's files below it follow each other, right after its path.
+                    let first = recorded.start
+                        + files[recorded.clone()].partition_point(|(held, _)| {
+                            path_order(at_span(previous, *held), &path) != Ordering::Greater
+                        });
+                    let last = first
+                        + files[first..recorded.end].partition_point(|(held, _)| {
+                            let held = at_span(previous, *held);
+                            held.starts_with(&path) && held.get(path.len()) == Some(&b'/')
+                        });
+                    let inside = dir.join(OsStr::from_bytes(bytes));
+                    inner.push((inside, path.clone(), depth + 1, start..next, first..last));
                 } else {
-                    remove_path(&item.path())?;
+                    remove_at(fd.as_fd(), OsStr::from_bytes(bytes))?;
                 }
                 continue;
+            }
+            while cursor < recorded.end && path_order(at(cursor), &path) == Ordering::Less {
+                cursor += 1;
             }
             // The plan holds one entry at a path at most.
             let kept = match (wanted, previous) {
                 ([planned], Some((_, manifest)))
-                    if kind.is_file() && planned.entry.components.len() == depth + 1 =>
+                    if kind == FileType::RegularFile
+                        && planned.entry.components.len() == depth + 1
+                        && cursor < recorded.end
+                        && at(cursor) == path.as_slice() =>
                 {
-                    let components = &planned.entry.components;
-                    let files = &manifest.files;
-                    while cursor < files.len()
-                        && compare_path(manifest.at(files[cursor].0), components) == Ordering::Less
-                    {
-                        cursor += 1;
-                    }
-                    files
-                        .get(cursor)
-                        .filter(|(path, record)| {
-                            compare_path(manifest.at(*path), components) == Ordering::Equal
-                                && planned.entry.kind
-                                    == (EntryKind::File {
-                                        executable: record.executable,
-                                    })
-                                && record.id.is(&planned.entry.id)
-                                && item
-                                    .metadata()
-                                    .is_ok_and(|metadata| manifest.trusts(record, &metadata))
+                    let record = &files[cursor].1;
+                    let same = planned.entry.kind
+                        == (EntryKind::File {
+                            executable: record.executable,
                         })
-                        .map(|(_, record)| (start, *record))
+                        && record.id.is(&planned.entry.id)
+                        && rustix::fs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW)
+                            .is_ok_and(|stat| manifest.trusts(record, &Seen::of_stat(&stat)));
+                    same.then_some((start, *record))
                 }
                 _ => None,
             };
             match kept {
                 Some((index, record)) => present[index] = Some(record),
-                None => fs::remove_file(item.path())?,
+                None => rustix::fs::unlinkat(&fd, name, AtFlags::empty())?,
             }
         }
         pending.extend(inner.into_iter().rev());
@@ -1119,25 +1165,19 @@ fn recycle(
     Ok(present)
 }
 
-/// Orders a path, components joined with `/`, against `components`, as components are
-/// ordered.
-fn compare_path(path: &[u8], components: &[Vec<u8>]) -> Ordering {
-    path.split(|&b| b == b'/')
-        .cmp(components.iter().map(Vec::as_slice))
+/// The bytes at `span` of the manifest of `previous`; none without one.
+fn at_span<'m>(previous: Option<(&Path, &'m Manifest)>, span: Span) -> &'m [u8] {
+    previous.map_or(&[], |(_, manifest)| manifest.at(span))
 }
 
 /// Removes from the spare the files that hold bytes of their own, which the spare may not keep
-/// on disk: by its manifest, each file whose inode no kept snapshot has (`kept_inodes`); with
-/// no manifest, each file no other name links to. Symlinks and anything else are left to
-/// [`recycle`].
-fn trim_spare(
-    spare: &Path,
-    manifest: Option<&Manifest>,
-    kept_inodes: &HashSet<u64>,
-) -> io::Result<()> {
+/// on disk: by its manifest, each file whose inode no kept snapshot has (`kept_inodes`,
+/// sorted); with no manifest, each file no other name links to. Symlinks and anything else are
+/// left to [`recycle`].
+fn trim_spare(spare: &Path, manifest: Option<&Manifest>, kept_inodes: &[u64]) -> io::Result<()> {
     if let Some(manifest) = manifest {
         for (path, record) in &manifest.files {
-            if kept_inodes.contains(&record.ino) {
+            if kept_inodes.binary_search(&record.ino).is_ok() {
                 continue;
             }
             let path = manifest.at(*path);
@@ -1291,7 +1331,7 @@ fn write_entry(
                     return write_file(file, mode, id, read)
                         .map(|metadata| {
                             Ok(Written::File {
-                                record: Record::new(executable, blob, &metadata),
+                                record: Record::new(executable, blob, &Seen::of(&metadata)),
                                 shared: false,
                             })
                         })
@@ -1325,7 +1365,9 @@ fn share(
     manifest: &Manifest,
     record: &Record,
 ) -> io::Result<Option<Record>> {
-    if !fs::symlink_metadata(from).is_ok_and(|metadata| manifest.trusts(record, &metadata)) {
+    if !fs::symlink_metadata(from)
+        .is_ok_and(|metadata| manifest.trusts(record, &Seen::of(&metadata)))
+    {
         return Ok(None);
     }
     match fs::hard_link(from, to) {
@@ -1335,8 +1377,9 @@ fn share(
     }
     let linked = fs::symlink_metadata(to)
         .ok()
-        .filter(|metadata| record.matches(metadata))
-        .map(|metadata| Record::new(record.executable, record.id, &metadata));
+        .map(|metadata| Seen::of(&metadata))
+        .filter(|stat| record.matches(stat))
+        .map(|stat| Record::new(record.executable, record.id, &stat));
     if linked.is_none() {
         fs::remove_file(to)?;
     }

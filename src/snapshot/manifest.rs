@@ -80,7 +80,7 @@ impl BlobId {
 
     /// Whether `id` is this id.
     pub(super) fn is(&self, id: &str) -> bool {
-        self.as_str() == id
+        self.text[..usize::from(self.len)] == *id.as_bytes()
     }
 }
 
@@ -110,32 +110,77 @@ pub(super) struct Record {
 }
 
 impl Record {
-    /// The record of a file with blob `id` that has `metadata`.
-    pub(super) fn new(executable: bool, id: BlobId, metadata: &fs::Metadata) -> Self {
+    /// The record of a file with blob `id` that `stat` shows.
+    pub(super) fn new(executable: bool, id: BlobId, stat: &Seen) -> Self {
         Self {
             executable,
             id,
-            ino: metadata.ino(),
-            size: metadata.size(),
-            modified: (metadata.mtime(), metadata.mtime_nsec()),
-            changed: (metadata.ctime(), metadata.ctime_nsec()),
+            ino: stat.ino,
+            size: stat.size,
+            modified: stat.modified,
+            changed: stat.changed,
         }
     }
 
-    /// Whether `metadata` is of this very file with the same contents: a regular file of the
-    /// same inode, size, modification time and read-only mode. The status change time is not
+    /// Whether `stat` is of this very file with the same contents: a regular file of the same
+    /// inode, size, modification time and read-only mode. The status change time is not
     /// compared: see [`Manifest::trusts`].
-    pub(super) fn matches(&self, metadata: &fs::Metadata) -> bool {
+    pub(super) fn matches(&self, stat: &Seen) -> bool {
         let mode = if self.executable {
             MODE_EXECUTABLE
         } else {
             MODE_FILE
         };
-        metadata.file_type().is_file()
-            && metadata.ino() == self.ino
-            && metadata.size() == self.size
-            && (metadata.mtime(), metadata.mtime_nsec()) == self.modified
-            && metadata.mode() & 0o7777 == mode
+        stat.file
+            && stat.ino == self.ino
+            && stat.size == self.size
+            && stat.modified == self.modified
+            && stat.mode & 0o7777 == mode
+    }
+}
+
+/// What an `lstat` of a file shows that a [`Record`] is compared with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Seen {
+    /// Whether it is a regular file.
+    file: bool,
+    /// Its inode number.
+    ino: u64,
+    /// Its size in bytes.
+    size: u64,
+    /// Its modification time, seconds and nanoseconds.
+    modified: (i64, i64),
+    /// Its status change time, seconds and nanoseconds.
+    changed: (i64, i64),
+    /// Its mode, type bits included.
+    mode: u32,
+}
+
+impl Seen {
+    /// What `metadata` shows.
+    pub(super) fn of(metadata: &fs::Metadata) -> Self {
+        Self {
+            file: metadata.file_type().is_file(),
+            ino: metadata.ino(),
+            size: metadata.size(),
+            modified: (metadata.mtime(), metadata.mtime_nsec()),
+            changed: (metadata.ctime(), metadata.ctime_nsec()),
+            mode: metadata.mode(),
+        }
+    }
+
+    /// What `stat` shows.
+    #[allow(clippy::unnecessary_cast)] // The fields' types differ between targets.
+    pub(super) fn of_stat(stat: &rustix::fs::Stat) -> Self {
+        Self {
+            file: rustix::fs::FileType::from_raw_mode(stat.st_mode as _)
+                == rustix::fs::FileType::RegularFile,
+            ino: stat.st_ino as u64,
+            size: stat.st_size as u64,
+            modified: (stat.st_mtime as i64, stat.st_mtime_nsec as i64),
+            changed: (stat.st_ctime as i64, stat.st_ctime_nsec as i64),
+            mode: stat.st_mode as u32,
+        }
     }
 }
 
@@ -388,15 +433,15 @@ impl Manifest {
         self.skipped.iter().any(|(left, _)| left == components)
     }
 
-    /// Whether `metadata` shows the file `record` describes as it was written, by the evidence
+    /// Whether `stat` shows the file `record` describes as it was written, by the evidence
     /// git's index uses: the same inode, size, modification time and status change time (and
     /// the read-only mode). A record is not trusted when its file changed as late as the
     /// manifest was written ("racily clean" in git's words): timestamps are as coarse as the
     /// filesystem's clock, and an edit in the same tick as the record leaves them as they were.
-    pub(super) fn trusts(&self, record: &Record, metadata: &fs::Metadata) -> bool {
+    pub(super) fn trusts(&self, record: &Record, stat: &Seen) -> bool {
         record.modified.max(record.changed) < self.written
-            && record.matches(metadata)
-            && (metadata.ctime(), metadata.ctime_nsec()) == record.changed
+            && record.matches(stat)
+            && stat.changed == record.changed
     }
 }
 
@@ -459,7 +504,7 @@ impl Reader<'_> {
 
 /// Orders two paths, components joined with `/`, as their components are ordered: `/` sorts
 /// before every other byte.
-fn path_order(a: &[u8], b: &[u8]) -> Ordering {
+pub(super) fn path_order(a: &[u8], b: &[u8]) -> Ordering {
     let key = |byte: u8| if byte == b'/' { 0 } else { u16::from(byte) + 1 };
     match a.iter().zip(b).position(|(x, y)| x != y) {
         Some(at) => key(a[at]).cmp(&key(b[at])),

@@ -1721,5 +1721,30 @@ fn a_new_manifest_outlasts_its_files() {
     let manifest = snapshots.manifest(&commit(1)).unwrap();
     let file = fs::symlink_metadata(dir.join(SNAPSHOTS).join(commit(1)).join("a")).unwrap();
     let (_, record) = manifest.files[0];
-    assert!(manifest.trusts(&record, &file));
+    assert!(manifest.trusts(&record, &Seen::of(&file)));
+}
+
+/// The spare's files are kept wherever they lie, also in a directory that sorts before a file
+/// beside it (`a/x` before `b`, though `b` is listed first).
+#[test]
+fn files_in_directories_and_beside_them_are_kept() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("feed");
+    let snapshots = SnapshotDir::new(&dir, 2);
+    let tree = |n: u32| {
+        [
+            entry("a/x", FILE, "x1"),
+            entry("a/y/z", FILE, "z1"),
+            entry("b", FILE, "b1"),
+            entry("c", FILE, &format!("c{n}")),
+        ]
+    };
+    for n in 1..=3 {
+        snapshots.write(&commit(n), &tree(n), &mut by_id).unwrap();
+    }
+    let report = snapshots.write(&commit(4), &tree(4), &mut by_id).unwrap();
+    assert_eq!((report.written, report.shared), (4, 3));
+    for path in ["a/x", "a/y/z", "b"] {
+        assert_eq!(inode(&dir, &commit(3), path), inode(&dir, &commit(4), path));
+    }
 }
