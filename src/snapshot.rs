@@ -141,7 +141,7 @@ use std::sync::atomic::{self, AtomicU64};
 use std::time::SystemTime;
 
 use manifest::{
-    BlobId, Contents, Identity, Listing, Manifest, Record, Seen, Span, outlast, path_order,
+    BlobId, Contents, Identity, Listing, Manifest, Record, Seen, Span, outlast, path_order, split,
 };
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
 use sweep::{read_own, read_own_file, remove_at, remove_path};
@@ -329,7 +329,11 @@ impl SnapshotDir {
         let bytes = entries
             .iter()
             .fold(0u64, |sum, entry| sum.saturating_add(entry.size));
-        self.finish(commit, &plan, skipped, bytes, read, None)
+        let listed = Listed {
+            plan: &plan,
+            kept: &[],
+        };
+        self.finish(commit, listed, skipped, bytes, read, None)
     }
 
     /// Creates the snapshot directory if needed and removes what is not gitfeed's from it.
@@ -357,7 +361,7 @@ impl SnapshotDir {
     fn finish(
         &self,
         commit: &str,
-        plan: &[Planned<'_>],
+        listed: Listed<'_, '_>,
         mut skipped: Vec<Left>,
         bytes: u64,
         read: &mut ReadBlob<'_>,
@@ -380,7 +384,7 @@ impl SnapshotDir {
                         add_inodes(&manifest);
                     }
                 }
-                (plan.len(), 0)
+                (listed.plan.len() + listed.kept.len(), 0)
             } else {
                 self.discard(commit)
                     .map_err(|err| SnapshotError::io("could not remove a stale snapshot", err))?;
@@ -401,7 +405,7 @@ impl SnapshotDir {
                 let built = build(
                     &snapshots,
                     commit,
-                    plan,
+                    listed,
                     read,
                     previous,
                     &mut skipped,
@@ -422,7 +426,7 @@ impl SnapshotDir {
             );
         }
 
-        skipped.sort_by_key(|left| left.rank);
+        skipped.sort_by(Left::order);
         Ok(Report {
             written,
             shared,
@@ -609,6 +613,16 @@ impl SnapshotDir {
         }
         Ok(())
     }
+}
+
+/// What a snapshot is written from.
+#[derive(Debug, Clone, Copy)]
+struct Listed<'p, 'k> {
+    /// The entries, in the byte order of their components.
+    plan: &'p [Planned<'p>],
+    /// Regular files of the current snapshot that are kept as they are, by their position in
+    /// its manifest, in order; none unless the manifest is given as the previous snapshot's.
+    kept: &'k [usize],
 }
 
 /// An entry that passed the checks on its path, in the order it is written.
@@ -860,7 +874,7 @@ fn check_target(
 fn build(
     snapshots: &Path,
     commit: &str,
-    plan: &[Planned<'_>],
+    listed: Listed<'_, '_>,
     read: &mut ReadBlob<'_>,
     previous: Option<(&Path, &Manifest)>,
     skipped: &mut Vec<Left>,
@@ -890,12 +904,14 @@ fn build(
 
     let mut dirs = Dirs::default();
     dirs.add(root.clone());
-    // What the spare already holds of this snapshot, by position in the plan.
-    let mut present = if recycled.1 {
-        recycle(&root, plan, previous, &mut dirs)
+    let plan = listed.plan;
+    // What the spare already holds of this snapshot, by position in the plan and in the kept
+    // files.
+    let (mut present, present_kept) = if recycled.1 {
+        recycle(&root, listed, previous, &mut dirs)
             .map_err(|err| SnapshotError::io("could not recycle the spare snapshot", err))?
     } else {
-        vec![None; plan.len()]
+        (vec![None; plan.len()], vec![false; listed.kept.len()])
     };
     crash_point()?;
     let mut links = Vec::new();
@@ -920,6 +936,44 @@ fn build(
         }
         crash_point()?;
     }
+    // The kept files the spare does not hold as they were are linked from the previous
+    // snapshot or written afresh, as entries of their own.
+    let mut kept_files = Vec::with_capacity(listed.kept.len());
+    if let Some((_, manifest)) = previous {
+        for (&index, &there) in listed.kept.iter().zip(&present_kept) {
+            let (path, record) = manifest.files[index];
+            if there {
+                shared += 1;
+                kept_files.push((manifest.at(path), record));
+                continue;
+            }
+            let entry = Entry {
+                components: split(manifest.at(path)),
+                kind: EntryKind::File {
+                    executable: record.executable,
+                },
+                id: record.id.as_str().to_owned(),
+                size: record.size,
+            };
+            let planned = Planned {
+                rank: usize::MAX,
+                entry: &entry,
+                target: None,
+            };
+            match write_entry(&root, &planned, read, previous, &mut dirs)? {
+                Ok(Written::File {
+                    record,
+                    shared: was,
+                }) => {
+                    shared += usize::from(was);
+                    kept_files.push((manifest.at(path), record));
+                }
+                Ok(Written::Symlink) => {}
+                Err(reason) => skipped.push(Left::new(usize::MAX, &entry, reason.into())),
+            }
+            crash_point()?;
+        }
+    }
 
     // Every symlink again, through the real filesystem. Removing one can change where
     // another leads, so this repeats until nothing is removed.
@@ -943,6 +997,7 @@ fn build(
             break;
         }
     }
+    let files = merge_files(&files, &kept_files);
     let written = files.len() + links.len();
 
     let fail = |err| SnapshotError::io("could not sync the snapshot", err);
@@ -961,7 +1016,7 @@ fn build(
         path: manifest_path,
         armed: true,
     };
-    skipped.sort_by_key(|left| left.rank);
+    skipped.sort_by(Left::order);
     let contents = Contents {
         files: &files,
         links: &links,
@@ -1014,6 +1069,51 @@ fn build(
     })
 }
 
+/// Where a regular file of a snapshot being written lies.
+#[derive(Debug, Clone, Copy)]
+enum FilePath<'a> {
+    /// An entry's components.
+    Components(&'a [Vec<u8>]),
+    /// A path of the previous snapshot's manifest, components joined with `/`.
+    Joined(&'a [u8]),
+}
+
+/// The files of the plan, `files`, and the kept ones, `kept`, both in order, as one list in
+/// order. The plan's are few when files are kept: each is put in its place by halves.
+fn merge_files<'a>(
+    files: &[(&'a Planned<'_>, Record)],
+    kept: &[(&'a [u8], Record)],
+) -> Vec<(FilePath<'a>, Record)> {
+    let mut merged = Vec::with_capacity(files.len() + kept.len());
+    let mut rest = kept;
+    for (planned, record) in files {
+        let components = planned.entry.components.as_slice();
+        let before = rest
+            .partition_point(|(path, _)| components_order(components, path) == Ordering::Greater);
+        merged.extend(
+            rest[..before]
+                .iter()
+                .map(|(path, record)| (FilePath::Joined(path), *record)),
+        );
+        rest = &rest[before..];
+        merged.push((FilePath::Components(components), *record));
+    }
+    merged.extend(
+        rest.iter()
+            .map(|(path, record)| (FilePath::Joined(path), *record)),
+    );
+    merged
+}
+
+/// Orders `components` against a path, components joined with `/`, as components are
+/// ordered.
+fn components_order(components: &[Vec<u8>], path: &[u8]) -> Ordering {
+    components
+        .iter()
+        .map(Vec::as_slice)
+        .cmp(path.split(|&b| b == b'/'))
+}
+
 /// What [`build`] wrote.
 #[derive(Debug)]
 struct Built {
@@ -1025,47 +1125,52 @@ struct Built {
     inodes: Vec<u64>,
 }
 
-/// Turns the spare snapshot renamed to `root` into a start of the snapshot `plan` describes:
-/// keeps each directory the plan needs (records it in `dirs`, with the snapshot's mode) and
-/// each regular file that is the current snapshot's own file for the same path, blob and mode,
-/// unchanged ([`Manifest::trusts`]); removes everything else. Never follows a symlink.
-/// Returns the records of the files kept, by their position in `plan`.
+/// Turns the spare snapshot renamed to `root` into a start of the snapshot `listed`
+/// describes: keeps each directory it needs (records it in `dirs`, with the snapshot's mode),
+/// each regular file that is the current snapshot's own file for the same path, blob and mode
+/// and each kept file, unchanged ([`Manifest::trusts`]); removes everything else. Never follows
+/// a symlink. Returns the records of the plan's files it kept, by their position in the plan,
+/// and which of the kept files it holds.
 ///
-/// The plan and the manifest are both in the byte order of components, where what lies below
-/// a directory follows its path: each directory's names are sorted and merged with the plan's
-/// entries and the manifest's files below it, so nothing is looked up by name, and the only
-/// call per file is one `lstat`, relative to its open directory.
+/// The plan, the kept files and the manifest are all in the byte order of components, where
+/// what lies below a directory follows its path: each directory's names are sorted and merged
+/// with what of each lies below it, so nothing is looked up by name, and the only call per file
+/// is one `lstat`, relative to its open directory.
 fn recycle(
     root: &Path,
-    plan: &[Planned<'_>],
+    listed: Listed<'_, '_>,
     previous: Option<(&Path, &Manifest)>,
     dirs: &mut Dirs,
-) -> io::Result<Vec<Option<Record>>> {
+) -> io::Result<(Vec<Option<Record>>, Vec<bool>)> {
+    let plan = listed.plan;
     let mut present = vec![None; plan.len()];
+    let mut present_kept = vec![false; listed.kept.len()];
     let files = previous.map_or(&[][..], |(_, manifest)| &manifest.files[..]);
     let at = |index: usize| at_span(previous, files[index].0);
-    // Directories still to walk, last first so they are walked in order: where each is, its
-    // path in the snapshot (components joined with `/`), and the ranges of the plan and of the
-    // manifest's files below it.
-    let mut pending = vec![(
-        root.to_path_buf(),
-        Vec::new(),
-        0,
-        0..plan.len(),
-        0..files.len(),
-    )];
+    let kept_at = |index: usize| at(listed.kept[index]);
+    let mut pending = vec![Walk {
+        dir: root.to_path_buf(),
+        prefix: Vec::new(),
+        depth: 0,
+        plan: 0..plan.len(),
+        recorded: 0..files.len(),
+        kept: 0..listed.kept.len(),
+    }];
     // The path in the snapshot of the name being looked at.
     let mut path = Vec::new();
-    while let Some((dir, prefix, depth, range, recorded)) = pending.pop() {
+    while let Some(walk) = pending.pop() {
+        let Walk {
+            dir, prefix, depth, ..
+        } = &walk;
         // The spare becomes the snapshot's own, with the mode every snapshot's directories
         // have: one changed meanwhile, even to a mode nobody may enter, does not stop it.
-        if fs::symlink_metadata(&dir)?.mode() & 0o7777 != MODE_DIR {
-            fs::set_permissions(&dir, Permissions::from_mode(MODE_DIR))?;
+        if fs::symlink_metadata(dir)?.mode() & 0o7777 != MODE_DIR {
+            fs::set_permissions(dir, Permissions::from_mode(MODE_DIR))?;
         }
         // Entered without following a symlink; each name in it is looked at through the open
         // directory, so one `lstat` per file costs no walk from the root.
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = rustix::fs::open(&dir, flags, Mode::empty())?;
+        let fd = rustix::fs::open(dir, flags, Mode::empty())?;
         dirs.add(dir.clone());
         // The names, each ended by its nul byte, one after another; then where each starts
         // and ends, sorted by name.
@@ -1081,28 +1186,37 @@ fn recycle(
             }
         }
         items.sort_unstable_by(|a, b| names[a.0..a.1].cmp(&names[b.0..b.1]));
-        let mut next = range.start;
-        // The first of the manifest's files below this directory not before the name.
-        let mut cursor = recorded.start;
+        // The first of each below this directory not before the name being looked at.
+        let (mut next, mut cursor, mut kept) =
+            (walk.plan.start, walk.recorded.start, walk.kept.start);
         let mut inner = Vec::new();
         for (start, end, kind) in items {
             let name = CStr::from_bytes_with_nul(&names[start..end]).map_err(io::Error::other)?;
             let bytes = name.to_bytes();
             path.clear();
-            path.extend_from_slice(&prefix);
+            path.extend_from_slice(prefix);
             if !prefix.is_empty() {
                 path.push(b'/');
             }
             path.extend_from_slice(bytes);
-            // The plan's entries below this directory named `name`.
-            while next < range.end && plan[next].entry.components[depth].as_slice() < bytes {
+            // The plan's entries named `name`, or below it.
+            while next < walk.plan.end && plan[next].entry.components[*depth].as_slice() < bytes {
                 next += 1;
             }
-            let start = next;
-            while next < range.end && plan[next].entry.components[depth].as_slice() == bytes {
+            let first = next;
+            while next < walk.plan.end && plan[next].entry.components[*depth].as_slice() == bytes {
                 next += 1;
             }
-            let wanted = &plan[start..next];
+            let wanted = first..next;
+            // The kept files at `path` or below it, which follow each other.
+            while kept < walk.kept.end && path_order(kept_at(kept), &path) == Ordering::Less {
+                kept += 1;
+            }
+            let first = kept;
+            while kept < walk.kept.end && below_or_at(kept_at(kept), &path) {
+                kept += 1;
+            }
+            let wanted_kept = first..kept;
             let kind = match kind {
                 FileType::Unknown => {
                     let stat = rustix::fs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW)?;
@@ -1111,58 +1225,108 @@ fn recycle(
                 kind => kind,
             };
             if kind == FileType::Directory {
-                if wanted
+                let deeper = plan[wanted.clone()]
                     .iter()
                     .any(|planned| planned.entry.components.len() > depth + 1)
-                {
+                    || wanted_kept
+                        .clone()
+                        .any(|index| kept_at(index).len() > path.len());
+                if deeper {
                     // The manifest's files below it follow each other, right after its path.
-                    let first = recorded.start
-                        + files[recorded.clone()].partition_point(|(held, _)| {
+                    let recorded = &files[walk.recorded.clone()];
+                    let from = walk.recorded.start
+                        + recorded.partition_point(|(held, _)| {
                             path_order(at_span(previous, *held), &path) != Ordering::Greater
                         });
-                    let last = first
-                        + files[first..recorded.end].partition_point(|(held, _)| {
-                            let held = at_span(previous, *held);
-                            held.starts_with(&path) && held.get(path.len()) == Some(&b'/')
+                    let to = from
+                        + files[from..walk.recorded.end].partition_point(|(held, _)| {
+                            below_or_at(at_span(previous, *held), &path)
                         });
-                    let inside = dir.join(OsStr::from_bytes(bytes));
-                    inner.push((inside, path.clone(), depth + 1, start..next, first..last));
+                    inner.push(Walk {
+                        dir: dir.join(OsStr::from_bytes(bytes)),
+                        prefix: path.clone(),
+                        depth: depth + 1,
+                        plan: wanted,
+                        recorded: from..to,
+                        kept: wanted_kept,
+                    });
                 } else {
                     remove_at(fd.as_fd(), OsStr::from_bytes(bytes))?;
                 }
                 continue;
             }
-            while cursor < recorded.end && path_order(at(cursor), &path) == Ordering::Less {
+            let lstat = || {
+                rustix::fs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW)
+                    .map(|stat| Seen::of_stat(&stat))
+            };
+            let regular = kind == FileType::RegularFile;
+            // A kept file: the previous snapshot's own, to be kept on its record's evidence.
+            if regular
+                && let Some((_, manifest)) = previous
+                && let Some(index) = wanted_kept.clone().next()
+                && kept_at(index) == path.as_slice()
+            {
+                let record = &files[listed.kept[index]].1;
+                if lstat().is_ok_and(|stat| manifest.trusts(record, &stat)) {
+                    present_kept[index] = true;
+                    continue;
+                }
+            }
+            while cursor < walk.recorded.end && path_order(at(cursor), &path) == Ordering::Less {
                 cursor += 1;
             }
-            // The plan holds one entry at a path at most.
-            let kept = match (wanted, previous) {
-                ([planned], Some((_, manifest)))
-                    if kind == FileType::RegularFile
-                        && planned.entry.components.len() == depth + 1
-                        && cursor < recorded.end
+            // One of the plan's files, if the manifest records the same file there: the plan
+            // holds one entry at a path at most.
+            let kept_file = match previous {
+                Some((_, manifest))
+                    if regular
+                        && wanted.len() == 1
+                        && plan[wanted.start].entry.components.len() == depth + 1
+                        && cursor < walk.recorded.end
                         && at(cursor) == path.as_slice() =>
                 {
+                    let planned = &plan[wanted.start];
                     let record = &files[cursor].1;
                     let same = planned.entry.kind
                         == (EntryKind::File {
                             executable: record.executable,
                         })
                         && record.id.is(&planned.entry.id)
-                        && rustix::fs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW)
-                            .is_ok_and(|stat| manifest.trusts(record, &Seen::of_stat(&stat)));
-                    same.then_some((start, *record))
+                        && lstat().is_ok_and(|stat| manifest.trusts(record, &stat));
+                    same.then_some((wanted.start, *record))
                 }
                 _ => None,
             };
-            match kept {
+            match kept_file {
                 Some((index, record)) => present[index] = Some(record),
                 None => rustix::fs::unlinkat(&fd, name, AtFlags::empty())?,
             }
         }
         pending.extend(inner.into_iter().rev());
     }
-    Ok(present)
+    Ok((present, present_kept))
+}
+
+/// A directory of the spare still to walk, with the ranges of what lies below it.
+#[derive(Debug)]
+struct Walk {
+    /// Where it is.
+    dir: PathBuf,
+    /// Its path in the snapshot, components joined with `/`.
+    prefix: Vec<u8>,
+    /// How many components its path has.
+    depth: usize,
+    /// The plan's entries below it.
+    plan: std::ops::Range<usize>,
+    /// The manifest's files below it.
+    recorded: std::ops::Range<usize>,
+    /// The kept files below it, by their position in the kept list.
+    kept: std::ops::Range<usize>,
+}
+
+/// Whether `held` is `path` or lies below it (both components joined with `/`).
+fn below_or_at(held: &[u8], path: &[u8]) -> bool {
+    held.starts_with(path) && matches!(held.get(path.len()), None | Some(b'/'))
 }
 
 /// The bytes at `span` of the manifest of `previous`; none without one.
@@ -1708,6 +1872,11 @@ impl Left {
             components: entry.components.clone(),
             reason,
         }
+    }
+
+    /// The report's order: by components, then rank (which keeps the order of equal paths).
+    fn order(a: &Left, b: &Left) -> Ordering {
+        a.components.cmp(&b.components).then(a.rank.cmp(&b.rank))
     }
 
     /// What the report says of it.

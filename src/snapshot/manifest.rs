@@ -9,7 +9,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::time::SystemTime;
 
-use super::{Left, MANIFEST_MAGIC, MODE_EXECUTABLE, MODE_FILE, Planned};
+use super::{FilePath, Left, MANIFEST_MAGIC, MODE_EXECUTABLE, MODE_FILE, Planned};
 
 /// The longest blob id a manifest records, in bytes: a SHA-256 id in hex.
 const MAX_ID: usize = 64;
@@ -202,8 +202,8 @@ pub(super) struct Span(u32, u32);
 /// What [`Manifest::write`] records besides the directory: the plan's entries as written.
 #[derive(Debug)]
 pub(super) struct Contents<'a, 'p> {
-    /// The regular files, in the plan's order, and their records.
-    pub(super) files: &'a [(&'a Planned<'p>, Record)],
+    /// The regular files, in order, and their records.
+    pub(super) files: &'a [(FilePath<'a>, Record)],
     /// The symlinks, in the plan's order.
     pub(super) links: &'a [&'a Planned<'p>],
     /// What was left out, in the order of its rank.
@@ -288,7 +288,7 @@ impl Manifest {
             record.push(id.len);
             record.extend_from_slice(id.as_str().as_bytes());
         };
-        for (planned, file) in contents.files {
+        for (at, file) in contents.files {
             record.clear();
             record.push(if file.executable {
                 RECORD_EXECUTABLE
@@ -302,7 +302,10 @@ impl Manifest {
                 record.extend_from_slice(&time.1.to_le_bytes());
             }
             id(&mut record, &file.id);
-            path(&mut record, &planned.entry.components);
+            match at {
+                FilePath::Components(components) => path(&mut record, components),
+                FilePath::Joined(joined) => bytes(&mut record, joined),
+            }
             out.write_all(&record)?;
         }
         for planned in contents.links {

@@ -1639,16 +1639,24 @@ fn fourth(snapshots: &SnapshotDir) -> (Report, Vec<String>) {
     (report, read)
 }
 
-/// Untouched, the file the spare shares with the current snapshot is kept as it is.
+/// Untouched, the file the spare shares with the current snapshot is kept as it is: the
+/// spare's own name for it, not a new link (which would change its status change time).
 #[test]
 fn an_untouched_file_is_trusted() {
     let parent = tempfile::tempdir().unwrap();
     let dir = parent.path().join("feed");
     let snapshots = three_snapshots(&dir);
+    let changed = |n| {
+        let metadata = fs::symlink_metadata(dir.join(SNAPSHOTS).join(commit(n)).join("b"));
+        let metadata = metadata.unwrap();
+        (metadata.ctime(), metadata.ctime_nsec())
+    };
+    let before = changed(3);
     let (report, read) = fourth(&snapshots);
     assert_eq!((report.written, report.shared), (2, 1));
     assert_eq!(read, ["a4"]);
     assert_eq!(inode(&dir, &commit(3), "b"), inode(&dir, &commit(4), "b"));
+    assert_eq!(changed(4), before);
 }
 
 /// A file edited in place with the same size, then given back its mode and modification
@@ -1747,4 +1755,28 @@ fn files_in_directories_and_beside_them_are_kept() {
     for path in ["a/x", "a/y/z", "b"] {
         assert_eq!(inode(&dir, &commit(3), path), inode(&dir, &commit(4), path));
     }
+    // The same from the changes alone.
+    let found = changes(&tree(4), &tree(5));
+    let mut read = Vec::new();
+    let report = snapshots
+        .update(
+            &commit(5),
+            snapshots.base().unwrap(),
+            &found,
+            &mut |id, out| {
+                read.push(id.to_owned());
+                by_id(id, out)
+            },
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!((report.written, report.shared), (4, 3));
+    assert_eq!(read, ["c5"]);
+    for path in ["a/x", "a/y/z", "b"] {
+        assert_eq!(inode(&dir, &commit(4), path), inode(&dir, &commit(5), path));
+    }
+    assert_eq!(
+        current_tree(&dir),
+        expect(&[("a/x", "x1"), ("a/y/z", "z1"), ("b", "b1"), ("c", "c5")])
+    );
 }

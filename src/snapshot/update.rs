@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::manifest::{Manifest, split};
 use super::{
-    Entry, EntryKind, Left, Planned, Report, SnapshotDir, SnapshotError, check_commit,
+    Entry, EntryKind, Left, Listed, Planned, Report, SnapshotDir, SnapshotError, check_commit,
     check_target, claim, component_problem, folded_path, read_target,
 };
 
@@ -92,7 +92,12 @@ impl SnapshotDir {
         {
             return Ok(None);
         }
-        let Some(Derived { entries, skipped }) = derive(&base.manifest, changes) else {
+        let Some(Derived {
+            entries,
+            kept,
+            skipped,
+        }) = derive(&base.manifest, changes)
+        else {
             return Ok(None);
         };
         self.prepare()?;
@@ -118,7 +123,11 @@ impl SnapshotDir {
             checked.push(planned);
         }
         let bytes = base.bytes_after(changes);
-        self.finish(commit, &checked, left, bytes, read, Some(base.manifest))
+        let listed = Listed {
+            plan: &checked,
+            kept: &kept,
+        };
+        self.finish(commit, listed, left, bytes, read, Some(base.manifest))
             .map(Some)
     }
 }
@@ -127,9 +136,13 @@ impl SnapshotDir {
 /// `base` describes.
 #[derive(Debug)]
 struct Derived {
-    /// Every entry to write: the base's files and symlinks that did not change, and the new
-    /// ones; in no particular order.
+    /// The entries to write besides `kept`: the base's symlinks and the new files; in no
+    /// particular order.
     entries: Vec<Entry>,
+    /// The base's files that did not change, by their position in its manifest, in order.
+    /// They are not made entries: an update of a large tree would spend more on that than on
+    /// anything else but the `lstat` of each.
+    kept: Vec<usize>,
     /// What is left out, with the reasons: the base's, and new entries the checks on a single
     /// path refuse.
     skipped: Vec<(Vec<Vec<u8>>, String)>,
@@ -193,21 +206,10 @@ fn derive(base: &Manifest, changes: &[Change]) -> Option<Derived> {
             Some((EntryKind::Symlink, ..)) => return None,
         }
     }
-    let mut entries = Vec::with_capacity(base.files.len() + base.links.len() + added.len());
-    for (path, record) in &base.files {
-        let path = base.at(*path);
-        if removed.contains(path) {
-            continue;
-        }
-        entries.push(Entry {
-            components: split(path),
-            kind: EntryKind::File {
-                executable: record.executable,
-            },
-            id: record.id.as_str().to_owned(),
-            size: record.size,
-        });
-    }
+    let kept = (0..base.files.len())
+        .filter(|&index| !removed.contains(base.at(base.files[index].0)))
+        .collect();
+    let mut entries = Vec::with_capacity(base.links.len() + added.len());
     for link in &base.links {
         entries.push(Entry {
             components: split(base.at(link.path)),
@@ -217,45 +219,35 @@ fn derive(base: &Manifest, changes: &[Change]) -> Option<Derived> {
         });
     }
     entries.extend(added);
-    Some(Derived { entries, skipped })
+    Some(Derived {
+        entries,
+        kept,
+        skipped,
+    })
 }
 
-/// `entries` to write in the byte order of their components, and what is left out, each
-/// ranked by that order among both.
-fn rank(
-    entries: &[Entry],
-    mut skipped: Vec<(Vec<Vec<u8>>, String)>,
-) -> (Vec<Planned<'_>>, Vec<Left>) {
+/// `entries` to write in the byte order of their components, and what is left out in the
+/// order it was (what the report sorts by components keeps that order among equal paths).
+fn rank(entries: &[Entry], skipped: Vec<(Vec<Vec<u8>>, String)>) -> (Vec<Planned<'_>>, Vec<Left>) {
     let mut order: Vec<&Entry> = entries.iter().collect();
     order.sort_by(|a, b| a.components.cmp(&b.components));
-    skipped.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut plan = Vec::with_capacity(order.len());
-    let mut left = Vec::with_capacity(skipped.len());
-    let mut skipped = skipped.into_iter().peekable();
-    for entry in order {
-        while let Some((components, reason)) =
-            skipped.next_if(|(components, _)| *components < entry.components)
-        {
-            let rank = plan.len() + left.len();
-            left.push(Left {
-                rank,
-                components,
-                reason,
-            });
-        }
-        plan.push(Planned {
-            rank: plan.len() + left.len(),
+    let plan: Vec<Planned<'_>> = order
+        .into_iter()
+        .enumerate()
+        .map(|(rank, entry)| Planned {
+            rank,
             entry,
             target: None,
-        });
-    }
-    for (components, reason) in skipped {
-        let rank = plan.len() + left.len();
-        left.push(Left {
-            rank,
+        })
+        .collect();
+    let left = skipped
+        .into_iter()
+        .enumerate()
+        .map(|(index, (components, reason))| Left {
+            rank: plan.len() + index,
             components,
             reason,
-        });
-    }
+        })
+        .collect();
     (plan, left)
 }
