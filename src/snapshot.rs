@@ -880,6 +880,13 @@ fn build(
     skipped: &mut Vec<Left>,
     listing: Listing,
 ) -> Result<Built, SnapshotError> {
+    // Kept files are the previous snapshot's: without it the snapshot would lack them.
+    if previous.is_none() && !listed.kept.is_empty() {
+        return Err(SnapshotError {
+            context: "the current snapshot changed while the next was being written".into(),
+            cause: None,
+        });
+    }
     let fail = |err| SnapshotError::io("could not create a temporary directory", err);
     let spare = snapshots.join(SPARE);
     let recycled = match fs::symlink_metadata(&spare) {
