@@ -15,9 +15,10 @@
 //!
 //! A snapshot is written into a temporary directory, made durable, and only then renamed to
 //! `.snapshots/<commit>`, and its manifest put beside it. The manifest names the directory it
-//! describes (inode and creation time) and every regular file in it, so a directory gitfeed did
-//! not finish writing itself, such as one someone else created under the next commit's name,
-//! is never trusted: it is removed and the snapshot written again. The snapshot itself holds
+//! describes (inode and creation time), every regular file and symlink in it and every entry
+//! left out, so a directory gitfeed did not finish writing itself, such as one someone else
+//! created under the next commit's name, is never trusted: it is removed and the snapshot
+//! written again. The snapshot itself holds
 //! exactly the commit's files and nothing else. `current` is switched by renaming a new
 //! symlink over it, which readers see either before or after, never in between. A crash at any
 //! point leaves `current` pointing at the last complete snapshot; what the interrupted write
@@ -41,16 +42,38 @@
 //! A new snapshot shares every regular file that did not change (same path, blob and mode)
 //! with the current snapshot through a hard link, and writes only the others. Files are
 //! therefore read-only (0444, or 0555 when executable): a shared file edited through one
-//! snapshot would change the others. Before a file is shared, its inode, size and modification
-//! time are checked against the manifest; a file changed in place is written afresh instead.
+//! snapshot would change the others.
+//!
+//! A file is shared only on the evidence git's index uses to tell a file unchanged without
+//! reading it: its `lstat` shows the inode, size, modification time and status change time the
+//! manifest recorded when the file was written (and the read-only mode). Anything that differs
+//! is written afresh from its blob, so a file edited in place is, even with its size and
+//! modification time put back: nobody can set the status change time. As in git, a record is
+//! not trusted when its file changed as late as the manifest was written ("racily clean"):
+//! timestamps are as coarse as the filesystem's clock, and an edit in the same tick as the
+//! record would not show. Writing a manifest therefore waits, if need be, for that clock to
+//! pass the files just written (a few milliseconds at most). Linking and unlinking a file
+//! changes its status change time too: a file shared through a new link is recorded as it is
+//! after the link, and one whose other names gitfeed removes is written again the next time.
 //!
 //! A snapshot pruned beyond `keep` is not removed but renamed to `.spare`, without its
 //! manifest, after removing the files no other snapshot shares; the next snapshot starts from
 //! it instead of an empty directory. Every name in the spare is checked against the new tree:
-//! a file is kept only where it is the very file (same inode, unchanged) that the current
-//! snapshot holds for the same path, blob and mode, a directory only where the new tree has one,
-//! and everything else is removed. An update that changes a few files therefore costs one
-//! `lstat` per file and the changes, not a link and an unlink per file.
+//! a file is kept only where it is the very file the current snapshot holds for the same path,
+//! blob and mode, on the evidence above, a directory only where the new tree has one, and
+//! everything else is removed.
+//!
+//! [`SnapshotDir::update`] writes a snapshot from the changes since the current one: the git
+//! layer compares the two commits' trees, reading only the trees that differ, and the entries
+//! that did not change are taken from the current snapshot's manifest instead of the tree. It
+//! applies when the current snapshot was listed with the same settings (for gitfeed, the filter
+//! and the file size limit) and every change involves regular files whose names no other entry
+//! of the same directory shares when case is ignored, in either commit; otherwise the whole
+//! tree is written, as by
+//! [`SnapshotDir::write`], to the same result. An update that changes a few files of a large
+//! tree therefore costs the changes, one `lstat` per file of the spare (the evidence above:
+//! nothing cheaper shows a file edited in place) and reading and writing the manifests, which
+//! are binary and read in one pass: not a listing of the tree, a link and an unlink per file.
 //!
 //! Durability takes one `syncfs` of the snapshot's filesystem on Linux rather than one `fsync`
 //! per file and directory (elsewhere every file and directory written is synced).
@@ -102,22 +125,31 @@
 //!
 //! This module is for Unix: it sets permissions and writes non-UTF-8 names as raw bytes.
 
+use std::cmp::Ordering;
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::ffi::OsStr;
+use std::ffi::{CStr, OsStr};
 use std::fmt;
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::hash::{BuildHasher, Hasher};
 use std::io::{self, BufWriter, Write};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{self, AtomicU64};
 use std::time::SystemTime;
 
-use sweep::{read_own, remove_path};
+use manifest::{
+    BlobId, Contents, Identity, Listing, Manifest, Record, Seen, Span, outlast, path_order, split,
+};
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
+use sweep::{read_own, read_own_file, remove_at, remove_path};
+pub(crate) use update::{Base, Change};
 
+mod manifest;
 mod sweep;
+mod update;
 
 /// The symlink consumers resolve, relative to the root.
 const CURRENT: &str = "current";
@@ -145,7 +177,7 @@ const MAX_MANIFEST: u64 = 256 << 20;
 /// keeps. A larger one is taken as no order at all.
 const MAX_ORDER: u64 = 1 << 20;
 /// The first word of every manifest, with its format's version.
-const MANIFEST_MAGIC: &[u8] = b"gitfeed-snapshot-manifest-1";
+const MANIFEST_MAGIC: &[u8] = b"gitfeed-snapshot-manifest-2";
 /// Permissions of directories in a snapshot.
 const MODE_DIR: u32 = 0o755;
 /// Permissions of executable files: read-only, since they may be shared with other snapshots.
@@ -168,6 +200,9 @@ pub(crate) struct Entry {
     pub kind: EntryKind,
     /// Blob id (40 hex), passed back to the reader.
     pub id: String,
+    /// Its size in bytes as the tree lists it. A snapshot records the sum over its entries,
+    /// which [`Base::bytes_after`] carries on from.
+    pub size: u64,
 }
 
 /// What a tree entry is.
@@ -191,6 +226,8 @@ pub(crate) struct SnapshotDir {
     root: PathBuf,
     /// How many snapshots to keep, the current one included; at least 1.
     keep: usize,
+    /// The caller's fingerprint of the settings the entries are listed with.
+    settings: u64,
 }
 
 /// What [`SnapshotDir::write`] did.
@@ -254,7 +291,17 @@ impl SnapshotDir {
         Self {
             root: root.into(),
             keep: keep.max(1),
+            settings: 0,
         }
+    }
+
+    /// The same directory, for entries listed with `settings`: a fingerprint of whatever
+    /// decides which entries a commit gives and which it may not (a filter, a size limit).
+    /// It is recorded with each snapshot written, and [`SnapshotDir::base`] offers only a
+    /// snapshot recorded with the same.
+    pub fn listed_with(mut self, settings: u64) -> Self {
+        self.settings = settings;
+        self
     }
 
     /// Writes `entries` for `commit` and makes it current. `read` streams the blob with the
@@ -275,36 +322,60 @@ impl SnapshotDir {
         entries: &[Entry],
         read: &mut dyn FnMut(&str, &mut dyn std::io::Write) -> std::io::Result<()>,
     ) -> Result<Report, SnapshotError> {
-        // The commit becomes a path, so anything but a plain object id is refused.
-        if !is_commit(commit) {
-            return Err(SnapshotError {
-                context: "invalid commit id".into(),
-                cause: None,
-            });
-        }
-        let snapshots = self.snapshots();
-        let fresh = fs::symlink_metadata(&self.root).is_err();
-        fs::create_dir_all(&snapshots)
-            .and_then(|()| sync_dir(&self.root))
-            .and_then(|()| match self.root.parent() {
-                // A new root is durable only once its parent is.
-                Some(parent) if fresh && !parent.as_os_str().is_empty() => sync_dir(parent),
-                _ => Ok(()),
-            })
-            .map_err(|err| SnapshotError::io("could not create the snapshot directory", err))?;
-        self.recover()
-            .map_err(|err| SnapshotError::io("could not clean the snapshot directory", err))?;
-
+        check_commit(commit)?;
+        self.prepare()?;
         let mut skipped = Vec::new();
         let plan = plan(entries, read, &mut skipped)?;
+        let bytes = entries
+            .iter()
+            .fold(0u64, |sum, entry| sum.saturating_add(entry.size));
+        let listed = Listed {
+            plan: &plan,
+            kept: &[],
+        };
+        self.finish(commit, listed, skipped, bytes, read, None)
+    }
+
+    /// Creates the snapshot directory if needed and removes what is not gitfeed's from it.
+    fn prepare(&self) -> Result<(), SnapshotError> {
+        let snapshots = self.snapshots();
+        // Made durable when it was created: a write that finds it there has nothing to sync.
+        if !is_real_dir(&snapshots) {
+            let fresh = fs::symlink_metadata(&self.root).is_err();
+            fs::create_dir_all(&snapshots)
+                .and_then(|()| sync_dir(&self.root))
+                .and_then(|()| match self.root.parent() {
+                    // A new root is durable only once its parent is.
+                    Some(parent) if fresh && !parent.as_os_str().is_empty() => sync_dir(parent),
+                    _ => Ok(()),
+                })
+                .map_err(|err| SnapshotError::io("could not create the snapshot directory", err))?;
+        }
+        self.recover()
+            .map_err(|err| SnapshotError::io("could not clean the snapshot directory", err))
+    }
+
+    /// Writes `plan` for `commit` (unless gitfeed finished that snapshot already), makes it
+    /// current and prunes. `base` is the manifest of the snapshot `current` points at, when
+    /// the caller has it.
+    fn finish(
+        &self,
+        commit: &str,
+        listed: Listed<'_, '_>,
+        mut skipped: Vec<Left>,
+        bytes: u64,
+        read: &mut ReadBlob<'_>,
+        base: Option<Manifest>,
+    ) -> Result<Report, SnapshotError> {
+        let snapshots = self.snapshots();
         let pointed = self.current();
         // A snapshot `current` already points to stays usable even without a manifest (one
         // written before manifests existed): removing it would leave `current` dangling.
         // The files of the snapshots kept besides the spare (this one and the one before it,
         // which is what `keep_snapshots = 2` keeps), by inode: the spare keeps only those.
-        let mut kept_inodes = HashSet::new();
+        let mut kept_inodes = Vec::new();
         let mut add_inodes = |manifest: &Manifest| {
-            kept_inodes.extend(manifest.files.values().map(|record| record.ino));
+            kept_inodes.extend(manifest.files.iter().map(|(_, record)| record.ino));
         };
         let (written, shared) =
             if self.manifest(commit).is_some() || pointed.as_deref() == Some(commit) {
@@ -313,12 +384,12 @@ impl SnapshotDir {
                         add_inodes(&manifest);
                     }
                 }
-                (plan.len(), 0)
+                (listed.plan.len() + listed.kept.len(), 0)
             } else {
                 self.discard(commit)
                     .map_err(|err| SnapshotError::io("could not remove a stale snapshot", err))?;
                 let previous = pointed.and_then(|pointed| {
-                    let manifest = self.manifest(&pointed)?;
+                    let manifest = base.or_else(|| self.manifest(&pointed))?;
                     Some((snapshots.join(pointed), manifest))
                 });
                 let previous = previous
@@ -327,12 +398,27 @@ impl SnapshotDir {
                 if let Some((_, manifest)) = previous {
                     add_inodes(manifest);
                 }
-                let built = build(&snapshots, commit, &plan, read, previous, &mut skipped)?;
+                let listing = Listing {
+                    settings: self.settings,
+                    bytes,
+                };
+                let built = build(
+                    &snapshots,
+                    commit,
+                    listed,
+                    read,
+                    previous,
+                    &mut skipped,
+                    listing,
+                )?;
                 kept_inodes.extend(built.inodes);
                 (built.written, built.shared)
             };
         crash_point()?;
         self.switch(commit)?;
+        // Sorted, to be searched by halves.
+        kept_inodes.sort_unstable();
+        kept_inodes.dedup();
         if let Err(err) = self.prune(commit, &kept_inodes) {
             log::warn!(
                 "could not remove old snapshots from {}: {err}",
@@ -340,11 +426,11 @@ impl SnapshotDir {
             );
         }
 
-        skipped.sort_by_key(|(rank, _)| *rank);
+        skipped.sort_by(Left::order);
         Ok(Report {
             written,
             shared,
-            skipped: skipped.into_iter().map(|(_, skip)| skip).collect(),
+            skipped: skipped.into_iter().map(Left::into_skipped).collect(),
         })
     }
 
@@ -397,8 +483,9 @@ impl SnapshotDir {
     /// manifest is readable and names the directory that is there now.
     fn manifest(&self, commit: &str) -> Option<Manifest> {
         let snapshots = self.snapshots();
-        let text = read_own(&snapshots.join(format!("{commit}{MANIFEST}")), MAX_MANIFEST).ok()?;
-        let manifest = Manifest::parse(&text)?;
+        let path = snapshots.join(format!("{commit}{MANIFEST}"));
+        let (text, metadata) = read_own_file(&path, MAX_MANIFEST).ok()?;
+        let manifest = Manifest::parse(text, (metadata.mtime(), metadata.mtime_nsec()))?;
         let metadata = fs::symlink_metadata(snapshots.join(commit)).ok()?;
         (metadata.is_dir() && Identity::of(&metadata) == manifest.dir).then_some(manifest)
     }
@@ -442,9 +529,9 @@ impl SnapshotDir {
     /// before the switch) count as the oldest.
     ///
     /// The newest snapshot removed becomes the spare instead, unless there is one already. Its
-    /// files whose inode is not in `kept_inodes` hold bytes no kept snapshot shares, and are
-    /// removed from it.
-    fn prune(&self, current: &str, kept_inodes: &HashSet<u64>) -> io::Result<()> {
+    /// files whose inode is not in `kept_inodes` (sorted) hold bytes no kept snapshot shares, and
+    /// are removed from it.
+    fn prune(&self, current: &str, kept_inodes: &[u64]) -> io::Result<()> {
         let snapshots = self.snapshots();
         let mut order = read_order(&snapshots);
         order.retain(|commit| commit != current);
@@ -528,6 +615,16 @@ impl SnapshotDir {
     }
 }
 
+/// What a snapshot is written from.
+#[derive(Debug, Clone, Copy)]
+struct Listed<'p, 'k> {
+    /// The entries, in the byte order of their components.
+    plan: &'p [Planned<'p>],
+    /// Regular files of the current snapshot that are kept as they are, by their position in
+    /// its manifest, in order; none unless the manifest is given as the previous snapshot's.
+    kept: &'k [usize],
+}
+
 /// An entry that passed the checks on its path, in the order it is written.
 #[derive(Debug)]
 struct Planned<'a> {
@@ -566,7 +663,7 @@ struct Claim {
 fn plan<'a>(
     entries: &'a [Entry],
     read: &mut ReadBlob<'_>,
-    skipped: &mut Vec<(usize, Skipped)>,
+    skipped: &mut Vec<Left>,
 ) -> Result<Vec<Planned<'a>>, SnapshotError> {
     // Sorted so which of two colliding entries wins does not depend on delivery order.
     let mut order: Vec<usize> = (0..entries.len()).collect();
@@ -582,7 +679,7 @@ fn plan<'a>(
                 entry,
                 target: None,
             }),
-            Err(reason) => skipped.push((rank, skip(entry, reason))),
+            Err(reason) => skipped.push(Left::new(rank, entry, reason)),
         }
     }
 
@@ -596,13 +693,9 @@ fn plan<'a>(
     let mut checked = Vec::with_capacity(plan.len());
     for mut planned in plan {
         if planned.entry.kind == EntryKind::Symlink {
-            let mut target = Capped::default();
-            read(&planned.entry.id, &mut target).map_err(|err| {
-                let path = display(&planned.entry.components);
-                SnapshotError::io(format!("could not read symlink {path:?}"), err)
-            })?;
+            let target = read_target(planned.entry, read)?;
             if let Err(reason) = check_target(&planned.entry.components, &target, &links) {
-                skipped.push((planned.rank, skip(planned.entry, reason.into())));
+                skipped.push(Left::new(planned.rank, planned.entry, reason.into()));
                 continue;
             }
             planned.target = Some(target.bytes);
@@ -610,6 +703,16 @@ fn plan<'a>(
         checked.push(planned);
     }
     Ok(checked)
+}
+
+/// The target of the symlink `entry`, read through `read` and capped.
+fn read_target(entry: &Entry, read: &mut ReadBlob<'_>) -> Result<Capped, SnapshotError> {
+    let mut target = Capped::default();
+    read(&entry.id, &mut target).map_err(|err| {
+        let path = display(&entry.components);
+        SnapshotError::io(format!("could not read symlink {path:?}"), err)
+    })?;
+    Ok(target)
 }
 
 /// Checks `entries[index]` against the rules and the paths claimed before it, and claims its
@@ -685,8 +788,9 @@ fn component_problem(component: &[u8]) -> Option<&'static str> {
 }
 
 /// `component` as a filesystem that ignores case compares it: Unicode lowercase when it is
-/// UTF-8, ASCII lowercase otherwise.
-fn fold(component: &[u8]) -> Vec<u8> {
+/// UTF-8, ASCII lowercase otherwise. Two names that fold alike are the same name to the
+/// checks on a tree (see [`Change::crowded`]).
+pub(crate) fn fold(component: &[u8]) -> Vec<u8> {
     match std::str::from_utf8(component) {
         Ok(text) => text.to_lowercase().into_bytes(),
         Err(_) => component.to_ascii_lowercase(),
@@ -764,16 +868,25 @@ fn check_target(
 }
 
 /// Writes the plan into a new temporary directory, makes it durable, renames it to
-/// `snapshots/<commit>` and puts its manifest beside it. Files `previous` (a finished snapshot
-/// and its manifest) holds unchanged are linked from it instead of being read and written.
+/// `snapshots/<commit>` and puts its manifest beside it, recording what is `skipped` and the
+/// `listing`. Files `previous` (a finished snapshot and its manifest) holds unchanged are
+/// linked from it instead of being read and written.
 fn build(
     snapshots: &Path,
     commit: &str,
-    plan: &[Planned<'_>],
+    listed: Listed<'_, '_>,
     read: &mut ReadBlob<'_>,
     previous: Option<(&Path, &Manifest)>,
-    skipped: &mut Vec<(usize, Skipped)>,
+    skipped: &mut Vec<Left>,
+    listing: Listing,
 ) -> Result<Built, SnapshotError> {
+    // Kept files are the previous snapshot's: without it the snapshot would lack them.
+    if previous.is_none() && !listed.kept.is_empty() {
+        return Err(SnapshotError {
+            context: "the current snapshot changed while the next was being written".into(),
+            cause: None,
+        });
+    }
     let fail = |err| SnapshotError::io("could not create a temporary directory", err);
     let spare = snapshots.join(SPARE);
     let recycled = match fs::symlink_metadata(&spare) {
@@ -798,19 +911,21 @@ fn build(
 
     let mut dirs = Dirs::default();
     dirs.add(root.clone());
-    // What the spare already holds of this snapshot, by position in the plan.
-    let mut present = if recycled.1 {
-        recycle(&root, plan, previous, &mut dirs)
+    let plan = listed.plan;
+    // What the spare already holds of this snapshot, by position in the plan and in the kept
+    // files.
+    let (mut present, present_kept) = if recycled.1 {
+        recycle(&root, listed, previous, &mut dirs)
             .map_err(|err| SnapshotError::io("could not recycle the spare snapshot", err))?
     } else {
-        HashMap::new()
+        (vec![None; plan.len()], vec![false; listed.kept.len()])
     };
     crash_point()?;
     let mut links = Vec::new();
     let mut files = Vec::new();
     let mut shared = 0;
     for (index, planned) in plan.iter().enumerate() {
-        if let Some(record) = present.remove(&index) {
+        if let Some(record) = present[index].take() {
             shared += 1;
             files.push((planned, record));
             continue;
@@ -824,9 +939,47 @@ fn build(
                 shared += usize::from(was);
                 files.push((planned, record));
             }
-            Err(reason) => skipped.push((planned.rank, skip(planned.entry, reason.into()))),
+            Err(reason) => skipped.push(Left::new(planned.rank, planned.entry, reason.into())),
         }
         crash_point()?;
+    }
+    // The kept files the spare does not hold as they were are linked from the previous
+    // snapshot or written afresh, as entries of their own.
+    let mut kept_files = Vec::with_capacity(listed.kept.len());
+    if let Some((_, manifest)) = previous {
+        for (&index, &there) in listed.kept.iter().zip(&present_kept) {
+            let (path, record) = manifest.files[index];
+            if there {
+                shared += 1;
+                kept_files.push((manifest.at(path), record));
+                continue;
+            }
+            let entry = Entry {
+                components: split(manifest.at(path)),
+                kind: EntryKind::File {
+                    executable: record.executable,
+                },
+                id: record.id.as_str().to_owned(),
+                size: record.size,
+            };
+            let planned = Planned {
+                rank: usize::MAX,
+                entry: &entry,
+                target: None,
+            };
+            match write_entry(&root, &planned, read, previous, &mut dirs)? {
+                Ok(Written::File {
+                    record,
+                    shared: was,
+                }) => {
+                    shared += usize::from(was);
+                    kept_files.push((manifest.at(path), record));
+                }
+                Ok(Written::Symlink) => {}
+                Err(reason) => skipped.push(Left::new(usize::MAX, &entry, reason.into())),
+            }
+            crash_point()?;
+        }
     }
 
     // Every symlink again, through the real filesystem. Removing one can change where
@@ -841,7 +994,7 @@ fn build(
                     SnapshotError::io("could not remove an escaping symlink", err)
                 })?;
                 let reason = "symlink target leaves the snapshot on this filesystem";
-                skipped.push((planned.rank, skip(planned.entry, reason.into())));
+                skipped.push(Left::new(planned.rank, planned.entry, reason.into()));
             } else {
                 kept.push(planned);
             }
@@ -851,6 +1004,7 @@ fn build(
             break;
         }
     }
+    let files = merge_files(&files, &kept_files);
     let written = files.len() + links.len();
 
     let fail = |err| SnapshotError::io("could not sync the snapshot", err);
@@ -869,9 +1023,24 @@ fn build(
         path: manifest_path,
         armed: true,
     };
-    let mut writer = BufWriter::new(manifest_file);
-    Manifest::write(identity, &files, &mut writer).map_err(fail)?;
+    skipped.sort_by(Left::order);
+    let contents = Contents {
+        files: &files,
+        links: &links,
+        skipped,
+    };
+    let mut writer = BufWriter::with_capacity(1 << 16, manifest_file);
+    Manifest::write(identity, listing, &contents, &mut writer).map_err(fail)?;
     let manifest_file = writer.into_inner().map_err(|err| fail(err.into_error()))?;
+    // A record is trusted only if its file last changed before the manifest was written;
+    // the manifest's time is moved past the files just written, unless the clock will not.
+    let newest = files
+        .iter()
+        .map(|(_, record)| record.modified.max(record.changed))
+        .max();
+    if let Some(newest) = newest {
+        outlast(&manifest_file, newest).map_err(fail)?;
+    }
     crash_point()?;
 
     // A name is durable only once its directory is, and all of them must be before the rename
@@ -907,6 +1076,51 @@ fn build(
     })
 }
 
+/// Where a regular file of a snapshot being written lies.
+#[derive(Debug, Clone, Copy)]
+enum FilePath<'a> {
+    /// An entry's components.
+    Components(&'a [Vec<u8>]),
+    /// A path of the previous snapshot's manifest, components joined with `/`.
+    Joined(&'a [u8]),
+}
+
+/// The files of the plan, `files`, and the kept ones, `kept`, both in order, as one list in
+/// order. The plan's are few when files are kept: each is put in its place by halves.
+fn merge_files<'a>(
+    files: &[(&'a Planned<'_>, Record)],
+    kept: &[(&'a [u8], Record)],
+) -> Vec<(FilePath<'a>, Record)> {
+    let mut merged = Vec::with_capacity(files.len() + kept.len());
+    let mut rest = kept;
+    for (planned, record) in files {
+        let components = planned.entry.components.as_slice();
+        let before = rest
+            .partition_point(|(path, _)| components_order(components, path) == Ordering::Greater);
+        merged.extend(
+            rest[..before]
+                .iter()
+                .map(|(path, record)| (FilePath::Joined(path), *record)),
+        );
+        rest = &rest[before..];
+        merged.push((FilePath::Components(components), *record));
+    }
+    merged.extend(
+        rest.iter()
+            .map(|(path, record)| (FilePath::Joined(path), *record)),
+    );
+    merged
+}
+
+/// Orders `components` against a path, components joined with `/`, as components are
+/// ordered.
+fn components_order(components: &[Vec<u8>], path: &[u8]) -> Ordering {
+    components
+        .iter()
+        .map(Vec::as_slice)
+        .cmp(path.split(|&b| b == b'/'))
+}
+
 /// What [`build`] wrote.
 #[derive(Debug)]
 struct Built {
@@ -915,98 +1129,234 @@ struct Built {
     /// How many of them were shared with the snapshot before it.
     shared: usize,
     /// The inodes of its regular files.
-    inodes: HashSet<u64>,
+    inodes: Vec<u64>,
 }
 
-/// Turns the spare snapshot renamed to `root` into a start of the snapshot `plan` describes:
-/// keeps each directory the plan needs (records it in `dirs`, with the snapshot's mode) and
-/// each regular file that is the current snapshot's own file for the same path, blob and mode,
-/// unchanged ([`Record::describes`]); removes everything else. Never follows a symlink.
-/// Returns the records of the files kept, by their position in `plan`.
+/// Turns the spare snapshot renamed to `root` into a start of the snapshot `listed`
+/// describes: keeps each directory it needs (records it in `dirs`, with the snapshot's mode),
+/// each regular file that is the current snapshot's own file for the same path, blob and mode
+/// and each kept file, unchanged ([`Manifest::trusts`]); removes everything else. Never follows
+/// a symlink. Returns the records of the plan's files it kept, by their position in the plan,
+/// and which of the kept files it holds.
+///
+/// The plan, the kept files and the manifest are all in the byte order of components, where
+/// what lies below a directory follows its path: each directory's names are sorted and merged
+/// with what of each lies below it, so nothing is looked up by name, and the only call per file
+/// is one `lstat`, relative to its open directory.
 fn recycle(
     root: &Path,
-    plan: &[Planned<'_>],
+    listed: Listed<'_, '_>,
     previous: Option<(&Path, &Manifest)>,
     dirs: &mut Dirs,
-) -> io::Result<HashMap<usize, Record>> {
-    let mut wanted = HashMap::with_capacity(plan.len());
-    let mut wanted_dirs = HashSet::new();
-    for (index, planned) in plan.iter().enumerate() {
-        let components = &planned.entry.components;
-        for depth in 1..components.len() {
-            wanted_dirs.insert(components[..depth].join(&b'/'));
+) -> io::Result<(Vec<Option<Record>>, Vec<bool>)> {
+    let plan = listed.plan;
+    let mut present = vec![None; plan.len()];
+    let mut present_kept = vec![false; listed.kept.len()];
+    let files = previous.map_or(&[][..], |(_, manifest)| &manifest.files[..]);
+    let at = |index: usize| at_span(previous, files[index].0);
+    let kept_at = |index: usize| at(listed.kept[index]);
+    let mut pending = vec![Walk {
+        dir: root.to_path_buf(),
+        prefix: Vec::new(),
+        depth: 0,
+        plan: 0..plan.len(),
+        recorded: 0..files.len(),
+        kept: 0..listed.kept.len(),
+    }];
+    // The path in the snapshot of the name being looked at.
+    let mut path = Vec::new();
+    while let Some(walk) = pending.pop() {
+        let Walk {
+            dir, prefix, depth, ..
+        } = &walk;
+        // The spare becomes the snapshot's own, with the mode every snapshot's directories
+        // have: one changed meanwhile, even to a mode nobody may enter, does not stop it.
+        if fs::symlink_metadata(dir)?.mode() & 0o7777 != MODE_DIR {
+            fs::set_permissions(dir, Permissions::from_mode(MODE_DIR))?;
         }
-        wanted.insert(components.join(&b'/'), index);
-    }
-    // The spare becomes the snapshot's own directory, with the mode every snapshot has: one
-    // changed meanwhile, even to a mode nobody may enter, does not stop the snapshot.
-    if fs::symlink_metadata(root)?.mode() & 0o7777 != MODE_DIR {
-        fs::set_permissions(root, Permissions::from_mode(MODE_DIR))?;
-    }
-    let mut present = HashMap::new();
-    let mut pending = vec![(root.to_path_buf(), Vec::new())];
-    while let Some((dir, relative)) = pending.pop() {
-        for item in fs::read_dir(&dir)? {
+        // Entered without following a symlink; each name in it is looked at through the open
+        // directory, so one `lstat` per file costs no walk from the root.
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = rustix::fs::open(dir, flags, Mode::empty())?;
+        dirs.add(dir.clone());
+        // The names, each ended by its nul byte, one after another; then where each starts
+        // and ends, sorted by name.
+        let mut names = Vec::new();
+        let mut items = Vec::new();
+        for item in Dir::read_from(&fd)? {
             let item = item?;
-            let mut path = relative.clone();
-            if !path.is_empty() {
+            let name = item.file_name();
+            if name != c"." && name != c".." {
+                let start = names.len();
+                names.extend_from_slice(name.to_bytes_with_nul());
+                items.push((start, names.len(), item.file_type()));
+            }
+        }
+        items.sort_unstable_by(|a, b| names[a.0..a.1].cmp(&names[b.0..b.1]));
+        // The first of each below this directory not before the name being looked at.
+        let (mut next, mut cursor, mut kept) =
+            (walk.plan.start, walk.recorded.start, walk.kept.start);
+        let mut inner = Vec::new();
+        for (start, end, kind) in items {
+            let name = CStr::from_bytes_with_nul(&names[start..end]).map_err(io::Error::other)?;
+            let bytes = name.to_bytes();
+            path.clear();
+            path.extend_from_slice(prefix);
+            if !prefix.is_empty() {
                 path.push(b'/');
             }
-            path.extend_from_slice(item.file_name().as_bytes());
-            let kind = item.file_type()?;
-            if kind.is_dir() {
-                if wanted_dirs.contains(&path) {
-                    if item.metadata()?.mode() & 0o7777 != MODE_DIR {
-                        fs::set_permissions(item.path(), Permissions::from_mode(MODE_DIR))?;
-                    }
-                    dirs.add(item.path());
-                    pending.push((item.path(), path));
+            path.extend_from_slice(bytes);
+            // The plan's entries named `name`, or below it.
+            while next < walk.plan.end && plan[next].entry.components[*depth].as_slice() < bytes {
+                next += 1;
+            }
+            let first = next;
+            while next < walk.plan.end && plan[next].entry.components[*depth].as_slice() == bytes {
+                next += 1;
+            }
+            let wanted = first..next;
+            // The kept files at `path` or below it, which follow each other.
+            while kept < walk.kept.end && path_order(kept_at(kept), &path) == Ordering::Less {
+                kept += 1;
+            }
+            let first = kept;
+            while kept < walk.kept.end && below_or_at(kept_at(kept), &path) {
+                kept += 1;
+            }
+            let wanted_kept = first..kept;
+            let kind = match kind {
+                FileType::Unknown => {
+                    let stat = rustix::fs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW)?;
+                    FileType::from_raw_mode(stat.st_mode)
+                }
+                kind => kind,
+            };
+            if kind == FileType::Directory {
+                let deeper = plan[wanted.clone()]
+                    .iter()
+                    .any(|planned| planned.entry.components.len() > depth + 1)
+                    || wanted_kept
+                        .clone()
+                        .any(|index| kept_at(index).len() > path.len());
+                if deeper {
+                    // The manifest's files below it follow each other, right after its path.
+                    let recorded = &files[walk.recorded.clone()];
+                    let from = walk.recorded.start
+                        + recorded.partition_point(|(held, _)| {
+                            path_order(at_span(previous, *held), &path) != Ordering::Greater
+                        });
+                    let to = from
+                        + files[from..walk.recorded.end].partition_point(|(held, _)| {
+                            below_or_at(at_span(previous, *held), &path)
+                        });
+                    inner.push(Walk {
+                        dir: dir.join(OsStr::from_bytes(bytes)),
+                        prefix: path.clone(),
+                        depth: depth + 1,
+                        plan: wanted,
+                        recorded: from..to,
+                        kept: wanted_kept,
+                    });
                 } else {
-                    remove_path(&item.path())?;
+                    remove_at(fd.as_fd(), OsStr::from_bytes(bytes))?;
                 }
                 continue;
             }
-            // The current snapshot's record of this path, if the plan wants the same there.
-            let wanted_record = wanted.get(&path).and_then(|&index| {
-                let EntryKind::File { executable } = plan[index].entry.kind else {
-                    return None;
-                };
-                let record = previous?.1.files.get(&path)?;
-                (record.executable == executable && record.id == plan[index].entry.id)
-                    .then_some((index, record))
-            });
-            match wanted_record {
-                Some((index, record))
-                    if kind.is_file()
-                        && item
-                            .metadata()
-                            .is_ok_and(|metadata| record.describes(&metadata)) =>
-                {
-                    present.insert(index, record.clone());
+            let lstat = || {
+                rustix::fs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW)
+                    .map(|stat| Seen::of_stat(&stat))
+            };
+            let regular = kind == FileType::RegularFile;
+            // A kept file: the previous snapshot's own, to be kept on its record's evidence.
+            if regular
+                && let Some((_, manifest)) = previous
+                && let Some(index) = wanted_kept.clone().next()
+                && kept_at(index) == path.as_slice()
+            {
+                let record = &files[listed.kept[index]].1;
+                if lstat().is_ok_and(|stat| manifest.trusts(record, &stat)) {
+                    present_kept[index] = true;
+                    continue;
                 }
-                _ => fs::remove_file(item.path())?,
+            }
+            while cursor < walk.recorded.end && path_order(at(cursor), &path) == Ordering::Less {
+                cursor += 1;
+            }
+            // One of the plan's files, if the manifest records the same file there: the plan
+            // holds one entry at a path at most.
+            let kept_file = match previous {
+                Some((_, manifest))
+                    if regular
+                        && wanted.len() == 1
+                        && plan[wanted.start].entry.components.len() == depth + 1
+                        && cursor < walk.recorded.end
+                        && at(cursor) == path.as_slice() =>
+                {
+                    let planned = &plan[wanted.start];
+                    let record = &files[cursor].1;
+                    let same = planned.entry.kind
+                        == (EntryKind::File {
+                            executable: record.executable,
+                        })
+                        && record.id.is(&planned.entry.id)
+                        && lstat().is_ok_and(|stat| manifest.trusts(record, &stat));
+                    same.then_some((wanted.start, *record))
+                }
+                _ => None,
+            };
+            match kept_file {
+                Some((index, record)) => present[index] = Some(record),
+                None => rustix::fs::unlinkat(&fd, name, AtFlags::empty())?,
             }
         }
+        pending.extend(inner.into_iter().rev());
     }
-    Ok(present)
+    Ok((present, present_kept))
+}
+
+/// A directory of the spare still to walk, with the ranges of what lies below it.
+#[derive(Debug)]
+struct Walk {
+    /// Where it is.
+    dir: PathBuf,
+    /// Its path in the snapshot, components joined with `/`.
+    prefix: Vec<u8>,
+    /// How many components its path has.
+    depth: usize,
+    /// The plan's entries below it.
+    plan: std::ops::Range<usize>,
+    /// The manifest's files below it.
+    recorded: std::ops::Range<usize>,
+    /// The kept files below it, by their position in the kept list.
+    kept: std::ops::Range<usize>,
+}
+
+/// Whether `held` is `path` or lies below it (both components joined with `/`).
+fn below_or_at(held: &[u8], path: &[u8]) -> bool {
+    held.starts_with(path) && matches!(held.get(path.len()), None | Some(b'/'))
+}
+
+/// The bytes at `span` of the manifest of `previous`; none without one.
+fn at_span<'m>(previous: Option<(&Path, &'m Manifest)>, span: Span) -> &'m [u8] {
+    previous.map_or(&[], |(_, manifest)| manifest.at(span))
 }
 
 /// Removes from the spare the files that hold bytes of their own, which the spare may not keep
-/// on disk: by its manifest, each file whose inode no kept snapshot has (`kept_inodes`); with
-/// no manifest, each file no other name links to. Symlinks and anything else are left to
-/// [`recycle`].
-fn trim_spare(
-    spare: &Path,
-    manifest: Option<&Manifest>,
-    kept_inodes: &HashSet<u64>,
-) -> io::Result<()> {
+/// on disk: by its manifest, each file whose inode no kept snapshot has (`kept_inodes`,
+/// sorted); with no manifest, each file no other name links to. Symlinks and anything else are
+/// left to [`recycle`].
+fn trim_spare(spare: &Path, manifest: Option<&Manifest>, kept_inodes: &[u64]) -> io::Result<()> {
     if let Some(manifest) = manifest {
         for (path, record) in &manifest.files {
+            if kept_inodes.binary_search(&record.ino).is_ok() {
+                continue;
+            }
+            let path = manifest.at(*path);
             // Only paths gitfeed could have written, which never leave the spare.
             let plain = path
                 .split(|&b| b == b'/')
                 .all(|component| component_problem(component).is_none());
-            if plain && !kept_inodes.contains(&record.ino) {
+            if plain {
                 remove_if_present(&spare.join(OsStr::from_bytes(path)))?;
             }
         }
@@ -1110,19 +1460,19 @@ fn write_entry(
         (&EntryKind::File { executable }, _) => {
             let id = &planned.entry.id;
             if let Some((dir, manifest)) = previous
-                && let Some(record) = manifest.files.get(&components.join(&b'/'))
+                && let Some(record) = manifest.file(&components.join(&b'/'))
                 && record.executable == executable
-                && record.id == *id
+                && record.id.is(id)
             {
-                match share(&join(dir, components), &path, record) {
-                    Ok(true) => {
+                match share(&join(dir, components), &path, manifest, record) {
+                    Ok(Some(record)) => {
                         return Ok(Ok(Written::File {
-                            record: record.clone(),
+                            record,
                             shared: true,
                         }));
                     }
                     // Changed, gone, or too many links: written afresh below.
-                    Ok(false) => {}
+                    Ok(None) => {}
                     Err(err) => {
                         return match name_problem(&err) {
                             Some(reason) => Ok(Err(reason)),
@@ -1143,10 +1493,16 @@ fn write_entry(
                 .open(&path)
             {
                 Ok(file) => {
+                    let blob = BlobId::new(id).ok_or_else(|| {
+                        fail(
+                            "record",
+                            io::Error::other("a blob id longer than any git makes"),
+                        )
+                    })?;
                     return write_file(file, mode, id, read)
                         .map(|metadata| {
                             Ok(Written::File {
-                                record: Record::new(executable, id, &metadata),
+                                record: Record::new(executable, blob, &Seen::of(&metadata)),
                                 shared: false,
                             })
                         })
@@ -1167,22 +1523,38 @@ fn write_entry(
 }
 
 /// Links `from` (in the previous snapshot) to `to`, and keeps the link only if it is the file
-/// `record` describes, unchanged. `Ok(false)`: nothing is at `to`, write it afresh. An error
-/// about `to` itself (its name) is returned.
+/// `record` of `manifest` describes, unchanged; returns the link's record then (a link
+/// changes the file's status change time). `Ok(None)`: nothing is at `to`, write it afresh.
+/// An error about `to` itself (its name) is returned.
 ///
-/// The check is made on the new link, not on `from`: a path through a directory someone
-/// swapped for a symlink could lead anywhere, but the inode it reached is what is checked.
-fn share(from: &Path, to: &Path, record: &Record) -> io::Result<bool> {
+/// `from` must pass [`Manifest::trusts`] before it is linked, and the new link is checked
+/// again: a path through a directory someone swapped for a symlink could lead anywhere, but
+/// the inode it reached is what is checked.
+fn share(
+    from: &Path,
+    to: &Path,
+    manifest: &Manifest,
+    record: &Record,
+) -> io::Result<Option<Record>> {
+    if !fs::symlink_metadata(from)
+        .is_ok_and(|metadata| manifest.trusts(record, &Seen::of(&metadata)))
+    {
+        return Ok(None);
+    }
     match fs::hard_link(from, to) {
         Ok(()) => {}
         Err(err) if name_problem(&err).is_some() => return Err(err),
-        Err(_) => return Ok(false),
+        Err(_) => return Ok(None),
     }
-    let same = fs::symlink_metadata(to).is_ok_and(|metadata| record.describes(&metadata));
-    if !same {
+    let linked = fs::symlink_metadata(to)
+        .ok()
+        .map(|metadata| Seen::of(&metadata))
+        .filter(|stat| record.matches(stat))
+        .map(|stat| Record::new(record.executable, record.id, &stat));
+    if linked.is_none() {
         fs::remove_file(to)?;
     }
-    Ok(same)
+    Ok(linked)
 }
 
 /// Streams a blob into a new file and sets its mode regardless of the umask; syncs it unless
@@ -1274,166 +1646,6 @@ impl Drop for Temporary {
         if self.armed && !crashed() {
             let _ = remove_path(&self.path);
         }
-    }
-}
-
-/// Which directory a manifest describes: its inode, and its creation time where the
-/// filesystem records one, so a later directory that happens to get the same inode does not
-/// pass for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Identity {
-    /// The inode number.
-    ino: u64,
-    /// Nanoseconds since the epoch, or 0 where the filesystem keeps no creation time.
-    created: u128,
-}
-
-impl Identity {
-    /// The identity of the directory `metadata` describes.
-    fn of(metadata: &fs::Metadata) -> Self {
-        let created = metadata
-            .created()
-            .ok()
-            .and_then(|time| time.duration_since(SystemTime::UNIX_EPOCH).ok())
-            .map_or(0, |since| since.as_nanos());
-        Self {
-            ino: metadata.ino(),
-            created,
-        }
-    }
-}
-
-/// One regular file of a finished snapshot, as its manifest records it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Record {
-    /// Whether git records it as executable.
-    executable: bool,
-    /// Its blob id.
-    id: String,
-    /// Its inode number.
-    ino: u64,
-    /// Its size in bytes.
-    size: u64,
-    /// Its modification time, seconds and nanoseconds.
-    modified: (i64, i64),
-}
-
-impl Record {
-    /// The record of a file with blob `id` that has `metadata`.
-    fn new(executable: bool, id: &str, metadata: &fs::Metadata) -> Self {
-        Self {
-            executable,
-            id: id.to_owned(),
-            ino: metadata.ino(),
-            size: metadata.size(),
-            modified: (metadata.mtime(), metadata.mtime_nsec()),
-        }
-    }
-
-    /// Whether `metadata` is of this very file, unchanged: same inode, size, modification
-    /// time and read-only mode.
-    fn describes(&self, metadata: &fs::Metadata) -> bool {
-        let mode = if self.executable {
-            MODE_EXECUTABLE
-        } else {
-            MODE_FILE
-        };
-        metadata.file_type().is_file()
-            && metadata.ino() == self.ino
-            && metadata.size() == self.size
-            && (metadata.mtime(), metadata.mtime_nsec()) == self.modified
-            && metadata.mode() & 0o7777 == mode
-    }
-}
-
-/// What gitfeed wrote into one snapshot, kept beside it once the snapshot is complete.
-///
-/// The format is a first line `gitfeed-snapshot-manifest-1 <ino> <created>`, then one record
-/// per regular file, each ended by a nul byte: `<x or -> <blob id> <ino> <size> <mtime
-/// seconds> <mtime nanoseconds> <path>`, the path's components joined with `/` (a written
-/// path holds neither `/` within a component nor a nul byte).
-#[derive(Debug)]
-struct Manifest {
-    /// The directory it describes.
-    dir: Identity,
-    /// The regular files, by path.
-    files: HashMap<Vec<u8>, Record>,
-}
-
-impl Manifest {
-    /// Writes the manifest of a snapshot directory `dir` holding `files` to `out`.
-    fn write(
-        dir: Identity,
-        files: &[(&Planned<'_>, Record)],
-        out: &mut impl Write,
-    ) -> io::Result<()> {
-        out.write_all(MANIFEST_MAGIC)?;
-        writeln!(out, " {} {}", dir.ino, dir.created)?;
-        for (planned, record) in files {
-            let executable = if record.executable { 'x' } else { '-' };
-            let (seconds, nanoseconds) = record.modified;
-            write!(
-                out,
-                "{executable} {} {} {} {seconds} {nanoseconds} ",
-                record.id, record.ino, record.size
-            )?;
-            for (depth, component) in planned.entry.components.iter().enumerate() {
-                if depth > 0 {
-                    out.write_all(b"/")?;
-                }
-                out.write_all(component)?;
-            }
-            out.write_all(&[0])?;
-        }
-        Ok(())
-    }
-
-    /// The directory a manifest starting with `bytes` describes, and where its first line
-    /// ends; `None` if `bytes` do not start with a manifest's first line.
-    fn header(bytes: &[u8]) -> Option<(Identity, usize)> {
-        let newline = bytes.iter().position(|&b| b == b'\n')?;
-        let mut header = std::str::from_utf8(&bytes[..newline]).ok()?.split(' ');
-        if header.next()?.as_bytes() != MANIFEST_MAGIC {
-            return None;
-        }
-        let dir = Identity {
-            ino: header.next()?.parse().ok()?,
-            created: header.next()?.parse().ok()?,
-        };
-        Some((dir, newline))
-    }
-
-    /// The manifest in `bytes`, if it is one.
-    fn parse(bytes: &[u8]) -> Option<Self> {
-        let (dir, newline) = Self::header(bytes)?;
-        let mut files = HashMap::new();
-        let body = &bytes[newline + 1..];
-        if !body.is_empty() && !body.ends_with(&[0]) {
-            return None; // cut short
-        }
-        for line in body.split(|&b| b == 0).filter(|line| !line.is_empty()) {
-            let mut fields = line.splitn(7, |&b| b == b' ');
-            let mut text = || std::str::from_utf8(fields.next()?).ok();
-            let executable = match text()? {
-                "x" => true,
-                "-" => false,
-                _ => return None,
-            };
-            let id = text()?.to_owned();
-            let ino = text()?.parse().ok()?;
-            let size = text()?.parse().ok()?;
-            let modified = (text()?.parse().ok()?, text()?.parse().ok()?);
-            let path = fields.next()?.to_vec();
-            let record = Record {
-                executable,
-                id,
-                ino,
-                size,
-                modified,
-            };
-            files.insert(path, record);
-        }
-        Some(Self { dir, files })
     }
 }
 
@@ -1556,7 +1768,7 @@ fn create_unique<T>(
 fn random_suffix() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut hasher = RandomState::new().build_hasher();
-    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    hasher.write_u64(COUNTER.fetch_add(1, atomic::Ordering::Relaxed));
     hasher.write_u32(std::process::id());
     if let Ok(elapsed) = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH) {
         hasher.write_u128(elapsed.as_nanos());
@@ -1648,11 +1860,50 @@ fn display(components: &[Vec<u8>]) -> String {
         .join("/")
 }
 
-/// A [`Skipped`] for `entry`.
-fn skip(entry: &Entry, reason: String) -> Skipped {
-    Skipped {
-        path: display(&entry.components),
-        reason,
+/// An entry left out of the snapshot being written.
+#[derive(Debug, Clone)]
+struct Left {
+    /// Its position in the byte order of components, to order the report.
+    rank: usize,
+    /// Its path components.
+    components: Vec<Vec<u8>>,
+    /// Why it was left out.
+    reason: String,
+}
+
+impl Left {
+    /// `entry`, ranked `rank`, left out for `reason`.
+    fn new(rank: usize, entry: &Entry, reason: String) -> Self {
+        Self {
+            rank,
+            components: entry.components.clone(),
+            reason,
+        }
+    }
+
+    /// The report's order: by components, then rank (which keeps the order of equal paths).
+    fn order(a: &Left, b: &Left) -> Ordering {
+        a.components.cmp(&b.components).then(a.rank.cmp(&b.rank))
+    }
+
+    /// What the report says of it.
+    fn into_skipped(self) -> Skipped {
+        Skipped {
+            path: display(&self.components),
+            reason: self.reason,
+        }
+    }
+}
+
+/// Refuses a `commit` that is not a plain object id: it becomes a path.
+fn check_commit(commit: &str) -> Result<(), SnapshotError> {
+    if is_commit(commit) {
+        Ok(())
+    } else {
+        Err(SnapshotError {
+            context: "invalid commit id".into(),
+            cause: None,
+        })
     }
 }
 

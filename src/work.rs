@@ -9,7 +9,9 @@ use crate::auth::Auth;
 use crate::cache;
 use crate::cache::Released;
 use crate::event::{Change, ChangeKind, Encoding};
-use crate::git::{Call, Cancel, FetchError, FileKind, Matcher, ObjectId, Repo, Target, Tip};
+use crate::git::{
+    Call, Cancel, FetchError, FileKind, FileSide, Matcher, ObjectId, Repo, Target, Tip,
+};
 use crate::machine::ErrorKind;
 use crate::progress::Counter;
 use crate::reason::Reason;
@@ -891,7 +893,8 @@ fn attach_contents(repo: &Repo, changes: &mut [Change], limit: u64) {
 }
 
 /// Writes the filtered tree of `commit` into the checkout directory and makes it current,
-/// unless it already is.
+/// unless it already is: from the changes since the snapshot `current` holds where they
+/// suffice, else from the whole tree.
 fn write_snapshot(
     repo: &Repo,
     source: &Source,
@@ -901,47 +904,11 @@ fn write_snapshot(
     sending: bool,
     warnings: &mut Vec<String>,
 ) -> Result<(), FetchError> {
-    let snapshots = SnapshotDir::new(dir, source.keep_snapshots);
+    let snapshots = SnapshotDir::new(dir, source.keep_snapshots).listed_with(listing(source));
     // Snapshot directories are named by the commit's hex id.
     let commit = id.to_string();
     if !sending && snapshots.current().as_deref() == Some(commit.as_str()) {
         return Ok(());
-    }
-    let files = repo.files(id, matcher)?;
-    let total: u64 = files.iter().map(|file| file.size).sum();
-    if total > source.max_snapshot_size {
-        return Err(FetchError::new(
-            Reason::SnapshotTooLarge,
-            format!(
-                "the snapshot of {commit} holds {total} bytes, over max_snapshot_size ({})",
-                source.max_snapshot_size
-            ),
-        ));
-    }
-    let mut entries = Vec::with_capacity(files.len());
-    // Submodules are never written; the update's warning names them.
-    for file in files
-        .into_iter()
-        .filter(|file| file.kind != FileKind::Gitlink)
-    {
-        if file.size > source.max_file_size {
-            return Err(FetchError::new(
-                Reason::SnapshotTooLarge,
-                format!(
-                    "`{}` in {commit} is {} bytes, over max_file_size ({})",
-                    file.path, file.size, source.max_file_size
-                ),
-            ));
-        }
-        entries.push(snapshot::Entry {
-            components: file.components,
-            kind: match file.kind {
-                FileKind::File { executable } => snapshot::EntryKind::File { executable },
-                FileKind::Symlink => snapshot::EntryKind::Symlink,
-                FileKind::Gitlink => snapshot::EntryKind::Gitlink,
-            },
-            id: file.id,
-        });
     }
     let limit = source.max_file_size;
     // Streams each file into the snapshot: a large file is never held whole in memory.
@@ -952,14 +919,43 @@ fn write_snapshot(
             .map(|_| ())
             .map_err(|failure| std::io::Error::other(failure.to_string()))
     };
-    let report = snapshots
-        .write(&commit, &entries, &mut read)
-        .map_err(|err| {
-            FetchError::new(
-                Reason::LocalIo,
-                format!("cannot write the snapshot of {commit}: {err}"),
-            )
-        })?;
+    let failed = |err| {
+        FetchError::new(
+            Reason::LocalIo,
+            format!("cannot write the snapshot of {commit}: {err}"),
+        )
+    };
+    let updated = match update_plan(repo, source, matcher, &snapshots, id)? {
+        Some((base, changes)) => {
+            let from = base.commit.clone();
+            let report = snapshots
+                .update(&commit, base, &changes, &mut read)
+                .map_err(failed)?;
+            if report.is_some() {
+                log::debug!(
+                    "{}: snapshot of {commit} written from {} changes since {from}",
+                    source.name,
+                    changes.len()
+                );
+            }
+            report
+        }
+        None => None,
+    };
+    let report = match updated {
+        Some(report) => report,
+        None => {
+            let entries = snapshot_entries(repo, source, matcher, id)?;
+            let report = snapshots
+                .write(&commit, &entries, &mut read)
+                .map_err(failed)?;
+            log::debug!(
+                "{}: snapshot of {commit} written from its whole tree",
+                source.name
+            );
+            report
+        }
+    };
     if !report.skipped.is_empty() {
         let listed: Vec<String> = report
             .skipped
@@ -973,6 +969,147 @@ fn write_snapshot(
         ));
     }
     Ok(())
+}
+
+/// The snapshot `current` holds and what changed since, if the snapshot of `id` can be written
+/// from them (see [`SnapshotDir::update`]): `current` was written with the same filter and
+/// file size limit, its commit is in the clone, and no change has a crowded name. The size
+/// limits are checked on the way, as [`snapshot_entries`] checks them.
+fn update_plan(
+    repo: &Repo,
+    source: &Source,
+    matcher: &Matcher,
+    snapshots: &SnapshotDir,
+    id: ObjectId,
+) -> Result<Option<(snapshot::Base, Vec<snapshot::Change>)>, FetchError> {
+    let Some(base) = snapshots.base() else {
+        return Ok(None);
+    };
+    let Some(old) = crate::git::commit_id(&base.commit).filter(|&old| repo.has_commit(old)) else {
+        return Ok(None);
+    };
+    let found = repo.file_changes(old, id, matcher, &snapshot::fold)?;
+    if found.iter().any(|change| change.crowded) {
+        return Ok(None);
+    }
+    let mut changes = Vec::with_capacity(found.len());
+    let mut large = None;
+    for change in found {
+        // Submodules are never written; the update's warning names them.
+        let side = |side: Option<FileSide>| side.filter(|side| side.kind != FileKind::Gitlink);
+        let (old, new) = (side(change.old), side(change.new));
+        if let Some(new) = &new
+            && new.size > source.max_file_size
+        {
+            large.get_or_insert((change.path.clone(), new.size));
+        }
+        if old.is_none() && new.is_none() {
+            continue;
+        }
+        changes.push(snapshot::Change {
+            components: change.components,
+            old: old.map(|old| (entry_kind(old.kind), old.size)),
+            new: new.map(|new| (entry_kind(new.kind), new.id, new.size)),
+            crowded: change.crowded,
+        });
+    }
+    // The same checks in the same order as the whole tree's: the files that did not change
+    // were within the file limit already, which was the same.
+    check_total(source, id, base.bytes_after(&changes))?;
+    if let Some((path, size)) = large {
+        return Err(too_large_file(source, id, &path, size));
+    }
+    Ok(Some((base, changes)))
+}
+
+/// Every entry of the snapshot of `id`, checked against the size limits.
+fn snapshot_entries(
+    repo: &Repo,
+    source: &Source,
+    matcher: &Matcher,
+    id: ObjectId,
+) -> Result<Vec<snapshot::Entry>, FetchError> {
+    let files = repo.files(id, matcher)?;
+    check_total(source, id, files.iter().map(|file| file.size).sum())?;
+    let mut entries = Vec::with_capacity(files.len());
+    // Submodules are never written; the update's warning names them.
+    for file in files
+        .into_iter()
+        .filter(|file| file.kind != FileKind::Gitlink)
+    {
+        if file.size > source.max_file_size {
+            return Err(too_large_file(source, id, &file.path, file.size));
+        }
+        entries.push(snapshot::Entry {
+            components: file.components,
+            kind: entry_kind(file.kind),
+            id: file.id,
+            size: file.size,
+        });
+    }
+    Ok(entries)
+}
+
+/// Fails when a snapshot of `id` holding `total` bytes is over `max_snapshot_size`.
+fn check_total(source: &Source, id: ObjectId, total: u64) -> Result<(), FetchError> {
+    if total > source.max_snapshot_size {
+        return Err(FetchError::new(
+            Reason::SnapshotTooLarge,
+            format!(
+                "the snapshot of {id} holds {total} bytes, over max_snapshot_size ({})",
+                source.max_snapshot_size
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The failure for a file of `id` at `path` of `size` bytes, over `max_file_size`.
+fn too_large_file(source: &Source, id: ObjectId, path: &str, size: u64) -> FetchError {
+    FetchError::new(
+        Reason::SnapshotTooLarge,
+        format!(
+            "`{path}` in {id} is {size} bytes, over max_file_size ({})",
+            source.max_file_size
+        ),
+    )
+}
+
+/// The snapshot's kind for a kind of tree entry.
+fn entry_kind(kind: FileKind) -> snapshot::EntryKind {
+    match kind {
+        FileKind::File { executable } => snapshot::EntryKind::File { executable },
+        FileKind::Symlink => snapshot::EntryKind::Symlink,
+        FileKind::Gitlink => snapshot::EntryKind::Gitlink,
+    }
+}
+
+/// A fingerprint of what decides which entries a snapshot of `source` holds, and which fail
+/// it: the filter and the file size limit. A snapshot written with other settings is never
+/// updated from changes alone. FNV-1a over each setting's length and bytes, so that it stays
+/// the same from one run to the next.
+fn listing(source: &Source) -> u64 {
+    let filter = &source.filter;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut add = |bytes: &[u8]| {
+        for &byte in (bytes.len() as u64).to_le_bytes().iter().chain(bytes) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for list in [
+        &filter.directories,
+        &filter.include,
+        &filter.exclude,
+        &filter.extensions,
+    ] {
+        add(&list.len().to_le_bytes());
+        for item in list {
+            add(item.as_bytes());
+        }
+    }
+    add(&source.max_file_size.to_le_bytes());
+    hash
 }
 
 /// `n` and the noun for it: "1 submodule", "2 submodules".
@@ -1060,5 +1197,129 @@ mod tests {
         let err = plan.matcher().expect_err("an invalid pattern");
         assert_eq!(err.reason, Reason::Configuration);
         assert!(plan.into_matcher().is_err());
+    }
+
+    /// Runs git in `dir` with no user or system configuration; its output.
+    fn git(dir: &std::path::Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .current_dir(dir)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(args)
+            .output()
+            .expect("git starts");
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_owned()
+    }
+
+    /// Commits the work tree at `dir`; the commit's id.
+    fn commit(dir: &std::path::Path) -> ObjectId {
+        git(dir, &["add", "-A"]);
+        git(dir, &["commit", "-q", "--allow-empty", "-m", "c"]);
+        crate::git::commit_id(&git(dir, &["rev-parse", "HEAD"])).expect("a commit id")
+    }
+
+    /// The changes a snapshot is written from name every file that differs, with its sides,
+    /// and tell which have a name on their path that folds like another of its directory in
+    /// either commit.
+    #[test]
+    fn snapshot_changes_tell_names_that_fold_alike() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let work = dir.path();
+        git(work, &["init", "-q"]);
+        let write = |path: &str, text: &str| {
+            let path = work.join(path);
+            std::fs::create_dir_all(path.parent().expect("a parent")).expect("mkdir");
+            std::fs::write(path, text).expect("write");
+        };
+        write("policies/a.rego", "a1");
+        write("policies/b.rego", "b1");
+        write("docs/x.md", "x1");
+        write("deep/er/same.txt", "s");
+        let old = commit(work);
+        write("policies/a.rego", "a2 longer");
+        write("Policies/z.rego", "z");
+        std::fs::remove_file(work.join("docs/x.md")).expect("remove");
+        write("README", "r");
+        let new = commit(work);
+
+        let repo = Repo::open(&work.join(".git"), &target(&source(), "file:///x")).unwrap();
+        let matcher = Matcher::default();
+        let found = repo
+            .file_changes(old, new, &matcher, &snapshot::fold)
+            .unwrap();
+        let shown: Vec<(String, Option<u64>, Option<u64>, bool)> = found
+            .iter()
+            .map(|change| {
+                let size = |side: &Option<FileSide>| side.as_ref().map(|side| side.size);
+                (
+                    change.path.clone(),
+                    size(&change.old),
+                    size(&change.new),
+                    change.crowded,
+                )
+            })
+            .collect();
+        let expected = [
+            ("Policies/z.rego", None, Some(1), true),
+            ("README", None, Some(1), false),
+            ("docs/x.md", Some(2), None, false),
+            ("policies/a.rego", Some(2), Some(9), true),
+        ];
+        let expected: Vec<_> = expected
+            .iter()
+            .map(|&(path, old, new, crowded)| (path.to_owned(), old, new, crowded))
+            .collect();
+        assert_eq!(shown, expected);
+        assert_eq!(found[1].components, [b"README".to_vec()]);
+        let blob = git(work, &["rev-parse", "HEAD:README"]);
+        assert_eq!(
+            found[1].new.as_ref().map(|side| side.id.as_str()),
+            Some(&*blob)
+        );
+
+        // Without the change under `Policies`, nothing is crowded; the filter applies.
+        std::fs::remove_dir_all(work.join("Policies")).expect("remove");
+        let newer = commit(work);
+        let found = repo
+            .file_changes(old, newer, &matcher, &snapshot::fold)
+            .unwrap();
+        assert!(found.iter().all(|change| !change.crowded), "{found:?}");
+        let rego = crate::source::Filter {
+            extensions: vec!["rego".into()],
+            ..crate::source::Filter::default()
+        }
+        .matcher()
+        .unwrap();
+        let found = repo
+            .file_changes(old, newer, &rego, &snapshot::fold)
+            .unwrap();
+        let paths: Vec<&str> = found.iter().map(|change| change.path.as_str()).collect();
+        assert_eq!(paths, ["policies/a.rego"]);
+    }
+
+    /// What a snapshot is listed with changes with the filter and the file size limit, and
+    /// only with them.
+    #[test]
+    fn the_listing_settings_follow_the_filter_and_the_file_limit() {
+        let base = source();
+        let mut timeout = base.clone();
+        timeout.timeout = std::time::Duration::from_secs(1);
+        assert_eq!(listing(&base), listing(&timeout));
+        let mut exclude = base.clone();
+        exclude.filter.exclude = vec!["vendor/".into()];
+        let mut split = base.clone();
+        split.filter.exclude = vec!["vendor".into(), "/".into()];
+        let mut include = base.clone();
+        include.filter.include = vec!["vendor/".into()];
+        let mut limit = base.clone();
+        limit.max_file_size += 1;
+        let all = [&base, &exclude, &split, &include, &limit].map(listing);
+        let distinct: std::collections::HashSet<u64> = all.iter().copied().collect();
+        assert_eq!(distinct.len(), all.len(), "{all:?}");
     }
 }

@@ -279,6 +279,123 @@ fn checkout_swaps_current_to_each_commit() {
     feed.stop();
 }
 
+/// What the snapshot `current` points at in the checkout `dir` holds: each path with its
+/// kind, permission bits and contents (a symlink's target).
+fn snapshot_of(dir: &Path) -> BTreeMap<String, (char, u32, Vec<u8>)> {
+    use std::os::unix::fs::PermissionsExt;
+    let root = std::fs::canonicalize(dir.join("current")).expect("current resolves");
+    let mut found = BTreeMap::new();
+    let mut pending = vec![root.clone()];
+    while let Some(next) = pending.pop() {
+        for item in std::fs::read_dir(&next).expect("list") {
+            let path = item.expect("entry").path();
+            let metadata = std::fs::symlink_metadata(&path).expect("stat");
+            let mode = metadata.permissions().mode() & 0o777;
+            let (kind, contents) = if metadata.is_dir() {
+                pending.push(path.clone());
+                ('d', Vec::new())
+            } else if metadata.is_symlink() {
+                let target = std::fs::read_link(&path).expect("readlink");
+                ('l', target.into_os_string().into_encoded_bytes())
+            } else {
+                ('f', std::fs::read(&path).expect("read"))
+            };
+            let name = path.strip_prefix(&root).expect("inside");
+            found.insert(name.to_string_lossy().into_owned(), (kind, mode, contents));
+        }
+    }
+    found
+}
+
+/// A checkout that follows commit after commit, each snapshot written from what changed since
+/// the one before where that suffices, holds at each commit what a first snapshot of that
+/// commit holds: through files changed, added and removed, a directory emptied, a mode,
+/// names that fold alike, a symlink, and a filter that changes.
+#[test]
+fn snapshots_written_from_changes_match_first_snapshots() {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let remote = files_remote();
+    let root = unique_dir();
+    let cache = root.path().join("cache");
+    let checkout = root.path().join("checkout");
+    let mut source = quick_source("s", &remote.file_url());
+    source.checkout = Some(checkout.clone());
+    let work = remote.work_path();
+    let check = |source: &Source, round: usize| {
+        let update = sync_once(&cache, source).expect("sync").expect("an update");
+        gitfeed::acknowledge(&cache, source, &update.new).expect("acknowledge");
+        let fresh = root.path().join(format!("fresh-{round}"));
+        let mut first = source.clone();
+        first.checkout = Some(fresh.join("checkout"));
+        sync_once(fresh.join("cache"), &first)
+            .expect("sync")
+            .expect("an update");
+        assert_eq!(
+            snapshot_of(&checkout),
+            snapshot_of(&fresh.join("checkout")),
+            "round {round}"
+        );
+    };
+    check(&source, 0);
+    let steps: [&dyn Fn(); 6] = [
+        &|| {
+            remote.commit(
+                &[
+                    ("policies/authz.rego", Some("package authz2\n")),
+                    ("policies/new/deep.rego", Some("package deep\n")),
+                    ("docs/index.md", None),
+                ],
+                "change, add, empty a directory",
+            );
+        },
+        &|| {
+            remote.commit(
+                &[("Policies/other.rego", Some("package other\n"))],
+                "a name that folds like another",
+            );
+        },
+        &|| {
+            remote.commit(
+                &[
+                    ("Policies/other.rego", None),
+                    ("policies/authz.rego", Some("package authz3\n")),
+                ],
+                "unfold",
+            );
+        },
+        &|| {
+            symlink("authz.rego", work.join("policies/link.rego")).expect("symlink");
+            remote.commit(&[], "a symlink");
+        },
+        &|| {
+            let script = work.join("vendor/lib.rego");
+            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+                .expect("chmod");
+            remote.commit(&[("policies/data/roles.json", Some("[]\n"))], "a mode");
+        },
+        &|| {
+            remote.commit(
+                &[
+                    ("policies/new/deep.rego", None),
+                    ("policies/new.rego", Some("x\n")),
+                ],
+                "a directory becomes a file's neighbour",
+            );
+        },
+    ];
+    for (round, step) in steps.iter().enumerate() {
+        step();
+        check(&source, round + 1);
+    }
+    source.filter.exclude = vec!["vendor/".into()];
+    remote.commit(
+        &[("policies/authz.rego", Some("package authz4\n"))],
+        "filtered",
+    );
+    check(&source, steps.len() + 1);
+    assert!(!checkout.join("current/vendor").exists());
+}
+
 /// The names in `dir`, sorted.
 fn names_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)

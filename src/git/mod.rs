@@ -27,7 +27,7 @@ use gix::remote::fetch::{Shallow, Tags};
 
 pub(crate) use self::error::{FetchError, remote_host};
 pub(crate) use self::filter::{Matcher, Patterns};
-pub(crate) use self::read::{FileKind, ReadFailure, TreeFile, names_git, representable};
+pub(crate) use self::read::{FileKind, FileSide, ReadFailure, TreeFile, names_git, representable};
 pub(crate) use self::transport::Cancel;
 use crate::event::Change;
 use crate::reason::Reason;

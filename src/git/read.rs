@@ -41,6 +41,33 @@ pub(crate) enum FileKind {
     Gitlink,
 }
 
+/// A path whose entry differs between two commits' trees, as [`Repo::file_changes`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FileChange {
+    /// Path components, raw bytes exactly as stored in the trees.
+    pub components: Vec<Vec<u8>>,
+    /// The components joined with `/`, lossily decoded; what filters and messages see.
+    pub path: String,
+    /// What the old commit holds there, if anything the filter accepts.
+    pub old: Option<FileSide>,
+    /// What the new commit holds there, if anything the filter accepts.
+    pub new: Option<FileSide>,
+    /// Whether this entry's name, or that of a directory on its path, is shared with another
+    /// entry of the same directory, in either commit, once the caller's `key` is applied.
+    pub crowded: bool,
+}
+
+/// One side of a [`FileChange`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FileSide {
+    /// What the entry is.
+    pub kind: FileKind,
+    /// Blob (or, for a gitlink, commit) id.
+    pub id: String,
+    /// Size in bytes (0 for gitlinks).
+    pub size: u64,
+}
+
 /// Why reading failed.
 #[derive(Debug, Clone)]
 pub(crate) enum ReadFailure {
@@ -79,6 +106,128 @@ impl Repo {
             commit: commit.to_owned(),
             stack: vec![root],
         })
+    }
+
+    /// The files that differ between the trees of `old` and `new`, as [`Repo::walk`] lists
+    /// them (with raw names, and only those `matcher` accepts), sorted by their components.
+    /// Only the trees that differ are read, so the cost grows with the change, not the tree.
+    ///
+    /// Each change tells whether its name, or that of a directory on its path, maps under
+    /// `key` to the same as another name of its directory in either commit (as every name
+    /// listed twice does): a caller that treats names so compared as one cannot take such a
+    /// change alone. A directory whose names repeat is compared as a whole, and may give a
+    /// single crowded change that stands for all of it.
+    pub fn file_changes(
+        &self,
+        old: ObjectId,
+        new: ObjectId,
+        matcher: &Matcher,
+        key: &dyn Fn(&[u8]) -> Vec<u8>,
+    ) -> Result<Vec<FileChange>, ReadFailure> {
+        let repo = self.repo.to_thread_local();
+        let commit = new.to_string();
+        let trees = (
+            commit_tree(&repo, &old.to_string())?,
+            commit_tree(&repo, &commit)?,
+        );
+        let mut out = Vec::new();
+        let mut stack = vec![(Some(trees.0), Some(trees.1), Vec::new(), false)];
+        while let Some((old, new, prefix, crowded)) = stack.pop() {
+            if prefix.len() > MAX_DEPTH {
+                return Err(too_deep(&commit));
+            }
+            let listed = |tree: Option<gix::ObjectId>| match tree {
+                Some(tree) => entries(&repo, tree, |_| true),
+                None => Ok(Vec::new()),
+            };
+            let (before, after) = (listed(old)?, listed(new)?);
+            let mut keys = std::collections::HashMap::new();
+            for (side, entries) in [(0, &before), (1, &after)] {
+                for entry in entries {
+                    let count: &mut [usize; 2] = keys.entry(key(&entry.name)).or_default();
+                    count[side] += 1;
+                }
+            }
+            let mut names: BTreeMap<&[u8], [Vec<&Entry>; 2]> = BTreeMap::new();
+            for (side, entries) in [(0, &before), (1, &after)] {
+                for entry in entries {
+                    names.entry(entry.name.as_slice()).or_default()[side].push(entry);
+                }
+            }
+            for (name, [was, is]) in names {
+                let same = |a: &Vec<&Entry>, b: &Vec<&Entry>| {
+                    a.len() == b.len()
+                        && a.iter()
+                            .zip(b)
+                            .all(|(a, b)| a.kind == b.kind && a.id == b.id)
+                };
+                if same(&was, &is) {
+                    continue;
+                }
+                let mut components = prefix.clone();
+                components.push(name.to_vec());
+                let path = components
+                    .iter()
+                    .map(|c| c.to_str_lossy())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                let crowded = crowded || keys[&key(name)].iter().any(|&count| count > 1);
+                if was.len() > 1 || is.len() > 1 {
+                    out.push(FileChange {
+                        components,
+                        path,
+                        old: None,
+                        new: None,
+                        crowded: true,
+                    });
+                    continue;
+                }
+                let (was, is) = (was.first().copied(), is.first().copied());
+                let tree = |entry: Option<&Entry>| {
+                    entry.and_then(|entry| (entry.kind == EntryKind::Tree).then_some(entry.id))
+                };
+                if tree(was).is_some() || tree(is).is_some() {
+                    stack.push((tree(was), tree(is), components.clone(), crowded));
+                }
+                if !matcher.accepts(&path) {
+                    continue;
+                }
+                let side = |entry: Option<&Entry>| -> Result<Option<FileSide>, ReadFailure> {
+                    let Some(entry) = entry else {
+                        return Ok(None);
+                    };
+                    let Some(kind) = file_kind(entry.kind) else {
+                        return Ok(None);
+                    };
+                    let size = match kind {
+                        FileKind::Gitlink => 0,
+                        _ => repo
+                            .find_header(entry.id)
+                            .map_err(|err| {
+                                ReadFailure::Corrupt(format!("blob {} at {path}: {err}", entry.id))
+                            })?
+                            .size(),
+                    };
+                    Ok(Some(FileSide {
+                        kind,
+                        id: entry.id.to_string(),
+                        size,
+                    }))
+                };
+                let (old, new) = (side(was)?, side(is)?);
+                if old.is_some() || new.is_some() {
+                    out.push(FileChange {
+                        components,
+                        path,
+                        old,
+                        new,
+                        crowded,
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.components.cmp(&b.components));
+        Ok(out)
     }
 
     /// The entry at `path` in `commit`, found by reading only the trees along the path: its

@@ -22,9 +22,9 @@ use super::{Identity, MANIFEST, Manifest, ORDER, SPARE, SnapshotDir, TMP_PREFIX,
 /// any snapshot (the git layer refuses trees nested more than 256 levels), and far below the
 /// usual limit of 1024 open descriptors.
 pub(super) const MAX_DEPTH: usize = 300;
-/// How many bytes of a manifest hold its first line, at most (the magic word, an inode and a
-/// creation time in nanoseconds).
-const MAX_HEADER: u64 = 128;
+/// How many bytes of a manifest hold its first line, at most (the magic word, an inode, a
+/// creation time in nanoseconds, and what the entries were listed with).
+const MAX_HEADER: u64 = 256;
 
 impl SnapshotDir {
     /// Removes every entry of `.snapshots` that is not gitfeed's, whatever its type: what an
@@ -118,7 +118,7 @@ impl SnapshotDir {
         let mut header = Vec::new();
         let read = open_own(&snapshots.join(format!("{commit}{MANIFEST}")))
             .and_then(|file| file.take(MAX_HEADER).read_to_end(&mut header));
-        let Some((identity, _)) = read.ok().and_then(|_| Manifest::header(&header)) else {
+        let Some((identity, ..)) = read.ok().and_then(|_| Manifest::header(&header)) else {
             return false;
         };
         fs::symlink_metadata(snapshots.join(commit))
@@ -253,15 +253,20 @@ pub(super) fn open_own(path: &Path) -> io::Result<File> {
 
 /// The bytes of a file [`open_own`] opens; an error if it holds more than `limit`.
 pub(super) fn read_own(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    open_own(path)?
-        .take(limit.saturating_add(1))
-        .read_to_end(&mut bytes)?;
+    read_own_file(path, limit).map(|(bytes, _)| bytes)
+}
+
+/// [`read_own`], and the file's metadata as it was opened.
+pub(super) fn read_own_file(path: &Path, limit: u64) -> io::Result<(Vec<u8>, fs::Metadata)> {
+    let file = open_own(path)?;
+    let metadata = file.metadata()?;
+    let mut bytes = Vec::with_capacity(metadata.len().min(limit) as usize);
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > limit {
         return Err(io::Error::new(
             io::ErrorKind::FileTooLarge,
             format!("over {limit} bytes"),
         ));
     }
-    Ok(bytes)
+    Ok((bytes, metadata))
 }

@@ -26,6 +26,7 @@ fn raw(components: &[&[u8]], kind: EntryKind, id: &str) -> Entry {
         components: components.iter().map(|c| c.to_vec()).collect(),
         kind,
         id: id.to_owned(),
+        size: 0,
     }
 }
 
@@ -510,7 +511,7 @@ fn readers_never_see_a_mix() {
         let done = Arc::clone(&done);
         std::thread::spawn(move || {
             let (mut consistent, mut gone) = (0, 0);
-            while !done.load(Ordering::Relaxed) {
+            while !done.load(atomic::Ordering::Relaxed) {
                 let both = fs::canonicalize(dir.join(CURRENT)).and_then(|resolved| {
                     let a = fs::read(resolved.join("a"))?;
                     let b = fs::read(resolved.join("deep/b"))?;
@@ -536,7 +537,7 @@ fn readers_never_see_a_mix() {
     for n in 1..=200 {
         write(n);
     }
-    done.store(true, Ordering::Relaxed);
+    done.store(true, atomic::Ordering::Relaxed);
     let (consistent, _gone) = reader.join().unwrap();
     assert!(consistent > 0);
     assert_eq!(snapshots.current(), Some(commit(200)));
@@ -826,8 +827,10 @@ fn pruned_snapshot_is_recycled() {
     assert_eq!(leftovers(&dir), Vec::<PathBuf>::new());
     assert!(snapshots.manifest(&commit(4)).is_some());
 
-    // A spare that is not a directory is removed and the snapshot written afresh.
-    fs::remove_dir_all(&spare).unwrap();
+    // A spare that is not a directory is removed and the snapshot written afresh. The spare
+    // is moved away rather than removed: removing its links to the shared files would change
+    // their status change time, and the next snapshot would no longer trust them.
+    fs::rename(&spare, parent.path().join("old-spare")).unwrap();
     fs::write(&spare, "not a directory").unwrap();
     let report = snapshots
         .write(&commit(5), &tree("a5", "b3"), &mut by_id)
@@ -1392,4 +1395,388 @@ fn manifests_and_order_are_read_only_as_regular_files() {
     assert_eq!(sweep::read_own(&file, 5).unwrap(), b"12345");
     let err = sweep::read_own(&file, 4).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::FileTooLarge);
+}
+
+/// A directory's components and a name in it as filesystems that ignore case see it.
+type Folded = (Vec<Vec<u8>>, Vec<u8>);
+
+/// The changes from the tree `before` to the tree `after` as the git layer finds them, each
+/// crowded when a name on its path folds like another of its directory in either tree.
+fn changes(before: &[Entry], after: &[Entry]) -> Vec<Change> {
+    let by_path = |entries: &[Entry]| -> BTreeMap<Vec<Vec<u8>>, Entry> {
+        entries
+            .iter()
+            .map(|entry| (entry.components.clone(), entry.clone()))
+            .collect()
+    };
+    // Each directory's names, raw, by their folded form.
+    let names = |entries: &[Entry]| {
+        let mut names: HashMap<Folded, BTreeSet<Vec<u8>>> = HashMap::new();
+        for entry in entries {
+            for (depth, name) in entry.components.iter().enumerate() {
+                let directory = entry.components[..depth].to_vec();
+                names
+                    .entry((directory, fold(name)))
+                    .or_default()
+                    .insert(name.clone());
+            }
+        }
+        names
+    };
+    let (old, new) = (by_path(before), by_path(after));
+    let (old_names, new_names) = (names(before), names(after));
+    let crowded = |components: &[Vec<u8>]| {
+        (0..components.len()).any(|depth| {
+            let key = (components[..depth].to_vec(), fold(&components[depth]));
+            [&old_names, &new_names]
+                .iter()
+                .any(|names| names.get(&key).is_some_and(|raw| raw.len() > 1))
+        })
+    };
+    let paths: BTreeSet<&Vec<Vec<u8>>> = old.keys().chain(new.keys()).collect();
+    paths
+        .into_iter()
+        .filter(|path| old.get(*path) != new.get(*path))
+        .map(|path| Change {
+            components: path.clone(),
+            old: old.get(path).map(|entry| (entry.kind, entry.size)),
+            new: new
+                .get(path)
+                .map(|entry| (entry.kind, entry.id.clone(), entry.size)),
+            crowded: crowded(path),
+        })
+        .collect()
+}
+
+/// An update written from the changes alone holds what the whole tree written afresh does,
+/// reports the same, and reads only the blobs that changed (and symlink targets, which are
+/// written again); changes it cannot take alone are refused before anything is written.
+#[test]
+fn updates_from_changes_write_what_a_whole_tree_does() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("feed");
+    let snapshots = SnapshotDir::new(&dir, 2).listed_with(7);
+    let exe = EntryKind::File { executable: true };
+    let link = EntryKind::Symlink;
+    let trees: Vec<Vec<Entry>> = vec![
+        vec![
+            entry("a", FILE, "a1"),
+            entry("d/b", FILE, "b1"),
+            entry("d/e/c", FILE, "c1"),
+            entry("gone/only", FILE, "o1"),
+            entry("run", FILE, "r1"),
+            entry("to-c", link, "l:d/e/c"),
+            entry(".git/config", FILE, "hook"),
+        ],
+        // Changed, added in a new directory, the last file of a directory removed, a mode
+        // changed, and a name nobody may write added.
+        vec![
+            entry("a", FILE, "a2"),
+            entry("d/b", FILE, "b1"),
+            entry("d/e/c", FILE, "c1"),
+            entry("new/deep/f", FILE, "f1"),
+            entry("run", exe, "r1"),
+            entry("to-c", link, "l:d/e/c"),
+            entry(".git/config", FILE, "hook"),
+            entry("x/.GIT/hooks", FILE, "hook"),
+        ],
+        // A file becomes a directory.
+        vec![
+            entry("a/inside", FILE, "i1"),
+            entry("d/b", FILE, "b3"),
+            entry("d/e/c", FILE, "c1"),
+            entry("new/deep/f", FILE, "f1"),
+            entry("run", exe, "r1"),
+            entry("to-c", link, "l:d/e/c"),
+            entry(".git/config", FILE, "hook"),
+            entry("x/.GIT/hooks", FILE, "hook"),
+        ],
+    ];
+    let mut read = Vec::new();
+    let mut reader = |id: &str, out: &mut dyn Write| {
+        read.push(id.to_owned());
+        by_id(id, out)
+    };
+    snapshots.write(&commit(0), &trees[0], &mut reader).unwrap();
+    for (n, pair) in trees.windows(2).enumerate() {
+        let n = n as u32 + 1;
+        read.clear();
+        let mut reader = |id: &str, out: &mut dyn Write| {
+            read.push(id.to_owned());
+            by_id(id, out)
+        };
+        let base = snapshots.base().expect("the current snapshot is a base");
+        assert_eq!(base.commit, commit(n - 1));
+        let found = changes(&pair[0], &pair[1]);
+        let report = snapshots
+            .update(&commit(n), base, &found, &mut reader)
+            .unwrap()
+            .expect("written from the changes");
+
+        let fresh = parent.path().join(format!("fresh-{n}"));
+        let whole = SnapshotDir::new(&fresh, 2)
+            .write(&commit(n), &pair[1], &mut by_id)
+            .unwrap();
+        assert_eq!(current_tree(&dir), current_tree(&fresh), "commit {n}");
+        assert_eq!(
+            (report.written, &report.skipped),
+            (whole.written, &whole.skipped),
+            "commit {n}"
+        );
+        let listed = |root: &Path| -> Vec<(PathBuf, u32)> {
+            let resolved = fs::canonicalize(root.join(CURRENT)).unwrap();
+            listing(&resolved)
+                .into_iter()
+                .map(|path| (path.clone(), mode(&resolved.join(path))))
+                .collect()
+        };
+        assert_eq!(listed(&dir), listed(&fresh), "commit {n}: names and modes");
+        let mut wanted: Vec<String> = found
+            .iter()
+            .filter_map(|change| change.new.as_ref())
+            .filter(|new| !new.1.starts_with("hook"))
+            .map(|new| new.1.clone())
+            .chain(["l:d/e/c".to_owned()])
+            .collect();
+        wanted.sort();
+        read.sort();
+        assert_eq!(read, wanted, "commit {n}: only what changed is read");
+    }
+    assert_eq!(
+        current_tree(&dir),
+        expect(&[
+            ("a/inside", "i1"),
+            ("d/b", "b3"),
+            ("d/e/c", "c1"),
+            ("new/deep/f", "f1"),
+            ("run", "r1"),
+            ("to-c", "-> d/e/c"),
+        ])
+    );
+
+    // Names that fold alike, a symlink that changes, a path the base left out, and an
+    // added path the base holds all need the whole tree; nothing is written for them.
+    let last = trees.last().unwrap();
+    let mut collide = last.clone();
+    collide.push(entry("D/other", FILE, "x"));
+    let mut relinked = last.clone();
+    relinked[5] = entry("to-c", link, "l:d/b");
+    let mut unhidden = last.clone();
+    unhidden.retain(|entry| entry.components[0] != b".git");
+    let refused = [
+        changes(last, &collide),
+        changes(last, &relinked),
+        changes(last, &unhidden),
+        vec![Change {
+            components: vec![b"run".to_vec()],
+            old: None,
+            new: Some((FILE, "r9".into(), 0)),
+            crowded: false,
+        }],
+    ];
+    let before = fs::canonicalize(dir.join(CURRENT)).unwrap();
+    for found in refused {
+        let base = snapshots.base().unwrap();
+        let report = snapshots.update(&commit(9), base, &found, &mut by_id);
+        assert!(report.unwrap().is_none(), "{found:?}");
+    }
+    assert_eq!(fs::canonicalize(dir.join(CURRENT)).unwrap(), before);
+    assert!(!dir.join(SNAPSHOTS).join(commit(9)).exists());
+}
+
+/// Only a snapshot written with the same settings is a base, and a new one records its own.
+#[test]
+fn a_base_is_listed_with_the_same_settings() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("feed");
+    let entries = [entry("a", FILE, "a1")];
+    SnapshotDir::new(&dir, 2)
+        .listed_with(1)
+        .write(&commit(1), &entries, &mut by_id)
+        .unwrap();
+    assert!(SnapshotDir::new(&dir, 2).listed_with(2).base().is_none());
+    let base = SnapshotDir::new(&dir, 2).listed_with(1).base().unwrap();
+    assert_eq!(base.commit, commit(1));
+
+    SnapshotDir::new(&dir, 2)
+        .listed_with(2)
+        .write(&commit(2), &entries, &mut by_id)
+        .unwrap();
+    assert!(SnapshotDir::new(&dir, 2).listed_with(1).base().is_none());
+    assert!(SnapshotDir::new(&dir, 2).listed_with(2).base().is_some());
+}
+
+/// Snapshots of `a{n}` and `b1` for commits 1 to 3 in `dir`, keeping 2: the current one
+/// shares `b` with the spare.
+fn three_snapshots(dir: &Path) -> SnapshotDir {
+    let snapshots = SnapshotDir::new(dir, 2);
+    for n in 1..=3 {
+        let entries = [entry("a", FILE, &format!("a{n}")), entry("b", FILE, "b1")];
+        snapshots.write(&commit(n), &entries, &mut by_id).unwrap();
+    }
+    assert!(dir.join(SNAPSHOTS).join(SPARE).join("b").exists());
+    snapshots
+}
+
+/// Commit 4 of [`three_snapshots`] written from its one change; what it read.
+fn fourth(snapshots: &SnapshotDir) -> (Report, Vec<String>) {
+    let before = [entry("a", FILE, "a3"), entry("b", FILE, "b1")];
+    let after = [entry("a", FILE, "a4"), entry("b", FILE, "b1")];
+    let mut read = Vec::new();
+    let report = snapshots
+        .update(
+            &commit(4),
+            snapshots.base().unwrap(),
+            &changes(&before, &after),
+            &mut |id, out| {
+                read.push(id.to_owned());
+                by_id(id, out)
+            },
+        )
+        .unwrap()
+        .unwrap();
+    read.sort();
+    (report, read)
+}
+
+/// Untouched, the file the spare shares with the current snapshot is kept as it is: the
+/// spare's own name for it, not a new link (which would change its status change time).
+#[test]
+fn an_untouched_file_is_trusted() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("feed");
+    let snapshots = three_snapshots(&dir);
+    let changed = |n| {
+        let metadata = fs::symlink_metadata(dir.join(SNAPSHOTS).join(commit(n)).join("b"));
+        let metadata = metadata.unwrap();
+        (metadata.ctime(), metadata.ctime_nsec())
+    };
+    let before = changed(3);
+    let (report, read) = fourth(&snapshots);
+    assert_eq!((report.written, report.shared), (2, 1));
+    assert_eq!(read, ["a4"]);
+    assert_eq!(inode(&dir, &commit(3), "b"), inode(&dir, &commit(4), "b"));
+    assert_eq!(changed(4), before);
+}
+
+/// A file edited in place with the same size, then given back its mode and modification
+/// time, keeps everything a stat shows but its status change time: that is enough for it to
+/// be written again from its blob.
+#[test]
+fn a_file_edited_in_place_with_the_same_size_and_time_is_written_again() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("feed");
+    let snapshots = three_snapshots(&dir);
+    let b = dir.join(SNAPSHOTS).join(commit(3)).join("b");
+    let modified = fs::metadata(&b).unwrap().modified().unwrap();
+    chmod(&b, 0o644);
+    fs::write(&b, "zz").unwrap();
+    File::options()
+        .write(true)
+        .open(&b)
+        .unwrap()
+        .set_modified(modified)
+        .unwrap();
+    chmod(&b, MODE_FILE);
+    let spare = dir.join(SNAPSHOTS).join(SPARE).join("b");
+    assert_eq!(
+        fs::read(&spare).unwrap(),
+        b"zz",
+        "the spare shares the file"
+    );
+
+    let (report, read) = fourth(&snapshots);
+    assert_eq!((report.written, report.shared), (2, 0));
+    assert_eq!(read, ["a4", "b1"]);
+    assert_eq!(current_tree(&dir), expect(&[("a", "a4"), ("b", "b1")]));
+}
+
+/// A record whose file changed no earlier than its manifest was written is racily clean:
+/// an edit within the same tick of the filesystem's clock would not show, so the file is
+/// written again.
+#[test]
+fn a_racily_clean_record_is_not_trusted() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("feed");
+    let snapshots = three_snapshots(&dir);
+    let manifest = dir.join(SNAPSHOTS).join(format!("{}{MANIFEST}", commit(3)));
+    let b = fs::metadata(dir.join(SNAPSHOTS).join(commit(3)).join("b")).unwrap();
+    let changed =
+        std::time::UNIX_EPOCH + std::time::Duration::new(b.ctime() as u64, b.ctime_nsec() as u32);
+    File::options()
+        .write(true)
+        .open(&manifest)
+        .unwrap()
+        .set_modified(changed)
+        .unwrap();
+
+    let (report, read) = fourth(&snapshots);
+    assert_eq!((report.written, report.shared), (2, 0));
+    assert_eq!(read, ["a4", "b1"]);
+    assert_eq!(current_tree(&dir), expect(&[("a", "a4"), ("b", "b1")]));
+}
+
+/// A manifest's records are written so that none is racily clean, however quick the write:
+/// its time is moved past every file it records.
+#[test]
+fn a_new_manifest_outlasts_its_files() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("feed");
+    let snapshots = SnapshotDir::new(&dir, 2);
+    snapshots
+        .write(&commit(1), &[entry("a", FILE, "a1")], &mut by_id)
+        .unwrap();
+    let manifest = snapshots.manifest(&commit(1)).unwrap();
+    let file = fs::symlink_metadata(dir.join(SNAPSHOTS).join(commit(1)).join("a")).unwrap();
+    let (_, record) = manifest.files[0];
+    assert!(manifest.trusts(&record, &Seen::of(&file)));
+}
+
+/// The spare's files are kept wherever they lie, also in a directory that sorts before a file
+/// beside it (`a/x` before `b`, though `b` is listed first).
+#[test]
+fn files_in_directories_and_beside_them_are_kept() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("feed");
+    let snapshots = SnapshotDir::new(&dir, 2);
+    let tree = |n: u32| {
+        [
+            entry("a/x", FILE, "x1"),
+            entry("a/y/z", FILE, "z1"),
+            entry("b", FILE, "b1"),
+            entry("c", FILE, &format!("c{n}")),
+        ]
+    };
+    for n in 1..=3 {
+        snapshots.write(&commit(n), &tree(n), &mut by_id).unwrap();
+    }
+    let report = snapshots.write(&commit(4), &tree(4), &mut by_id).unwrap();
+    assert_eq!((report.written, report.shared), (4, 3));
+    for path in ["a/x", "a/y/z", "b"] {
+        assert_eq!(inode(&dir, &commit(3), path), inode(&dir, &commit(4), path));
+    }
+    // The same from the changes alone.
+    let found = changes(&tree(4), &tree(5));
+    let mut read = Vec::new();
+    let report = snapshots
+        .update(
+            &commit(5),
+            snapshots.base().unwrap(),
+            &found,
+            &mut |id, out| {
+                read.push(id.to_owned());
+                by_id(id, out)
+            },
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!((report.written, report.shared), (4, 3));
+    assert_eq!(read, ["c5"]);
+    for path in ["a/x", "a/y/z", "b"] {
+        assert_eq!(inode(&dir, &commit(4), path), inode(&dir, &commit(5), path));
+    }
+    assert_eq!(
+        current_tree(&dir),
+        expect(&[("a/x", "x1"), ("a/y/z", "z1"), ("b", "b1"), ("c", "c5")])
+    );
 }
